@@ -1,0 +1,148 @@
+"""The run configuration: one frozen object, built from flags, validated up front.
+
+Library code takes a `Config`, never absl FLAGS, so it can be called from tests
+and other programs. `validate` checks everything that needs no data and no
+model; checks that need them live next to the code that loads them, and all of
+them run before any TensorFlow graph is built.
+"""
+import dataclasses
+import os
+import time
+from typing import Optional, Tuple
+
+from trainer.errors import UsageError
+
+LABEL_MODES = ("sparse", "categorical", "binary")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+          "binary_crossentropy", "mse")
+HEAD_POOLINGS = ("avg", "max", "flatten")
+EXPORTS = ("best", "latest", "final")
+
+# The loss each label mode implies when --loss is not given.
+DEFAULT_LOSS = {
+    "sparse": "sparse_categorical_crossentropy",
+    "categorical": "categorical_crossentropy",
+    "binary": "binary_crossentropy",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs. Field names match the command-line flags."""
+
+    data: Optional[str] = None
+    model_dir: Optional[str] = None
+    validation_split: float = 0.2
+    classes: Tuple[str, ...] = ()
+    # Model.
+    backbone: str = "mobilenet_v2"
+    weights: Optional[str] = None  # None: the backbone's default.
+    image_size: int = 0  # 0: the backbone's (or the data's) default.
+    cut_layer: Optional[str] = None
+    head_pooling: str = "avg"
+    head_units: Tuple[int, ...] = ()
+    dropout: float = 0.0
+    num_classes: Optional[int] = None
+    label_mode: str = "sparse"
+    freeze: Optional[str] = None  # None: all with pretrained weights or --base_model, else none.
+    base_model: Optional[str] = None
+    drop_layers: int = 1
+    model_fn: Optional[str] = None
+    # Training.
+    train_steps: int = 1000
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    loss: Optional[str] = None
+    eval_steps: Optional[int] = None
+    save_checkpoints_steps: int = 500
+    keep_checkpoint_max: int = 5
+    eval_throttle_secs: int = 60
+    export: str = "best"
+    dry_run: bool = False
+    seed: int = 42
+
+    @property
+    def resolved_loss(self) -> str:
+        return self.loss or DEFAULT_LOSS[self.label_mode]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_model_dir() -> str:
+    """`$AIP_MODEL_DIR` on Vertex AI, else a fresh `runs/<timestamp>` folder."""
+    return os.environ.get("AIP_MODEL_DIR") or os.path.join(
+        "runs", time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _choice(flag: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"--{flag}={value} is not valid; choose one of: {', '.join(choices)}")
+
+
+def validate(config: Config) -> Config:
+    """Checks flag values and their combinations; returns the config with defaults filled.
+
+    Raises:
+        UsageError: naming the flag at fault.
+    """
+    if not config.data and not config.dry_run:
+        raise UsageError("--data is required: 'digits', a .npz file, or a folder of class sub-folders "
+                         "(only --dry_run may leave it out, with --num_classes)")
+    if config.dry_run and not config.data and not config.num_classes and not config.model_fn:
+        raise UsageError("--dry_run without --data needs --num_classes")
+    _choice("label_mode", config.label_mode, LABEL_MODES)
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("head_pooling", config.head_pooling, HEAD_POOLINGS)
+    _choice("export", config.export, EXPORTS)
+    if config.loss is not None:
+        _choice("loss", config.loss, LOSSES)
+    for flag in ("batch_size", "train_steps", "save_checkpoints_steps", "keep_checkpoint_max"):
+        if getattr(config, flag) <= 0:
+            raise UsageError(f"--{flag}={getattr(config, flag)} must be a positive integer")
+    if config.eval_steps is not None and config.eval_steps <= 0:
+        raise UsageError(f"--eval_steps={config.eval_steps} must be positive (leave it out to "
+                         "evaluate the whole validation split)")
+    if config.eval_throttle_secs < 0:
+        raise UsageError(f"--eval_throttle_secs={config.eval_throttle_secs} must be >= 0")
+    if not 0.0 < config.validation_split < 1.0:
+        raise UsageError(f"--validation_split={config.validation_split} must be between 0 and 1 (exclusive)")
+    if not 0.0 <= config.dropout < 1.0:
+        raise UsageError(f"--dropout={config.dropout} must be in [0, 1)")
+    if config.learning_rate <= 0:
+        raise UsageError(f"--learning_rate={config.learning_rate} must be positive")
+    if config.image_size < 0 or 0 < config.image_size < 8:
+        raise UsageError(f"--image_size={config.image_size} must be at least 8 (or 0 for the default)")
+    if any(u <= 0 for u in config.head_units):
+        raise UsageError(f"--head_units={','.join(map(str, config.head_units))} must be positive widths")
+    if config.num_classes is not None and config.num_classes < 2:
+        raise UsageError(f"--num_classes={config.num_classes} must be at least 2")
+    if config.label_mode == "binary" and config.num_classes not in (None, 2):
+        raise UsageError(f"--label_mode=binary needs exactly 2 classes, not --num_classes={config.num_classes}")
+    if config.drop_layers < 1:
+        raise UsageError(f"--drop_layers={config.drop_layers} must be at least 1")
+    if config.base_model and config.model_fn:
+        raise UsageError("--base_model and --model_fn exclude each other: give one")
+    if config.model_fn and ":" not in config.model_fn:
+        raise UsageError(f"--model_fn={config.model_fn} must look like package.module:function")
+    if len(set(config.classes)) != len(config.classes):
+        raise UsageError(f"--classes={','.join(config.classes)} names a class twice")
+    if config.freeze is not None:
+        parse_freeze(config.freeze)
+    changes = {}
+    if not config.model_dir:
+        changes["model_dir"] = default_model_dir()
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def parse_freeze(value: str):
+    """Parses --freeze: 'all', 'none' or an integer (negative counts from the end)."""
+    if value in ("all", "none"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--freeze={value} is not valid; use all, none, N (freeze the first N trunk "
+                         "layers) or -N (train only the last N)") from None

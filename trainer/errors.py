@@ -1,0 +1,10 @@
+"""The one exception type for mistakes a user can make."""
+
+
+class UsageError(Exception):
+    """A mistake in flags or data that the user can fix.
+
+    The entry point prints it as a single `error: <message>` line and exits 1,
+    without a traceback. The message should name the flag at fault and, where
+    it applies, the valid choices.
+    """

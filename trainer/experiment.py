@@ -1,0 +1,148 @@
+"""The experiment: data + model -> Estimator -> train_and_evaluate -> files.
+
+`train_and_evaluate(config)` is the whole run, callable from tests and other
+programs. Everything a user can get wrong is checked before the Estimator
+builds its first graph.
+"""
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from trainer import data as data_lib
+from trainer import export, files, inputs, listeners, models, progress
+from trainer.config import Config, validate
+from trainer.errors import UsageError
+
+
+def make_run_config(config: Config) -> tf.estimator.RunConfig:
+    """The one RunConfig of a run."""
+    return tf.estimator.RunConfig(
+        model_dir=config.model_dir,
+        tf_random_seed=config.seed,
+        save_checkpoints_steps=config.save_checkpoints_steps,
+        save_checkpoints_secs=None,
+        keep_checkpoint_max=config.keep_checkpoint_max,
+        log_step_count_steps=100,
+        save_summary_steps=100)
+
+
+def check_model_dir(config: Config, model: tf.keras.Model, num_classes: int) -> None:
+    """Refuses a --model_dir whose checkpoint belongs to another model or class count."""
+    previous = files.read_json(os.path.join(config.model_dir, "run_info.json"))
+    if previous and previous.get("num_classes") not in (None, num_classes):
+        raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
+                         f"this one has {num_classes}; use a new --model_dir")
+    checkpoint = tf.train.latest_checkpoint(config.model_dir)
+    if not checkpoint:
+        return
+    shapes = dict(tf.train.list_variables(checkpoint))
+    for weight in model.weights:
+        name = weight.name.split(":")[0]
+        if name not in shapes:
+            raise UsageError(f"--model_dir={config.model_dir} holds a checkpoint of a different model "
+                             f"(it has no variable {name}); use a new --model_dir")
+        if tuple(shapes[name]) != tuple(weight.shape):
+            raise UsageError(f"--model_dir={config.model_dir} holds a checkpoint of a different model "
+                             f"({name} is {list(shapes[name])} there, {list(weight.shape)} here); "
+                             "use a new --model_dir")
+
+
+def _summary_line(eval_metrics: dict, model_dir: str, export_path: Optional[str]) -> dict:
+    keys = ("accuracy", "loss", "global_step")
+    summary = {k: eval_metrics[k] for k in keys if k in eval_metrics}
+    summary.update(model_dir=model_dir, export=export_path)
+    return summary
+
+
+def _to_builtin(metrics: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
+
+
+def train_and_evaluate(config: Config) -> dict:
+    """Runs (or resumes) one training job and writes the files of the output contract.
+
+    Returns:
+        The summary printed as the last line: accuracy, loss, global_step, model_dir, export.
+
+    Raises:
+        UsageError: for any mistake in flags or data, before training starts.
+    """
+    config = validate(config)
+    dataset = data_lib.load(config) if config.data else None
+    num_classes = dataset.num_classes if dataset else config.num_classes
+    if config.num_classes and dataset and config.num_classes != dataset.num_classes:
+        raise UsageError(f"--num_classes={config.num_classes} differs from the {dataset.num_classes} classes "
+                         f"in --data ({', '.join(dataset.class_names)})")
+    for split in (dataset.train, dataset.validation) if dataset else ():
+        if split.labels.max() >= num_classes:
+            raise UsageError(f"--data={config.data} has label {split.labels.max()}, outside 0..{num_classes - 1}")
+    if dataset and config.batch_size > len(dataset.train):
+        raise UsageError(f"--batch_size={config.batch_size} is larger than the {len(dataset.train)} "
+                         "training examples")
+
+    # Fresh Keras name counters: checkpoints name variables after layers, so the same
+    # flags must give the same names in every process and every call.
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(config.seed)
+    image_shape = dataset.image_shape if dataset else None
+    model = models.build_model(config, num_classes, image_shape)
+    models.compile_model(model, config)
+    summary = models.summarize(model)
+    files.makedirs(config.model_dir)
+    files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
+    logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
+                 summary["trainable_params"], summary["non_trainable_params"])
+    if not config.dry_run:
+        check_model_dir(config, model, num_classes)
+
+    run_info = {
+        "flags": config.to_dict(),
+        "tf_version": tf.__version__,
+        "strategy": "one_device",
+        "num_replicas": 1,
+        "estimator": "Estimator",
+        "num_classes": num_classes,
+        "class_names": dataset.class_names if dataset else [str(i) for i in range(num_classes)],
+        "counts": dataset.counts() if dataset else {},
+        "dry_run": config.dry_run,
+    }
+    info_path = os.path.join(config.model_dir, "run_info.json")
+    if config.dry_run:
+        files.write_json(info_path, run_info)
+        return {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
+            "total_params", "trainable_params", "non_trainable_params")}}
+
+    size = None if config.model_fn else model.input_shape[1]
+    make = lambda split, training: inputs.make_input_fn(  # noqa: E731
+        split, training=training, batch_size=config.batch_size, input_names=model.input_names,
+        output_names=model.output_names, label_mode=config.label_mode, num_classes=num_classes,
+        image_size=size, seed=config.seed)
+    serving_fn = export.make_serving_input_fn(
+        {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
+    estimator = tf.keras.estimator.model_to_estimator(
+        keras_model=model, config=make_run_config(config), checkpoint_format="saver")
+    train_spec = tf.estimator.TrainSpec(
+        make(dataset.train, True), max_steps=config.train_steps,
+        hooks=[progress.ProgressHook(config.train_steps, config.batch_size)],
+        saving_listeners=listeners.make_listeners(config))
+    eval_spec = tf.estimator.EvalSpec(
+        make(dataset.validation, False), steps=config.eval_steps, name=None,
+        exporters=export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max),
+        start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
+    files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
+    started = time.time()
+    eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    eval_metrics = _to_builtin(eval_metrics or estimator.evaluate(make(dataset.validation, False),
+                                                                  steps=config.eval_steps))
+
+    checkpoint = tf.train.latest_checkpoint(config.model_dir)
+    export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
+    files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
+    export_path = export.latest_export(config.model_dir, config.export)
+    run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
+    files.write_json(info_path, run_info)
+    return _summary_line(eval_metrics, config.model_dir, export_path)

@@ -1,0 +1,44 @@
+"""Small file helpers that never leave a half-written file under its final name."""
+import json
+import uuid
+from typing import Any
+
+import tensorflow as tf
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as JSON to `path` atomically (temporary name, then rename).
+
+    Works for local paths and any filesystem TensorFlow knows (gs://).
+    """
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_json(path: str) -> Any:
+    """Reads a JSON file, or returns None if it does not exist."""
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _to_builtin(value: Any) -> Any:
+    """Turns numpy scalars and arrays into plain Python values for json."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def is_local(path: str) -> bool:
+    """True for paths on the local filesystem (not gs:// or other schemes)."""
+    return "://" not in path
+
+
+def makedirs(path: str) -> None:
+    """Creates a directory (and parents) on any TF filesystem."""
+    tf.io.gfile.makedirs(path)

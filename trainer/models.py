@@ -1,0 +1,316 @@
+"""Model building: the backbone registry, the head, freezing and compilation.
+
+A model is `image -> preprocessing -> trunk -> head`. The trunk is a Keras
+application (or one of the small test models), the front of a saved Keras model
+(`--base_model`), optionally cut at a named layer (`--cut_layer`). Preprocessing
+is made of built-in layers only (Rescaling, tf ops), so `keras_model.h5` loads
+with plain `tf.keras.models.load_model` and adds no parameters. `--model_fn`
+replaces all of this with the user's own uncompiled functional model.
+"""
+import dataclasses
+import difflib
+import importlib
+import inspect
+from typing import Callable, Dict, Optional
+
+import tensorflow as tf
+
+from trainer.config import Config, parse_freeze
+from trainer.errors import UsageError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+# Per-channel constants of keras.applications' preprocess_input modes.
+_CAFFE_BGR_MEAN = [-103.939, -116.779, -123.68]
+_TORCH_MEAN = [0.485, 0.456, 0.406]
+_TORCH_STD = [0.229, 0.224, 0.225]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A registry entry: how to build a trunk and feed it pixels in [0, 255]."""
+
+    build: Callable[[tuple, Optional[str]], tf.keras.Model]
+    preprocess: str  # "tf" ([-1, 1]), "caffe" (BGR, mean-centred), "torch", "unit" ([0, 1]), "none".
+    default_size: int
+    pretrained: bool = True
+
+
+def _app(fn) -> Callable:
+    return lambda shape, weights: fn(include_top=False, weights=weights, input_shape=shape)
+
+
+def _small_cnn(shape, weights) -> tf.keras.Model:
+    inputs = tf.keras.Input(shape, name="small_cnn_input")
+    x = inputs
+    for i, filters in enumerate((32, 64), start=1):
+        x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = tf.keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = tf.keras.layers.ReLU(name=f"relu{i}")(x)
+        x = tf.keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
+    return tf.keras.Model(inputs, x, name="small_cnn")
+
+
+def _mlp(shape, weights) -> tf.keras.Model:
+    inputs = tf.keras.Input(shape, name="mlp_input")
+    x = tf.keras.layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate((128, 64), start=1):
+        x = tf.keras.layers.Dense(units, activation="relu", name=f"fc{i}")(x)
+    return tf.keras.Model(inputs, x, name="mlp")
+
+
+apps = tf.keras.applications
+BACKBONES: Dict[str, Backbone] = {
+    "mlp": Backbone(_mlp, "unit", 32, pretrained=False),
+    "small_cnn": Backbone(_small_cnn, "unit", 32, pretrained=False),
+    "mobilenet_v2": Backbone(_app(apps.MobileNetV2), "tf", 224),
+    "inception_v3": Backbone(_app(apps.InceptionV3), "tf", 299),
+    "vgg16": Backbone(_app(apps.VGG16), "caffe", 224),
+    "vgg19": Backbone(_app(apps.VGG19), "caffe", 224),
+    "resnet50": Backbone(_app(apps.ResNet50), "caffe", 224),
+    "xception": Backbone(_app(apps.Xception), "tf", 299),
+    "densenet121": Backbone(_app(apps.DenseNet121), "torch", 224),
+    "efficientnet_b0": Backbone(_app(apps.EfficientNetB0), "none", 224),  # Rescales inside.
+}
+del apps
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise UsageError(f"--backbone={name} is unknown; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def resolve_weights(config: Config) -> Optional[str]:
+    """The weights to load into the backbone: 'imagenet', a file path, or None."""
+    backbone = get_backbone(config.backbone)
+    weights = config.weights or ("imagenet" if backbone.pretrained else "none")
+    if weights == "none":
+        return None
+    if weights == "imagenet" and not backbone.pretrained:
+        raise UsageError(f"--backbone={config.backbone} has no pretrained weights; use --weights=none "
+                         "or a weights file")
+    if weights != "imagenet" and not tf.io.gfile.exists(weights):
+        raise UsageError(f"--weights={weights} does not exist (use imagenet, none or a weights file)")
+    return weights
+
+
+def image_size(config: Config, data_image_shape: Optional[tuple] = None) -> int:
+    """--image_size, else the data's own size for the small models, else the backbone's."""
+    if config.image_size:
+        return config.image_size
+    backbone = get_backbone(config.backbone)
+    if not backbone.pretrained and data_image_shape is not None:
+        return int(data_image_shape[0])
+    return backbone.default_size
+
+
+def _preprocess(x, mode: str):
+    """Maps pixels in [0, 255] to what a backbone expects, with zero-parameter layers."""
+    if mode == "tf":
+        return tf.keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
+    if mode == "unit":
+        return tf.keras.layers.Rescaling(1 / 255.0, name="preprocess")(x)
+    if mode == "caffe":
+        x = tf.reverse(x, axis=[-1])  # RGB -> BGR, as a serialisable TF-op layer.
+        return tf.keras.layers.Rescaling(1.0, offset=_CAFFE_BGR_MEAN, name="preprocess")(x)
+    if mode == "torch":
+        scale = [1 / (255.0 * s) for s in _TORCH_STD]
+        offset = [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD)]
+        return tf.keras.layers.Rescaling(scale, offset=offset, name="preprocess")(x)
+    return x
+
+
+def build_trunk(config: Config, size: int) -> tf.keras.Model:
+    """The pretrained (or base-model) part, before freezing."""
+    if config.base_model:
+        return _trunk_from_base_model(config)
+    backbone = get_backbone(config.backbone)
+    weights = resolve_weights(config)
+    try:
+        trunk = backbone.build((size, size, 3), weights)
+    except Exception as e:  # Download failures surface as many exception types.
+        if weights == "imagenet":
+            raise UsageError(f"--weights=imagenet: could not get the ImageNet weights of {config.backbone} "
+                             f"({type(e).__name__}); pass --weights=<path to a weights file> or "
+                             "--weights=none") from None
+        if weights:
+            raise UsageError(f"--weights={weights} could not be loaded into {config.backbone}: {e}") from None
+        raise UsageError(f"--image_size={size} does not suit --backbone={config.backbone}: {e}") from None
+    if config.cut_layer:
+        trunk = cut(trunk, config.cut_layer, f"--backbone={config.backbone}")
+    return trunk
+
+
+def cut(model: tf.keras.Model, layer_name: str, what: str) -> tf.keras.Model:
+    names = [layer.name for layer in model.layers]
+    if layer_name not in names:
+        close = difflib.get_close_matches(layer_name, names, n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise UsageError(f"--cut_layer={layer_name} is not a layer of {what}{hint} "
+                         f"(--dry_run lists all {len(names)} layers in model_summary.json)")
+    return tf.keras.Model(model.input, model.get_layer(layer_name).output, name=model.name)
+
+
+def load_base_model(path: str) -> tf.keras.Model:
+    if not tf.io.gfile.exists(path):
+        raise UsageError(f"--base_model={path} does not exist")
+    try:
+        return tf.keras.models.load_model(path, compile=False)
+    except Exception as e:  # h5py, SavedModel and Keras each raise their own types.
+        raise UsageError(f"--base_model={path} is not a loadable Keras model "
+                         f"(.h5, .keras or SavedModel): {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _trunk_from_base_model(config: Config) -> tf.keras.Model:
+    base = load_base_model(config.base_model)
+    if config.drop_layers >= len(base.layers) - 1:
+        raise UsageError(f"--drop_layers={config.drop_layers} leaves nothing of --base_model: "
+                         f"it has {len(base.layers)} layers")
+    out = base.layers[-(config.drop_layers + 1)].output
+    trunk = tf.keras.Model(base.inputs, out, name="base_trunk")
+    if config.cut_layer:
+        trunk = cut(trunk, config.cut_layer, f"--base_model={config.base_model}")
+    return trunk
+
+
+def default_freeze(config: Config) -> str:
+    """Freeze what was learned elsewhere; train a trunk that starts from random weights."""
+    if config.base_model or config.model_fn or resolve_weights(config):
+        return "all"
+    return "none"
+
+
+def freeze(trunk: tf.keras.Model, spec: str) -> bool:
+    """Applies --freeze to the trunk's layers; returns True if all of it is frozen."""
+    value = parse_freeze(spec)
+    layers = trunk.layers
+    if value == "all":
+        trunk.trainable = False
+        return True
+    if value == "none":
+        trunk.trainable = True
+        return False
+    if not -len(layers) <= value <= len(layers):
+        raise UsageError(f"--freeze={spec} is out of range: the trunk has {len(layers)} layers "
+                         f"(use 0..{len(layers)} or -{len(layers)}..-1, all or none)")
+    frozen = layers[:value]  # N: the first N; -N: all but the last N.
+    trunk.trainable = True
+    for layer in frozen:
+        layer.trainable = False
+    return len(frozen) == len(layers)
+
+
+def _all_layer_names(model: tf.keras.Model) -> set:
+    names = set()
+    for layer in model.layers:
+        names.add(layer.name)
+        if isinstance(layer, tf.keras.Model):
+            names |= _all_layer_names(layer)
+    return names
+
+
+def _head(x, config: Config, num_classes: int, taken: set):
+    """Pooling, hidden Dense layers and the output layer.
+
+    Layer names avoid those of the trunk (a --base_model may carry a head of the same
+    names), because checkpoint variables are named after layers.
+    """
+    def name(base: str) -> str:
+        candidate, n = base, 1
+        while candidate in taken:
+            candidate, n = f"{base}_new{n if n > 1 else ''}", n + 1
+        return candidate
+
+    if len(x.shape) == 4:
+        pool = {"avg": tf.keras.layers.GlobalAveragePooling2D, "max": tf.keras.layers.GlobalMaxPooling2D,
+                "flatten": tf.keras.layers.Flatten}[config.head_pooling]
+        x = pool(name=name("head_pool"))(x)
+    elif len(x.shape) > 2:
+        x = tf.keras.layers.Flatten(name=name("head_pool"))(x)
+    for i, units in enumerate(config.head_units, start=1):
+        x = tf.keras.layers.Dense(units, activation="relu", name=name(f"head_dense_{i}"))(x)
+        if config.dropout:
+            x = tf.keras.layers.Dropout(config.dropout, name=name(f"head_dropout_{i}"))(x)
+    if config.dropout and not config.head_units:
+        x = tf.keras.layers.Dropout(config.dropout, name=name("head_dropout"))(x)
+    if config.label_mode == "binary":
+        return tf.keras.layers.Dense(1, activation="sigmoid", name=name(OUTPUT_NAME))(x)
+    return tf.keras.layers.Dense(num_classes, activation="softmax", name=name(OUTPUT_NAME))(x)
+
+
+def build_model(config: Config, num_classes: int, data_image_shape: Optional[tuple] = None) -> tf.keras.Model:
+    """Builds the uncompiled Keras model the run trains.
+
+    Args:
+        config: the run configuration.
+        num_classes: classes of the new head.
+        data_image_shape: shape of one stored image, for sources held as arrays.
+    """
+    if config.label_mode == "binary" and num_classes != 2:
+        raise UsageError(f"--label_mode=binary needs exactly 2 classes; the data has {num_classes}")
+    if config.model_fn:
+        return load_model_fn(config.model_fn, num_classes)
+    if config.base_model:
+        trunk = build_trunk(config, 0)
+        shape = tuple(trunk.input_shape[1:])
+        if config.image_size and shape[:2] != (config.image_size, config.image_size):
+            raise UsageError(f"--image_size={config.image_size} differs from --base_model's input "
+                             f"{shape[0]}x{shape[1]}; leave --image_size out")
+        mode = "none"  # The base model carries its own preprocessing.
+    else:
+        size = image_size(config, data_image_shape)
+        trunk = build_trunk(config, size)
+        shape = (size, size, 3)
+        mode = get_backbone(config.backbone).preprocess
+    all_frozen = freeze(trunk, config.freeze or default_freeze(config))
+    inputs = tf.keras.Input(shape, name=INPUT_NAME)
+    x = _preprocess(inputs, mode)
+    # A fully frozen trunk runs in inference mode (its BatchNorm statistics stay fixed);
+    # in a partly frozen one, each frozen BatchNorm layer does so by itself.
+    x = trunk(x, training=False) if all_frozen else trunk(x)
+    outputs = _head(x, config, num_classes, _all_layer_names(trunk))
+    return tf.keras.Model(inputs, outputs, name="transfer_model")
+
+
+def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
+    """Imports `package.module:function` and calls it for an uncompiled functional model."""
+    module_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"--model_fn={spec} could not be imported: {e}") from None
+    kwargs = {"num_classes": num_classes} if "num_classes" in inspect.signature(fn).parameters else {}
+    model = fn(**kwargs)
+    if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise UsageError(f"--model_fn={spec} must return a functional tf.keras.Model, "
+                         f"not {type(model).__name__}")
+    return model
+
+
+def compile_model(model: tf.keras.Model, config: Config) -> None:
+    """Compiles with a legacy optimizer, which model_to_estimator requires."""
+    optimizers = tf.keras.optimizers.legacy
+    opt = {"adam": optimizers.Adam, "sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}[config.optimizer]
+    model.compile(optimizer=opt(learning_rate=config.learning_rate), loss=config.resolved_loss,
+                  metrics=["accuracy"])
+
+
+def summarize(model: tf.keras.Model) -> dict:
+    """Parameter counts and the layer list, as written to model_summary.json."""
+    trainable = sum(int(tf.keras.backend.count_params(w)) for w in model.trainable_weights)
+    total = sum(int(tf.keras.backend.count_params(w)) for w in model.weights)
+
+    def layers_of(m, prefix=""):
+        rows = []
+        for layer in m.layers:
+            rows.append({"name": prefix + layer.name, "class": type(layer).__name__,
+                         "trainable": bool(layer.trainable), "params": int(layer.count_params())
+                         if layer.built else 0})
+            if isinstance(layer, tf.keras.Model):
+                rows.extend(layers_of(layer, prefix + layer.name + "/"))
+        return rows
+
+    return {"total_params": total, "trainable_params": trainable, "non_trainable_params": total - trainable,
+            "inputs": list(model.input_names), "outputs": list(model.output_names), "layers": layers_of(model)}

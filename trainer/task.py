@@ -1,0 +1,117 @@
+"""Entry point: `python -m trainer.task` or the `trainer` console script.
+
+The only module that reads absl FLAGS. It turns them into a `Config`, runs
+`experiment.train_and_evaluate`, prints the summary as the last stdout line, and
+turns every user mistake into one `error: ...` line with exit status 1.
+"""
+import json
+import os
+import sys
+
+# Quieten TensorFlow's C++ start-up chatter before it is imported; users can override.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags, logging  # noqa: E402
+
+from trainer import config as config_lib  # noqa: E402
+from trainer.errors import UsageError  # noqa: E402
+
+FLAGS = flags.FLAGS
+_DEFAULTS = config_lib.Config()
+
+# Data.
+flags.DEFINE_string("data", None, "'digits' (built in), a .npz file (x_train, y_train, x_test, y_test), "
+                    "or a folder with one sub-folder of images per class.")
+flags.DEFINE_string("model_dir", None, "Output folder; re-running with the same one resumes. "
+                    "Default: $AIP_MODEL_DIR if set, else runs/<timestamp>.")
+flags.DEFINE_float("validation_split", _DEFAULTS.validation_split,
+                   "Fraction of a folder (or of digits) held out for validation, chosen by file-name hash.")
+flags.DEFINE_list("classes", [], "Keep only these classes, in this order, as labels 0..k-1.")
+# Model.
+flags.DEFINE_string("backbone", _DEFAULTS.backbone, "Trunk from the registry: mlp, small_cnn, mobilenet_v2, "
+                    "inception_v3, vgg16, vgg19, resnet50, xception, densenet121, efficientnet_b0.")
+flags.DEFINE_string("weights", None, "imagenet, none, or a weights file. Default: imagenet for Keras "
+                    "applications, none for mlp and small_cnn.")
+flags.DEFINE_integer("image_size", 0, "Square input size. 0: the backbone's default (the data's own size "
+                     "for mlp and small_cnn on arrays).")
+flags.DEFINE_string("cut_layer", None, "Use this trunk layer's output as the trunk's output (e.g. mixed7).")
+flags.DEFINE_enum("head_pooling", _DEFAULTS.head_pooling, config_lib.HEAD_POOLINGS,
+                  "How the head reduces a 4-D trunk output.")
+flags.DEFINE_list("head_units", [], "Widths of the head's hidden Dense ReLU layers, e.g. 1024 or 4096,4096.")
+flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate after each hidden head layer.")
+flags.DEFINE_integer("num_classes", None, "Classes of the head. Default: inferred from --data.")
+flags.DEFINE_enum("label_mode", _DEFAULTS.label_mode, config_lib.LABEL_MODES,
+                  "sparse (class ids), categorical (one-hot) or binary (one sigmoid unit).")
+flags.DEFINE_string("freeze", None, "all, none, N (freeze the first N trunk layers, its InputLayer "
+                    "counted) or -N (train only the last N trunk layers). Default: all when the trunk has "
+                    "pretrained weights or comes from --base_model, none when it starts from random weights.")
+flags.DEFINE_string("base_model", None, "A saved Keras model (.h5, .keras, SavedModel) whose layers, "
+                    "less the last --drop_layers, become the trunk (replaces --backbone).")
+flags.DEFINE_integer("drop_layers", _DEFAULTS.drop_layers, "Layers to drop from the end of --base_model.")
+flags.DEFINE_string("model_fn", None, "package.module:function returning an uncompiled functional Keras "
+                    "model (input names = feature keys, output names = label keys).")
+# Training.
+flags.DEFINE_integer("train_steps", _DEFAULTS.train_steps, "Total training steps (global step to reach).")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
+flags.DEFINE_string("optimizer", _DEFAULTS.optimizer, "adam, sgd or rmsprop.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate.")
+flags.DEFINE_string("loss", None, "Default: derived from --label_mode; mse is also accepted.")
+flags.DEFINE_integer("eval_steps", None, "Evaluation batches. Default: the whole validation split.")
+flags.DEFINE_integer("save_checkpoints_steps", _DEFAULTS.save_checkpoints_steps, "Checkpoint every N steps.")
+flags.DEFINE_integer("keep_checkpoint_max", _DEFAULTS.keep_checkpoint_max, "Checkpoints (and exports) kept.")
+flags.DEFINE_integer("eval_throttle_secs", _DEFAULTS.eval_throttle_secs,
+                     "At least this many seconds between evaluations (each follows a checkpoint).")
+flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
+                  "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
+flags.DEFINE_bool("dry_run", False, "Build and validate everything, write model_summary.json; train nothing.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, initialisation).")
+
+
+def config_from_flags() -> config_lib.Config:
+    """Builds the Config from parsed FLAGS."""
+    try:
+        head_units = tuple(int(u) for u in FLAGS.head_units)
+    except ValueError:
+        raise UsageError(f"--head_units={','.join(FLAGS.head_units)} must be a comma list of integers") from None
+    values = {field: FLAGS[field].value for field in (
+        "data", "model_dir", "validation_split", "backbone", "weights", "image_size", "cut_layer",
+        "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
+        "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
+        "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed")}
+    return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units, **values)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
+    from trainer import experiment  # Imports TensorFlow: after flag parsing, so --help is fast.
+
+    try:
+        summary = experiment.train_and_evaluate(config_from_flags())
+    except UsageError as e:
+        _fail(str(e))
+    sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(1)
+
+
+def _parse_flags(argv):
+    """absl parsing, with flag errors (bad values, missing --flagfile) as one `error:` line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+
+
+def run() -> None:
+    """Console-script entry."""
+    logging.set_verbosity(logging.INFO)
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
