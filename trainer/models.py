@@ -282,7 +282,10 @@ def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
     except (ImportError, AttributeError) as e:
         raise UsageError(f"--model_fn={spec} could not be imported: {e}") from None
     kwargs = {"num_classes": num_classes} if "num_classes" in inspect.signature(fn).parameters else {}
-    model = fn(**kwargs)
+    try:
+        model = fn(**kwargs)
+    except Exception as e:  # The user's code: report it, don't crash with our traceback.
+        raise UsageError(f"--model_fn={spec} raised {type(e).__name__}: {e}") from None
     if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
         raise UsageError(f"--model_fn={spec} must return a functional tf.keras.Model, "
                          f"not {type(model).__name__}")

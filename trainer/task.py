@@ -105,6 +105,12 @@ def _parse_flags(argv):
         return FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
+    except SystemExit as e:
+        # absl exits 1 after printing --help/--helpfull/--helpshort; asking for help is no error.
+        if any(a.split("=")[0].lstrip("-") in ("help", "helpfull", "helpshort", "helpxml", "h", "?")
+               for a in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 def run() -> None:

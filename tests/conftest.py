@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny real data made on the spot, and a way to run the CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_image_folder(root: Path, classes=("cats", "dogs"), per_class=12, size=16, seed=0) -> Path:
+    """Writes small images whose class is visible in their colour: class i is bright in channel i."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            pixels[..., label % 3] += 180
+            ext = ("png", "jpg", "bmp")[i % 3]
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def run_cli(*args, env=None, timeout=300):
+    """Runs `python -m trainer.task` as a real subprocess; returns CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("AIP_MODEL_DIR", None) if env is None or "AIP_MODEL_DIR" not in env else None
+    return subprocess.run([sys.executable, "-m", "trainer.task", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
