@@ -5,6 +5,7 @@ programs. Everything a user can get wrong is checked before the Estimator
 builds its first graph.
 """
 import os
+import re
 import time
 from typing import Optional
 
@@ -28,6 +29,24 @@ def make_run_config(config: Config) -> tf.estimator.RunConfig:
         keep_checkpoint_max=config.keep_checkpoint_max,
         log_step_count_steps=100,
         save_summary_steps=100)
+
+
+def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig) -> tf.estimator.Estimator:
+    """model_to_estimator, with a warm start that carries *every* Keras weight.
+
+    model_to_estimator warm-starts from the Keras weights with the default settings,
+    which only restore trainable variables: BatchNorm moving statistics (and so a frozen
+    pretrained trunk's inference behaviour) would silently restart at 0 and 1. We keep
+    its model_fn and warm-start each weight by exact name instead.
+    """
+    keras_estimator = tf.keras.estimator.model_to_estimator(
+        keras_model=model, config=run_config, checkpoint_format="saver")
+    names = [w.name.split(":")[0] for w in model.weights]
+    warm_start = tf.estimator.WarmStartSettings(
+        ckpt_to_initialize_from=os.path.join(run_config.model_dir, "keras", "keras_model.ckpt"),
+        vars_to_warm_start=[re.escape(name) + r"(:\d+)?$" for name in names])
+    return tf.estimator.Estimator(model_fn=keras_estimator.model_fn, config=run_config,
+                                  warm_start_from=warm_start)
 
 
 def check_model_dir(config: Config, model: tf.keras.Model, num_classes: int) -> None:
@@ -123,8 +142,7 @@ def train_and_evaluate(config: Config) -> dict:
         image_size=size, seed=config.seed)
     serving_fn = export.make_serving_input_fn(
         {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-    estimator = tf.keras.estimator.model_to_estimator(
-        keras_model=model, config=make_run_config(config), checkpoint_format="saver")
+    estimator = make_estimator(model, make_run_config(config))
     train_spec = tf.estimator.TrainSpec(
         make(dataset.train, True), max_steps=config.train_steps,
         hooks=[progress.ProgressHook(config.train_steps, config.batch_size)],
