@@ -35,6 +35,10 @@ class Config:
     model_dir: Optional[str] = None
     validation_split: float = 0.2
     classes: Tuple[str, ...] = ()
+    eval_data: Optional[str] = None
+    labels_file: Optional[str] = None
+    augment: Tuple[Tuple[str, float], ...] = ()  # ((op, amount), ...) from --augment.
+    max_bad_fraction: float = 0.1
     # Model.
     backbone: str = "mobilenet_v2"
     weights: Optional[str] = None  # None: the backbone's default.
@@ -127,6 +131,8 @@ def validate(config: Config) -> Config:
         raise UsageError("--base_model and --model_fn exclude each other: give one")
     if config.model_fn and ":" not in config.model_fn:
         raise UsageError(f"--model_fn={config.model_fn} must look like package.module:function")
+    if not 0.0 <= config.max_bad_fraction <= 1.0:
+        raise UsageError(f"--max_bad_fraction={config.max_bad_fraction} must be in [0, 1]")
     if len(set(config.classes)) != len(config.classes):
         raise UsageError(f"--classes={','.join(config.classes)} names a class twice")
     if config.freeze is not None:
@@ -135,6 +141,26 @@ def validate(config: Config) -> Config:
     if not config.model_dir:
         changes["model_dir"] = default_model_dir()
     return dataclasses.replace(config, **changes) if changes else config
+
+
+AUGMENT_OPS = {"flip": 0.0, "rotate": 0.1, "zoom": 0.1}  # Op -> default amount.
+
+
+def parse_augment(spec: str) -> Tuple[Tuple[str, float], ...]:
+    """Parses --augment=flip,rotate:0.1,zoom:0.2 into ((op, amount), ...)."""
+    ops = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, amount = item.partition(":")
+        if name not in AUGMENT_OPS:
+            raise UsageError(f"--augment: unknown operation '{name}'; choose from: {', '.join(AUGMENT_OPS)}")
+        try:
+            value = float(amount) if amount else AUGMENT_OPS[name]
+        except ValueError:
+            raise UsageError(f"--augment: '{item}' needs a number after the colon") from None
+        if name != "flip" and not 0.0 < value < 1.0:
+            raise UsageError(f"--augment: '{item}' needs an amount between 0 and 1 (a fraction)")
+        ops.append((name, value))
+    return tuple(ops)
 
 
 def parse_freeze(value: str):

@@ -1,13 +1,18 @@
 """Data sources: what `--data` names, loaded into an in-memory description.
 
-Three kinds of source:
+Four kinds of source:
 - `digits`: the UCI handwritten digits that scikit-learn ships (8x8 grayscale).
 - a `.npz` file with `x_train, y_train, x_test, y_test` (the layout of Keras'
   `mnist.npz`); for multi-input/multi-output `--model_fn` models, arrays named
   `x_train_<input>` / `y_train_<output>` (and `_test_`) feed each named layer.
 - a folder with one sub-folder of images per class, split into training and
   validation by a hash of each file's relative path, so the same file always
-  lands in the same split on any machine.
+  lands in the same split on any machine. Unreadable files are found by one
+  parallel decode pass, skipped and reported.
+- a glob of TFRecord shards (local or gs://) in the schema of `trainer.tfrecords`.
+
+`--eval_data` names a separate evaluation source (folder or glob); `--labels_file`
+fixes the class vocabulary and its order.
 
 Only file names and arrays are held here; pixels of folder images are decoded
 by the input pipeline (`trainer.inputs`).
@@ -19,7 +24,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from trainer import tfrecords
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -29,25 +36,37 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 @dataclasses.dataclass
 class Split:
-    """One split. `x` is a dict of arrays (arrays source) or None (files source)."""
+    """One split: arrays (`x`), image files (`paths`) or TFRecord shards (`shards`).
 
-    labels: np.ndarray
+    `labels` are the class ids, one per example; None for TFRecords that were not
+    scanned (a --labels_file was given), whose size is then unknown.
+    """
+
+    labels: Optional[np.ndarray]
     x: Optional[Dict[str, np.ndarray]] = None
     y: Optional[Dict[str, np.ndarray]] = None  # Extra label arrays of multi-output models.
     paths: Optional[List[str]] = None
+    shards: Optional[List[str]] = None
+    part: str = "all"  # For shards: all records, or the train/validation side of the hash split.
+    fraction: float = 0.0
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return 0 if self.labels is None else len(self.labels)
+
+    @property
+    def known_size(self) -> bool:
+        return self.labels is not None
 
 
 @dataclasses.dataclass
 class Dataset:
     """A loaded source: its class names and its two splits."""
 
-    kind: str  # "arrays" or "files"
+    kind: str  # "arrays", "files" or "tfrecord"
     class_names: List[str]
     train: Split
     validation: Split
+    skipped_files: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +83,8 @@ class Dataset:
         """Examples per class in each split, by class name."""
         out = {}
         for name, split in (("train", self.train), ("validation", self.validation)):
+            if not split.known_size:
+                continue
             ids, n = np.unique(split.labels, return_counts=True)
             out[name] = {self.class_names[int(i)]: int(c) for i, c in zip(ids, n)}
         return out
@@ -83,23 +104,74 @@ def load(config: Config) -> Dataset:
             bad arrays or labels.
     """
     source = config.data
+    vocabulary = read_labels_file(config.labels_file) if config.labels_file else None
+    if config.labels_file and config.classes:
+        raise UsageError("--labels_file and --classes exclude each other: the labels file fixes the classes")
+    fraction = 0.0 if config.eval_data else config.validation_split
     if source == "digits":
         dataset = _load_digits(config.validation_split)
     elif source.endswith(".npz"):
         dataset = _load_npz(source)
+    elif is_tfrecord_glob(source):
+        dataset = _load_tfrecords("data", source, fraction, vocabulary)
     elif tf.io.gfile.isdir(source):
-        dataset = _load_folder(source, config.validation_split)
+        dataset = _load_folder("data", source, fraction, vocabulary)
     elif tf.io.gfile.exists(source):
-        raise UsageError(f"--data={source} is neither 'digits', a .npz file nor a folder of class sub-folders")
+        raise UsageError(f"--data={source} is neither 'digits', a .npz file, a TFRecord glob nor a folder "
+                         "of class sub-folders")
     else:
         raise UsageError(f"--data={source} does not exist")
+    if config.eval_data:
+        if dataset.kind == "arrays":
+            raise UsageError("--eval_data goes with a folder or TFRecord --data (.npz and digits carry their "
+                             "own test split)")
+        dataset = _with_eval_source(dataset, config, vocabulary or dataset.class_names)
+    if vocabulary and dataset.kind == "arrays":
+        dataset = dataclasses.replace(dataset, class_names=list(vocabulary))
     if config.classes:
         dataset = _keep_classes(dataset, config.classes)
+    if dataset.kind == "files":
+        dataset = _drop_unreadable(dataset, config.max_bad_fraction, source)
     for name, split in (("training", dataset.train), ("validation", dataset.validation)):
-        if len(split) == 0:
-            raise UsageError(f"--data={source} has no {name} examples "
-                             f"(check --classes and --validation_split={config.validation_split})")
+        if split.known_size and len(split) == 0:
+            raise UsageError(f"--{'eval_data' if name == 'validation' and config.eval_data else 'data'}="
+                             f"{config.eval_data if name == 'validation' and config.eval_data else source} "
+                             f"has no {name} examples (check --classes and --validation_split)")
     return dataset
+
+
+def is_tfrecord_glob(source: str) -> bool:
+    """A glob or a file name that says TFRecord (folders are told apart by isdir)."""
+    return any(c in source for c in "*?[") or ".tfrecord" in os.path.basename(source)
+
+
+def read_labels_file(path: str) -> List[str]:
+    """One class name per line, blank lines ignored; the order fixes the label ids."""
+    if not tf.io.gfile.exists(path):
+        raise UsageError(f"--labels_file={path} does not exist")
+    with tf.io.gfile.GFile(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) < 2:
+        raise UsageError(f"--labels_file={path} must name at least 2 classes, one per line")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"--labels_file={path} names {', '.join(duplicates[:5])} more than once")
+    return names
+
+
+def _with_eval_source(dataset: Dataset, config: Config, class_names: List[str]) -> Dataset:
+    """Replaces the validation split with --eval_data, labelled by class name."""
+    source = config.eval_data
+    if is_tfrecord_glob(source):
+        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names)
+    elif tf.io.gfile.isdir(source):
+        evaluation = _load_folder("eval_data", source, 0.0, class_names)
+    else:
+        raise UsageError(f"--eval_data={source} is neither a folder nor a TFRecord glob (or does not exist)")
+    if evaluation.kind != dataset.kind:
+        # Mixed kinds would need two pipelines' worth of code paths; say so plainly.
+        raise UsageError(f"--eval_data={source} must be of the same kind as --data ({dataset.kind})")
+    return dataclasses.replace(dataset, validation=evaluation.train, class_names=class_names)
 
 
 def _load_digits(validation_split: float) -> Dataset:
@@ -153,23 +225,97 @@ def _load_npz(path: str) -> Dataset:
     return Dataset("arrays", [str(i) for i in range(num_classes)], splits[0], splits[1])
 
 
-def _load_folder(root: str, validation_split: float) -> Dataset:
-    class_names = sorted(d for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
-    class_names = [d.rstrip("/") for d in class_names]
-    if not class_names:
-        raise UsageError(f"--data={root} has no class sub-folders (expected <data>/<class>/<image files>)")
+def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Optional[List[str]]) -> Dataset:
+    folders = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
+    if not folders:
+        raise UsageError(f"--{flag}={root} has no class sub-folders (expected <folder>/<class>/<image files>)")
+    if vocabulary:
+        unknown = [d for d in folders if d not in vocabulary]
+        if unknown:
+            raise UsageError(f"--{flag}={root} has class folders absent from the label vocabulary: "
+                             f"{', '.join(unknown[:10])}")
+    class_names = list(vocabulary) if vocabulary else folders
     split_files = ([], []), ([], [])
-    for label, name in enumerate(class_names):
+    for name in folders:
         files = sorted(_image_files(os.path.join(root, name)))
         if not files:
-            raise UsageError(f"--data={root}: class folder '{name}' has no images "
+            raise UsageError(f"--{flag}={root}: class folder '{name}' has no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")
         for rel in files:
             paths, labels = split_files[in_validation(f"{name}/{rel}", validation_split)]
             paths.append(os.path.join(root, name, rel))
-            labels.append(label)
+            labels.append(class_names.index(name))
     train, val = (Split(np.array(labels, np.int64), paths=paths) for paths, labels in split_files)
     return Dataset("files", class_names, train, val)
+
+
+def _load_tfrecords(flag: str, pattern: str, validation_split: float,
+                    vocabulary: Optional[List[str]]) -> Dataset:
+    """TFRecord shards. Without a vocabulary, one pass reads labels (not images) for class names and counts."""
+    shards = sorted(tf.io.gfile.glob(pattern))
+    if not shards:
+        raise UsageError(f"--{flag}={pattern} matches no TFRecord files")
+    parts = ("all", "all") if not validation_split else ("train", "validation")
+    splits = [Split(None, shards=shards, part=part, fraction=validation_split) for part in parts]
+    if vocabulary:
+        return Dataset("tfrecord", list(vocabulary), splits[0], splits[1])
+    texts = {}
+    for split in splits if validation_split else splits[:1]:
+        labels = []
+        try:
+            for label, text in tfrecords.records(shards, split.part, validation_split).map(
+                    tfrecords.parse_label_and_text, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+                labels.append(label)
+                if text:
+                    texts[int(label)] = text.decode()
+        except tf.errors.OpError as e:
+            raise UsageError(f"--{flag}={pattern}: not readable as TFRecords in the image schema "
+                             f"({type(e).__name__}: {e.message.splitlines()[0][:200]})") from None
+        split.labels = np.array(labels, np.int64)
+    if not validation_split:
+        splits[1].labels = splits[0].labels
+    if len(splits[0]) and splits[0].labels.min() < 0:
+        raise UsageError(f"--{flag}={pattern}: some records have no image/class/label")
+    num_classes = int(max(s.labels.max() for s in splits if len(s))) + 1 if len(splits[0]) else 0
+    names = [texts.get(i, str(i)) for i in range(num_classes)]
+    return Dataset("tfrecord", names, splits[0], splits[1])
+
+
+def find_unreadable(paths: Sequence[str]) -> List[str]:
+    """Files TensorFlow cannot decode as an image, found by one parallel decode pass."""
+    if not paths:
+        return []
+
+    def probe(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return path, tf.shape(image)[0]
+
+    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(probe, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.apply(tf.data.experimental.ignore_errors())
+    readable = {p.decode() for p, height in ds.as_numpy_iterator() if height > 0}
+    return [p for p in paths if p not in readable]
+
+
+def _drop_unreadable(dataset: Dataset, max_bad_fraction: float, source: str) -> Dataset:
+    all_paths = dataset.train.paths + dataset.validation.paths
+    bad = set(find_unreadable(all_paths))
+    if not bad:
+        return dataset
+    names = sorted(bad)
+    logging.warning("skipping %d unreadable image file(s) of %d: %s%s", len(bad), len(all_paths),
+                    ", ".join(names[:5]), ", ..." if len(bad) > 5 else "")
+    if len(bad) == len(all_paths):
+        raise UsageError(f"--data={source}: no readable image among {len(all_paths)} files")
+    if len(bad) > max_bad_fraction * len(all_paths):
+        raise UsageError(f"--data={source}: {len(bad)} of {len(all_paths)} files are unreadable, more than "
+                         f"--max_bad_fraction={max_bad_fraction}; first: {', '.join(names[:3])}")
+
+    def keep(split: Split) -> Split:
+        kept = [(p, y) for p, y in zip(split.paths, split.labels) if p not in bad]
+        return Split(np.array([y for _, y in kept], np.int64), paths=[p for p, _ in kept])
+
+    return dataclasses.replace(dataset, train=keep(dataset.train), validation=keep(dataset.validation),
+                               skipped_files=names)
 
 
 def _image_files(folder: str) -> List[str]:
@@ -184,6 +330,8 @@ def _image_files(folder: str) -> List[str]:
 
 def _keep_classes(dataset: Dataset, classes: Sequence[str]) -> Dataset:
     """Keeps only `classes`, relabelled 0..k-1 in the order given."""
+    if dataset.kind == "tfrecord":
+        raise UsageError("--classes does not apply to TFRecord data; use --labels_file")
     absent = [c for c in classes if c not in dataset.class_names]
     if absent:
         raise UsageError(f"--classes names {', '.join(absent)}, absent from --data; "

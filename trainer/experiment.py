@@ -31,13 +31,15 @@ def make_run_config(config: Config) -> tf.estimator.RunConfig:
         save_summary_steps=100)
 
 
-def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig) -> tf.estimator.Estimator:
+def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
+                   class_names=None, binary: bool = False) -> tf.estimator.Estimator:
     """model_to_estimator, with a warm start that carries *every* Keras weight.
 
     model_to_estimator warm-starts from the Keras weights with the default settings,
     which only restore trainable variables: BatchNorm moving statistics (and so a frozen
     pretrained trunk's inference behaviour) would silently restart at 0 and 1. We keep
-    its model_fn and warm-start each weight by exact name instead.
+    its model_fn and warm-start each weight by exact name instead. For single-output
+    classifiers, predictions also carry the class names (`export.with_class_names`).
     """
     keras_estimator = tf.keras.estimator.model_to_estimator(
         keras_model=model, config=run_config, checkpoint_format="saver")
@@ -45,8 +47,10 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig) ->
     warm_start = tf.estimator.WarmStartSettings(
         ckpt_to_initialize_from=os.path.join(run_config.model_dir, "keras", "keras_model.ckpt"),
         vars_to_warm_start=[re.escape(name) + r"(:\d+)?$" for name in names])
-    return tf.estimator.Estimator(model_fn=keras_estimator.model_fn, config=run_config,
-                                  warm_start_from=warm_start)
+    model_fn = keras_estimator.model_fn
+    if class_names and len(model.outputs) == 1:
+        model_fn = export.with_class_names(model_fn, class_names, binary)
+    return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 
 
 def check_model_dir(config: Config, model: tf.keras.Model, num_classes: int) -> None:
@@ -97,9 +101,9 @@ def train_and_evaluate(config: Config) -> dict:
         raise UsageError(f"--num_classes={config.num_classes} differs from the {dataset.num_classes} classes "
                          f"in --data ({', '.join(dataset.class_names)})")
     for split in (dataset.train, dataset.validation) if dataset else ():
-        if split.labels.max() >= num_classes:
+        if len(split) and split.labels.max() >= num_classes:
             raise UsageError(f"--data={config.data} has label {split.labels.max()}, outside 0..{num_classes - 1}")
-    if dataset and config.batch_size > len(dataset.train):
+    if dataset and dataset.train.known_size and config.batch_size > len(dataset.train):
         raise UsageError(f"--batch_size={config.batch_size} is larger than the {len(dataset.train)} "
                          "training examples")
 
@@ -127,6 +131,7 @@ def train_and_evaluate(config: Config) -> dict:
         "num_classes": num_classes,
         "class_names": dataset.class_names if dataset else [str(i) for i in range(num_classes)],
         "counts": dataset.counts() if dataset else {},
+        "skipped_files": dataset.skipped_files if dataset else [],
         "dry_run": config.dry_run,
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
@@ -139,10 +144,14 @@ def train_and_evaluate(config: Config) -> dict:
     make = lambda split, training: inputs.make_input_fn(  # noqa: E731
         split, training=training, batch_size=config.batch_size, input_names=model.input_names,
         output_names=model.output_names, label_mode=config.label_mode, num_classes=num_classes,
-        image_size=size, seed=config.seed)
-    serving_fn = export.make_serving_input_fn(
-        {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-    estimator = make_estimator(model, make_run_config(config))
+        image_size=size, seed=config.seed, augment=config.augment, class_names=dataset.class_names)
+    if dataset.kind in ("files", "tfrecord") and not config.model_fn:
+        serving_fn = export.make_image_bytes_serving_input_fn(model.input_names[0], size)
+    else:
+        serving_fn = export.make_serving_input_fn(
+            {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
+    estimator = make_estimator(model, make_run_config(config), dataset.class_names,
+                               binary=config.label_mode == "binary")
     train_spec = tf.estimator.TrainSpec(
         make(dataset.train, True), max_steps=config.train_steps,
         hooks=[progress.ProgressHook(config.train_steps, config.batch_size)],

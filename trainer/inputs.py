@@ -2,15 +2,17 @@
 
 `make_input_fn` returns a closure that builds the pipeline inside the
 Estimator's graph. Features are a dict keyed by the model's input names,
-labels a dict keyed by its output names. Image preprocessing that is the same
-for every pixel layout (channels to 3, resize, float32) runs batched, after
-`batch`, so the per-example work is only decoding.
+labels a dict keyed by its output names. Files and records are decoded in
+parallel; work that is the same for every image (channels to 3, resize,
+augmentation, label encoding) runs on whole batches.
 """
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from trainer import tfrecords
+from trainer.augment import augment_batch
 from trainer.data import Split
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -41,54 +43,69 @@ def to_model_images(images, size: int):
     return images
 
 
-def decode_image_file(path):
-    """Reads and decodes one JPEG/PNG/BMP/GIF file to uint8 [H, W, 3]."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+def decode_image(encoded, size: int):
+    """Encoded JPEG/PNG/BMP/GIF bytes -> float32 [size, size, 3], pixels in [0, 255].
+
+    The one decoding path of training, evaluation and the serving signature: grayscale,
+    palette and RGBA images all become RGB; every image is resized (bilinear) to `size`.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return image
+    return tf.image.resize(image, [size, size])
 
 
 def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names: List[str],
                   output_names: List[str], label_mode: str, num_classes: int,
-                  image_size: Optional[int], seed: int = 42) -> Callable:
+                  image_size: Optional[int], seed: int = 42, augment: Sequence[Tuple[str, float]] = (),
+                  class_names: Sequence[str] = ()) -> Callable:
     """Returns an Estimator input_fn over one split.
 
     Args:
-        split: the examples (arrays or file paths) and their labels.
-        training: shuffle and repeat forever; otherwise one pass, in order.
-        batch_size: examples per batch.
+        split: the examples (arrays, file paths or TFRecord shards) and their labels.
+        training: shuffle, repeat forever and augment; otherwise one pass, in order.
+        batch_size: examples per batch (per input pipeline).
         input_names: the model's input layer names (feature keys).
         output_names: the model's output names (label keys).
         label_mode: sparse, categorical or binary.
         num_classes: for one-hot labels.
         image_size: resize images to this square size; None feeds arrays as they are
             (models from --model_fn).
-        seed: shuffling seed.
+        seed: shuffling and augmentation seed.
+        augment: ((op, amount), ...), applied only when training.
+        class_names: the vocabulary TFRecord class texts are matched against.
     """
+    augment = tuple(augment) if training else ()
 
     def input_fn(params=None, input_context=None):
         del params
-        ds = _examples(split, input_names, output_names)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = _examples(split, input_names, output_names, training, class_names, input_context)
         if training:
-            ds = ds.shuffle(min(len(split), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
-            ds = ds.repeat()
-        if split.paths is not None:
-            ds = ds.map(lambda f, y: ({input_names[0]: decode_image_file(f[input_names[0]])}, y),
+            buffer = min(len(split), SHUFFLE_BUFFER) if split.known_size else SHUFFLE_BUFFER
+            ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True).repeat()
+        if split.paths is not None or split.shards is not None:
+            key, is_path = input_names[0], split.paths is not None
+            ds = ds.map(lambda f, y: ({key: decode_image(tf.io.read_file(f[key]) if is_path else f[key],
+                                                         image_size)}, y),
                         num_parallel_calls=AUTOTUNE, deterministic=not training)
-            # Images differ in size until resized: resize each one before batching.
-            ds = ds.map(lambda f, y: ({k: tf.image.resize(v, [image_size, image_size]) for k, v in f.items()}, y),
-                        num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=training)
-        ds = ds.map(lambda f, y: _finish_batch(f, y, label_mode, num_classes, image_size, output_names),
+        ds = ds.batch(batch_size, drop_remainder=training).enumerate()
+        pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+        ds = ds.map(lambda i, batch: _finish_batch(*batch, label_mode, num_classes, image_size, output_names,
+                                                   augment, tf.stack([tf.cast(seed, tf.int64) * 1000 + pipeline_id, i])),
                     num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE)
 
     return input_fn
 
 
-def _examples(split: Split, input_names: List[str], output_names: List[str]) -> tf.data.Dataset:
+def _examples(split: Split, input_names, output_names, training, class_names, input_context) -> tf.data.Dataset:
+    """(features, labels) of single examples, before any decoding."""
+    if split.shards is not None:
+        records = tfrecords.records(split.shards, split.part, split.fraction, deterministic=not training,
+                                    input_context=input_context)
+        ds = records.map(lambda r: tfrecords.parse(r, class_names), num_parallel_calls=AUTOTUNE,
+                         deterministic=not training)
+        ds = ds.filter(lambda encoded, label: label >= 0)  # Texts outside the vocabulary.
+        return ds.map(lambda encoded, label: ({input_names[0]: encoded}, {output_names[0]: label}))
     labels: Dict[str, np.ndarray] = {}
     if split.y:
         labels.update({k: v for k, v in split.y.items() if k in output_names})
@@ -100,12 +117,17 @@ def _examples(split: Split, input_names: List[str], output_names: List[str]) -> 
         features = {input_names[0]: split.x["x"]}
     else:
         features = {name: split.x[name] for name in input_names}
-    return tf.data.Dataset.from_tensor_slices((features, labels))
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return ds
 
 
-def _finish_batch(features, labels, label_mode, num_classes, image_size, output_names):
+def _finish_batch(features, labels, label_mode, num_classes, image_size, output_names, augment, seed):
     if image_size:
         features = {k: to_model_images(v, image_size) for k, v in features.items()}
+        if augment:
+            features = {k: augment_batch(v, augment, seed) for k, v in features.items()}
     else:
         features = {k: tf.cast(v, tf.float32) for k, v in features.items()}
     if len(output_names) == 1:

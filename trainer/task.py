@@ -27,6 +27,14 @@ flags.DEFINE_string("model_dir", None, "Output folder; re-running with the same 
 flags.DEFINE_float("validation_split", _DEFAULTS.validation_split,
                    "Fraction of a folder (or of digits) held out for validation, chosen by file-name hash.")
 flags.DEFINE_list("classes", [], "Keep only these classes, in this order, as labels 0..k-1.")
+flags.DEFINE_string("eval_data", None, "A separate evaluation source (folder or TFRecord glob); then all of "
+                    "--data trains.")
+flags.DEFINE_string("labels_file", None, "Class names, one per line: fixes the label order (folder names and "
+                    "image/class/text are matched against it).")
+flags.DEFINE_string("augment", "", "Training-only augmentation, e.g. flip,rotate:0.1,zoom:0.2 (rotation as a "
+                    "fraction of a full turn, zoom as a fraction). Reproducible under --seed.")
+flags.DEFINE_float("max_bad_fraction", _DEFAULTS.max_bad_fraction, "Stop when more than this fraction of "
+                   "the image files is unreadable (fewer are skipped and reported).")
 # Model.
 flags.DEFINE_string("backbone", _DEFAULTS.backbone, "Trunk from the registry: mlp, small_cnn, mobilenet_v2, "
                     "inception_v3, vgg16, vgg19, resnet50, xception, densenet121, efficientnet_b0.")
@@ -74,11 +82,12 @@ def config_from_flags() -> config_lib.Config:
     except ValueError:
         raise UsageError(f"--head_units={','.join(FLAGS.head_units)} must be a comma list of integers") from None
     values = {field: FLAGS[field].value for field in (
-        "data", "model_dir", "validation_split", "backbone", "weights", "image_size", "cut_layer",
+        "data", "model_dir", "validation_split", "eval_data", "labels_file", "max_bad_fraction", "backbone", "weights", "image_size", "cut_layer",
         "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed")}
-    return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units, **values)
+    return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units,
+                             augment=config_lib.parse_augment(FLAGS.augment), **values)
 
 
 def main(argv) -> None:
