@@ -291,7 +291,7 @@ def find_unreadable(paths: Sequence[str]) -> List[str]:
         return path, tf.shape(image)[0]
 
     ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(probe, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.apply(tf.data.experimental.ignore_errors())
+    ds = ds.ignore_errors()
     readable = {p.decode() for p, height in ds.as_numpy_iterator() if height > 0}
     return [p for p in paths if p not in readable]
 
