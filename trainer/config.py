@@ -66,6 +66,13 @@ class Config:
     export: str = "best"
     dry_run: bool = False
     seed: int = 42
+    # Distribution.
+    strategy: str = "auto"
+    num_gpus: Optional[int] = None  # None: all visible GPUs.
+    num_cpu_replicas: int = 0
+    tpu: Optional[str] = None
+    tpu_iterations_per_loop: int = 100
+    use_tpu: bool = True
 
     @property
     def resolved_loss(self) -> str:
@@ -131,6 +138,10 @@ def validate(config: Config) -> Config:
         raise UsageError("--base_model and --model_fn exclude each other: give one")
     if config.model_fn and ":" not in config.model_fn:
         raise UsageError(f"--model_fn={config.model_fn} must look like package.module:function")
+    if config.num_cpu_replicas < 0 or (config.num_gpus is not None and config.num_gpus < 0):
+        raise UsageError("--num_cpu_replicas and --num_gpus must be >= 0")
+    if config.tpu_iterations_per_loop <= 0:
+        raise UsageError(f"--tpu_iterations_per_loop={config.tpu_iterations_per_loop} must be positive")
     if not 0.0 <= config.max_bad_fraction <= 1.0:
         raise UsageError(f"--max_bad_fraction={config.max_bad_fraction} must be in [0, 1]")
     if len(set(config.classes)) != len(config.classes):

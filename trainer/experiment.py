@@ -2,10 +2,14 @@
 
 `train_and_evaluate(config)` is the whole run, callable from tests and other
 programs. Everything a user can get wrong is checked before the Estimator
-builds its first graph.
+builds its first graph. Under a multi-process strategy only the chief writes the
+files of the output contract; workers and the evaluator leave nothing else.
 """
+import dataclasses
+import glob
 import os
 import re
+import shutil
 import time
 from typing import Optional
 
@@ -14,13 +18,15 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import export, files, inputs, listeners, models, progress
+from trainer import distribution, export, files, inputs, listeners, models, progress, tpu
 from trainer.config import Config, validate
 from trainer.errors import UsageError
 
+_KERAS_CKPT_WAIT_SECS = 600
 
-def make_run_config(config: Config) -> tf.estimator.RunConfig:
-    """The one RunConfig of a run."""
+
+def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) -> tf.estimator.RunConfig:
+    """The one RunConfig of a run (TPUEstimator builds its own in `trainer.tpu`)."""
     return tf.estimator.RunConfig(
         model_dir=config.model_dir,
         tf_random_seed=config.seed,
@@ -28,7 +34,9 @@ def make_run_config(config: Config) -> tf.estimator.RunConfig:
         save_checkpoints_secs=None,
         keep_checkpoint_max=config.keep_checkpoint_max,
         log_step_count_steps=100,
-        save_summary_steps=100)
+        save_summary_steps=100,
+        session_config=plan.session_config if plan else None,
+        train_distribute=plan.strategy if plan else None)
 
 
 def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
@@ -74,6 +82,42 @@ def check_model_dir(config: Config, model: tf.keras.Model, num_classes: int) -> 
                              "use a new --model_dir")
 
 
+def _load_data(config: Config):
+    """Loads and checks the data; returns (dataset or None, num_classes)."""
+    dataset = data_lib.load(config) if config.data else None
+    num_classes = dataset.num_classes if dataset else config.num_classes
+    if config.num_classes and dataset and config.num_classes != dataset.num_classes:
+        raise UsageError(f"--num_classes={config.num_classes} differs from the {dataset.num_classes} classes "
+                         f"in --data ({', '.join(dataset.class_names)})")
+    for split in (dataset.train, dataset.validation) if dataset else ():
+        if len(split) and split.labels.max() >= num_classes:
+            raise UsageError(f"--data={config.data} has label {split.labels.max()}, outside 0..{num_classes - 1}")
+    if dataset and dataset.train.known_size and config.batch_size > len(dataset.train):
+        raise UsageError(f"--batch_size={config.batch_size} is larger than the {len(dataset.train)} "
+                         "training examples")
+    return dataset, num_classes
+
+
+def _per_replica_batch(config: Config, plan: distribution.Plan) -> int:
+    if config.batch_size % plan.num_replicas:
+        raise UsageError(f"--batch_size={config.batch_size} is not divisible by the {plan.num_replicas} "
+                         f"replicas of --strategy={plan.name}")
+    per_replica = config.batch_size // plan.num_replicas
+    logging.info("strategy %s: %d replica(s), global batch %d, per-replica batch %d", plan.name,
+                 plan.num_replicas, config.batch_size, per_replica)
+    return per_replica
+
+
+def _wait_for_chief(model_dir: str) -> None:
+    """Non-chief tasks start from the Keras checkpoint only the chief writes."""
+    marker = os.path.join(model_dir, "keras", "checkpoint")
+    deadline = time.time() + _KERAS_CKPT_WAIT_SECS
+    while not tf.io.gfile.exists(marker) and not tf.train.latest_checkpoint(model_dir):
+        if time.time() > deadline:
+            raise RuntimeError(f"the chief wrote no {marker} within {_KERAS_CKPT_WAIT_SECS} s")
+        time.sleep(0.5)
+
+
 def _summary_line(eval_metrics: dict, model_dir: str, export_path: Optional[str]) -> dict:
     keys = ("accuracy", "loss", "global_step")
     summary = {k: eval_metrics[k] for k in keys if k in eval_metrics}
@@ -89,23 +133,16 @@ def train_and_evaluate(config: Config) -> dict:
     """Runs (or resumes) one training job and writes the files of the output contract.
 
     Returns:
-        The summary printed as the last line: accuracy, loss, global_step, model_dir, export.
+        The summary printed as the last line: accuracy, loss, global_step, model_dir, export
+        (for a worker or evaluator task: its role and the model_dir).
 
     Raises:
         UsageError: for any mistake in flags or data, before training starts.
     """
     config = validate(config)
-    dataset = data_lib.load(config) if config.data else None
-    num_classes = dataset.num_classes if dataset else config.num_classes
-    if config.num_classes and dataset and config.num_classes != dataset.num_classes:
-        raise UsageError(f"--num_classes={config.num_classes} differs from the {dataset.num_classes} classes "
-                         f"in --data ({', '.join(dataset.class_names)})")
-    for split in (dataset.train, dataset.validation) if dataset else ():
-        if len(split) and split.labels.max() >= num_classes:
-            raise UsageError(f"--data={config.data} has label {split.labels.max()}, outside 0..{num_classes - 1}")
-    if dataset and dataset.train.known_size and config.batch_size > len(dataset.train):
-        raise UsageError(f"--batch_size={config.batch_size} is larger than the {len(dataset.train)} "
-                         "training examples")
+    plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas)
+    dataset, num_classes = _load_data(config)
+    per_replica_batch = _per_replica_batch(config, plan)
 
     # Fresh Keras name counters: checkpoints name variables after layers, so the same
     # flags must give the same names in every process and every call.
@@ -115,24 +152,21 @@ def train_and_evaluate(config: Config) -> dict:
     model = models.build_model(config, num_classes, image_shape)
     models.compile_model(model, config)
     summary = models.summarize(model)
-    files.makedirs(config.model_dir)
-    files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
                  summary["trainable_params"], summary["non_trainable_params"])
-    if not config.dry_run:
-        check_model_dir(config, model, num_classes)
-
+    if plan.is_chief:
+        files.makedirs(config.model_dir)
+        files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
+        if not config.dry_run:
+            check_model_dir(config, model, num_classes)
+    estimator_name = "TPUEstimator" if plan.name == "tpu" else "Estimator"
     run_info = {
-        "flags": config.to_dict(),
-        "tf_version": tf.__version__,
-        "strategy": "one_device",
-        "num_replicas": 1,
-        "estimator": "Estimator",
-        "num_classes": num_classes,
+        "flags": config.to_dict(), "tf_version": tf.__version__, "strategy": plan.name,
+        "num_replicas": plan.num_replicas, "per_replica_batch_size": per_replica_batch,
+        "estimator": estimator_name, "num_classes": num_classes,
         "class_names": dataset.class_names if dataset else [str(i) for i in range(num_classes)],
         "counts": dataset.counts() if dataset else {},
-        "skipped_files": dataset.skipped_files if dataset else [],
-        "dry_run": config.dry_run,
+        "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
     if config.dry_run:
@@ -141,35 +175,68 @@ def train_and_evaluate(config: Config) -> dict:
             "total_params", "trainable_params", "non_trainable_params")}}
 
     size = None if config.model_fn else model.input_shape[1]
-    make = lambda split, training: inputs.make_input_fn(  # noqa: E731
-        split, training=training, batch_size=config.batch_size, input_names=model.input_names,
-        output_names=model.output_names, label_mode=config.label_mode, num_classes=num_classes,
-        image_size=size, seed=config.seed, augment=config.augment, class_names=dataset.class_names)
+
+    def make_input(split, training):
+        return inputs.make_input_fn(
+            split, training=training, batch_size=per_replica_batch if training else config.batch_size,
+            input_names=model.input_names, output_names=model.output_names, label_mode=config.label_mode,
+            num_classes=num_classes, image_size=size, seed=config.seed, augment=config.augment,
+            class_names=dataset.class_names)
+
     if dataset.kind in ("files", "tfrecord") and not config.model_fn:
         serving_fn = export.make_image_bytes_serving_input_fn(model.input_names[0], size)
     else:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-    estimator = make_estimator(model, make_run_config(config), dataset.class_names,
-                               binary=config.label_mode == "binary")
+    if not plan.is_chief:
+        _wait_for_chief(config.model_dir)
+    estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
     train_spec = tf.estimator.TrainSpec(
-        make(dataset.train, True), max_steps=config.train_steps,
+        make_input(dataset.train, True), max_steps=config.train_steps,
         hooks=[progress.ProgressHook(config.train_steps, config.batch_size)],
-        saving_listeners=listeners.make_listeners(config))
+        saving_listeners=listeners.make_listeners(config, plan))
     eval_spec = tf.estimator.EvalSpec(
-        make(dataset.validation, False), steps=config.eval_steps, name=None,
+        make_input(dataset.validation, False), steps=config.eval_steps, name=None,
         exporters=export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max),
         start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
-    files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
+    if plan.is_chief:
+        files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
-    eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
-    eval_metrics = _to_builtin(eval_metrics or estimator.evaluate(make(dataset.validation, False),
-                                                                  steps=config.eval_steps))
+    eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec) or (None, None)
+    if not plan.is_chief:
+        _remove_worker_clutter(config.model_dir, plan)
+        return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
 
+    if not eval_metrics:  # Distributed: evaluation belongs to the evaluator task, if any.
+        eval_metrics = estimator.evaluate(make_input(dataset.validation, False), steps=config.eval_steps,
+                                          name="chief_final")
+    eval_metrics = _to_builtin(eval_metrics)
     checkpoint = tf.train.latest_checkpoint(config.model_dir)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
     export_path = export.latest_export(config.model_dir, config.export)
+    if export_path is None:  # No exporter ran here (distributed without an evaluator).
+        export_path = estimator.export_saved_model(os.path.join(config.model_dir, "export", config.export),
+                                                   serving_fn, checkpoint_path=checkpoint).decode()
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     return _summary_line(eval_metrics, config.model_dir, export_path)
+
+
+def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names):
+    if plan.name == "tpu":
+        build_config = dataclasses.replace(config, weights="none")  # Weights come from the warm start.
+        return tpu.make_estimator(config, model, lambda: models.build_model(build_config, num_classes, image_shape),
+                                  class_names)
+    return make_estimator(model, make_run_config(config, plan), class_names,
+                          binary=config.label_mode == "binary")
+
+
+def _remove_worker_clutter(model_dir: str, plan: distribution.Plan) -> None:
+    """Workers of a collective strategy write checkpoints to model_dir/tmp_worker_N; remove ours."""
+    if "://" in model_dir:
+        for path in tf.io.gfile.glob(os.path.join(model_dir, f"tmp_worker_{plan.task_index}")):
+            tf.io.gfile.rmtree(path)
+        return
+    for path in glob.glob(os.path.join(model_dir, f"tmp_worker_{plan.task_index}")):
+        shutil.rmtree(path, ignore_errors=True)

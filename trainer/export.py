@@ -107,11 +107,13 @@ def restore_from_checkpoint(model: tf.keras.Model, checkpoint: str) -> None:
     """
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
+    values = []
     for weight in model.weights:
         name = weight.name.split(":")[0]
         if name not in shapes or tuple(shapes[name]) != tuple(weight.shape):
             raise ValueError(f"checkpoint {checkpoint} has no tensor {name} of shape {tuple(weight.shape)}")
-        weight.assign(reader.get_tensor(name))
+        values.append((weight, reader.get_tensor(name)))
+    tf.keras.backend.batch_set_value(values)  # Works in eager and graph mode alike.
 
 
 def save_keras_model(model: tf.keras.Model, checkpoint: str, path: str) -> None:

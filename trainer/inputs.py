@@ -77,7 +77,9 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
     augment = tuple(augment) if training else ()
 
     def input_fn(params=None, input_context=None):
-        del params
+        # TPUEstimator passes the per-shard batch in params and needs static shapes.
+        tpu_batch = (params or {}).get("batch_size")
+        batch, drop_remainder = (tpu_batch, True) if tpu_batch else (batch_size, training)
         ds = _examples(split, input_names, output_names, training, class_names, input_context)
         if training:
             buffer = min(len(split), SHUFFLE_BUFFER) if split.known_size else SHUFFLE_BUFFER
@@ -87,7 +89,7 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
             ds = ds.map(lambda f, y: ({key: decode_image(tf.io.read_file(f[key]) if is_path else f[key],
                                                          image_size)}, y),
                         num_parallel_calls=AUTOTUNE, deterministic=not training)
-        ds = ds.batch(batch_size, drop_remainder=training).enumerate()
+        ds = ds.batch(batch, drop_remainder=drop_remainder).enumerate()
         pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
         ds = ds.map(lambda i, batch: _finish_batch(*batch, label_mode, num_classes, image_size, output_names,
                                                    augment, tf.stack([tf.cast(seed, tf.int64) * 1000 + pipeline_id, i])),

@@ -34,6 +34,14 @@ class CheckpointLogger(tf.estimator.CheckpointSaverListener):
         self._last_step, self._last_time = global_step_value, now
 
 
-def make_listeners(config: Config) -> List[tf.estimator.CheckpointSaverListener]:
-    """The saving listeners for this run."""
+def make_listeners(config: Config, plan=None) -> List[tf.estimator.CheckpointSaverListener]:
+    """The saving listeners for this run.
+
+    Estimator refuses saving listeners under collective multi-worker strategies, so none
+    are attached there (the run logs that it did without them).
+    """
+    if plan is not None and plan.name == "multi_worker":
+        logging.info("saving listeners are not supported under MultiWorkerMirroredStrategy: "
+                     "checkpoints are not logged or mirrored by listeners in this run")
+        return []
     return [CheckpointLogger(config.batch_size)]

@@ -73,6 +73,16 @@ flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
                   "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
 flags.DEFINE_bool("dry_run", False, "Build and validate everything, write model_summary.json; train nothing.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, initialisation).")
+# Distribution.
+flags.DEFINE_string("strategy", _DEFAULTS.strategy, "auto, one_device, mirrored, multi_worker, parameter_server "
+                    "or tpu. auto: multi_worker when TF_CONFIG names several workers, mirrored with more than one "
+                    "GPU, else one_device.")
+flags.DEFINE_integer("num_gpus", None, "GPUs for --strategy=mirrored. Default: all visible.")
+flags.DEFINE_integer("num_cpu_replicas", 0, "Split the host CPU into N mirrored replicas (testing without GPUs).")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local' on TPU VMs).")
+flags.DEFINE_integer("tpu_iterations_per_loop", _DEFAULTS.tpu_iterations_per_loop,
+                     "Training steps per TPU loop (TPUEstimator's iterations_per_loop).")
+flags.DEFINE_bool("use_tpu", True, "With --strategy=tpu: false runs the identical TPUEstimator path on CPU/GPU.")
 
 
 def config_from_flags() -> config_lib.Config:
@@ -85,7 +95,8 @@ def config_from_flags() -> config_lib.Config:
         "data", "model_dir", "validation_split", "eval_data", "labels_file", "max_bad_fraction", "backbone", "weights", "image_size", "cut_layer",
         "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
-        "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed")}
+        "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
+        "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu")}
     return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units,
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 
