@@ -23,6 +23,8 @@ def assert_one_error_line(proc, *fragments):
     (["--data=digits", "--backbone=mlp", "--cut_layer=fc9"], ["--cut_layer=fc9", "fc1"]),
     (["--flagfile=/no/such/flagfile"], ["/no/such/flagfile"]),
     (["--data=digits", "--label_mode=ordinal"], ["label_mode", "sparse"]),
+    (["--data=digits", "--backbone=mlp", "--strategy=horovod"], ["--strategy=horovod", "one_device, mirrored"]),
+    (["--data=digits", "--backbone=mlp", "--strategy=tpu"], ["--strategy=tpu needs --tpu"]),
 ])
 def test_user_mistakes_give_one_error_line(tmp_path, args, fragments):
     proc = run_cli(*args, f"--model_dir={tmp_path / 'run'}")
@@ -47,3 +49,8 @@ def test_flagfile_dry_run_prints_summary_json(tmp_path):
     written = json.loads((tmp_path / "run" / "model_summary.json").read_text())
     assert written["total_params"] == summary["total_params"] > 0
     assert not list((tmp_path / "run").glob("model.ckpt*")), "a dry run trains nothing"
+
+
+def test_bad_tf_config_is_one_error_line(tmp_path):
+    proc = run_cli("--data=digits", "--backbone=mlp", f"--model_dir={tmp_path}", env={"TF_CONFIG": "{not json"})
+    assert_one_error_line(proc, "TF_CONFIG is not valid JSON")

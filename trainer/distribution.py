@@ -34,6 +34,7 @@ class Plan:
     session_config: Optional[tf.compat.v1.ConfigProto] = None
     task_type: str = "chief"
     task_index: int = 0
+    tpu_resolver: Optional[object] = None
 
     @property
     def is_chief(self) -> bool:
@@ -95,7 +96,7 @@ def choose(name: str, tf_config: dict, num_gpus: int) -> str:
 
 
 def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 0,
-             tf_config_raw: Optional[str] = None) -> Plan:
+             tf_config_raw: Optional[str] = None, tpu: Optional[str] = None, use_tpu: bool = True) -> Plan:
     """Maps --strategy (and TF_CONFIG, devices) to a Plan. Builds the strategy object.
 
     Raises:
@@ -118,7 +119,10 @@ def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 
         # The evaluator only reads checkpoints; building a collective strategy there fails
         # (its cluster has no 'evaluator' key).
         return Plan(resolved, None, 1, task_type=task_type, task_index=task_index)
-    if resolved == "one_device" or resolved == "tpu":
+    if resolved == "tpu":
+        return Plan(resolved, task_type=task_type, task_index=task_index,
+                    tpu_resolver=_tpu_resolver(tpu) if use_tpu else None)
+    if resolved == "one_device":
         return Plan(resolved, task_type=task_type, task_index=task_index)
     if resolved == "mirrored":
         if num_cpu_replicas:
@@ -140,3 +144,18 @@ def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 
         raise UsageError("--strategy=parameter_server needs 'ps' tasks in TF_CONFIG's cluster")
     strategy = tf.compat.v1.distribute.experimental.ParameterServerStrategy()
     return Plan(resolved, strategy, strategy.num_replicas_in_sync, None, task_type, task_index)
+
+
+def _tpu_resolver(tpu: Optional[str]):
+    """Resolves --tpu ('local' on TPU VMs, else a name or grpc:// address)."""
+    if not tpu:
+        raise UsageError("--strategy=tpu needs --tpu (a TPU name, a grpc:// address, or 'local' on TPU VMs); "
+                         "--use_tpu=false runs the same path without a TPU")
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if not resolver.num_accelerators().get("TPU"):
+            raise RuntimeError("it has no TPU cores")
+        return resolver
+    except Exception as e:  # The resolver raises ValueError, NotFound, RuntimeError or HTTP errors.
+        raise UsageError(f"--tpu={tpu}: no TPU could be resolved ({type(e).__name__}: {str(e)[:200]}); "
+                         "--use_tpu=false runs the same path without a TPU") from None

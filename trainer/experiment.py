@@ -140,7 +140,8 @@ def train_and_evaluate(config: Config) -> dict:
         UsageError: for any mistake in flags or data, before training starts.
     """
     config = validate(config)
-    plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas)
+    plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
+                                 tpu=config.tpu, use_tpu=config.use_tpu)
     dataset, num_classes = _load_data(config)
     per_replica_batch = _per_replica_batch(config, plan)
 
@@ -227,7 +228,7 @@ def _make_any_estimator(config, plan, model, num_classes, image_shape, class_nam
     if plan.name == "tpu":
         build_config = dataclasses.replace(config, weights="none")  # Weights come from the warm start.
         return tpu.make_estimator(config, model, lambda: models.build_model(build_config, num_classes, image_shape),
-                                  class_names)
+                                  class_names, plan.tpu_resolver)
     return make_estimator(model, make_run_config(config, plan), class_names,
                           binary=config.label_mode == "binary")
 

@@ -81,11 +81,8 @@ def make_model_fn(config: Config, build: Callable[[], tf.keras.Model], class_nam
 
 
 def make_estimator(config: Config, model: tf.keras.Model, build: Callable[[], tf.keras.Model],
-                   class_names: Sequence[str]) -> tf.estimator.Estimator:
-    """The TPUEstimator, warm-started from `model`'s current weights."""
-    resolver = None
-    if config.use_tpu:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+                   class_names: Sequence[str], resolver=None) -> tf.estimator.Estimator:
+    """The TPUEstimator, warm-started from `model`'s current weights (resolver: None off TPU)."""
     run_config = tf.compat.v1.estimator.tpu.RunConfig(
         cluster=resolver, model_dir=config.model_dir, tf_random_seed=config.seed,
         save_checkpoints_steps=config.save_checkpoints_steps, keep_checkpoint_max=config.keep_checkpoint_max,
