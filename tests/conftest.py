@@ -40,3 +40,19 @@ def run_cli(*args, env=None, timeout=300):
 
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def gcs_server(tmp_path, monkeypatch):
+    """A loopback GCS server with a bucket `test-bucket`; yields (server, storage client)."""
+    from gcs_server import GcsServer
+    from trainer import gcs as gcs_lib
+
+    server = GcsServer(str(tmp_path / "gcs-data"))
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    client = gcs_lib.client()
+    client.create_bucket("test-bucket")
+    yield server, client
+    server.stop()

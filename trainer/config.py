@@ -66,6 +66,11 @@ class Config:
     export: str = "best"
     dry_run: bool = False
     seed: int = 42
+    # Cloud.
+    checkpoint_dir: Optional[str] = None  # Default: $AIP_CHECKPOINT_DIR, else model_dir.
+    tensorboard_dir: Optional[str] = None  # Default: $AIP_TENSORBOARD_LOG_DIR, else none (model_dir has them).
+    sync_checkpoints_to: Optional[str] = None
+    hypertune_metric: Optional[str] = None  # Default: $CLOUD_ML_HP_METRIC_TAG.
     # Distribution.
     strategy: str = "auto"
     num_gpus: Optional[int] = None  # None: all visible GPUs.
@@ -148,10 +153,29 @@ def validate(config: Config) -> Config:
         raise UsageError(f"--classes={','.join(config.classes)} names a class twice")
     if config.freeze is not None:
         parse_freeze(config.freeze)
+    if config.sync_checkpoints_to and not config.sync_checkpoints_to.startswith("gs://"):
+        raise UsageError(f"--sync_checkpoints_to={config.sync_checkpoints_to} must be a gs:// URI")
     changes = {}
     if not config.model_dir:
         changes["model_dir"] = default_model_dir()
-    return dataclasses.replace(config, **changes) if changes else config
+    model_dir = changes.get("model_dir", config.model_dir)
+    changes["model_dir"] = to_gcs_uri(model_dir)
+    changes["checkpoint_dir"] = to_gcs_uri(config.checkpoint_dir or (
+        os.environ.get("AIP_CHECKPOINT_DIR") if not config.model_dir else None) or changes["model_dir"])
+    changes["tensorboard_dir"] = to_gcs_uri(config.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or None)
+    changes["hypertune_metric"] = config.hypertune_metric or os.environ.get("CLOUD_ML_HP_METRIC_TAG") or None
+    return dataclasses.replace(config, **changes)
+
+
+def to_gcs_uri(path: Optional[str]) -> Optional[str]:
+    """/gcs/BUCKET/... (Cloud Storage FUSE on Vertex AI) -> gs://BUCKET/...; other paths unchanged.
+
+    TensorFlow reads and writes gs:// directly, which is faster and more robust for
+    checkpoints than the FUSE mount.
+    """
+    if path and path.startswith("/gcs/"):
+        return "gs://" + path[len("/gcs/"):]
+    return path
 
 
 AUGMENT_OPS = {"flip": 0.0, "rotate": 0.1, "zoom": 0.1}  # Op -> default amount.

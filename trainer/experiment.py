@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import distribution, export, files, inputs, listeners, models, progress, tpu
+from trainer import distribution, export, files, hypertune, inputs, listeners, models, progress, tpu
 from trainer.config import Config, validate
 from trainer.errors import UsageError
 
@@ -28,7 +28,7 @@ _KERAS_CKPT_WAIT_SECS = 600
 def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) -> tf.estimator.RunConfig:
     """The one RunConfig of a run (TPUEstimator builds its own in `trainer.tpu`)."""
     return tf.estimator.RunConfig(
-        model_dir=config.model_dir,
+        model_dir=config.checkpoint_dir or config.model_dir,
         tf_random_seed=config.seed,
         save_checkpoints_steps=config.save_checkpoints_steps,
         save_checkpoints_secs=None,
@@ -67,7 +67,7 @@ def check_model_dir(config: Config, model: tf.keras.Model, num_classes: int) -> 
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
-    checkpoint = tf.train.latest_checkpoint(config.model_dir)
+    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
     if not checkpoint:
         return
     shapes = dict(tf.train.list_variables(checkpoint))
@@ -190,7 +190,7 @@ def train_and_evaluate(config: Config) -> dict:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
     if not plan.is_chief:
-        _wait_for_chief(config.model_dir)
+        _wait_for_chief(config.checkpoint_dir)
     estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
     train_spec = tf.estimator.TrainSpec(
         make_input(dataset.train, True), max_steps=config.train_steps,
@@ -198,27 +198,33 @@ def train_and_evaluate(config: Config) -> dict:
         saving_listeners=listeners.make_listeners(config, plan))
     eval_spec = tf.estimator.EvalSpec(
         make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-        exporters=export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max),
+        exporters=export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max)
+        + hypertune.make_reporters(config),
         start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
     if plan.is_chief:
         files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
     eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec) or (None, None)
     if not plan.is_chief:
-        _remove_worker_clutter(config.model_dir, plan)
+        _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
 
     if not eval_metrics:  # Distributed: evaluation belongs to the evaluator task, if any.
         eval_metrics = estimator.evaluate(make_input(dataset.validation, False), steps=config.eval_steps,
                                           name="chief_final")
     eval_metrics = _to_builtin(eval_metrics)
-    checkpoint = tf.train.latest_checkpoint(config.model_dir)
+    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
-    export_path = export.latest_export(config.model_dir, config.export)
+    export_path = export.latest_export(config.checkpoint_dir, config.export)
     if export_path is None:  # No exporter ran here (distributed without an evaluator).
-        export_path = estimator.export_saved_model(os.path.join(config.model_dir, "export", config.export),
+        export_path = estimator.export_saved_model(os.path.join(config.checkpoint_dir, "export", config.export),
                                                    serving_fn, checkpoint_path=checkpoint).decode()
+    if config.checkpoint_dir != config.model_dir:  # Vertex imports models from AIP_MODEL_DIR.
+        export_path = files.copy_tree(export_path, os.path.join(
+            config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
+    if config.tensorboard_dir:
+        listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     return _summary_line(eval_metrics, config.model_dir, export_path)
@@ -234,6 +240,7 @@ def _make_any_estimator(config, plan, model, num_classes, image_shape, class_nam
 
 
 def _remove_worker_clutter(model_dir: str, plan: distribution.Plan) -> None:
+    model_dir = model_dir or ""
     """Workers of a collective strategy write checkpoints to model_dir/tmp_worker_N; remove ours."""
     if "://" in model_dir:
         for path in tf.io.gfile.glob(os.path.join(model_dir, f"tmp_worker_{plan.task_index}")):

@@ -1,5 +1,6 @@
 """Small file helpers that never leave a half-written file under its final name."""
 import json
+import os
 import uuid
 from typing import Any
 
@@ -42,3 +43,22 @@ def is_local(path: str) -> bool:
 def makedirs(path: str) -> None:
     """Creates a directory (and parents) on any TF filesystem."""
     tf.io.gfile.makedirs(path)
+
+
+def copy_tree(source: str, destination: str) -> str:
+    """Copies a folder on any TF filesystem (a SavedModel, say); returns `destination`.
+
+    The copy is assembled under a temporary name and renamed, so a reader never sees
+    half a folder (on gs://, where renames are per object, it is copied in place).
+    """
+    tmp = destination if "://" in destination else f"{destination}.tmp-{uuid.uuid4().hex[:8]}"
+    for dirpath, _, filenames in tf.io.gfile.walk(source):
+        relative = dirpath[len(source.rstrip("/")):].lstrip("/")
+        tf.io.gfile.makedirs(os.path.join(tmp, relative))
+        for name in filenames:
+            tf.io.gfile.copy(os.path.join(dirpath, name), os.path.join(tmp, relative, name), overwrite=True)
+    if tmp != destination:
+        if tf.io.gfile.exists(destination):
+            tf.io.gfile.rmtree(destination)
+        tf.io.gfile.rename(tmp, destination)
+    return destination

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
+from trainer import gcs
 from trainer.config import Config, parse_freeze
 from trainer.errors import UsageError
 
@@ -49,7 +50,13 @@ def _small_cnn(shape, weights) -> tf.keras.Model:
         x = tf.keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
         x = tf.keras.layers.ReLU(name=f"relu{i}")(x)
         x = tf.keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
-    return tf.keras.Model(inputs, x, name="small_cnn")
+    return _with_weights(tf.keras.Model(inputs, x, name="small_cnn"), weights)
+
+
+def _with_weights(model: tf.keras.Model, weights: Optional[str]) -> tf.keras.Model:
+    if weights:  # A weights file (the small models have no 'imagenet').
+        model.load_weights(weights)
+    return model
 
 
 def _mlp(shape, weights) -> tf.keras.Model:
@@ -57,7 +64,7 @@ def _mlp(shape, weights) -> tf.keras.Model:
     x = tf.keras.layers.Flatten(name="flatten")(inputs)
     for i, units in enumerate((128, 64), start=1):
         x = tf.keras.layers.Dense(units, activation="relu", name=f"fc{i}")(x)
-    return tf.keras.Model(inputs, x, name="mlp")
+    return _with_weights(tf.keras.Model(inputs, x, name="mlp"), weights)
 
 
 apps = tf.keras.applications
@@ -91,8 +98,10 @@ def resolve_weights(config: Config) -> Optional[str]:
     if weights == "imagenet" and not backbone.pretrained:
         raise UsageError(f"--backbone={config.backbone} has no pretrained weights; use --weights=none "
                          "or a weights file")
-    if weights != "imagenet" and not tf.io.gfile.exists(weights):
-        raise UsageError(f"--weights={weights} does not exist (use imagenet, none or a weights file)")
+    if weights != "imagenet":
+        weights = gcs.localize(weights, "weights")
+        if not tf.io.gfile.exists(weights):
+            raise UsageError(f"--weights={weights} does not exist (use imagenet, none or a weights file)")
     return weights
 
 
@@ -154,6 +163,7 @@ def cut(model: tf.keras.Model, layer_name: str, what: str) -> tf.keras.Model:
 
 
 def load_base_model(path: str) -> tf.keras.Model:
+    path = gcs.localize(path, "base_model")
     if not tf.io.gfile.exists(path):
         raise UsageError(f"--base_model={path} does not exist")
     try:
@@ -168,7 +178,8 @@ def _trunk_from_base_model(config: Config) -> tf.keras.Model:
     if config.drop_layers >= len(base.layers) - 1:
         raise UsageError(f"--drop_layers={config.drop_layers} leaves nothing of --base_model: "
                          f"it has {len(base.layers)} layers")
-    out = base.layers[-(config.drop_layers + 1)].output
+    # A nested model's `.output` is its own inner tensor; its last call's output is the one in `base`.
+    out = base.layers[-(config.drop_layers + 1)].get_output_at(-1)
     trunk = tf.keras.Model(base.inputs, out, name="base_trunk")
     if config.cut_layer:
         trunk = cut(trunk, config.cut_layer, f"--base_model={config.base_model}")
@@ -177,9 +188,10 @@ def _trunk_from_base_model(config: Config) -> tf.keras.Model:
 
 def default_freeze(config: Config) -> str:
     """Freeze what was learned elsewhere; train a trunk that starts from random weights."""
-    if config.base_model or config.model_fn or resolve_weights(config):
+    if config.base_model or config.model_fn:
         return "all"
-    return "none"
+    pretrained = get_backbone(config.backbone).pretrained
+    return "all" if (config.weights or ("imagenet" if pretrained else "none")) != "none" else "none"
 
 
 def freeze(trunk: tf.keras.Model, spec: str) -> bool:

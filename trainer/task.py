@@ -73,6 +73,15 @@ flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
                   "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
 flags.DEFINE_bool("dry_run", False, "Build and validate everything, write model_summary.json; train nothing.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, initialisation).")
+# Cloud.
+flags.DEFINE_string("checkpoint_dir", None, "Where the Estimator writes checkpoints and events. Default: "
+                    "$AIP_CHECKPOINT_DIR when --model_dir is not given, else --model_dir.")
+flags.DEFINE_string("tensorboard_dir", None, "Also copy TensorBoard event files here at each checkpoint. "
+                    "Default: $AIP_TENSORBOARD_LOG_DIR if set.")
+flags.DEFINE_string("sync_checkpoints_to", None, "gs:// folder that mirrors each new checkpoint from a local "
+                    "--model_dir (useful on preemptible machines).")
+flags.DEFINE_string("hypertune_metric", None, "Report this evaluation metric (accuracy, loss, ...) to Vertex AI "
+                    "hyperparameter tuning after each evaluation. Default: $CLOUD_ML_HP_METRIC_TAG.")
 # Distribution.
 flags.DEFINE_string("strategy", _DEFAULTS.strategy, "auto, one_device, mirrored, multi_worker, parameter_server "
                     "or tpu. auto: multi_worker when TF_CONFIG names several workers, mirrored with more than one "
@@ -96,7 +105,8 @@ def config_from_flags() -> config_lib.Config:
         "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
-        "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu")}
+        "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
+        "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric")}
     return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units,
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 

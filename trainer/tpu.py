@@ -84,10 +84,10 @@ def make_estimator(config: Config, model: tf.keras.Model, build: Callable[[], tf
                    class_names: Sequence[str], resolver=None) -> tf.estimator.Estimator:
     """The TPUEstimator, warm-started from `model`'s current weights (resolver: None off TPU)."""
     run_config = tf.compat.v1.estimator.tpu.RunConfig(
-        cluster=resolver, model_dir=config.model_dir, tf_random_seed=config.seed,
+        cluster=resolver, model_dir=config.checkpoint_dir or config.model_dir, tf_random_seed=config.seed,
         save_checkpoints_steps=config.save_checkpoints_steps, keep_checkpoint_max=config.keep_checkpoint_max,
         tpu_config=tf.compat.v1.estimator.tpu.TPUConfig(iterations_per_loop=config.tpu_iterations_per_loop))
-    initial = save_initial_weights(model, config.model_dir)
+    initial = save_initial_weights(model, config.checkpoint_dir or config.model_dir)
     names = [w.name.split(":")[0] for w in model.weights]
     warm_start = tf.estimator.WarmStartSettings(
         ckpt_to_initialize_from=initial, vars_to_warm_start=[re.escape(n) + r"(:\d+)?$" for n in names])
