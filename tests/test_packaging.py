@@ -1,0 +1,132 @@
+"""Packaging and Vertex AI submission: the sdist on Python 3.10, the CustomJob dry run, Cloud Build."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+
+def python310():
+    candidates = [shutil.which("python3.10")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "--version"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(out)], cwd=REPO, check=True,
+                   capture_output=True)
+    (path,) = out.glob("trainer-*.tar.gz")
+    return path
+
+
+def test_sdist_ships_the_package_and_not_the_tests(sdist):
+    names = tarfile.open(sdist).getnames()
+    assert any(n.endswith("trainer/task.py") for n in names)
+    assert any(n.endswith("trainer/experiment.py") for n in names)
+    assert not any("/tests/" in n for n in names)
+
+
+@pytest.mark.skipif(python310() is None, reason="no Python 3.10 interpreter on this machine")
+def test_sdist_installs_and_runs_on_python_3_10(sdist, tmp_path):
+    """Vertex's prebuilt TF 2.15 images run Python 3.10 and bring TensorFlow themselves."""
+    py = python310()
+    subprocess.run([py, "-m", "venv", str(tmp_path / "venv")], check=True)
+    vpy = str(tmp_path / "venv" / "bin" / "python")
+    # TensorFlow is an extra (the image has it), so only the package and absl are needed for --helpfull.
+    subprocess.run([vpy, "-m", "pip", "install", "-q", "--no-deps", str(sdist), "absl-py"], check=True,
+                   capture_output=True)
+    compiled = subprocess.run([vpy, "-m", "compileall", "-q", str(tmp_path / "venv" / "lib")],
+                              capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stdout[-2000:]
+    proc = subprocess.run([vpy, "-m", "trainer.task", "--helpfull"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--backbone" in proc.stdout and "--strategy" in proc.stdout
+
+
+def submit(*args):
+    return subprocess.run([sys.executable, "scripts/submit_vertex.py", "--project=proj", "--region=us-central1",
+                           "--bucket=gs://my-bucket", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def parse_job(stdout):
+    from google.cloud import aiplatform_v1
+
+    return aiplatform_v1.CustomJob.from_json(stdout)
+
+
+def test_dry_run_python_package_job():
+    proc = submit("--dry_run", "--display_name=flowers", "--workers=2", "--evaluator", "--package_tag=abc123",
+                  "--", "--data=gs://my-bucket/data/train-*", "--backbone=mobilenet_v2")
+    assert proc.returncode == 0, proc.stderr
+    job = parse_job(proc.stdout)
+    pools = job.job_spec.worker_pool_specs
+    assert len(pools) == 4
+    assert [p.replica_count for p in pools] == [1, 2, 0, 1]
+    chief = pools[0].python_package_spec
+    assert chief.executor_image_uri == "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-15.py310:latest"
+    assert list(chief.package_uris) == ["gs://my-bucket/packages/abc123/trainer-0.1.0.tar.gz"]
+    assert chief.python_module == "trainer.task"
+    assert list(chief.args) == ["--data=gs://my-bucket/data/train-*", "--backbone=mobilenet_v2"]
+    assert job.job_spec.base_output_directory.output_uri_prefix.startswith("gs://my-bucket/runs/flowers/")
+    assert job.display_name == "flowers"
+
+
+def test_dry_run_custom_container_with_gpus():
+    proc = submit("--dry_run", "--image_uri=us-central1-docker.pkg.dev/proj/trainer/trainer:abc",
+                  "--accelerator_type=NVIDIA_TESLA_T4", "--accelerator_count=2", "--", "--data=digits")
+    assert proc.returncode == 0, proc.stderr
+    (pool,) = parse_job(proc.stdout).job_spec.worker_pool_specs
+    assert pool.container_spec.image_uri.endswith("trainer:abc")
+    assert list(pool.container_spec.args) == ["--data=digits"]
+    assert pool.machine_spec.accelerator_count == 2
+
+
+def test_dry_run_defaults_to_the_gpu_image_with_accelerators():
+    proc = submit("--dry_run", "--accelerator_type=NVIDIA_TESLA_T4", "--accelerator_count=1", "--", "--data=x")
+    pool = parse_job(proc.stdout).job_spec.worker_pool_specs[0]
+    assert pool.python_package_spec.executor_image_uri.endswith("tf-gpu.2-15.py310:latest")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--accelerator_type=NVIDIA_TESLA_T4", "--accelerator_count=1",
+      "--executor_image_uri=us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-15.py310:latest"], "needs a GPU image"),
+    (["--workers=2", "--", "--strategy=one_device"], "--workers=2 needs --strategy=multi_worker"),
+    (["--parameter_servers=1", "--", "--strategy=multi_worker"], "--parameter_servers=1 needs"),
+    (["--", "--model_dir=gs://x/y"], "leave --model_dir out"),
+])
+def test_bad_combinations_are_refused_before_any_upload(args, fragment):
+    proc = submit("--dry_run", *args)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error:") and fragment in proc.stderr
+
+
+def test_bucket_must_be_gcs():
+    proc = subprocess.run([sys.executable, "scripts/submit_vertex.py", "--project=p", "--region=r",
+                           "--bucket=/tmp/bucket", "--dry_run"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "error: --bucket=/tmp/bucket must be a gs:// URI" in proc.stderr
+
+
+def test_cloudbuild_parses_and_references_what_it_runs():
+    config = yaml.safe_load(open(os.path.join(REPO, "cloudbuild.yaml")))
+    steps = {step["id"]: step for step in config["steps"]}
+    assert list(steps) == ["test", "sdist", "image", "push", "upload-package", "submit"]
+    assert "make test" in " ".join(steps["test"]["args"])
+    assert "scripts/submit_vertex.py" in " ".join(steps["submit"]["args"])
+    assert "${_TAG}" in " ".join(steps["image"]["args"])
+    for path in ("scripts/submit_vertex.py", "Dockerfile", "setup.py", "Makefile"):
+        assert os.path.exists(os.path.join(REPO, path))
+    dockerfile = open(os.path.join(REPO, "Dockerfile")).read()
+    assert 'ENTRYPOINT ["python", "-m", "trainer.task"]' in dockerfile and "ARG BASE_IMAGE" in dockerfile
+    tuning = yaml.safe_load(open(os.path.join(REPO, "scripts", "hptuning_job.yaml")))
+    assert tuning["studySpec"]["metrics"][0]["metricId"] == "accuracy"
