@@ -8,3 +8,7 @@ class UsageError(Exception):
     without a traceback. The message should name the flag at fault and, where
     it applies, the valid choices.
     """
+
+
+class NumericError(UsageError):
+    """Training diverged (NaN or infinite loss): reported like a user error, nothing exported."""

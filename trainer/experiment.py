@@ -18,9 +18,9 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import distribution, export, files, hypertune, inputs, listeners, models, progress, tpu
+from trainer import distribution, export, files, hypertune, inputs, listeners, models, preemption, progress, tpu
 from trainer.config import Config, validate
-from trainer.errors import UsageError
+from trainer.errors import NumericError, UsageError
 
 _KERAS_CKPT_WAIT_SECS = 600
 
@@ -192,9 +192,10 @@ def train_and_evaluate(config: Config) -> dict:
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
     estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
+    progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
     train_spec = tf.estimator.TrainSpec(
         make_input(dataset.train, True), max_steps=config.train_steps,
-        hooks=[progress.ProgressHook(config.train_steps, config.batch_size)],
+        hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],
         saving_listeners=listeners.make_listeners(config, plan))
     eval_spec = tf.estimator.EvalSpec(
         make_input(dataset.validation, False), steps=config.eval_steps, name=None,
@@ -202,9 +203,14 @@ def train_and_evaluate(config: Config) -> dict:
         + hypertune.make_reporters(config),
         start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
     if plan.is_chief:
+        files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
         files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
-    eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec) or (None, None)
+    try:
+        eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec) or (None, None)
+    except tf.compat.v1.train.NanLossDuringTrainingError:
+        raise NumericError(f"the training loss became NaN or infinite at step {progress_hook.last_step}; "
+                           "nothing more was exported or written (try a lower --learning_rate)") from None
     if not plan.is_chief:
         _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}

@@ -62,3 +62,14 @@ def copy_tree(source: str, destination: str) -> str:
             tf.io.gfile.rmtree(destination)
         tf.io.gfile.rename(tmp, destination)
     return destination
+
+
+def remove_temporaries(model_dir: str) -> None:
+    """Deletes files a killed run left under temporary names (`*.tmp-*`, export `temp-*`)."""
+    patterns = [os.path.join(model_dir, "*.tmp-*"), os.path.join(model_dir, "export", "*", "temp-*")]
+    for pattern in patterns:
+        for path in tf.io.gfile.glob(pattern):
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)

@@ -13,6 +13,8 @@ class ProgressHook(tf.estimator.SessionRunHook):
         self._batch_size = batch_size
         self._every_secs = every_secs
 
+    last_step = 0  # The last global step seen, for error messages.
+
     def begin(self):
         self._global_step = tf.compat.v1.train.get_or_create_global_step()
         self._last = None  # (step, time) of the last line.
@@ -22,6 +24,7 @@ class ProgressHook(tf.estimator.SessionRunHook):
 
     def after_run(self, run_context, run_values):
         step, now = int(run_values.results) + 1, time.time()
+        self.last_step = step
         if self._last is None:
             self._last = (step, now)  # The first step includes graph warm-up: not timed.
             return

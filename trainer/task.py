@@ -114,12 +114,18 @@ def config_from_flags() -> config_lib.Config:
 def main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
-    from trainer import experiment  # Imports TensorFlow: after flag parsing, so --help is fast.
+    from trainer import experiment, preemption  # Import TensorFlow: after flag parsing, so --help is fast.
 
+    preemption.install()
     try:
         summary = experiment.train_and_evaluate(config_from_flags())
     except UsageError as e:
         _fail(str(e))
+    except preemption.Preempted as e:
+        where = f" at step {e.step}" if e.step is not None else ""
+        sys.stderr.write(f"preempted{where} (SIGTERM): the latest checkpoint is kept; run the same command "
+                         "again to resume\n")
+        sys.exit(preemption.EXIT_PREEMPTED)
     sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     sys.stdout.flush()
 

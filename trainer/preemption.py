@@ -1,0 +1,76 @@
+"""Preemption: SIGTERM saves a checkpoint and ends the run with a distinct exit status.
+
+Vertex AI sends SIGTERM before it preempts or stops a machine, then restarts the
+job with the same arguments; the same command resumes from the latest
+checkpoint. While training, the signal is noticed after the current step: the
+hook saves a checkpoint and raises `Preempted`. Outside training (loading data,
+evaluating, exporting) the run stops at once; every file it writes is written
+under a temporary name and renamed, so nothing half-written is left behind.
+"""
+import os
+import signal
+import threading
+from typing import Optional
+
+import tensorflow as tf
+from absl import logging
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a process ended by it.
+
+_requested = threading.Event()
+_training = threading.Event()
+
+
+class Preempted(Exception):
+    """Raised out of train_and_evaluate when SIGTERM arrived."""
+
+    def __init__(self, step: Optional[int] = None):
+        super().__init__(f"preempted at step {step}" if step is not None else "preempted")
+        self.step = step
+
+
+def _on_sigterm(signum, frame):
+    _requested.set()
+    if not _training.is_set():
+        raise Preempted()
+    logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping")
+
+
+def install() -> None:
+    """Installs the SIGTERM handler (main thread only; the entry point calls it)."""
+    _requested.clear()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class PreemptionHook(tf.estimator.SessionRunHook):
+    """Saves a checkpoint and raises Preempted after the step during which SIGTERM arrived."""
+
+    def __init__(self, checkpoint_dir: str, is_chief: bool = True):
+        self._checkpoint_dir = checkpoint_dir
+        self._is_chief = is_chief
+
+    def begin(self):
+        self._global_step = tf.compat.v1.train.get_or_create_global_step()
+
+    def after_create_session(self, session, coord):
+        _training.set()
+        if _requested.is_set():  # Signalled while the graph was being built.
+            raise Preempted(int(session.run(self._global_step)))
+
+    def before_run(self, run_context):
+        return tf.estimator.SessionRunArgs(self._global_step)
+
+    def after_run(self, run_context, run_values):
+        if not _requested.is_set():
+            return
+        step = int(run_context.session.run(self._global_step))
+        if self._is_chief:
+            savers = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
+            if savers:
+                savers[0].save(run_context.session, os.path.join(self._checkpoint_dir, "model.ckpt"),
+                               global_step=step)
+                logging.warning("preempted: checkpoint saved at step %d", step)
+        raise Preempted(step)
+
+    def end(self, session):
+        _training.clear()
