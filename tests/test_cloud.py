@@ -136,3 +136,15 @@ def test_fuse_paths_become_gs_uris():
     assert config.model_dir == "gs://b/run" and config.checkpoint_dir == "gs://b/run"
     with pytest.raises(UsageError, match="--sync_checkpoints_to=/tmp/x must be a gs:// URI"):
         validate(Config(data="digits", sync_checkpoints_to="/tmp/x"))
+
+
+def test_download_survives_a_server_restart_and_never_leaves_a_partial_file(gcs_server, tmp_path):
+    server, client = gcs_server
+    payload = np.random.default_rng(0).bytes(3 << 20)
+    (tmp_path / "big.h5").write_bytes(payload)
+    uri = upload(client, tmp_path / "big.h5", "big.h5")
+    server.stop()
+    threading.Timer(2.0, server.start).start()
+    local = gcs.download(uri, "weights")
+    assert open(local, "rb").read() == payload
+    assert [f for f in os.listdir(os.path.dirname(local))] == ["big.h5"]

@@ -52,6 +52,7 @@ class Config:
     freeze: Optional[str] = None  # None: all with pretrained weights or --base_model, else none.
     base_model: Optional[str] = None
     drop_layers: int = 1
+    allow_custom_objects: bool = False
     model_fn: Optional[str] = None
     # Training.
     train_steps: int = 1000

@@ -80,7 +80,7 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
         # TPUEstimator passes the per-shard batch in params and needs static shapes.
         tpu_batch = (params or {}).get("batch_size")
         batch, drop_remainder = (tpu_batch, True) if tpu_batch else (batch_size, training)
-        ds = _examples(split, input_names, output_names, training, class_names, input_context)
+        ds = _examples(split, input_names, output_names, training, class_names, input_context, num_classes)
         if training:
             buffer = min(len(split), SHUFFLE_BUFFER) if split.known_size else SHUFFLE_BUFFER
             ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -99,14 +99,17 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
     return input_fn
 
 
-def _examples(split: Split, input_names, output_names, training, class_names, input_context) -> tf.data.Dataset:
+def _examples(split: Split, input_names, output_names, training, class_names, input_context,
+              num_classes) -> tf.data.Dataset:
     """(features, labels) of single examples, before any decoding."""
     if split.shards is not None:
         records = tfrecords.records(split.shards, split.part, split.fraction, deterministic=not training,
                                     input_context=input_context)
         ds = records.map(lambda r: tfrecords.parse(r, class_names), num_parallel_calls=AUTOTUNE,
                          deterministic=not training)
-        ds = ds.filter(lambda encoded, label: label >= 0)  # Texts outside the vocabulary.
+        # Records whose text is not in the vocabulary (-1), or whose id is past it, are dropped:
+        # TFRecords at scale are not scanned up front when --labels_file is given.
+        ds = ds.filter(lambda encoded, label: (label >= 0) & (label < num_classes))
         return ds.map(lambda encoded, label: ({input_names[0]: encoded}, {output_names[0]: label}))
     labels: Dict[str, np.ndarray] = {}
     if split.y:

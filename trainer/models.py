@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import os
+import re
 from typing import Callable, Dict, Optional
 
 import tensorflow as tf
@@ -162,11 +164,43 @@ def cut(model: tf.keras.Model, layer_name: str, what: str) -> tf.keras.Model:
     return tf.keras.Model(model.input, model.get_layer(layer_name).output, name=model.name)
 
 
-def load_base_model(path: str) -> tf.keras.Model:
+def _code_carrying_layers(path: str) -> list:
+    """Layers of a saved model whose loading would run Python code stored in the file (Lambda)."""
+    if path.endswith((".h5", ".hdf5")):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                config = f.attrs.get("model_config", "")
+        except OSError:
+            return []  # Not HDF5: load_model reports it.
+        config = config.decode() if isinstance(config, bytes) else str(config)
+    elif tf.io.gfile.isdir(path):
+        metadata = os.path.join(path, "keras_metadata.pb")
+        if not tf.io.gfile.exists(metadata):
+            return []
+        config = tf.io.gfile.GFile(metadata, "rb").read().decode("utf-8", "replace")
+    else:
+        return []  # .keras files are checked by Keras' own safe_mode.
+    return sorted(set(re.findall(r'"class_name": "(Lambda)"', config)))
+
+
+def load_base_model(path: str, allow_custom_objects: bool = False) -> tf.keras.Model:
+    """Loads --base_model without running code stored in it, unless allowed.
+
+    Lambda layers carry marshalled Python bytecode that runs when the model is used;
+    they are refused unless --allow_custom_objects. Nothing here unpickles.
+    """
     path = gcs.localize(path, "base_model")
     if not tf.io.gfile.exists(path):
         raise UsageError(f"--base_model={path} does not exist")
+    unsafe = _code_carrying_layers(path)
+    if unsafe and not allow_custom_objects:
+        raise UsageError(f"--base_model={path} contains {', '.join(unsafe)} layers, which run Python code stored "
+                         "in the file; pass --allow_custom_objects only if you trust it")
     try:
+        if path.endswith(".keras"):
+            return tf.keras.models.load_model(path, compile=False, safe_mode=not allow_custom_objects)
         return tf.keras.models.load_model(path, compile=False)
     except Exception as e:  # h5py, SavedModel and Keras each raise their own types.
         raise UsageError(f"--base_model={path} is not a loadable Keras model "
@@ -174,7 +208,7 @@ def load_base_model(path: str) -> tf.keras.Model:
 
 
 def _trunk_from_base_model(config: Config) -> tf.keras.Model:
-    base = load_base_model(config.base_model)
+    base = load_base_model(config.base_model, config.allow_custom_objects)
     if config.drop_layers >= len(base.layers) - 1:
         raise UsageError(f"--drop_layers={config.drop_layers} leaves nothing of --base_model: "
                          f"it has {len(base.layers)} layers")

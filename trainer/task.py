@@ -56,6 +56,8 @@ flags.DEFINE_string("freeze", None, "all, none, N (freeze the first N trunk laye
 flags.DEFINE_string("base_model", None, "A saved Keras model (.h5, .keras, SavedModel) whose layers, "
                     "less the last --drop_layers, become the trunk (replaces --backbone).")
 flags.DEFINE_integer("drop_layers", _DEFAULTS.drop_layers, "Layers to drop from the end of --base_model.")
+flags.DEFINE_bool("allow_custom_objects", False, "Let --base_model run Python code stored in it (Lambda layers). "
+                  "Only for models you trust.")
 flags.DEFINE_string("model_fn", None, "package.module:function returning an uncompiled functional Keras "
                     "model (input names = feature keys, output names = label keys).")
 # Training.
@@ -103,6 +105,7 @@ def config_from_flags() -> config_lib.Config:
     values = {field: FLAGS[field].value for field in (
         "data", "model_dir", "validation_split", "eval_data", "labels_file", "max_bad_fraction", "backbone", "weights", "image_size", "cut_layer",
         "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
+        "allow_custom_objects",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
         "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
