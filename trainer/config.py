@@ -18,6 +18,7 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
           "binary_crossentropy", "mse")
 HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
+PROMOTE_METRICS = ("accuracy", "loss")
 
 # The loss each label mode implies when --loss is not given.
 DEFAULT_LOSS = {
@@ -72,6 +73,12 @@ class Config:
     tensorboard_dir: Optional[str] = None  # Default: $AIP_TENSORBOARD_LOG_DIR, else none (model_dir has them).
     sync_checkpoints_to: Optional[str] = None
     hypertune_metric: Optional[str] = None  # Default: $CLOUD_ML_HP_METRIC_TAG.
+    # Scheduled retraining.
+    champion_dir: Optional[str] = None
+    promote_metric: str = "accuracy"
+    promote_min_delta: float = 0.0
+    warm_start_from: Optional[str] = None  # "champion", a keras_model.h5, or a checkpoint folder.
+    unique_run_dir: bool = False
     # Distribution.
     strategy: str = "auto"
     num_gpus: Optional[int] = None  # None: all visible GPUs.
@@ -156,13 +163,24 @@ def validate(config: Config) -> Config:
         parse_freeze(config.freeze)
     if config.sync_checkpoints_to and not config.sync_checkpoints_to.startswith("gs://"):
         raise UsageError(f"--sync_checkpoints_to={config.sync_checkpoints_to} must be a gs:// URI")
+    _choice("promote_metric", config.promote_metric, PROMOTE_METRICS)
+    if config.promote_min_delta < 0:
+        raise UsageError(f"--promote_min_delta={config.promote_min_delta} must be >= 0")
+    if config.warm_start_from == "champion" and not config.champion_dir:
+        raise UsageError("--warm_start_from=champion needs --champion_dir")
     changes = {}
-    if not config.model_dir:
-        changes["model_dir"] = default_model_dir()
-    model_dir = changes.get("model_dir", config.model_dir)
-    changes["model_dir"] = to_gcs_uri(model_dir)
-    changes["checkpoint_dir"] = to_gcs_uri(config.checkpoint_dir or (
-        os.environ.get("AIP_CHECKPOINT_DIR") if not config.model_dir else None) or changes["model_dir"])
+    run_id = ""
+    if config.unique_run_dir:
+        # Vertex restarts a preempted job with the same environment: its job id keeps the folder stable.
+        run_id = os.environ.get("CLOUD_ML_JOB_ID") or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    model_dir = config.model_dir or default_model_dir()
+    changes["model_dir"] = to_gcs_uri(os.path.join(model_dir, run_id) if run_id else model_dir)
+    changes["unique_run_dir"] = False  # Applied: validating again must not add another level.
+    checkpoint_dir = config.checkpoint_dir
+    if not checkpoint_dir and not config.model_dir and os.environ.get("AIP_CHECKPOINT_DIR"):
+        checkpoint_dir = os.path.join(os.environ["AIP_CHECKPOINT_DIR"], run_id) if run_id else \
+            os.environ["AIP_CHECKPOINT_DIR"]
+    changes["checkpoint_dir"] = to_gcs_uri(checkpoint_dir) or changes["model_dir"]
     changes["tensorboard_dir"] = to_gcs_uri(config.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or None)
     changes["hypertune_metric"] = config.hypertune_metric or os.environ.get("CLOUD_ML_HP_METRIC_TAG") or None
     return dataclasses.replace(config, **changes)

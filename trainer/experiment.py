@@ -18,7 +18,8 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import distribution, export, files, hypertune, inputs, listeners, models, preemption, progress, tpu
+from trainer import (distribution, export, files, hypertune, inputs, listeners, models, preemption, progress,
+                     promotion, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -189,6 +190,8 @@ def train_and_evaluate(config: Config) -> dict:
     else:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
+    if config.warm_start_from and plan.is_chief and not tf.train.latest_checkpoint(config.checkpoint_dir):
+        run_info["warm_start_from"] = promotion.apply_warm_start(model, config)
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
     estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
@@ -231,6 +234,9 @@ def train_and_evaluate(config: Config) -> dict:
             config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
+    if config.champion_dir:
+        run_info["promotion"] = promotion.run(config, config.model_dir, export_path,
+                                              make_input(dataset.validation, False))
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     return _summary_line(eval_metrics, config.model_dir, export_path)

@@ -73,3 +73,8 @@ def remove_temporaries(model_dir: str) -> None:
                 tf.io.gfile.rmtree(path)
             else:
                 tf.io.gfile.remove(path)
+
+
+def copy_file(source: str, destination: str) -> None:
+    tf.io.gfile.makedirs(os.path.dirname(destination))
+    tf.io.gfile.copy(source, destination, overwrite=True)

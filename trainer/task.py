@@ -84,6 +84,16 @@ flags.DEFINE_string("sync_checkpoints_to", None, "gs:// folder that mirrors each
                     "--model_dir (useful on preemptible machines).")
 flags.DEFINE_string("hypertune_metric", None, "Report this evaluation metric (accuracy, loss, ...) to Vertex AI "
                     "hyperparameter tuning after each evaluation. Default: $CLOUD_ML_HP_METRIC_TAG.")
+# Scheduled retraining.
+flags.DEFINE_string("champion_dir", None, "Promote this run's model into this folder (local or gs://) only if it "
+                    "beats the current champion on this run's evaluation data.")
+flags.DEFINE_enum("promote_metric", "accuracy", ["accuracy", "loss"], "Metric compared for promotion "
+                  "(loss: lower is better).")
+flags.DEFINE_float("promote_min_delta", 0.0, "The challenger must beat the champion by more than this.")
+flags.DEFINE_string("warm_start_from", None, "Start from these weights instead of the pretrained trunk alone: "
+                    "'champion' (the version CHAMPION.json names), a keras_model.h5, or a checkpoint folder.")
+flags.DEFINE_bool("unique_run_dir", False, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "
+                  "timestamp): each scheduled run gets its own folder.")
 # Distribution.
 flags.DEFINE_string("strategy", _DEFAULTS.strategy, "auto, one_device, mirrored, multi_worker, parameter_server "
                     "or tpu. auto: multi_worker when TF_CONFIG names several workers, mirrored with more than one "
@@ -109,7 +119,8 @@ def config_from_flags() -> config_lib.Config:
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
         "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
-        "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric")}
+        "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
+        "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir")}
     return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units,
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 

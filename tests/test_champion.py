@@ -1,0 +1,132 @@
+"""Scheduled retraining: champion/challenger gate, warm start, atomic promotion (local and on GCS)."""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from trainer import champion, experiment
+from trainer.config import Config
+
+RUN = dict(data="digits", backbone="mlp", eval_throttle_secs=0, save_checkpoints_steps=100)
+
+
+def train(tmp_path, name, champion_dir, **kw):
+    config = Config(model_dir=str(tmp_path / name), champion_dir=champion_dir, **{**RUN, **kw})
+    summary = experiment.train_and_evaluate(config)
+    return summary, json.loads((tmp_path / name / "run_info.json").read_text())
+
+
+def pointer_bytes(champion_dir):
+    store = champion.open_store(champion_dir)
+    _, token = store.read_pointer()
+    if isinstance(store, champion.LocalStore):
+        return token
+    return store._bucket().blob(store._name(champion.POINTER)).download_as_bytes()
+
+
+def check_gate(tmp_path, champion_dir):
+    # A first run promotes.
+    _, first = train(tmp_path, "first", champion_dir, train_steps=150)
+    assert first["promotion"]["promoted"] is True and first["promotion"]["reason"] == "no champion yet"
+    store = champion.open_store(champion_dir)
+    pointer, _ = store.read_pointer()
+    assert pointer["version"] == first["promotion"]["version"] and pointer["source_run"].endswith("first")
+    assert store.versions() == [pointer["version"]]
+    before = pointer_bytes(champion_dir)
+    # A deliberately weak challenger (1 step) does not, and CHAMPION.json is byte-for-byte unchanged.
+    _, weak = train(tmp_path, "weak", champion_dir, train_steps=1, learning_rate=1e-5)
+    assert weak["promotion"]["promoted"] is False
+    assert weak["promotion"]["challenger"] < weak["promotion"]["champion"]
+    assert pointer_bytes(champion_dir) == before
+    # Warm-started from the champion, one step scores about as well as it; from scratch, far below.
+    _, warm = train(tmp_path, "warm", champion_dir, train_steps=1, learning_rate=1e-5, warm_start_from="champion")
+    assert warm["promotion"]["challenger"] >= first["promotion"]["challenger"] - 0.02
+    assert weak["promotion"]["challenger"] < 0.5 < warm["promotion"]["challenger"]
+    return store, pointer
+
+
+def test_gate_and_warm_start_on_a_local_folder(tmp_path):
+    champion_dir = str(tmp_path / "champion")
+    store, pointer = check_gate(tmp_path, champion_dir)
+    version_dir = tmp_path / "champion" / pointer["version"]
+    assert (version_dir / "model" / "saved_model.pb").exists() and (version_dir / "keras_model.h5").exists()
+    assert json.loads((version_dir / "metrics.json").read_text())["accuracy"] == pointer["metrics"]["accuracy"]
+
+
+def test_gate_warm_start_race_and_rollback_on_gcs(tmp_path, gcs_server):
+    champion_dir = "gs://test-bucket/champions/digits"
+    store, first = check_gate(tmp_path, champion_dir)
+    # Two runs race to replace CHAMPION.json from the same starting point: exactly one wins.
+    _, token = store.read_pointer()
+    export_dir = str(next((tmp_path / "first" / "export" / "best").iterdir()))
+    h5 = str(tmp_path / "first" / "keras_model.h5")
+    results = {}
+
+    def contender(name):
+        results[name] = champion.promote(store, token, f"race-{name}", export_dir, h5, {"accuracy": 0.99},
+                                         name, first["version"])
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [False, True]
+    winner = next(n for n, won in results.items() if won)
+    pointer, _ = store.read_pointer()
+    assert pointer["version"] == f"race-{winner}" and pointer["previous"] == first["version"]
+    assert f"race-{winner}" in store.versions()
+    # Rollback points CHAMPION.json back at the previous version.
+    proc = subprocess.run([sys.executable, "-m", "trainer.champion", "rollback", f"--champion_dir={champion_dir}"],
+                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert store.read_pointer()[0]["version"] == first["version"]
+    history = subprocess.run([sys.executable, "-m", "trainer.champion", "history", f"--champion_dir={champion_dir}"],
+                             cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
+    assert f"* {first['version']}" in history.stdout and f"race-{winner}" in history.stdout
+
+
+def test_a_promotion_that_dies_midway_leaves_the_champion_intact(tmp_path, monkeypatch):
+    champion_dir = str(tmp_path / "champion")
+    train(tmp_path, "first", champion_dir, train_steps=150)
+    before = pointer_bytes(champion_dir)
+    real_copy, calls = tf.io.gfile.copy, []
+
+    def dying_copy(*args, **kwargs):  # The process "dies" after copying part of the new version.
+        calls.append(args)
+        if len(calls) == 2:
+            raise SystemExit("killed during promotion")
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", dying_copy)
+    with pytest.raises(SystemExit):
+        train(tmp_path, "second", champion_dir, train_steps=400, learning_rate=0.003)
+    assert len(calls) == 2
+    assert pointer_bytes(champion_dir) == before
+    store = champion.open_store(champion_dir)
+    pointer, _ = store.read_pointer()
+    assert store.versions() == [pointer["version"]]  # The half-copied version is not a version.
+    assert tf.keras.models.load_model(store.keras_model(pointer["version"]), compile=False)
+
+
+def test_rollback_without_history_is_an_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trainer.champion", "show", f"--champion_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error:") and "no champion yet" in proc.stderr
+
+
+def test_unique_run_dir_uses_the_job_id_and_is_applied_once(monkeypatch):
+    from trainer.config import validate
+
+    monkeypatch.setenv("CLOUD_ML_JOB_ID", "job-123")
+    monkeypatch.setenv("AIP_MODEL_DIR", "gs://b/runs/retrain/model")
+    monkeypatch.setenv("AIP_CHECKPOINT_DIR", "gs://b/runs/retrain/checkpoints")
+    config = validate(Config(data="digits", unique_run_dir=True))
+    assert config.model_dir == "gs://b/runs/retrain/model/job-123"
+    assert config.checkpoint_dir == "gs://b/runs/retrain/checkpoints/job-123"
+    assert validate(config).model_dir == config.model_dir

@@ -1,0 +1,259 @@
+"""Champion/challenger: promote a retrained model only when it beats the current one.
+
+Layout under --champion_dir (a local folder or gs://BUCKET/prefix):
+
+    CHAMPION.json             names the current version, with its metrics, time and source run
+    <version>/model/          the serving SavedModel
+    <version>/keras_model.h5  the Keras model (a --warm_start_from / --base_model)
+    <version>/metrics.json    the metrics it was promoted with
+
+A version folder is complete before CHAMPION.json names it, and CHAMPION.json is
+replaced atomically: locally by a rename under a file lock, on Cloud Storage by a
+write with a generation precondition. When two runs race, one wins and the other
+is told it lost; a reader that follows CHAMPION.json never sees a partial model.
+
+    python -m trainer.champion show|history|rollback --champion_dir=DIR [--to=VERSION]
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from typing import List, Optional, Tuple
+
+from trainer.errors import UsageError
+
+POINTER = "CHAMPION.json"
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or "error" in metric or metric in ("mse", "mae")
+
+
+def beats(challenger: float, champion: float, metric: str, min_delta: float) -> bool:
+    if lower_is_better(metric):
+        return challenger < champion - min_delta
+    return challenger > champion + min_delta
+
+
+def new_version() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class LocalStore:
+    """A champion folder on a local (or FUSE-mounted) filesystem."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def read_pointer(self) -> Tuple[Optional[dict], object]:
+        path = os.path.join(self.root, POINTER)
+        if not os.path.exists(path):
+            return None, None
+        raw = open(path, "rb").read()
+        return json.loads(raw), raw
+
+    @contextlib.contextmanager
+    def _lock(self):
+        import fcntl
+
+        os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def write_pointer(self, pointer: dict, token) -> bool:
+        """Replaces CHAMPION.json if it is still what was read (token); False if another run got there first."""
+        path = os.path.join(self.root, POINTER)
+        with self._lock():
+            current = open(path, "rb").read() if os.path.exists(path) else None
+            if current != token:
+                return False
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "w") as f:
+                f.write(json.dumps(pointer, indent=2, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            return True
+
+    def put_version(self, version: str, saved_model_dir: str, keras_h5: str, metrics: dict) -> None:
+        from trainer import files
+
+        tmp = os.path.join(self.root, f".{version}.partial")
+        files.copy_tree(saved_model_dir, os.path.join(tmp, "model"))
+        files.copy_file(keras_h5, os.path.join(tmp, "keras_model.h5"))
+        files.write_json(os.path.join(tmp, "metrics.json"), metrics)
+        os.replace(tmp, os.path.join(self.root, version))  # The folder appears complete or not at all.
+
+    def keras_model(self, version: str) -> str:
+        return os.path.join(self.root, version, "keras_model.h5")
+
+    def versions(self) -> List[str]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(v for v in os.listdir(self.root)
+                      if os.path.exists(os.path.join(self.root, v, "metrics.json")))
+
+    def metrics(self, version: str) -> dict:
+        return json.load(open(os.path.join(self.root, version, "metrics.json")))
+
+
+class GcsStore:
+    """A champion folder on Cloud Storage (google-cloud-storage, generation preconditions)."""
+
+    def __init__(self, uri: str):
+        from trainer import gcs
+
+        self.bucket_name, prefix = gcs.split_uri(uri.rstrip("/"))
+        self.prefix = prefix.strip("/")
+        self.uri = uri.rstrip("/")
+
+    def _name(self, *parts) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _bucket(self):
+        from trainer import gcs
+
+        return gcs.client().bucket(self.bucket_name)
+
+    def read_pointer(self) -> Tuple[Optional[dict], object]:
+        from trainer import gcs
+
+        blob = self._bucket().get_blob(self._name(POINTER), retry=gcs.retry())
+        if blob is None:
+            return None, 0  # Generation 0: "must not exist yet".
+        return json.loads(blob.download_as_bytes(retry=gcs.retry())), blob.generation
+
+    def write_pointer(self, pointer: dict, token) -> bool:
+        from google.api_core import exceptions
+        from trainer import gcs
+
+        blob = self._bucket().blob(self._name(POINTER))
+        try:
+            # Conditional writes are idempotent, so retrying them is safe.
+            blob.upload_from_string(json.dumps(pointer, indent=2, sort_keys=True) + "\n",
+                                    content_type="application/json", if_generation_match=token,
+                                    retry=gcs.retry())
+            return True
+        except exceptions.PreconditionFailed:
+            return False
+
+    def put_version(self, version: str, saved_model_dir: str, keras_h5: str, metrics: dict) -> None:
+        import tensorflow as tf
+        from trainer import gcs
+
+        def put(source: str, name: str) -> None:
+            target = f"gs://{self.bucket_name}/{name}"
+            if "://" in source:  # Already on Cloud Storage: a server-side copy through TF's filesystem.
+                tf.io.gfile.copy(source, target, overwrite=True)
+            else:
+                gcs.upload(source, target)
+
+        for dirpath, _, filenames in tf.io.gfile.walk(saved_model_dir):
+            for name in filenames:
+                source = os.path.join(dirpath, name)
+                relative = source[len(saved_model_dir.rstrip("/")):].lstrip("/")
+                put(source, self._name(version, "model", relative))
+        put(keras_h5, self._name(version, "keras_model.h5"))
+        # metrics.json last: a version with metrics.json is complete.
+        self._bucket().blob(self._name(version, "metrics.json")).upload_from_string(
+            json.dumps(metrics, indent=2, sort_keys=True), retry=gcs.retry())
+
+    def keras_model(self, version: str) -> str:
+        from trainer import gcs
+
+        return gcs.download(f"gs://{self.bucket_name}/{self._name(version, 'keras_model.h5')}", "champion_dir")
+
+    def versions(self) -> List[str]:
+        from trainer import gcs
+
+        prefix = self._name("") + "/" if self.prefix else ""
+        blobs = gcs.client().list_blobs(self.bucket_name, prefix=prefix, retry=gcs.retry())
+        return sorted(b.name[len(prefix):].split("/")[0] for b in blobs if b.name.endswith("/metrics.json"))
+
+    def metrics(self, version: str) -> dict:
+        return json.loads(self._bucket().blob(self._name(version, "metrics.json")).download_as_bytes())
+
+
+def open_store(champion_dir: str):
+    from trainer.config import to_gcs_uri
+
+    champion_dir = to_gcs_uri(champion_dir)
+    return GcsStore(champion_dir) if champion_dir.startswith("gs://") else LocalStore(champion_dir)
+
+
+def current_keras_model(champion_dir: str) -> Optional[str]:
+    """Local path of the champion's keras_model.h5, or None when there is no champion yet."""
+    store = open_store(champion_dir)
+    pointer, _ = store.read_pointer()
+    return store.keras_model(pointer["version"]) if pointer else None
+
+
+def decide(metric: str, challenger: float, champion: Optional[float], min_delta: float) -> Tuple[bool, str]:
+    if champion is None:
+        return True, "no champion yet"
+    if beats(challenger, champion, metric, min_delta):
+        return True, f"challenger {metric} {challenger:.6f} beats champion {champion:.6f} by more than {min_delta}"
+    return False, f"challenger {metric} {challenger:.6f} does not beat champion {champion:.6f} by more than {min_delta}"
+
+
+def promote(store, token, version: str, saved_model_dir: str, keras_h5: str, metrics: dict, source: str,
+            previous: Optional[str]) -> bool:
+    """Copies the challenger into its version folder, then swaps CHAMPION.json. False if the race was lost."""
+    store.put_version(version, saved_model_dir, keras_h5, metrics)
+    pointer = {"version": version, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "source_run": source, "previous": previous}
+    return store.write_pointer(pointer, token)
+
+
+def rollback(champion_dir: str, to: Optional[str] = None) -> dict:
+    """Points CHAMPION.json back at `to` (default: the version before the current one)."""
+    store = open_store(champion_dir)
+    pointer, token = store.read_pointer()
+    if pointer is None:
+        raise UsageError(f"--champion_dir={champion_dir} has no champion to roll back")
+    target = to or pointer.get("previous")
+    if not target:
+        raise UsageError("the current champion has no previous version; name one with --to")
+    if target not in store.versions():
+        raise UsageError(f"--to={target} is not a complete version; versions: {', '.join(store.versions())}")
+    new = {"version": target, "metrics": store.metrics(target), "time": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source_run": f"rollback from {pointer['version']}",
+        "previous": pointer["version"]}
+    if not store.write_pointer(new, token):
+        raise UsageError("CHAMPION.json changed while rolling back (another promotion?); try again")
+    return new
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.champion", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("show", "history", "rollback"))
+    parser.add_argument("--champion_dir", required=True)
+    parser.add_argument("--to", default=None, help="rollback: the version to make champion [the previous one]")
+    args = parser.parse_args(argv)
+    try:
+        store = open_store(args.champion_dir)
+        if args.command == "rollback":
+            print(json.dumps(rollback(args.champion_dir, args.to), sort_keys=True))
+            return 0
+        pointer, _ = store.read_pointer()
+        if args.command == "show":
+            if pointer is None:
+                raise UsageError(f"--champion_dir={args.champion_dir} has no champion yet")
+            print(json.dumps(pointer, indent=2, sort_keys=True))
+            return 0
+        current = pointer["version"] if pointer else None
+        for version in store.versions():
+            marker = "*" if version == current else " "
+            print(f"{marker} {version} {json.dumps(store.metrics(version), sort_keys=True)}")
+        return 0
+    except UsageError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
