@@ -143,6 +143,8 @@ def train_and_evaluate(config: Config) -> dict:
     config = validate(config)
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
                                  tpu=config.tpu, use_tpu=config.use_tpu)
+    if plan.task_type == "ps":
+        preemption.uninstall()
     dataset, num_classes = _load_data(config)
     per_replica_batch = _per_replica_batch(config, plan)
 

@@ -88,7 +88,7 @@ def launch(workers: int, evaluator: bool, trainer_args: List[str], timeout: floa
         time.sleep(0.2)
     for name, p in procs.items():
         if name.startswith("ps") and p.poll() is None:
-            p.terminate()
+            p.kill()  # A parameter server holds no state of its own; it blocks in C++ and ignores SIGTERM.
             p.wait(timeout=30)
             p.returncode = 0  # Stopped by us, as parameter servers are meant to be.
         try:

@@ -42,6 +42,13 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def uninstall() -> None:
+    """Back to the default (terminate): for tasks with nothing to save, such as parameter servers,
+    which block in C++ where a Python handler would never run."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class PreemptionHook(tf.estimator.SessionRunHook):
     """Saves a checkpoint and raises Preempted after the step during which SIGTERM arrived."""
 
