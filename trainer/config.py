@@ -68,6 +68,9 @@ class Config:
     export: str = "best"
     dry_run: bool = False
     seed: int = 42
+    cache_features: bool = False
+    mixed_precision: bool = False
+    jit: bool = False
     # Cloud.
     checkpoint_dir: Optional[str] = None  # Default: $AIP_CHECKPOINT_DIR, else model_dir.
     tensorboard_dir: Optional[str] = None  # Default: $AIP_TENSORBOARD_LOG_DIR, else none (model_dir has them).

@@ -18,8 +18,8 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import (distribution, export, files, hypertune, inputs, listeners, models, preemption, progress,
-                     promotion, tpu)
+from trainer import (distribution, export, feature_cache, files, hypertune, inputs, listeners, models, preemption,
+                     progress, promotion, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -28,6 +28,10 @@ _KERAS_CKPT_WAIT_SECS = 600
 
 def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) -> tf.estimator.RunConfig:
     """The one RunConfig of a run (TPUEstimator builds its own in `trainer.tpu`)."""
+    session_config = plan.session_config if plan else None
+    if config.jit:
+        session_config = session_config or tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        session_config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
     return tf.estimator.RunConfig(
         model_dir=config.checkpoint_dir or config.model_dir,
         tf_random_seed=config.seed,
@@ -36,7 +40,7 @@ def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) ->
         keep_checkpoint_max=config.keep_checkpoint_max,
         log_step_count_steps=100,
         save_summary_steps=100,
-        session_config=plan.session_config if plan else None,
+        session_config=session_config,
         train_distribute=plan.strategy if plan else None)
 
 
@@ -152,6 +156,7 @@ def train_and_evaluate(config: Config) -> dict:
     # flags must give the same names in every process and every call.
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(config.seed)
+    tf.keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
     image_shape = dataset.image_shape if dataset else None
     model = models.build_model(config, num_classes, image_shape)
     models.compile_model(model, config)
@@ -192,10 +197,14 @@ def train_and_evaluate(config: Config) -> dict:
     else:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
+    if config.cache_features:
+        feature_cache.check_supported(config, plan, model)
     if config.warm_start_from and plan.is_chief and not tf.train.latest_checkpoint(config.checkpoint_dir):
         run_info["warm_start_from"] = promotion.apply_warm_start(model, config)
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
+    if config.cache_features:
+        return _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path)
     estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
     progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
     train_spec = tf.estimator.TrainSpec(
@@ -236,6 +245,59 @@ def train_and_evaluate(config: Config) -> dict:
             config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
+    if config.champion_dir:
+        run_info["promotion"] = promotion.run(config, config.model_dir, export_path,
+                                              make_input(dataset.validation, False))
+    run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
+    files.write_json(info_path, run_info)
+    return _summary_line(eval_metrics, config.model_dir, export_path)
+
+
+def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path) -> dict:
+    """--cache_features: trunk outputs computed once, the head trained on them, the full model exported."""
+    files.remove_temporaries(config.model_dir)
+    files.write_json(info_path, run_info)
+    started = time.time()
+    features_model, head = feature_cache.split(model)
+    cache_dir = os.path.join(config.checkpoint_dir, "feature_cache")
+    train_x, train_y = feature_cache.compute(features_model, make_input(dataset.train, False),
+                                             os.path.join(cache_dir, "train"))
+    val_x, val_y = feature_cache.compute(features_model, make_input(dataset.validation, False),
+                                         os.path.join(cache_dir, "validation"))
+    run_info["feature_cache"] = {"seconds": round(time.time() - started, 1), "train_shape": list(train_x.shape),
+                                 "in_memory": not isinstance(train_x, np.memmap)}
+    logging.info("feature cache: %s training features in %.1f s", train_x.shape, time.time() - started)
+    models.compile_model(head, config)
+    estimator = make_estimator(head, make_run_config(config, plan))
+    output = model.output_names[0]
+    progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
+    train_spec = tf.estimator.TrainSpec(
+        feature_cache.make_feature_input_fn(train_x, train_y, output, training=True,
+                                            batch_size=config.batch_size, seed=config.seed),
+        max_steps=config.train_steps,
+        hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],
+        saving_listeners=listeners.make_listeners(config, plan))
+    eval_spec = tf.estimator.EvalSpec(
+        feature_cache.make_feature_input_fn(val_x, val_y, output, training=False,
+                                            batch_size=config.batch_size, seed=config.seed),
+        steps=None, exporters=hypertune.make_reporters(config), start_delay_secs=0,
+        throttle_secs=config.eval_throttle_secs)
+    try:
+        tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    except tf.compat.v1.train.NanLossDuringTrainingError:
+        raise NumericError(f"the training loss became NaN or infinite at step {progress_hook.last_step}; "
+                           "nothing more was exported or written (try a lower --learning_rate)") from None
+    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
+    keras_path = os.path.join(config.model_dir, "keras_model.h5")
+    export.save_keras_model(head, checkpoint, keras_path, full_model=model)  # Head weights are shared.
+    full = promotion.load_keras(keras_path)
+    eval_metrics = promotion.evaluate_keras(keras_path, make_input(dataset.validation, False), config)
+    eval_metrics["global_step"] = int(tf.train.load_checkpoint(checkpoint).get_tensor("global_step"))
+    files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
+    models.compile_model(full, config)
+    export_path = feature_cache.export_full_model(
+        full, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
+        serving_fn, os.path.join(config.model_dir, "export", config.export))
     if config.champion_dir:
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path,
                                               make_input(dataset.validation, False))

@@ -116,11 +116,17 @@ def restore_from_checkpoint(model: tf.keras.Model, checkpoint: str) -> None:
     tf.keras.backend.batch_set_value(values)  # Works in eager and graph mode alike.
 
 
-def save_keras_model(model: tf.keras.Model, checkpoint: str, path: str) -> None:
-    """Writes `model` with the checkpoint's weights to `path` (.h5), atomically."""
+def save_keras_model(model: tf.keras.Model, checkpoint: str, path: str,
+                     full_model: Optional[tf.keras.Model] = None) -> None:
+    """Writes `model` with the checkpoint's weights to `path` (.h5), atomically.
+
+    With `full_model`, the checkpoint restores `model` (a part sharing its layers) and
+    `full_model` is what is written.
+    """
     # .h5 on purpose: it is what --base_model users and older tools load everywhere.
     warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\(\)`.*")
     restore_from_checkpoint(model, checkpoint)
+    model = full_model or model
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.h5"
     if "://" in path:  # h5py writes local files only: stage it, then copy.
         with tempfile.TemporaryDirectory() as local:

@@ -282,8 +282,9 @@ def _head(x, config: Config, num_classes: int, taken: set):
     if config.dropout and not config.head_units:
         x = tf.keras.layers.Dropout(config.dropout, name=name("head_dropout"))(x)
     if config.label_mode == "binary":
-        return tf.keras.layers.Dense(1, activation="sigmoid", name=name(OUTPUT_NAME))(x)
-    return tf.keras.layers.Dense(num_classes, activation="softmax", name=name(OUTPUT_NAME))(x)
+        return tf.keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name(OUTPUT_NAME))(x)
+    # float32 output: under --mixed_precision the softmax and the loss stay numerically safe.
+    return tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name(OUTPUT_NAME))(x)
 
 
 def build_model(config: Config, num_classes: int, data_image_shape: Optional[tuple] = None) -> tf.keras.Model:

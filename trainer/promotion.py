@@ -16,12 +16,17 @@ from trainer.config import Config
 from trainer.errors import UsageError
 
 
-def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
+def load_keras(path: str) -> tf.keras.Model:
+    """Loads a keras_model.h5 (from any filesystem) as new, uncompiled Keras objects."""
     if "://" in path:  # h5py reads local files only.
         local = os.path.join(tempfile.mkdtemp(), "keras_model.h5")
         tf.io.gfile.copy(path, local, overwrite=True)
         path = local
-    model = tf.keras.models.load_model(path, compile=False)
+    return tf.keras.models.load_model(path, compile=False)
+
+
+def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
+    model = load_keras(path)
     models.compile_model(model, config)
     return {k: float(v) for k, v in model.evaluate(input_fn(), verbose=0, return_dict=True).items()}
 

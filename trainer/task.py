@@ -75,6 +75,11 @@ flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
                   "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
 flags.DEFINE_bool("dry_run", False, "Build and validate everything, write model_summary.json; train nothing.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, initialisation).")
+flags.DEFINE_bool("cache_features", False, "Frozen trunk, no augmentation: compute the trunk's outputs once and "
+                  "train the head on them (the full model is still evaluated and exported).")
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPUs with tensor cores); the output layer "
+                  "stays float32.")
+flags.DEFINE_bool("jit", False, "XLA JIT compilation of the training graph (global_jit_level ON_1).")
 # Cloud.
 flags.DEFINE_string("checkpoint_dir", None, "Where the Estimator writes checkpoints and events. Default: "
                     "$AIP_CHECKPOINT_DIR when --model_dir is not given, else --model_dir.")
@@ -118,6 +123,7 @@ def config_from_flags() -> config_lib.Config:
         "allow_custom_objects",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
+        "cache_features", "mixed_precision", "jit",
         "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
         "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
         "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir")}
