@@ -54,6 +54,11 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
     its model_fn and warm-start each weight by exact name instead. For single-output
     classifiers, predictions also carry the class names (`export.with_class_names`).
     """
+    keras_dir = os.path.join(run_config.model_dir, "keras")
+    if run_config.is_chief and not tf.train.latest_checkpoint(keras_dir):
+        # Written here, directly from the eager weights: model_to_estimator's own first checkpoint
+        # clones the model into a new graph first (3.7 s for MobileNetV2 here, vs 0.2 s).
+        export.save_weights_checkpoint(model, os.path.join(keras_dir, "keras_model.ckpt"))
     keras_estimator = tf.keras.estimator.model_to_estimator(
         keras_model=model, config=run_config, checkpoint_format="saver")
     names = [w.name.split(":")[0] for w in model.weights]

@@ -99,6 +99,13 @@ def latest_export(model_dir: str, kind: str) -> Optional[str]:
     return None
 
 
+def save_weights_checkpoint(model: tf.keras.Model, path: str) -> str:
+    """Saves the model's weights as a name-keyed (saver format) checkpoint at `path`."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    saver = tf.compat.v1.train.Saver(var_list={w.name.split(":")[0]: w for w in model.weights})
+    return saver.save(None, path, write_meta_graph=False)
+
+
 def restore_from_checkpoint(model: tf.keras.Model, checkpoint: str) -> None:
     """Assigns the weights of `model` from an Estimator checkpoint (saver format).
 

@@ -17,6 +17,8 @@ from trainer.data import Split
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000
+# Decoded training images are kept in memory (decoded once, not every epoch) up to this size.
+CACHE_BYTES = 1 << 30
 
 
 def encode_labels(labels, label_mode: str, num_classes: int):
@@ -81,14 +83,21 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
         tpu_batch = (params or {}).get("batch_size")
         batch, drop_remainder = (tpu_batch, True) if tpu_batch else (batch_size, training)
         ds = _examples(split, input_names, output_names, training, class_names, input_context, num_classes)
+        encoded = split.paths is not None or split.shards is not None
+        key, is_path = input_names[0], split.paths is not None
+
+        def decode(f, y):
+            return {key: decode_image(tf.io.read_file(f[key]) if is_path else f[key], image_size)}, y
+
+        # Training on images that fit in memory: decode once, cache, then shuffle every epoch.
+        cache = training and encoded and split.known_size and len(split) * image_size ** 2 * 12 <= CACHE_BYTES
+        if cache:
+            ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
         if training:
             buffer = min(len(split), SHUFFLE_BUFFER) if split.known_size else SHUFFLE_BUFFER
             ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True).repeat()
-        if split.paths is not None or split.shards is not None:
-            key, is_path = input_names[0], split.paths is not None
-            ds = ds.map(lambda f, y: ({key: decode_image(tf.io.read_file(f[key]) if is_path else f[key],
-                                                         image_size)}, y),
-                        num_parallel_calls=AUTOTUNE, deterministic=not training)
+        if encoded and not cache:
+            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
         ds = ds.batch(batch, drop_remainder=drop_remainder).enumerate()
         pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
         ds = ds.map(lambda i, batch: _finish_batch(*batch, label_mode, num_classes, image_size, output_names,

@@ -18,12 +18,11 @@ from trainer.config import Config
 
 def save_initial_weights(model: tf.keras.Model, model_dir: str) -> str:
     """Writes the Keras weights as a name-keyed checkpoint; returns its path."""
+    from trainer import export
+
     path = os.path.join(model_dir, "keras", "tpu_initial.ckpt")
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    saver = tf.compat.v1.train.Saver(var_list={w.name.split(":")[0]: w for w in model.weights})
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    saver.save(None, path, write_meta_graph=False, write_state=False)
+    if not tf.io.gfile.exists(path + ".index"):
+        export.save_weights_checkpoint(model, path)
     return path
 
 
