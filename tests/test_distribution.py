@@ -91,15 +91,20 @@ def test_tpu_path_trains_on_cpu_with_use_tpu_false(tmp_path):
     assert set(serving.structured_outputs) == {"probabilities", "classes"}
 
 
-def test_chief_worker_and_evaluator_over_tf_config(tmp_path):
-    model_dir = tmp_path / "mw"
+def launch(model_dir, *roles):
+    """Trains digits for 60 steps through `python -m trainer.launch_local` with the given roles."""
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=240", "--",
+        [sys.executable, "-m", "trainer.launch_local", *roles, "--timeout=240", "--",
          "--data=digits", "--backbone=small_cnn", f"--model_dir={model_dir}", "--train_steps=60",
          "--save_checkpoints_steps=30", "--eval_throttle_secs=0"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_chief_worker_and_evaluator_over_tf_config(tmp_path):
+    model_dir = tmp_path / "mw"
+    proc, summary = launch(model_dir, "--workers=1", "--evaluator")
     assert summary["global_step"] == 60
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["strategy"] == "multi_worker" and info["num_replicas"] == 2
@@ -121,13 +126,7 @@ def test_a_failing_task_fails_the_launch(tmp_path):
 
 def test_parameter_server_cluster_trains(tmp_path):
     model_dir = tmp_path / "ps"
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--ps=1", "--timeout=200", "--",
-         "--data=digits", "--backbone=small_cnn", f"--model_dir={model_dir}", "--train_steps=60",
-         "--save_checkpoints_steps=30", "--eval_throttle_secs=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=260)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, summary = launch(model_dir, "--workers=1", "--ps=1")
     assert summary["global_step"] >= 60  # Asynchronous updates may overshoot by a step or two.
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["strategy"] == "parameter_server"

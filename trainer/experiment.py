@@ -166,13 +166,17 @@ def train_and_evaluate(config: Config) -> dict:
     model = models.build_model(config, num_classes, image_shape)
     models.compile_model(model, config)
     summary = models.summarize(model)
+    if config.cache_features:
+        feature_cache.check_supported(config, plan, model)
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
                  summary["trainable_params"], summary["non_trainable_params"])
     if plan.is_chief:
         files.makedirs(config.model_dir)
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
         if not config.dry_run:
-            check_model_dir(config, model, num_classes)
+            # With --cache_features the checkpoints hold the head only.
+            trained = feature_cache.split(model)[1] if config.cache_features else model
+            check_model_dir(config, trained, num_classes)
     estimator_name = "TPUEstimator" if plan.name == "tpu" else "Estimator"
     run_info = {
         "flags": config.to_dict(), "tf_version": tf.__version__, "strategy": plan.name,
@@ -202,8 +206,6 @@ def train_and_evaluate(config: Config) -> dict:
     else:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-    if config.cache_features:
-        feature_cache.check_supported(config, plan, model)
     if config.warm_start_from and plan.is_chief and not tf.train.latest_checkpoint(config.checkpoint_dir):
         run_info["warm_start_from"] = promotion.apply_warm_start(model, config)
     if not plan.is_chief:

@@ -100,9 +100,15 @@ def latest_export(model_dir: str, kind: str) -> Optional[str]:
 
 
 def save_weights_checkpoint(model: tf.keras.Model, path: str) -> str:
-    """Saves the model's weights as a name-keyed (saver format) checkpoint at `path`."""
+    """Saves the model's weights as a name-keyed (saver format) checkpoint at `path`.
+
+    A `global_step` of 0 goes with them, as in model_to_estimator's own first checkpoint:
+    an Estimator exporting straight from its warm-start checkpoint restores it.
+    """
     tf.io.gfile.makedirs(os.path.dirname(path))
-    saver = tf.compat.v1.train.Saver(var_list={w.name.split(":")[0]: w for w in model.weights})
+    variables = {w.name.split(":")[0]: w for w in model.weights}
+    variables["global_step"] = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    saver = tf.compat.v1.train.Saver(var_list=variables)
     return saver.save(None, path, write_meta_graph=False)
 
 
