@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import shutil
+import tempfile
 import time
 from typing import Optional
 
@@ -266,26 +267,28 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
     files.write_json(info_path, run_info)
     started = time.time()
     features_model, head = feature_cache.split(model)
-    cache_dir = os.path.join(config.checkpoint_dir, "feature_cache")
-    train_x, train_y = feature_cache.compute(features_model, make_input(dataset.train, False),
-                                             os.path.join(cache_dir, "train"))
-    val_x, val_y = feature_cache.compute(features_model, make_input(dataset.validation, False),
-                                         os.path.join(cache_dir, "validation"))
-    run_info["feature_cache"] = {"seconds": round(time.time() - started, 1), "train_shape": list(train_x.shape),
-                                 "in_memory": not isinstance(train_x, np.memmap)}
-    logging.info("feature cache: %s training features in %.1f s", train_x.shape, time.time() - started)
+    # Raw feature files want a local disk (under --model_dir when it is local).
+    cache_dir = (os.path.join(config.checkpoint_dir, "feature_cache") if "://" not in config.checkpoint_dir
+                 else tempfile.mkdtemp(prefix="feature-cache-"))
+    train_file, shape, train_y = feature_cache.compute(features_model, make_input(dataset.train, False),
+                                                       os.path.join(cache_dir, "train.f32"))
+    val_file, _, val_y = feature_cache.compute(features_model, make_input(dataset.validation, False),
+                                               os.path.join(cache_dir, "validation.f32"))
+    run_info["feature_cache"] = {"seconds": round(time.time() - started, 1), "shape": list(shape),
+                                 "train_examples": len(train_y), "file": train_file}
+    logging.info("feature cache: %d x %s training features in %.1f s", len(train_y), shape, time.time() - started)
     models.compile_model(head, config)
     estimator = make_estimator(head, make_run_config(config, plan))
     output = model.output_names[0]
     progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
     train_spec = tf.estimator.TrainSpec(
-        feature_cache.make_feature_input_fn(train_x, train_y, output, training=True,
+        feature_cache.make_feature_input_fn(train_file, shape, train_y, output, training=True,
                                             batch_size=config.batch_size, seed=config.seed),
         max_steps=config.train_steps,
         hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],
         saving_listeners=listeners.make_listeners(config, plan))
     eval_spec = tf.estimator.EvalSpec(
-        feature_cache.make_feature_input_fn(val_x, val_y, output, training=False,
+        feature_cache.make_feature_input_fn(val_file, shape, val_y, output, training=False,
                                             batch_size=config.batch_size, seed=config.seed),
         steps=None, exporters=hypertune.make_reporters(config), start_delay_secs=0,
         throttle_secs=config.eval_throttle_secs)

@@ -2,8 +2,9 @@
 
 With the whole trunk frozen and no augmentation, every epoch would push the same
 images through the same trunk. Instead the trunk's outputs are computed in one
-pass (kept in memory when they fit, else in a .npy file under --model_dir), and
-the Estimator trains a head-only model on them. The head's layers are the full
+pass into a raw file under --model_dir/feature_cache/ (read back by tf.data in
+C++, and kept in memory after the first epoch when they fit), and the Estimator
+trains a head-only model on them. The head's layers are the full
 model's own (shared) layers, so its checkpoint names the same variables; after
 training, the full model (trunk + trained head) is what is evaluated, exported
 and written to keras_model.h5, exactly as in an uncached run.
@@ -19,7 +20,7 @@ from absl import logging
 
 from trainer.errors import UsageError
 
-MEMORY_LIMIT_BYTES = 2 << 30  # Beyond this, features go to a file (and tf.data constants stay small).
+MEMORY_LIMIT_BYTES = 2 << 30  # Features up to this size are cached in memory after the first read.
 
 
 def check_supported(config, plan, model: tf.keras.Model) -> None:
@@ -55,66 +56,40 @@ def split(model: tf.keras.Model) -> Tuple[tf.keras.Model, tf.keras.Model]:
     return features, tf.keras.Model(inputs, x, name="head")
 
 
-def compute(features_model: tf.keras.Model, input_fn: Callable, path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Runs the trunk over one ordered pass of a split; returns (features, labels)."""
-    dataset = input_fn()
-    chunks, labels, total = [], [], 0
-    memmap = None
-    for batch_features, batch_labels in dataset:
-        out = features_model(batch_features, training=False).numpy()
-        (y,) = batch_labels.values()
-        labels.append(y.numpy())
-        total += out.nbytes
-        if memmap is None and total > MEMORY_LIMIT_BYTES:
-            memmap = _FileChunks(path, out.shape[1:])
-            for chunk in chunks:
-                memmap.append(chunk)
-            chunks = []
-        if memmap is not None:
-            memmap.append(out)
-        else:
-            chunks.append(out)
-    values = memmap.finish() if memmap is not None else np.concatenate(chunks)
-    return values, np.concatenate(labels)
+def compute(features_model: tf.keras.Model, input_fn: Callable, path: str) -> Tuple[str, tuple, np.ndarray]:
+    """Runs the trunk over one ordered pass of a split.
+
+    Features are appended to a raw float32 file at `path` as they come (never all in
+    memory at once); labels, small, are returned. Returns (path, feature shape, labels).
+    """
+    forward = tf.function(lambda x: features_model(x, training=False))  # Graph speed, not op by op.
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    labels, shape = [], None
+    with open(path, "wb") as f:
+        for batch_features, batch_labels in input_fn():
+            out = forward(batch_features).numpy().astype(np.float32)
+            shape = out.shape[1:]
+            f.write(out.tobytes())
+            (y,) = batch_labels.values()
+            labels.append(y.numpy())
+    return path, shape, np.concatenate(labels)
 
 
-class _FileChunks:
-    """Appends feature batches to a raw file, then maps it as one read-only array."""
-
-    def __init__(self, path: str, shape):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.path, self.shape, self.rows = path, shape, 0
-        self.file = open(path + ".raw", "wb")
-
-    def append(self, chunk: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(chunk, np.float32).tobytes())
-        self.rows += len(chunk)
-
-    def finish(self) -> np.ndarray:
-        self.file.close()
-        logging.info("feature cache: %d rows in %s (too large for memory)", self.rows, self.path + ".raw")
-        return np.memmap(self.path + ".raw", np.float32, "r", shape=(self.rows, *self.shape))
-
-
-def make_feature_input_fn(values: np.ndarray, labels: np.ndarray, output_name: str, *, training: bool,
+def make_feature_input_fn(path: str, shape: tuple, labels: np.ndarray, output_name: str, *, training: bool,
                           batch_size: int, seed: int) -> Callable:
+    """Reads cached features from their file in C++ (no Python per step, no large graph constants)."""
+    record_bytes = int(np.prod(shape)) * 4
+
     def input_fn(params=None, input_context=None):
-        if isinstance(values, np.memmap):  # Large: read rows from the file instead of embedding them.
-            count = len(values)
-            ds = tf.data.Dataset.range(count)
-            if training:
-                ds = ds.shuffle(min(count, 100_000), seed=seed).repeat()
-            ds = ds.batch(batch_size, drop_remainder=training)
-            ds = ds.map(lambda i: tuple(tf.numpy_function(lambda j: (values[np.sort(j)], labels[np.sort(j)]), [i],
-                                                          [tf.float32, tf.as_dtype(labels.dtype)])))
-            ds = ds.map(lambda x, y: ({"features": tf.ensure_shape(x, [None, *values.shape[1:]])},
-                                      {output_name: y}))
-        else:
-            ds = tf.data.Dataset.from_tensor_slices(({"features": values}, {output_name: labels}))
-            if training:
-                ds = ds.shuffle(min(len(values), 100_000), seed=seed).repeat()
-            ds = ds.batch(batch_size, drop_remainder=training)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        features = tf.data.FixedLengthRecordDataset(path, record_bytes).map(
+            lambda raw: tf.reshape(tf.io.decode_raw(raw, tf.float32), shape))
+        ds = tf.data.Dataset.zip((features, tf.data.Dataset.from_tensor_slices(labels)))
+        ds = ds.map(lambda x, y: ({"features": x}, {output_name: y}))
+        if len(labels) * record_bytes <= MEMORY_LIMIT_BYTES:
+            ds = ds.cache()  # In memory from the second epoch on.
+        if training:
+            ds = ds.shuffle(min(len(labels), 100_000), seed=seed).repeat()
+        return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
     return input_fn
 
