@@ -228,11 +228,7 @@ def train_and_evaluate(config: Config) -> dict:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
         files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
-    try:
-        eval_metrics, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec) or (None, None)
-    except tf.compat.v1.train.NanLossDuringTrainingError:
-        raise NumericError(f"the training loss became NaN or infinite at step {progress_hook.last_step}; "
-                           "nothing more was exported or written (try a lower --learning_rate)") from None
+    eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
     if not plan.is_chief:
         _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
@@ -253,9 +249,24 @@ def train_and_evaluate(config: Config) -> dict:
             config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
+    return _finish(config, run_info, info_path, eval_metrics, export_path,
+                   make_input(dataset.validation, False), started)
+
+
+def _train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:
+    """train_and_evaluate; returns the final evaluation (None when another task evaluates)."""
+    try:
+        result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    except tf.compat.v1.train.NanLossDuringTrainingError:
+        raise NumericError(f"the training loss became NaN or infinite at step {progress_hook.last_step}; "
+                           "nothing more was exported or written (try a lower --learning_rate)") from None
+    return result[0] if result else None
+
+
+def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started) -> dict:
+    """Promotion (with --champion_dir), the final run_info.json, and the summary line."""
     if config.champion_dir:
-        run_info["promotion"] = promotion.run(config, config.model_dir, export_path,
-                                              make_input(dataset.validation, False))
+        run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn)
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     return _summary_line(eval_metrics, config.model_dir, export_path)
@@ -292,11 +303,7 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
                                             batch_size=config.batch_size, seed=config.seed),
         steps=None, exporters=hypertune.make_reporters(config), start_delay_secs=0,
         throttle_secs=config.eval_throttle_secs)
-    try:
-        tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
-    except tf.compat.v1.train.NanLossDuringTrainingError:
-        raise NumericError(f"the training loss became NaN or infinite at step {progress_hook.last_step}; "
-                           "nothing more was exported or written (try a lower --learning_rate)") from None
+    _train(estimator, train_spec, eval_spec, progress_hook)
     checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
     keras_path = os.path.join(config.model_dir, "keras_model.h5")
     export.save_keras_model(head, checkpoint, keras_path, full_model=model)  # Head weights are shared.
@@ -308,12 +315,8 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
     export_path = feature_cache.export_full_model(
         full, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
         serving_fn, os.path.join(config.model_dir, "export", config.export))
-    if config.champion_dir:
-        run_info["promotion"] = promotion.run(config, config.model_dir, export_path,
-                                              make_input(dataset.validation, False))
-    run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
-    files.write_json(info_path, run_info)
-    return _summary_line(eval_metrics, config.model_dir, export_path)
+    return _finish(config, run_info, info_path, eval_metrics, export_path,
+                   make_input(dataset.validation, False), started)
 
 
 def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names):
