@@ -130,3 +130,28 @@ def test_unique_run_dir_uses_the_job_id_and_is_applied_once(monkeypatch):
     assert config.model_dir == "gs://b/runs/retrain/model/job-123"
     assert config.checkpoint_dir == "gs://b/runs/retrain/checkpoints/job-123"
     assert validate(config).model_dir == config.model_dir
+
+
+def test_sigkill_during_promotion_never_exposes_a_partial_model(tmp_path):
+    import signal
+
+    champion_dir = tmp_path / "champion"
+    train(tmp_path, "first", str(champion_dir), train_steps=100)
+    before = (champion_dir / champion.POINTER).read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", "--data=digits", "--backbone=mlp", "--train_steps=400",
+         "--eval_throttle_secs=0", f"--model_dir={tmp_path / 'second'}", f"--champion_dir={champion_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "promotion: copying the challenger" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run must have reached promotion"
+    pointer = json.loads((champion_dir / champion.POINTER).read_text())
+    named = champion_dir / pointer["version"]
+    assert (champion_dir / champion.POINTER).read_bytes() == before or (named / "metrics.json").exists()
+    for name in ("metrics.json", "keras_model.h5", "model/saved_model.pb"):
+        assert (named / name).exists(), name
+    for version in champion.open_store(str(champion_dir)).versions():
+        assert (champion_dir / version / "model" / "saved_model.pb").exists()
