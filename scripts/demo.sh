@@ -7,11 +7,12 @@
 set -euo pipefail
 OUT=${DEMO_DIR:-runs/demo}
 rm -rf "$OUT"
+mkdir -p "$OUT"
 echo "== stage 1: digits 0-9, small_cnn trained from scratch -> $OUT/base" >&2
 python -m trainer.task --data=digits --backbone=small_cnn --model_dir="$OUT/base" \
   --train_steps=600 --batch_size=32 --save_checkpoints_steps=300 --eval_throttle_secs=0 \
-  > "$OUT.base.json"
-echo "stage 1 summary: $(tail -n 1 "$OUT.base.json")" >&2
+  > "$OUT/base_summary.json"
+echo "stage 1 summary: $(tail -n 1 "$OUT/base_summary.json")" >&2
 echo "== stage 2: 0 vs 1, stage 1's trunk frozen, new head -> $OUT/zero_vs_one" >&2
 python -m trainer.task --data=digits --classes=0,1 --base_model="$OUT/base/keras_model.h5" --freeze=all \
   --model_dir="$OUT/zero_vs_one" --train_steps=200 --learning_rate=0.01 --batch_size=16 \
