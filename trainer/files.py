@@ -35,11 +35,6 @@ def _to_builtin(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def is_local(path: str) -> bool:
-    """True for paths on the local filesystem (not gs:// or other schemes)."""
-    return "://" not in path
-
-
 def makedirs(path: str) -> None:
     """Creates a directory (and parents) on any TF filesystem."""
     tf.io.gfile.makedirs(path)
