@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Each creates .venv and installs the package (with test extras) when missing.
-PYTHON ?= python3
+# TensorFlow 2.15 has wheels for Python 3.9-3.11 only: prefer those interpreters.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.10 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
