@@ -1,6 +1,5 @@
 """Packaging and Vertex AI submission: the sdist on Python 3.10, the CustomJob dry run, Cloud Build."""
 import glob
-import json
 import os
 import shutil
 import subprocess

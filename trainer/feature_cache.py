@@ -16,7 +16,6 @@ from typing import Callable, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from trainer.errors import UsageError
 

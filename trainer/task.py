@@ -161,7 +161,7 @@ def _parse_flags(argv):
         return FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
-    except SystemExit as e:
+    except SystemExit:
         # absl exits 1 after printing --help/--helpfull/--helpshort; asking for help is no error.
         if any(a.split("=")[0].lstrip("-") in ("help", "helpfull", "helpshort", "helpxml", "h", "?")
                for a in argv[1:]):
