@@ -19,12 +19,25 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
 HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
 PROMOTE_METRICS = ("accuracy", "loss")
+# Scalars every evaluation produces: what --hypertune_metric may name.
+EVAL_METRICS = ("accuracy", "loss")
+MAX_SEED = 2**32 - 1
+# Path flags: `~` is expanded (a shell does not expand it inside --flag=~/x).
+PATH_FLAGS = ("data", "model_dir", "eval_data", "labels_file", "base_model", "weights", "checkpoint_dir",
+              "tensorboard_dir", "champion_dir", "warm_start_from")
 
 # The loss each label mode implies when --loss is not given.
 DEFAULT_LOSS = {
     "sparse": "sparse_categorical_crossentropy",
     "categorical": "categorical_crossentropy",
     "binary": "binary_crossentropy",
+}
+# The losses that fit each label mode's labels and output layer. Any other pair either fails while the
+# graph is built or, worse, trains to nothing (binary labels under categorical_crossentropy: loss 0.0).
+COMPATIBLE_LOSSES = {
+    "sparse": ("sparse_categorical_crossentropy",),
+    "categorical": ("categorical_crossentropy", "mse"),
+    "binary": ("binary_crossentropy", "mse"),
 }
 
 
@@ -126,6 +139,12 @@ def validate(config: Config) -> Config:
     _choice("export", config.export, EXPORTS)
     if config.loss is not None:
         _choice("loss", config.loss, LOSSES)
+        fits = COMPATIBLE_LOSSES[config.label_mode]
+        if config.loss not in fits:
+            raise UsageError(f"--loss={config.loss} does not fit --label_mode={config.label_mode}; use "
+                             f"{' or '.join(fits)} (or leave --loss out), or change --label_mode")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UsageError(f"--seed={config.seed} must be between 0 and {MAX_SEED}")
     for flag in ("batch_size", "train_steps", "save_checkpoints_steps", "keep_checkpoint_max"):
         if getattr(config, flag) <= 0:
             raise UsageError(f"--{flag}={getattr(config, flag)} must be a positive integer")
@@ -171,7 +190,9 @@ def validate(config: Config) -> Config:
         raise UsageError(f"--promote_min_delta={config.promote_min_delta} must be >= 0")
     if config.warm_start_from == "champion" and not config.champion_dir:
         raise UsageError("--warm_start_from=champion needs --champion_dir")
-    changes = {}
+    changes = {flag: os.path.expanduser(getattr(config, flag)) for flag in PATH_FLAGS
+               if getattr(config, flag) and getattr(config, flag).startswith("~")}
+    config = dataclasses.replace(config, **changes)
     run_id = ""
     if config.unique_run_dir:
         # Vertex restarts a preempted job with the same environment: its job id keeps the folder stable.
@@ -186,6 +207,10 @@ def validate(config: Config) -> Config:
     changes["checkpoint_dir"] = to_gcs_uri(checkpoint_dir) or changes["model_dir"]
     changes["tensorboard_dir"] = to_gcs_uri(config.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or None)
     changes["hypertune_metric"] = config.hypertune_metric or os.environ.get("CLOUD_ML_HP_METRIC_TAG") or None
+    if changes["hypertune_metric"] and changes["hypertune_metric"] not in EVAL_METRICS:
+        where = "--hypertune_metric" if config.hypertune_metric else "$CLOUD_ML_HP_METRIC_TAG"
+        raise UsageError(f"{where}={changes['hypertune_metric']} is not a metric this run reports; "
+                         f"choose one of: {', '.join(EVAL_METRICS)}")
     return dataclasses.replace(config, **changes)
 
 
@@ -210,6 +235,9 @@ def parse_augment(spec: str) -> Tuple[Tuple[str, float], ...]:
         name, _, amount = item.partition(":")
         if name not in AUGMENT_OPS:
             raise UsageError(f"--augment: unknown operation '{name}'; choose from: {', '.join(AUGMENT_OPS)}")
+        if name == "flip" and amount:
+            raise UsageError(f"--augment: '{item}': flip takes no amount (half the images are flipped); "
+                             "write flip")
         try:
             value = float(amount) if amount else AUGMENT_OPS[name]
         except ValueError:

@@ -67,6 +67,8 @@ class Dataset:
     train: Split
     validation: Split
     skipped_files: List[str] = dataclasses.field(default_factory=list)
+    # Files of a folder that are not images of a supported kind, counted by extension ('.webp': 3).
+    ignored_files: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -108,14 +110,15 @@ def load(config: Config) -> Dataset:
     if config.labels_file and config.classes:
         raise UsageError("--labels_file and --classes exclude each other: the labels file fixes the classes")
     fraction = 0.0 if config.eval_data else config.validation_split
+    # An existing folder is a folder, whatever its name says ('images.npz', 'x.tfrecord', 'run[1]').
     if source == "digits":
         dataset = _load_digits(config.validation_split)
-    elif source.endswith(".npz"):
-        dataset = _load_npz(source)
-    elif is_tfrecord_glob(source):
-        dataset = _load_tfrecords("data", source, fraction, vocabulary)
     elif tf.io.gfile.isdir(source):
         dataset = _load_folder("data", source, fraction, vocabulary)
+    elif source.endswith(".npz"):
+        dataset = _load_npz(source, images=not config.model_fn)
+    elif is_tfrecord_glob(source):
+        dataset = _load_tfrecords("data", source, fraction, vocabulary)
     elif tf.io.gfile.exists(source):
         raise UsageError(f"--data={source} is neither 'digits', a .npz file, a TFRecord glob nor a folder "
                          "of class sub-folders")
@@ -162,16 +165,17 @@ def read_labels_file(path: str) -> List[str]:
 def _with_eval_source(dataset: Dataset, config: Config, class_names: List[str]) -> Dataset:
     """Replaces the validation split with --eval_data, labelled by class name."""
     source = config.eval_data
-    if is_tfrecord_glob(source):
-        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names)
-    elif tf.io.gfile.isdir(source):
+    if tf.io.gfile.isdir(source):
         evaluation = _load_folder("eval_data", source, 0.0, class_names)
+    elif is_tfrecord_glob(source):
+        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names)
     else:
         raise UsageError(f"--eval_data={source} is neither a folder nor a TFRecord glob (or does not exist)")
     if evaluation.kind != dataset.kind:
         # Mixed kinds would need two pipelines' worth of code paths; say so plainly.
         raise UsageError(f"--eval_data={source} must be of the same kind as --data ({dataset.kind})")
-    return dataclasses.replace(dataset, validation=evaluation.train, class_names=class_names)
+    return dataclasses.replace(dataset, validation=evaluation.train, class_names=class_names,
+                               ignored_files=_add_counts(dataset.ignored_files, evaluation.ignored_files))
 
 
 def _load_digits(validation_split: float) -> Dataset:
@@ -187,7 +191,32 @@ def _load_digits(validation_split: float) -> Dataset:
                    Split(labels[val], x={"x": images[val]}))
 
 
-def _load_npz(path: str) -> Dataset:
+def _check_arrays(path: str, part: str, xs: Dict[str, np.ndarray], labels: np.ndarray, images: bool) -> None:
+    """Refuses arrays the pipeline would crash on, or train on silently wrong (NaN pixels)."""
+    for key, x in xs.items():
+        name = f"x_{part}" if key == "x" else f"x_{part}_{key}"
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise UsageError(f"--data={path}: {name} has dtype {x.dtype}; expected numbers (uint8 or float "
+                             "pixels)")
+        if len(x) == 0:
+            raise UsageError(f"--data={path}: {name} has 0 examples (shape {x.shape}); each split needs some")
+        if images and key == "x" and not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3, 4))):
+            raise UsageError(f"--data={path}: {name} has shape {x.shape}; expected images as N,H,W or N,H,W,C "
+                             "with C = 1, 3 or 4 channels (reshape flat pixel rows to N,H,W first)")
+        if np.issubdtype(x.dtype, np.floating):
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                raise UsageError(f"--data={path}: {name} holds NaN or infinite values in {int(bad.sum())} "
+                                 f"example(s), the first at index {int(np.argmax(bad))}; fix or drop them")
+    if labels.dtype.kind in "USO":
+        sample = ", ".join(repr(v) for v in labels.reshape(-1)[:3].tolist())
+        raise UsageError(f"--data={path}: y_{part} holds {labels.dtype} values ({sample}, ...); expected "
+                         "integer class ids 0..k-1")
+    if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+        raise UsageError(f"--data={path}: y_{part} holds NaN or infinite labels; expected integer class ids")
+
+
+def _load_npz(path: str, images: bool = True) -> Dataset:
     if not tf.io.gfile.exists(path):
         raise UsageError(f"--data={path} does not exist")
     try:
@@ -195,6 +224,12 @@ def _load_npz(path: str) -> Dataset:
             arrays = dict(np.load(f, allow_pickle=False))
     except (ValueError, OSError) as e:
         raise UsageError(f"--data={path} is not a readable .npz file ({e})") from None
+    for part in ("train", "test"):  # Every array named before any is inspected: the clearest error first.
+        if not any(k == f"x_{part}" or k.startswith(f"x_{part}_") for k in arrays) or \
+                not any(k == f"y_{part}" or k.startswith(f"y_{part}_") for k in arrays):
+            missing = [k for k in NPZ_KEYS if k not in arrays]
+            raise UsageError(f"--data={path} lacks the arrays {', '.join(missing)} "
+                             f"(expected {', '.join(NPZ_KEYS)}; it has {', '.join(sorted(arrays)) or 'none'})")
     splits = []
     for part in ("train", "test"):
         xs = {k[len(f"x_{part}_"):]: v for k, v in arrays.items() if k.startswith(f"x_{part}_")}
@@ -207,12 +242,16 @@ def _load_npz(path: str) -> Dataset:
             missing = [k for k in (f"x_{part}", f"y_{part}") if k not in arrays]
             raise UsageError(f"--data={path} lacks the arrays {', '.join(missing)} "
                              f"(expected {', '.join(NPZ_KEYS)}; it has {', '.join(sorted(arrays)) or 'none'})")
+        scalars = [k for k, v in {**xs, **ys}.items() if np.ndim(v) == 0]
+        if scalars:
+            raise UsageError(f"--data={path}: the {part} array {scalars[0]} is a single value, not one per example")
         lengths = {k: len(v) for k, v in {**xs, **ys}.items()}
         if len(set(lengths.values())) != 1:
             raise UsageError(f"--data={path}: the {part} arrays have different lengths {lengths}")
         label_key = "y" if "y" in ys else sorted(ys)[0]
         labels = ys.pop(label_key) if label_key == "y" else ys[label_key]
         labels = np.asarray(labels)
+        _check_arrays(path, part, xs, labels, images)
         if labels.ndim > 1 and labels.shape[-1] > 1:
             labels = labels.argmax(-1)  # One-hot stored labels.
         labels = labels.reshape(len(labels))
@@ -225,8 +264,15 @@ def _load_npz(path: str) -> Dataset:
     return Dataset("arrays", [str(i) for i in range(num_classes)], splits[0], splits[1])
 
 
+def is_hidden(name: str) -> bool:
+    """Entries no one means as data: dot files and folders (.git, .ipynb_checkpoints, macOS ._x.jpg
+    resource forks) and the __MACOSX folder of zip archives."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Optional[List[str]]) -> Dataset:
-    folders = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
+    folders = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
+                     if not is_hidden(d.rstrip("/")) and tf.io.gfile.isdir(os.path.join(root, d)))
     if not folders:
         raise UsageError(f"--{flag}={root} has no class sub-folders (expected <folder>/<class>/<image files>)")
     if vocabulary:
@@ -236,8 +282,11 @@ def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Opti
                              f"{', '.join(unknown[:10])}")
     class_names = list(vocabulary) if vocabulary else folders
     split_files = ([], []), ([], [])
+    ignored: Dict[str, int] = {}
+    # Folders already walked, by real path: a symlink back up the tree (a/loop -> ..) is not followed again.
+    seen = {_real(root)} | {_real(os.path.join(root, name)) for name in folders}
     for name in folders:
-        files = sorted(_image_files(os.path.join(root, name)))
+        files = sorted(_image_files(os.path.join(root, name), ignored, seen))
         if not files:
             raise UsageError(f"--{flag}={root}: class folder '{name}' has no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")
@@ -245,8 +294,20 @@ def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Opti
             paths, labels = split_files[in_validation(f"{name}/{rel}", validation_split)]
             paths.append(os.path.join(root, name, rel))
             labels.append(class_names.index(name))
+    if ignored:
+        logging.warning("--%s=%s: ignored %d file(s) that are not images of a supported kind (%s): %s", flag,
+                        root, sum(ignored.values()), ", ".join(IMAGE_EXTENSIONS),
+                        ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in sorted(ignored.items())))
     train, val = (Split(np.array(labels, np.int64), paths=paths) for paths, labels in split_files)
-    return Dataset("files", class_names, train, val)
+    return Dataset("files", class_names, train, val, ignored_files=ignored)
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path) if "://" not in path else path
+
+
+def _add_counts(a: Dict[str, int], b: Dict[str, int]) -> Dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in sorted(set(a) | set(b))}
 
 
 def _load_tfrecords(flag: str, pattern: str, validation_split: float,
@@ -318,13 +379,40 @@ def _drop_unreadable(dataset: Dataset, max_bad_fraction: float, source: str) -> 
                                skipped_files=names)
 
 
-def _image_files(folder: str) -> List[str]:
-    """Image files under `folder` (recursively), relative to it."""
+def _image_files(folder: str, ignored: Dict[str, int], seen: set) -> List[str]:
+    """Image files under `folder` (recursively), relative to it.
+
+    Hidden entries are skipped; other files are counted by extension in `ignored`. Each real
+    folder is walked once (`seen`): symlinks are followed, loops are not.
+    """
     found = []
-    for dirpath, _, filenames in tf.io.gfile.walk(folder):
+    if "://" in folder:
+        walk = tf.io.gfile.walk(folder)
+    else:
+        walk = os.walk(folder, followlinks=True)
+    for dirpath, dirnames, filenames in walk:
+        if "://" not in folder:
+            keep = []
+            for d in dirnames:
+                real = _real(os.path.join(dirpath, d))
+                if is_hidden(d) or real in seen:
+                    if not is_hidden(d):
+                        logging.warning("not following %s: it leads to %s, already read", os.path.join(dirpath, d),
+                                        real)
+                    continue
+                seen.add(real)
+                keep.append(d)
+            dirnames[:] = keep
+        elif any(is_hidden(part) for part in os.path.relpath(dirpath, folder).split(os.sep) if part != "."):
+            continue
         for f in filenames:
+            if is_hidden(f):
+                continue
             if f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(dirpath, f), folder))
+            else:
+                ext = os.path.splitext(f)[1].lower()
+                ignored[ext] = ignored.get(ext, 0) + 1
     return found
 
 
@@ -347,4 +435,5 @@ def _keep_classes(dataset: Dataset, classes: Sequence[str]) -> Dataset:
             y={k: v[keep] for k, v in split.y.items()} if split.y is not None else None,
             paths=[p for p, k in zip(split.paths, keep) if k] if split.paths is not None else None)
 
-    return Dataset(dataset.kind, list(classes), subset(dataset.train), subset(dataset.validation))
+    return Dataset(dataset.kind, list(classes), subset(dataset.train), subset(dataset.validation),
+                   ignored_files=dataset.ignored_files)

@@ -72,12 +72,21 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 
 
-def check_model_dir(config: Config, model: tf.keras.Model, num_classes: int) -> None:
-    """Refuses a --model_dir whose checkpoint belongs to another model or class count."""
+def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
+    """Refuses a --model_dir whose run belongs to another model, class count or class order."""
+    num_classes = len(class_names)
     previous = files.read_json(os.path.join(config.model_dir, "run_info.json"))
+    if previous and previous.get("dry_run"):
+        previous = None  # A --dry_run trained nothing: it binds no later run.
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
+    before = previous.get("class_names") if previous else None
+    if before and list(before) != list(class_names):
+        raise UsageError(f"--model_dir={config.model_dir} holds a run trained on the classes "
+                         f"{','.join(before)}; this one has {','.join(class_names)} (same count, other names or "
+                         "order, so its labels would mean other classes); keep the classes or use a new "
+                         "--model_dir")
     checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
     if not checkpoint:
         return
@@ -97,6 +106,11 @@ def _load_data(config: Config):
     """Loads and checks the data; returns (dataset or None, num_classes)."""
     dataset = data_lib.load(config) if config.data else None
     num_classes = dataset.num_classes if dataset else config.num_classes
+    if dataset and dataset.num_classes < 2:
+        where = config.eval_data if config.eval_data else config.data
+        raise UsageError(f"--data={config.data} has a single class ({', '.join(dataset.class_names) or 'none'}"
+                         f"{'' if where == config.data else ' with --eval_data=' + where}); a classifier needs "
+                         "at least 2 (check the folder layout and --classes)")
     if config.num_classes and dataset and config.num_classes != dataset.num_classes:
         raise UsageError(f"--num_classes={config.num_classes} differs from the {dataset.num_classes} classes "
                          f"in --data ({', '.join(dataset.class_names)})")
@@ -151,6 +165,9 @@ def train_and_evaluate(config: Config) -> dict:
         UsageError: for any mistake in flags or data, before training starts.
     """
     config = validate(config)
+    files.ensure_dir(config.model_dir, "model_dir")
+    if config.checkpoint_dir != config.model_dir:
+        files.ensure_dir(config.checkpoint_dir, "checkpoint_dir")
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
                                  tpu=config.tpu, use_tpu=config.use_tpu)
     if plan.task_type == "ps":
@@ -171,21 +188,22 @@ def train_and_evaluate(config: Config) -> dict:
         feature_cache.check_supported(config, plan, model)
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
                  summary["trainable_params"], summary["non_trainable_params"])
+    class_names = dataset.class_names if dataset else [str(i) for i in range(num_classes)]
     if plan.is_chief:
-        files.makedirs(config.model_dir)
-        files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
-        if not config.dry_run:
+        if not config.dry_run:  # Before anything is written: a refused run leaves the folder as it was.
             # With --cache_features the checkpoints hold the head only.
             trained = feature_cache.split(model)[1] if config.cache_features else model
-            check_model_dir(config, trained, num_classes)
+            check_model_dir(config, trained, class_names)
+        files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
     estimator_name = "TPUEstimator" if plan.name == "tpu" else "Estimator"
     run_info = {
         "flags": config.to_dict(), "tf_version": tf.__version__, "strategy": plan.name,
         "num_replicas": plan.num_replicas, "per_replica_batch_size": per_replica_batch,
         "estimator": estimator_name, "num_classes": num_classes,
-        "class_names": dataset.class_names if dataset else [str(i) for i in range(num_classes)],
+        "class_names": class_names,
         "counts": dataset.counts() if dataset else {},
         "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
+        "ignored_files": dataset.ignored_files if dataset else {},
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
     if config.dry_run:
@@ -237,7 +255,7 @@ def train_and_evaluate(config: Config) -> dict:
         eval_metrics = estimator.evaluate(make_input(dataset.validation, False), steps=config.eval_steps,
                                           name="chief_final")
     eval_metrics = _to_builtin(eval_metrics)
-    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
+    checkpoint = _finite_checkpoint(config)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
     export_path = export.latest_export(config.checkpoint_dir, config.export)
@@ -261,6 +279,16 @@ def _train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:
         raise NumericError(f"the training loss became NaN or infinite at step {progress_hook.last_step}; "
                            "nothing more was exported or written (try a lower --learning_rate)") from None
     return result[0] if result else None
+
+
+def _finite_checkpoint(config: Config) -> str:
+    """The final checkpoint, refused when a weight is NaN or infinite (the loss need not show it)."""
+    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
+    if not export.checkpoint_is_finite(checkpoint):
+        raise NumericError(f"the trained weights in {checkpoint} are not all finite (NaN or infinite); nothing "
+                           "more was exported, written or promoted (check the data for NaN values, try a "
+                           "lower --learning_rate)")
+    return checkpoint
 
 
 def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started) -> dict:
@@ -304,7 +332,7 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
         steps=None, exporters=hypertune.make_reporters(config), start_delay_secs=0,
         throttle_secs=config.eval_throttle_secs)
     _train(estimator, train_spec, eval_spec, progress_hook)
-    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
+    checkpoint = _finite_checkpoint(config)
     keras_path = os.path.join(config.model_dir, "keras_model.h5")
     export.save_keras_model(head, checkpoint, keras_path, full_model=model)  # Head weights are shared.
     full = promotion.load_keras(keras_path)

@@ -5,14 +5,18 @@ checkpoints (saver format) name variables exactly as the Keras layers name
 their weights, so the trained model is recovered by assigning each checkpoint
 tensor to the weight of the same name.
 """
+import json
 import os
 import tempfile
 import uuid
 import warnings
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from trainer import files
 from trainer.inputs import decode_image
 
 EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
@@ -75,22 +79,109 @@ def _higher_accuracy(best_eval_result, current_eval_result) -> bool:
     return best_eval_result is None or current_eval_result["loss"] < best_eval_result["loss"]
 
 
+BEST_RECORD = "best.json"  # export/best/best.json: the best evaluation so far and its export.
+
+
+def checkpoint_is_finite(checkpoint: str) -> bool:
+    """True when every floating-point tensor of the checkpoint is finite (no NaN, no inf)."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))):
+            return False
+    return True
+
+
+class _GuardedExporter(tf.estimator.Exporter):
+    """Exports only checkpoints whose weights are all finite: a diverged model is never served."""
+
+    def __init__(self, inner: tf.estimator.Exporter):
+        self._inner = inner
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        if checkpoint_path and not checkpoint_is_finite(checkpoint_path):
+            logging.warning("not exporting %s: its weights are not all finite", checkpoint_path)
+            return None
+        return self._inner.export(estimator, export_path, checkpoint_path, eval_result, is_the_final_export)
+
+
+class BestExporter(tf.estimator.Exporter):
+    """Exports when an evaluation beats every earlier one, across restarts.
+
+    Estimator's own BestExporter exports unconditionally on its first call in a process
+    (tensorflow#47396), so after a preemption a worse model became "best". Here the best
+    result so far is kept in `export/best/best.json` (written after its export, atomically)
+    and every process compares against it.
+    """
+
+    def __init__(self, serving_input_fn, keep: int):
+        self._exporter = tf.estimator.LatestExporter(name="best", serving_input_receiver_fn=serving_input_fn,
+                                                     exports_to_keep=keep)
+
+    @property
+    def name(self) -> str:
+        return "best"
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        record = read_best_record(export_path)
+        current = {k: float(v) for k, v in eval_result.items() if np.ndim(v) == 0}
+        if record and not _higher_accuracy(record["metrics"], current):
+            logging.info("not exporting: %s does not beat the best so far (step %d)",
+                         _metric_text(current), record["metrics"].get("global_step", -1))
+            return None
+        path = self._exporter.export(estimator, export_path, checkpoint_path, eval_result, is_the_final_export)
+        path = path.decode() if isinstance(path, bytes) else path
+        # The version folder's name only: the model_dir may be reached by another path after a restart.
+        files.write_json(os.path.join(export_path, BEST_RECORD),
+                         {"metrics": current, "export": os.path.basename(path.rstrip("/"))})
+        logging.info("best so far: %s, exported to %s", _metric_text(current), path)
+        return path
+
+
+def _metric_text(metrics: dict) -> str:
+    key = "accuracy" if "accuracy" in metrics else "loss"
+    return f"{key} {metrics.get(key, float('nan')):.4f}"
+
+
+def read_best_record(export_root: str) -> Optional[dict]:
+    """The best.json of an export/best folder, when it names an export that still exists."""
+    path = os.path.join(export_root, BEST_RECORD)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            record = json.load(f)
+        version = os.path.join(export_root, str(record["export"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # Unreadable: the next evaluation exports and rewrites it.
+    if not tf.io.gfile.exists(os.path.join(version, "saved_model.pb")):
+        return None
+    return {**record, "export": version}
+
+
 def make_exporters(kind: str, serving_input_fn, keep: int) -> List[tf.estimator.Exporter]:
-    """The exporter for --export: best (on accuracy), latest, or final."""
+    """The exporter for --export: best (on accuracy, across restarts), latest, or final."""
     if kind == "best":
-        return [tf.estimator.BestExporter(name="best", serving_input_receiver_fn=serving_input_fn,
-                                          compare_fn=_higher_accuracy, exports_to_keep=keep)]
-    if kind == "latest":
-        return [tf.estimator.LatestExporter(name="latest", serving_input_receiver_fn=serving_input_fn,
-                                            exports_to_keep=keep)]
-    return [tf.estimator.FinalExporter(name="final", serving_input_receiver_fn=serving_input_fn)]
+        exporter = BestExporter(serving_input_fn, keep)
+    elif kind == "latest":
+        exporter = tf.estimator.LatestExporter(name="latest", serving_input_receiver_fn=serving_input_fn,
+                                               exports_to_keep=keep)
+    else:
+        exporter = tf.estimator.FinalExporter(name="final", serving_input_receiver_fn=serving_input_fn)
+    return [_GuardedExporter(exporter)]
 
 
 def latest_export(model_dir: str, kind: str) -> Optional[str]:
-    """The newest export/<kind>/<version> folder with a saved_model.pb, if any."""
+    """For best: the export best.json names; else the newest export/<kind>/<version> with a saved_model.pb."""
     root = os.path.join(model_dir, "export", kind)
     if not tf.io.gfile.isdir(root):
         return None
+    if kind == "best":
+        record = read_best_record(root)
+        return record["export"] if record else None
     versions = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(root) if v.rstrip("/").isdigit()), key=int)
     for version in reversed(versions):
         path = os.path.join(root, version)
@@ -106,7 +197,8 @@ def save_weights_checkpoint(model: tf.keras.Model, path: str) -> str:
     an Estimator exporting straight from its warm-start checkpoint restores it.
     """
     tf.io.gfile.makedirs(os.path.dirname(path))
-    variables = {w.name.split(":")[0]: w for w in model.weights}
+    # Under mixed_float16 the weights are AutoCastVariables, which a v1 Saver refuses: save what they wrap.
+    variables = {w.name.split(":")[0]: getattr(w, "_variable", w) for w in model.weights}
     variables["global_step"] = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     saver = tf.compat.v1.train.Saver(var_list=variables)
     return saver.save(None, path, write_meta_graph=False)

@@ -40,6 +40,27 @@ def makedirs(path: str) -> None:
     tf.io.gfile.makedirs(path)
 
 
+def ensure_dir(path: str, flag: str) -> None:
+    """Creates `path` (a folder named by --flag) or raises UsageError saying why it cannot be used."""
+    from trainer.errors import UsageError
+
+    if "://" not in path:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"--{flag}={path} is an existing file, not a folder; name a folder")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--{flag}={path} is not a writable folder ({e.strerror})") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--{flag}={path} is not a writable folder (permission denied)")
+        return
+    try:
+        tf.io.gfile.makedirs(path)
+    except tf.errors.OpError as e:
+        raise UsageError(f"--{flag}={path} cannot be created ({type(e).__name__}: "
+                         f"{str(e.message).splitlines()[0][:200]})") from None
+
+
 def copy_tree(source: str, destination: str) -> str:
     """Copies a folder on any TF filesystem (a SavedModel, say); returns `destination`.
 

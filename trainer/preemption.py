@@ -16,30 +16,39 @@ import tensorflow as tf
 from absl import logging
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a process ended by it.
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C).
 
 _requested = threading.Event()
 _training = threading.Event()
+_signal = [signal.SIGTERM]  # The signal that stopped the run.
 
 
 class Preempted(Exception):
-    """Raised out of train_and_evaluate when SIGTERM arrived."""
+    """Raised out of train_and_evaluate when SIGTERM (or SIGINT, Ctrl-C) arrived."""
 
     def __init__(self, step: Optional[int] = None):
         super().__init__(f"preempted at step {step}" if step is not None else "preempted")
         self.step = step
+        self.signal_name = "SIGINT" if _signal[0] == signal.SIGINT else "SIGTERM"
+        self.exit_status = EXIT_INTERRUPTED if _signal[0] == signal.SIGINT else EXIT_PREEMPTED
 
 
-def _on_sigterm(signum, frame):
+def _on_signal(signum, frame):
+    first = not _requested.is_set()
+    _signal[0] = signum
     _requested.set()
-    if not _training.is_set():
+    # Outside training, or a second Ctrl-C: stop now (every file is written atomically).
+    if not _training.is_set() or not first:
         raise Preempted()
-    logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping")
+    name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+    logging.warning("%s received: saving a checkpoint after the current step, then stopping", name)
 
 
 def install() -> None:
-    """Installs the SIGTERM handler (main thread only; the entry point calls it)."""
+    """Installs the SIGTERM and SIGINT handlers (main thread only; the entry point calls it)."""
     _requested.clear()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
 
 
 def uninstall() -> None:

@@ -1,9 +1,15 @@
-"""Entry point: `python -m trainer.task` or the `trainer` console script.
+"""trainer: train a Keras transfer-learning image classifier as a restartable Estimator job.
 
-The only module that reads absl FLAGS. It turns them into a `Config`, runs
-`experiment.train_and_evaluate`, prints the summary as the last stdout line, and
-turns every user mistake into one `error: ...` line with exit status 1.
+  python -m trainer.task --data=FOLDER|FILE.npz|'SHARDS-*'|digits [--backbone=mobilenet_v2] [flags]
+
+Trains (or resumes, when --model_dir already holds a run), evaluates and exports a
+SavedModel, keras_model.h5 and JSON reports into --model_dir. The last stdout line is
+a JSON summary. Mistakes are reported as one `error: ...` line (exit 1); SIGTERM or
+Ctrl-C saves a checkpoint (exit 143 / 130) and the same command resumes.
+Flags: --helpfull lists them all; --flagfile=FILE reads them from a file.
 """
+# For developers: the only module that reads absl FLAGS. It turns them into a `Config`, runs
+# `experiment.train_and_evaluate`, and turns every UsageError into one `error:` line.
 import json
 import os
 import sys
@@ -127,7 +133,8 @@ def config_from_flags() -> config_lib.Config:
         "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
         "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
         "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir")}
-    return config_lib.Config(classes=tuple(FLAGS.classes), head_units=head_units,
+    classes = tuple(c.strip() for c in FLAGS.classes if c.strip())  # "a,b," is a slip, not a class "".
+    return config_lib.Config(classes=classes, head_units=head_units,
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 
 
@@ -137,17 +144,32 @@ def main(argv) -> None:
     from trainer import experiment, preemption  # Import TensorFlow: after flag parsing, so --help is fast.
 
     preemption.install()
+    config = None
     try:
-        summary = experiment.train_and_evaluate(config_from_flags())
+        # Validated once here: a default --model_dir is a new timestamped folder, named in the resume hint.
+        config = config_lib.validate(config_from_flags())
+        summary = experiment.train_and_evaluate(config)
     except UsageError as e:
         _fail(str(e))
     except preemption.Preempted as e:
         where = f" at step {e.step}" if e.step is not None else ""
-        sys.stderr.write(f"preempted{where} (SIGTERM): the latest checkpoint is kept; run the same command "
-                         "again to resume\n")
-        sys.exit(preemption.EXIT_PREEMPTED)
+        word = "preempted" if e.signal_name == "SIGTERM" else "interrupted"
+        sys.stderr.write(f"{word}{where} ({e.signal_name}): the latest checkpoint is kept; "
+                         f"{_resume_hint(config)}\n")
+        sys.exit(e.exit_status)
     sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def _resume_hint(config) -> str:
+    """How to resume: the same command, or with the --model_dir this run chose for itself."""
+    if config is None:
+        return "run the same command again to start"
+    named = FLAGS.model_dir or os.environ.get("AIP_MODEL_DIR")
+    if named and (not FLAGS.unique_run_dir or os.environ.get("CLOUD_ML_JOB_ID")):
+        return "run the same command again to resume"
+    extra = " without --unique_run_dir" if FLAGS.unique_run_dir else ""
+    return f"to resume, run the same command{extra} with --model_dir={config.model_dir}"
 
 
 def _fail(message: str) -> None:
@@ -157,6 +179,7 @@ def _fail(message: str) -> None:
 
 def _parse_flags(argv):
     """absl parsing, with flag errors (bad values, missing --flagfile) as one `error:` line."""
+    argv = ["--help" if a == "-h" else a for a in argv]  # absl knows --help and -?, users type -h.
     try:
         return FLAGS(argv)
     except flags.Error as e:
