@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install clean
 
 $(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || { \
+	  echo "error: TensorFlow 2.15 needs Python 3.9-3.11, but $(PYTHON) is $$($(PYTHON) --version 2>&1); install Python 3.11 or 3.10 (e.g. 'uv python install 3.11' or your OS packages) and run: make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[cpu,test]"

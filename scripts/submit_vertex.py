@@ -55,6 +55,29 @@ def build_sdist(out_dir: str) -> str:
     return path
 
 
+def check_trainer_args(trainer_args) -> None:
+    """Parses and validates the trainer flags as the job would, so mistakes show now, not an hour later.
+
+    Only flag values and their combinations are checked: the data itself is read on Vertex AI.
+    """
+    from absl import flags
+
+    from trainer import config as config_lib
+    from trainer import task  # Defines the trainer's flags (absl only; no TensorFlow import).
+
+    task.FLAGS.unparse_flags()
+    try:
+        extra = task.FLAGS(["trainer", *trainer_args])
+    except flags.Error as e:
+        raise UsageError(f"trainer flags: {e}") from None
+    if len(extra) > 1:
+        raise UsageError(f"trainer flags: unexpected arguments {' '.join(extra[1:])} (flags look like --name=value)")
+    config = task.config_from_flags()
+    if not config.data:
+        raise UsageError("trainer flags: --data is required (a gs:// folder, TFRecord glob or .npz)")
+    config_lib.validate(config)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     tag = args.package_tag or time.strftime("%Y%m%d-%H%M%S")
@@ -65,6 +88,7 @@ def main(argv=None) -> int:
         evaluator=args.evaluator, image_uri=args.image_uri, executor_image_uri=args.executor_image_uri,
         service_account=args.service_account, package_uri=args.package_uri)
     try:
+        check_trainer_args(args.trainer_args)
         request = vertex.validate(request)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")

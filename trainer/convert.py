@@ -19,18 +19,17 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-import tensorflow as tf  # noqa: E402
-
-from trainer import data as data_lib  # noqa: E402
-from trainer import tfrecords  # noqa: E402
-from trainer.config import Config  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
+
+# TensorFlow is imported by the functions that need it, so --help and argument errors answer at once.
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG"
 
 
 def _encoded(path: str) -> bytes:
     """The file's bytes if JPEG or PNG, else the image re-encoded as PNG."""
+    import tensorflow as tf
+
     raw = tf.io.gfile.GFile(path, "rb").read()
     if raw.startswith(_JPEG) or raw.startswith(_PNG):
         return raw
@@ -39,6 +38,8 @@ def _encoded(path: str) -> bytes:
 
 
 def _write_atomically(path: str, records: List[bytes]) -> None:
+    import tensorflow as tf
+
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with tf.io.TFRecordWriter(tmp) as writer:
         for record in records:
@@ -48,22 +49,37 @@ def _write_atomically(path: str, records: List[bytes]) -> None:
 
 def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
             labels_file: Optional[str] = None, max_bad_fraction: float = 0.1, seed: int = 42) -> dict:
-    """Writes the shards and labels.txt; returns the report."""
+    """Writes the shards and labels.txt; returns the report.
+
+    A `validation_split` of 0 converts everything into training shards. A split gets at most
+    one shard per image (no empty shards).
+    """
+    import tensorflow as tf
+
+    from trainer import data as data_lib
+    from trainer import files, tfrecords
+    from trainer.config import Config
+
     if shards < 1:
         raise UsageError(f"--shards={shards} must be at least 1")
+    if not 0.0 <= validation_split < 1.0:
+        raise UsageError(f"--validation_split={validation_split} must be in [0, 1) (0: training shards only)")
     if not tf.io.gfile.isdir(data):
         raise UsageError(f"--data={data} is not a folder of class sub-folders")
     dataset = data_lib.load(Config(data=data, validation_split=validation_split, labels_file=labels_file,
-                                   max_bad_fraction=max_bad_fraction))
-    tf.io.gfile.makedirs(output)
+                                   max_bad_fraction=max_bad_fraction), require_validation=validation_split > 0)
+    files.ensure_dir(output, "output")
     written = {}
     for split_name, split in (("train", dataset.train), ("validation", dataset.validation)):
         examples = list(zip(split.paths, split.labels))
+        if not examples:
+            continue
         random.Random(seed).shuffle(examples)  # Mix classes across and within shards.
-        for index in range(shards):
+        count = min(shards, len(examples))
+        for index in range(count):
             records = [tfrecords.encode_example(_encoded(p), int(y), dataset.class_names[y])
-                       for p, y in examples[index::shards]]
-            _write_atomically(tfrecords.shard_name(output, split_name, index, shards), records)
+                       for p, y in examples[index::count]]
+            _write_atomically(tfrecords.shard_name(output, split_name, index, count), records)
         written[split_name] = len(examples)
     labels_path = os.path.join(output, "labels.txt")
     tmp = f"{labels_path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -74,13 +90,21 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
             "class_names": dataset.class_names, "skipped_files": dataset.skipped_files}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes reported as one `error:` line and exit 1, like the trainer's."""
+
+    def error(self, message):
+        self.exit(1, f"error: {message} (see --help)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.convert", description=__doc__.split("\n\n")[0],
-                                     fromfile_prefix_chars="@")
+    parser = _Parser(prog="python -m trainer.convert", description=__doc__.split("\n\n")[0],
+                     fromfile_prefix_chars="@")
     parser.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")
     parser.add_argument("--shards", type=int, default=4, help="shards per split [4]")
-    parser.add_argument("--validation_split", type=float, default=0.2, help="fraction for validation [0.2]")
+    parser.add_argument("--validation_split", type=float, default=0.2,
+                        help="fraction for validation [0.2]; 0 writes training shards only")
     parser.add_argument("--labels_file", default=None, help="class names, one per line, fixing label order")
     parser.add_argument("--max_bad_fraction", type=float, default=0.1, help="stop above this many bad files")
     parser.add_argument("--seed", type=int, default=42, help="shuffling seed")

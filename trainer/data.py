@@ -98,7 +98,7 @@ def in_validation(key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
-def load(config: Config) -> Dataset:
+def load(config: Config, require_validation: bool = True) -> Dataset:
     """Loads the source named by `config.data`, filtered to `config.classes`.
 
     Raises:
@@ -136,6 +136,8 @@ def load(config: Config) -> Dataset:
     if dataset.kind == "files":
         dataset = _drop_unreadable(dataset, config.max_bad_fraction, source)
     for name, split in (("training", dataset.train), ("validation", dataset.validation)):
+        if name == "validation" and not require_validation:
+            continue
         if split.known_size and len(split) == 0:
             raise UsageError(f"--{'eval_data' if name == 'validation' and config.eval_data else 'data'}="
                              f"{config.eval_data if name == 'validation' and config.eval_data else source} "
