@@ -81,6 +81,7 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
+    _check_same_recipe(config, previous)
     before = previous.get("class_names") if previous else None
     if before and list(before) != list(class_names):
         raise UsageError(f"--model_dir={config.model_dir} holds a run trained on the classes "
@@ -100,6 +101,27 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
             raise UsageError(f"--model_dir={config.model_dir} holds a checkpoint of a different model "
                              f"({name} is {list(shapes[name])} there, {list(weight.shape)} here); "
                              "use a new --model_dir")
+
+
+# Flags whose change on resume would be ignored (the checkpoint's optimizer hyperparameters win) or fail
+# in RestoreV2 (optimizer slots exist only for what was trainable). Changing them is a new training phase.
+_RECIPE_FLAGS = ("optimizer", "learning_rate", "freeze")
+
+
+def _check_same_recipe(config: Config, previous: Optional[dict]) -> None:
+    if not previous or not previous.get("flags") or not tf.train.latest_checkpoint(config.checkpoint_dir):
+        return
+    known = {f.name for f in dataclasses.fields(Config)}
+    before = dataclasses.replace(Config(), **{k: v for k, v in previous["flags"].items() if k in known})
+    for flag in _RECIPE_FLAGS:
+        old, new = getattr(before, flag), getattr(config, flag)
+        if flag == "freeze":
+            old, new = old or models.default_freeze(before), new or models.default_freeze(config)
+        if old != new:
+            raise UsageError(f"--{flag}={new} differs from the --{flag}={old} of the run in --model_dir="
+                             f"{config.model_dir}; resuming cannot change it (the checkpoint's optimizer state "
+                             f"belongs to the old value); use a new --model_dir, or --warm_start_from="
+                             f"{config.model_dir} with a new --model_dir to continue from its weights")
 
 
 def _load_data(config: Config):
