@@ -88,8 +88,8 @@ def main(argv=None) -> int:
         evaluator=args.evaluator, image_uri=args.image_uri, executor_image_uri=args.executor_image_uri,
         service_account=args.service_account, package_uri=args.package_uri)
     try:
-        check_trainer_args(args.trainer_args)
         request = vertex.validate(request)
+        check_trainer_args(args.trainer_args)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
