@@ -19,8 +19,10 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
 HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
 PROMOTE_METRICS = ("accuracy", "loss")
-# Scalars every evaluation produces: what --hypertune_metric may name.
-EVAL_METRICS = ("accuracy", "loss")
+# Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may
+# name); top_k_accuracy needs more classes than --top_k, auc a binary model (checked with the data).
+EVAL_METRICS = ("accuracy", "loss", "top_k_accuracy", "macro_f1", "auc")
+SCHEDULES = ("constant", "cosine", "exponential", "step")
 MAX_SEED = 2**32 - 1
 # Path flags: `~` is expanded (a shell does not expand it inside --flag=~/x).
 PATH_FLAGS = ("data", "model_dir", "eval_data", "labels_file", "base_model", "weights", "checkpoint_dir",
@@ -102,6 +104,25 @@ class Config:
     tpu: Optional[str] = None
     tpu_iterations_per_loop: int = 100
     use_tpu: bool = True
+    # The fine-tuning recipe.
+    epochs: float = 0.0  # > 0: train_steps = ceil(epochs x training examples / batch_size).
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_learning_rate: float = 0.0
+    lr_decay_rate: float = 0.1
+    lr_decay_steps: int = 1000
+    fine_tune_steps: int = 0
+    fine_tune_epochs: float = 0.0
+    fine_tune_freeze: str = "none"
+    fine_tune_learning_rate: Optional[float] = None  # None: learning_rate / 10.
+    label_smoothing: float = 0.0
+    class_weight: str = "none"  # none, balanced, or a JSON file {class name: weight}.
+    early_stopping_patience: int = 0
+    early_stopping_metric: str = "accuracy"
+    early_stopping_min_delta: float = 0.0
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0
+    top_k: int = 5
 
     @property
     def resolved_loss(self) -> str:
@@ -143,6 +164,7 @@ def validate(config: Config) -> Config:
         if config.loss not in fits:
             raise UsageError(f"--loss={config.loss} does not fit --label_mode={config.label_mode}; use "
                              f"{' or '.join(fits)} (or leave --loss out), or change --label_mode")
+    _validate_recipe(config)
     if not 0 <= config.seed <= MAX_SEED:
         raise UsageError(f"--seed={config.seed} must be between 0 and {MAX_SEED}")
     for flag in ("batch_size", "train_steps", "save_checkpoints_steps", "keep_checkpoint_max"):
@@ -185,7 +207,7 @@ def validate(config: Config) -> Config:
         parse_freeze(config.freeze)
     if config.sync_checkpoints_to and not config.sync_checkpoints_to.startswith("gs://"):
         raise UsageError(f"--sync_checkpoints_to={config.sync_checkpoints_to} must be a gs:// URI")
-    _choice("promote_metric", config.promote_metric, PROMOTE_METRICS)
+    _choice("promote_metric", config.promote_metric, EVAL_METRICS)
     if config.promote_min_delta < 0:
         raise UsageError(f"--promote_min_delta={config.promote_min_delta} must be >= 0")
     if config.warm_start_from == "champion" and not config.champion_dir:
@@ -212,6 +234,42 @@ def validate(config: Config) -> Config:
         raise UsageError(f"{where}={changes['hypertune_metric']} is not a metric this run reports; "
                          f"choose one of: {', '.join(EVAL_METRICS)}")
     return dataclasses.replace(config, **changes)
+
+
+def _validate_recipe(config: Config) -> None:
+    """The fine-tuning recipe's flags (issue: epochs, schedules, phases, early stopping, regularisation)."""
+    _choice("lr_schedule", config.lr_schedule, SCHEDULES)
+    for flag in ("epochs", "fine_tune_epochs", "warmup_steps", "fine_tune_steps", "early_stopping_patience",
+                 "weight_decay", "clip_norm", "min_learning_rate", "early_stopping_min_delta"):
+        if getattr(config, flag) < 0:
+            raise UsageError(f"--{flag}={getattr(config, flag)} must be >= 0")
+    if config.fine_tune_steps and config.fine_tune_epochs:
+        raise UsageError("--fine_tune_steps and --fine_tune_epochs exclude each other: give one")
+    if config.min_learning_rate >= config.learning_rate and config.lr_schedule == "cosine":
+        raise UsageError(f"--min_learning_rate={config.min_learning_rate} must be below --learning_rate="
+                         f"{config.learning_rate} (cosine decays from one to the other)")
+    if not 0.0 < config.lr_decay_rate <= 1.0:
+        raise UsageError(f"--lr_decay_rate={config.lr_decay_rate} must be in (0, 1]")
+    if config.lr_decay_steps <= 0:
+        raise UsageError(f"--lr_decay_steps={config.lr_decay_steps} must be positive")
+    if config.fine_tune_learning_rate is not None and config.fine_tune_learning_rate <= 0:
+        raise UsageError(f"--fine_tune_learning_rate={config.fine_tune_learning_rate} must be positive")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise UsageError(f"--label_smoothing={config.label_smoothing} must be in [0, 1)")
+    if config.top_k < 1:
+        raise UsageError(f"--top_k={config.top_k} must be at least 1")
+    _choice("early_stopping_metric", config.early_stopping_metric, EVAL_METRICS)
+    if config.class_weight not in ("none", "balanced") and not config.class_weight.endswith(".json"):
+        raise UsageError(f"--class_weight={config.class_weight} is not valid; use none, balanced or a .json file "
+                         "mapping class names to weights")
+    parse_freeze(config.fine_tune_freeze, "fine_tune_freeze")
+    if config.early_stopping_patience and config.export != "best":
+        raise UsageError(f"--early_stopping_patience keeps the best model: it needs --export=best, not "
+                         f"--export={config.export}")
+    if (config.fine_tune_steps or config.fine_tune_epochs) and config.cache_features:
+        raise UsageError("--fine_tune_steps/--fine_tune_epochs train the trunk, which --cache_features cannot "
+                         "(it computes the frozen trunk's outputs once): run the cached head training first, then "
+                         "fine-tune in a new --model_dir with --warm_start_from=<its model_dir>")
 
 
 def to_gcs_uri(path: Optional[str]) -> Optional[str]:
@@ -248,12 +306,12 @@ def parse_augment(spec: str) -> Tuple[Tuple[str, float], ...]:
     return tuple(ops)
 
 
-def parse_freeze(value: str):
+def parse_freeze(value: str, flag: str = "freeze"):
     """Parses --freeze: 'all', 'none' or an integer (negative counts from the end)."""
     if value in ("all", "none"):
         return value
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"--freeze={value} is not valid; use all, none, N (freeze the first N trunk "
+        raise UsageError(f"--{flag}={value} is not valid; use all, none, N (freeze the first N trunk "
                          "layers) or -N (train only the last N)") from None

@@ -7,6 +7,7 @@ files of the output contract; workers and the evaluator leave nothing else.
 """
 import dataclasses
 import glob
+import math
 import os
 import re
 import shutil
@@ -19,8 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import (distribution, export, feature_cache, files, hypertune, inputs, listeners, models, preemption,
-                     progress, promotion, tpu)
+from trainer import (distribution, early_stopping, export, feature_cache, files, hypertune, inputs, listeners,
+                     metrics, models, phases, preemption, progress, promotion, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -46,7 +47,8 @@ def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) ->
 
 
 def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
-                   class_names=None, binary: bool = False) -> tf.estimator.Estimator:
+                   class_names=None, binary: bool = False, label_mode: Optional[str] = None,
+                   top_k: int = 5) -> tf.estimator.Estimator:
     """model_to_estimator, with a warm start that carries *every* Keras weight.
 
     model_to_estimator warm-starts from the Keras weights with the default settings,
@@ -69,6 +71,8 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
     model_fn = keras_estimator.model_fn
     if class_names and len(model.outputs) == 1:
         model_fn = export.with_class_names(model_fn, class_names, binary)
+        if label_mode:  # Evaluations also report top-k accuracy, macro F1, AUC (trainer.metrics).
+            model_fn = metrics.with_eval_metrics(model_fn, len(class_names), label_mode, top_k)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 
 
@@ -81,7 +85,8 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
-    _check_same_recipe(config, previous)
+    if config.cache_features or config.strategy == "tpu":  # Elsewhere a changed recipe starts a new phase.
+        _check_same_recipe(config, previous)
     before = previous.get("class_names") if previous else None
     if before and list(before) != list(class_names):
         raise UsageError(f"--model_dir={config.model_dir} holds a run trained on the classes "
@@ -145,6 +150,18 @@ def _load_data(config: Config):
     return dataset, num_classes
 
 
+def _check_metric_names(config: Config, num_classes: int) -> None:
+    """Metric flags must name a metric this run's evaluations report (top-k needs > k classes, AUC binary)."""
+    available = metrics.available(num_classes, config.label_mode, config.top_k)
+    for flag in ("hypertune_metric", "early_stopping_metric", "promote_metric"):
+        value = getattr(config, flag)
+        if flag == "early_stopping_metric" and not config.early_stopping_patience:
+            continue
+        if value and value not in available:
+            raise UsageError(f"--{flag}={value} is not reported for this run ({num_classes} classes, --label_mode="
+                             f"{config.label_mode}, --top_k={config.top_k}); choose one of: {', '.join(available)}")
+
+
 def _per_replica_batch(config: Config, plan: distribution.Plan) -> int:
     if config.batch_size % plan.num_replicas:
         raise UsageError(f"--batch_size={config.batch_size} is not divisible by the {plan.num_replicas} "
@@ -195,6 +212,7 @@ def train_and_evaluate(config: Config) -> dict:
     if plan.task_type == "ps":
         preemption.uninstall()
     dataset, num_classes = _load_data(config)
+    _check_metric_names(config, num_classes)
     per_replica_batch = _per_replica_batch(config, plan)
 
     # Fresh Keras name counters: checkpoints name variables after layers, so the same
@@ -253,32 +271,58 @@ def train_and_evaluate(config: Config) -> dict:
         _wait_for_chief(config.checkpoint_dir)
     if config.cache_features:
         return _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path)
-    estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
-    progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
-    train_spec = tf.estimator.TrainSpec(
-        make_input(dataset.train, True), max_steps=config.train_steps,
-        hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],
-        saving_listeners=listeners.make_listeners(config, plan))
-    eval_spec = tf.estimator.EvalSpec(
-        make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-        exporters=export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max)
-        + hypertune.make_reporters(config),
-        start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
     if plan.is_chief:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
         files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
-    eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
+    steps = _prepare_phases(config, plan, dataset, model, run_info, info_path)
+    eval_metrics, estimator = None, None
+    for index, step in enumerate(steps):
+        if early_stopping.stopped_at(config.model_dir) is not None:
+            break  # Decided earlier (this run or one before a restart): no more training.
+        if index or step.restart_optimizer:
+            model = _phase_model(config, num_classes, image_shape, step.phase, model)
+        models.compile_model(model, config, phases.schedule(config, step.phase.learning_rate, step.first_step,
+                                                           step.phase.last_step), run_info.get("class_weights"))
+        estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
+        if step.restart_optimizer:
+            _start_phase(config, plan, estimator, model, make_input(dataset.train, True), step, run_info, info_path)
+        progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size)
+        hooks = [progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
+        if config.early_stopping_patience:
+            hooks.append(early_stopping.StopHook(config.model_dir))
+        train_spec = tf.estimator.TrainSpec(make_input(dataset.train, True), max_steps=step.phase.last_step,
+                                            hooks=hooks, saving_listeners=listeners.make_listeners(config, plan))
+        eval_spec = tf.estimator.EvalSpec(
+            make_input(dataset.validation, False), steps=config.eval_steps, name=None,
+            exporters=_exporters(config, serving_fn), start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
+        logging.info("phase %s: steps %d..%d, %s trainable params, learning rate %g (%s)", step.phase.name,
+                     step.first_step, step.phase.last_step, run_info["phases"][-1].get("trainable_params"),
+                     step.phase.learning_rate, config.lr_schedule)
+        eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
     if not plan.is_chief:
         _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
 
-    if not eval_metrics:  # Distributed: evaluation belongs to the evaluator task, if any.
+    if estimator is None:  # Nothing left to train (finished, or stopped early before a restart).
+        models.compile_model(model, config)
+        estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
+    if not eval_metrics:  # Distributed (evaluation belongs to the evaluator task), or nothing left to train.
         eval_metrics = estimator.evaluate(make_input(dataset.validation, False), steps=config.eval_steps,
                                           name="chief_final")
     eval_metrics = _to_builtin(eval_metrics)
     checkpoint = _finite_checkpoint(config)
+    best = export.read_best_record(os.path.join(config.checkpoint_dir, "export", "best"))
+    if config.early_stopping_patience and best:
+        # The model of the best evaluation: its export holds its weights under the same names.
+        checkpoint = os.path.join(best["export"], "variables", "variables")
+        eval_metrics = {**eval_metrics, **best["metrics"]}
+        run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
+    elif config.early_stopping_patience:
+        run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
+    eval_metrics.update(_full_metrics(config, os.path.join(config.model_dir, "keras_model.h5"),
+                                      make_input(dataset.validation, False), dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
     export_path = export.latest_export(config.checkpoint_dir, config.export)
     if export_path is None:  # No exporter ran here (distributed without an evaluator).
@@ -291,6 +335,105 @@ def train_and_evaluate(config: Config) -> dict:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
     return _finish(config, run_info, info_path, eval_metrics, export_path,
                    make_input(dataset.validation, False), started)
+
+
+def _exporters(config: Config, serving_fn) -> list:
+    metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
+    exporters = export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max, metric)
+    if config.early_stopping_patience:
+        exporters.append(early_stopping.Watcher(config.model_dir, config.early_stopping_metric,
+                                                config.early_stopping_patience, config.early_stopping_min_delta))
+    return exporters + hypertune.make_reporters(config)
+
+
+def _prepare_phases(config, plan, dataset, model, run_info, info_path):
+    """The phases still to train from the latest checkpoint, recorded in run_info.json."""
+    train_examples = len(dataset.train) if dataset.train.known_size else None
+    planned = phases.plan(config, train_examples)
+    if train_examples:
+        run_info["steps_per_epoch"] = math.ceil(train_examples / config.batch_size)
+    run_info["train_steps"] = planned[-1].last_step
+    run_info["class_weights"] = _class_weights(config, dataset)
+    previous = files.read_json(info_path) if plan.is_chief else None
+    latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+    step = int(latest.rsplit("-", 1)[1]) if latest else 0
+    fresh = bool(latest) and os.path.basename(latest).startswith("phase.ckpt")
+    steps, history = phases.resolve(planned, phases.history_of(previous), step, fresh)
+    if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and plan.name == "tpu":
+        raise UsageError("training phases (--fine_tune_steps, or resuming with another --optimizer, "
+                         "--learning_rate or --freeze) are not supported with --strategy=tpu yet")
+    for record in history:  # The phase this process starts in, when it trains the model as built.
+        if steps and record["first_step"] == steps[0].first_step and not record.get("trainable_params") \
+                and not steps[0].restart_optimizer:
+            record["trainable_params"] = models.summarize(model)["trainable_params"]
+    run_info["phases"] = history
+    if plan.is_chief:
+        files.write_json(info_path, run_info)
+    return steps
+
+
+def _phase_model(config, num_classes, image_shape, phase, model):
+    """The model as this phase trains it (its freezing; BatchNorm in inference mode when fine-tuning)."""
+    if phase.freeze == (config.freeze or models.default_freeze(config)) and not phase.trunk_inference:
+        return model
+    tf.keras.backend.clear_session()  # The same variable names as the first phase's model.
+    tf.keras.utils.set_random_seed(config.seed)
+    return models.build_model(config, num_classes, image_shape, freeze_spec=phase.freeze,
+                              trunk_inference=phase.trunk_inference)
+
+
+def _start_phase(config, plan, estimator, model, train_input_fn, step, run_info, info_path):
+    """A phase boundary: the chief rewrites the latest checkpoint with a fresh optimizer state."""
+    index = len(run_info["phases"])
+    trainable = models.summarize(model)["trainable_params"]
+    for record in run_info["phases"]:
+        if record["first_step"] == step.first_step:
+            record["trainable_params"] = trainable
+    if plan.is_chief:
+        phases.restart_optimizer_state(estimator.model_fn, estimator.config, model, train_input_fn,
+                                       config.checkpoint_dir, step.first_step)
+        files.write_json(info_path, run_info)
+        phases.write_ready_marker(config.checkpoint_dir, index)
+    else:
+        phases.wait_ready_marker(config.checkpoint_dir, index)
+
+
+def _class_weights(config: Config, dataset) -> Optional[list]:
+    """--class_weight as one weight per class (None: unweighted)."""
+    if config.class_weight == "none":
+        return None
+    names = dataset.class_names
+    if config.class_weight == "balanced":
+        if not dataset.train.known_size:
+            raise UsageError("--class_weight=balanced needs the training counts, unknown for TFRecords read with "
+                             "--labels_file; give a .json file of weights")
+        counts = np.bincount(dataset.train.labels, minlength=len(names)).astype(float)
+        return [float(len(dataset.train) / (len(names) * c)) if c else 0.0 for c in counts]
+    try:
+        given = files.read_json(config.class_weight)
+    except ValueError as e:
+        raise UsageError(f"--class_weight={config.class_weight} is not valid JSON ({e})") from None
+    if given is None:
+        raise UsageError(f"--class_weight={config.class_weight} does not exist")
+    if not isinstance(given, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in given.values()):
+        raise UsageError(f"--class_weight={config.class_weight} must map class names to weights >= 0")
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UsageError(f"--class_weight={config.class_weight} names classes absent from the data: "
+                         f"{', '.join(unknown[:5])} (classes: {', '.join(names[:10])})")
+    return [float(given.get(name, 1.0)) for name in names]
+
+
+def _full_metrics(config: Config, keras_path: str, eval_input_fn, class_names) -> dict:
+    """Per-class precision/recall/F1, the confusion matrix, top-k and AUC over the whole evaluation split."""
+    model = promotion.load_keras(keras_path)  # A fresh copy: the Estimator marked the original graph-bound.
+    if len(model.outputs) != 1:
+        return {}
+    probabilities, ids = metrics.predict_split(model, eval_input_fn, config.label_mode)
+    extra = metrics.from_predictions(probabilities, ids, class_names, config.top_k,
+                                     binary=config.label_mode == "binary")
+    extra.pop("accuracy", None)  # The Estimator's own figure stays (they agree; a test checks it).
+    return extra
 
 
 def _train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:
@@ -375,7 +518,7 @@ def _make_any_estimator(config, plan, model, num_classes, image_shape, class_nam
         return tpu.make_estimator(config, model, lambda: models.build_model(build_config, num_classes, image_shape),
                                   class_names, plan.tpu_resolver)
     return make_estimator(model, make_run_config(config, plan), class_names,
-                          binary=config.label_mode == "binary")
+                          binary=config.label_mode == "binary", label_mode=config.label_mode, top_k=config.top_k)
 
 
 def _remove_worker_clutter(model_dir: str, plan: distribution.Plan) -> None:

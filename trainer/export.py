@@ -117,7 +117,8 @@ class BestExporter(tf.estimator.Exporter):
     and every process compares against it.
     """
 
-    def __init__(self, serving_input_fn, keep: int):
+    def __init__(self, serving_input_fn, keep: int, metric: str = "accuracy"):
+        self._metric = metric
         self._exporter = tf.estimator.LatestExporter(name="best", serving_input_receiver_fn=serving_input_fn,
                                                      exports_to_keep=keep)
 
@@ -128,7 +129,7 @@ class BestExporter(tf.estimator.Exporter):
     def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
         record = read_best_record(export_path)
         current = {k: float(v) for k, v in eval_result.items() if np.ndim(v) == 0}
-        if record and not _higher_accuracy(record["metrics"], current):
+        if record and not _better(record["metrics"], current, self._metric):
             logging.info("not exporting: %s does not beat the best so far (step %d)",
                          _metric_text(current), record["metrics"].get("global_step", -1))
             return None
@@ -139,6 +140,14 @@ class BestExporter(tf.estimator.Exporter):
                          {"metrics": current, "export": os.path.basename(path.rstrip("/"))})
         logging.info("best so far: %s, exported to %s", _metric_text(current), path)
         return path
+
+
+def _better(best: dict, current: dict, metric: str) -> bool:
+    if metric not in current or metric not in best:
+        return _higher_accuracy(best, current)
+    if "loss" in metric:
+        return current[metric] < best[metric]
+    return current[metric] > best[metric]
 
 
 def _metric_text(metrics: dict) -> str:
@@ -162,10 +171,10 @@ def read_best_record(export_root: str) -> Optional[dict]:
     return {**record, "export": version}
 
 
-def make_exporters(kind: str, serving_input_fn, keep: int) -> List[tf.estimator.Exporter]:
-    """The exporter for --export: best (on accuracy, across restarts), latest, or final."""
+def make_exporters(kind: str, serving_input_fn, keep: int, metric: str = "accuracy") -> List[tf.estimator.Exporter]:
+    """The exporter for --export: best (on `metric`, across restarts), latest, or final."""
     if kind == "best":
-        exporter = BestExporter(serving_input_fn, keep)
+        exporter = BestExporter(serving_input_fn, keep, metric)
     elif kind == "latest":
         exporter = tf.estimator.LatestExporter(name="latest", serving_input_receiver_fn=serving_input_fn,
                                                exports_to_keep=keep)

@@ -13,7 +13,7 @@ import importlib
 import inspect
 import os
 import re
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -287,13 +287,17 @@ def _head(x, config: Config, num_classes: int, taken: set):
     return tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name(OUTPUT_NAME))(x)
 
 
-def build_model(config: Config, num_classes: int, data_image_shape: Optional[tuple] = None) -> tf.keras.Model:
+def build_model(config: Config, num_classes: int, data_image_shape: Optional[tuple] = None,
+                freeze_spec: Optional[str] = None, trunk_inference: bool = False) -> tf.keras.Model:
     """Builds the uncompiled Keras model the run trains.
 
     Args:
         config: the run configuration.
         num_classes: classes of the new head.
         data_image_shape: shape of one stored image, for sources held as arrays.
+        freeze_spec: the --freeze value of this phase (default: --freeze, or its default).
+        trunk_inference: call the trunk in inference mode even when parts of it train (fine-tuning
+            a pretrained trunk: its BatchNorm statistics stay as they are, as the Keras guide advises).
     """
     if config.label_mode == "binary" and num_classes != 2:
         raise UsageError(f"--label_mode=binary needs exactly 2 classes; the data has {num_classes}")
@@ -311,12 +315,12 @@ def build_model(config: Config, num_classes: int, data_image_shape: Optional[tup
         trunk = build_trunk(config, size)
         shape = (size, size, 3)
         mode = get_backbone(config.backbone).preprocess
-    all_frozen = freeze(trunk, config.freeze or default_freeze(config))
+    all_frozen = freeze(trunk, freeze_spec or config.freeze or default_freeze(config))
     inputs = tf.keras.Input(shape, name=INPUT_NAME)
     x = _preprocess(inputs, mode)
     # A fully frozen trunk runs in inference mode (its BatchNorm statistics stay fixed);
     # in a partly frozen one, each frozen BatchNorm layer does so by itself.
-    x = trunk(x, training=False) if all_frozen else trunk(x)
+    x = trunk(x, training=False) if all_frozen or trunk_inference else trunk(x)
     outputs = _head(x, config, num_classes, _all_layer_names(trunk))
     return tf.keras.Model(inputs, outputs, name="transfer_model")
 
@@ -339,12 +343,81 @@ def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
     return model
 
 
-def compile_model(model: tf.keras.Model, config: Config) -> None:
-    """Compiles with a legacy optimizer, which model_to_estimator requires."""
+def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
+                  class_weights: Optional[Sequence[float]] = None) -> None:
+    """Compiles with a legacy optimizer, which model_to_estimator requires.
+
+    Args:
+        model: the model to compile (its trainable kernels get --weight_decay).
+        config: the run configuration (optimizer, loss, label smoothing, clipping).
+        learning_rate: a float or a `schedules.PhaseSchedule`; default --learning_rate.
+        class_weights: one loss weight per class (--class_weight), or None.
+    """
     optimizers = tf.keras.optimizers.legacy
     opt = {"adam": optimizers.Adam, "sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}[config.optimizer]
-    model.compile(optimizer=opt(learning_rate=config.learning_rate), loss=config.resolved_loss,
-                  metrics=["accuracy"])
+    kwargs = {"global_clipnorm": config.clip_norm} if config.clip_norm else {}
+    if config.weight_decay:
+        add_weight_decay(model, config.weight_decay)
+    num_classes = model.outputs[0].shape[-1] if config.label_mode != "binary" else 2
+    loss = make_loss(config, num_classes, class_weights) if len(model.outputs) == 1 else config.resolved_loss
+    # The accuracy of the label mode, named: Keras would guess it from the loss, wrongly for our own losses.
+    accuracy = {"sparse": tf.keras.metrics.SparseCategoricalAccuracy, "categorical": tf.keras.metrics.CategoricalAccuracy,
+                "binary": tf.keras.metrics.BinaryAccuracy}[config.label_mode]
+    model.compile(optimizer=opt(learning_rate=learning_rate or config.learning_rate, **kwargs), loss=loss,
+                  metrics=[accuracy(name="accuracy")] if len(model.outputs) == 1 else ["accuracy"])
+
+
+def make_loss(config: Config, num_classes: int, class_weights: Optional[Sequence[float]] = None):
+    """The loss of --label_mode/--loss, with --label_smoothing and per-class weights when asked for.
+
+    Smoothing works for sparse labels too (they become one-hot first); class weights scale each
+    example's loss by the weight of its true class.
+    """
+    name = config.resolved_loss
+    smoothing = config.label_smoothing
+    if not smoothing and class_weights is None:
+        return name
+    weights = tf.constant(class_weights, tf.float32) if class_weights is not None else None
+    mode = config.label_mode
+
+    def recipe_loss(y_true, y_pred):
+        if mode == "binary":
+            ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+            target = tf.reshape(tf.cast(y_true, tf.float32), tf.shape(y_pred))
+            target = target * (1.0 - smoothing) + 0.5 * smoothing
+            per_example = (tf.keras.losses.mse(target, y_pred) if name == "mse"
+                           else tf.keras.losses.binary_crossentropy(target, y_pred))
+        else:
+            if mode == "sparse":
+                ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+                target = tf.one_hot(ids, num_classes)
+            else:
+                target = tf.cast(y_true, tf.float32)
+                ids = tf.cast(tf.argmax(target, axis=-1), tf.int32)
+            target = target * (1.0 - smoothing) + smoothing / num_classes
+            per_example = (tf.keras.losses.mse(target, y_pred) if name == "mse"
+                           else tf.keras.losses.categorical_crossentropy(target, y_pred))
+        if weights is not None:
+            per_example = per_example * tf.gather(weights, ids)
+        return per_example
+
+    return recipe_loss
+
+
+def add_weight_decay(model: tf.keras.Model, rate: float) -> None:
+    """L2 on the kernels of trainable layers (not biases, not BatchNorm), as part of each layer's config,
+    so the Estimator's clone of the model carries it into its loss."""
+    for layer in _leaf_layers(model):
+        if layer.trainable and hasattr(layer, "kernel_regularizer") and getattr(layer, "kernel", None) is not None:
+            layer.kernel_regularizer = tf.keras.regularizers.L2(rate)
+
+
+def _leaf_layers(model: tf.keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
 
 
 def summarize(model: tf.keras.Model) -> dict:

@@ -86,6 +86,33 @@ flags.DEFINE_bool("cache_features", False, "Frozen trunk, no augmentation: compu
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPUs with tensor cores); the output layer "
                   "stays float32.")
 flags.DEFINE_bool("jit", False, "XLA JIT compilation of the training graph (global_jit_level ON_1).")
+# The fine-tuning recipe.
+flags.DEFINE_float("epochs", 0, "Train for this many passes over the training data: sets --train_steps to "
+                   "ceil(epochs x examples / batch_size). Excludes --train_steps.")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, config_lib.SCHEDULES, "Learning rate over each phase, "
+                  "from the global step: constant, cosine (to --min_learning_rate), exponential or step decay.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warmup from 0 over the first N steps of each phase.")
+flags.DEFINE_float("min_learning_rate", 0.0, "Where --lr_schedule=cosine ends, at the phase's last step.")
+flags.DEFINE_float("lr_decay_rate", _DEFAULTS.lr_decay_rate, "exponential/step: factor per --lr_decay_steps.")
+flags.DEFINE_integer("lr_decay_steps", _DEFAULTS.lr_decay_steps, "exponential/step: steps per decay factor.")
+flags.DEFINE_integer("fine_tune_steps", 0, "A second phase of N steps after --train_steps, with the trunk "
+                     "unfrozen as --fine_tune_freeze says, at --fine_tune_learning_rate, fresh optimizer state.")
+flags.DEFINE_float("fine_tune_epochs", 0, "The second phase's length in epochs (excludes --fine_tune_steps).")
+flags.DEFINE_string("fine_tune_freeze", _DEFAULTS.fine_tune_freeze, "The trunk's freezing in the second phase "
+                    "(same syntax as --freeze). BatchNorm layers stay in inference mode.")
+flags.DEFINE_float("fine_tune_learning_rate", None, "The second phase's learning rate. Default: "
+                   "--learning_rate / 10.")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing, for every --label_mode.")
+flags.DEFINE_string("class_weight", _DEFAULTS.class_weight, "Per-example loss weights: none, balanced "
+                    "(n / (k x n_class) from the training counts) or a .json file {class name: weight}.")
+flags.DEFINE_integer("early_stopping_patience", 0, "Stop after K evaluations in a row without improvement of "
+                     "--early_stopping_metric (0: off). Evaluations follow checkpoints.")
+flags.DEFINE_enum("early_stopping_metric", _DEFAULTS.early_stopping_metric, list(config_lib.EVAL_METRICS),
+                  "Metric watched by early stopping (loss: lower is better).")
+flags.DEFINE_float("early_stopping_min_delta", 0.0, "An improvement must exceed this.")
+flags.DEFINE_float("weight_decay", 0.0, "L2 penalty on trainable kernels (not biases, not BatchNorm).")
+flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).")
+flags.DEFINE_integer("top_k", _DEFAULTS.top_k, "k of top_k_accuracy in eval_metrics.json (with more classes).")
 # Cloud.
 flags.DEFINE_string("checkpoint_dir", None, "Where the Estimator writes checkpoints and events. Default: "
                     "$AIP_CHECKPOINT_DIR when --model_dir is not given, else --model_dir.")
@@ -98,8 +125,8 @@ flags.DEFINE_string("hypertune_metric", None, "Report this evaluation metric (ac
 # Scheduled retraining.
 flags.DEFINE_string("champion_dir", None, "Promote this run's model into this folder (local or gs://) only if it "
                     "beats the current champion on this run's evaluation data.")
-flags.DEFINE_enum("promote_metric", "accuracy", ["accuracy", "loss"], "Metric compared for promotion "
-                  "(loss: lower is better).")
+flags.DEFINE_enum("promote_metric", "accuracy", list(config_lib.EVAL_METRICS), "Metric compared for "
+                  "promotion (loss: lower is better).")
 flags.DEFINE_float("promote_min_delta", 0.0, "The challenger must beat the champion by more than this.")
 flags.DEFINE_string("warm_start_from", None, "Start from these weights instead of the pretrained trunk alone: "
                     "'champion' (the version CHAMPION.json names), a keras_model.h5, or a checkpoint folder.")
@@ -132,7 +159,14 @@ def config_from_flags() -> config_lib.Config:
         "cache_features", "mixed_precision", "jit",
         "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
         "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
-        "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir")}
+        "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir",
+        "epochs", "lr_schedule", "warmup_steps", "min_learning_rate", "lr_decay_rate", "lr_decay_steps",
+        "fine_tune_steps", "fine_tune_epochs", "fine_tune_freeze", "fine_tune_learning_rate", "label_smoothing",
+        "class_weight", "early_stopping_patience", "early_stopping_metric", "early_stopping_min_delta",
+        "weight_decay", "clip_norm", "top_k")}
+    if FLAGS.epochs and FLAGS["train_steps"].present:
+        raise UsageError(f"--epochs={FLAGS.epochs} and --train_steps={FLAGS.train_steps} exclude each other: "
+                         "give one")
     classes = tuple(c.strip() for c in FLAGS.classes if c.strip())  # "a,b," is a slip, not a class "".
     return config_lib.Config(classes=classes, head_units=head_units,
                              augment=config_lib.parse_augment(FLAGS.augment), **values)

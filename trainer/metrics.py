@@ -1,0 +1,140 @@
+"""Evaluation metrics beyond accuracy and loss.
+
+Two places compute them, from the same definitions:
+- `with_eval_metrics` adds streaming scalars to the Estimator's evaluation
+  (`top_k_accuracy`, `macro_f1`, `auc` for binary models), so each evaluation
+  writes them to TensorBoard and exporters, early stopping and hypertune see them;
+- `from_predictions` computes the full set for eval_metrics.json from the final
+  model's probabilities on the whole evaluation split: the scalars, `per_class`
+  precision/recall/F1/support and the `confusion_matrix`.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def _true_ids(labels, num_classes: int, label_mode: str):
+    if label_mode == "categorical":
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.reshape(labels, [-1]), tf.int32)
+
+
+def _streaming_confusion(true_ids, predicted_ids, num_classes: int):
+    """(value, update) of a confusion matrix accumulated over an evaluation (a local variable)."""
+    total = tf.compat.v1.get_local_variable(
+        "trainer_confusion_matrix", shape=[num_classes, num_classes], dtype=tf.float64,
+        initializer=tf.compat.v1.zeros_initializer(), collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
+                                                                  tf.compat.v1.GraphKeys.METRIC_VARIABLES])
+    batch = tf.math.confusion_matrix(true_ids, predicted_ids, num_classes=num_classes, dtype=tf.float64)
+    return total, tf.compat.v1.assign_add(total, batch)
+
+
+def _macro_f1_tensor(matrix):
+    tp = tf.linalg.diag_part(matrix)
+    precision = tf.math.divide_no_nan(tp, tf.reduce_sum(matrix, axis=0))
+    recall = tf.math.divide_no_nan(tp, tf.reduce_sum(matrix, axis=1))
+    f1 = tf.math.divide_no_nan(2.0 * precision * recall, precision + recall)
+    present = tf.cast(tf.reduce_sum(matrix, axis=1) > 0, tf.float64)  # Classes absent from the split: skipped.
+    return tf.math.divide_no_nan(tf.reduce_sum(f1 * present), tf.reduce_sum(present))
+
+
+def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
+    """Wraps a single-output classifier's model_fn: evaluations also report the extra scalars."""
+
+    def wrapped(features, labels, mode, config):
+        spec = model_fn(features, labels, mode, config)
+        if mode != tf.estimator.ModeKeys.EVAL:
+            return spec
+        (probabilities,) = spec.predictions.values()
+        (label,) = labels.values() if isinstance(labels, dict) else (labels,)
+        true_ids = _true_ids(label, num_classes, label_mode)
+        if label_mode == "binary":
+            scores = tf.reshape(probabilities, [-1])
+            predicted = tf.cast(scores > 0.5, tf.int32)
+        else:
+            predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        ops = dict(spec.eval_metric_ops or {})
+        matrix, update = _streaming_confusion(true_ids, predicted, num_classes)
+        ops["macro_f1"] = (_macro_f1_tensor(matrix), update)
+        if label_mode == "binary":
+            ops["auc"] = tf.compat.v1.metrics.auc(true_ids, scores, num_thresholds=500)
+        elif num_classes > top_k:
+            hits = tf.cast(tf.math.in_top_k(true_ids, probabilities, top_k), tf.float32)
+            ops["top_k_accuracy"] = tf.compat.v1.metrics.mean(hits)
+        return spec._replace(eval_metric_ops=ops)
+
+    return wrapped
+
+
+def available(num_classes: int, label_mode: str, top_k: int) -> List[str]:
+    """The scalar metrics a run with these classes reports."""
+    names = ["accuracy", "loss", "macro_f1"]
+    if label_mode == "binary":
+        names.append("auc")
+    elif num_classes > top_k:
+        names.append("top_k_accuracy")
+    return names
+
+
+def from_predictions(probabilities: np.ndarray, true_ids: np.ndarray, class_names: Sequence[str],
+                     top_k: int = 5, binary: bool = False) -> Dict:
+    """Metrics over a whole split from class probabilities [N, k] (binary: [N, 1] or [N, 2])."""
+    probabilities = np.asarray(probabilities, np.float64)
+    if binary and probabilities.shape[-1] == 1:
+        probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=-1)
+    k = len(class_names)
+    true_ids = np.asarray(true_ids).reshape(-1).astype(int)
+    predicted = probabilities.argmax(-1)
+    matrix = np.zeros((k, k), np.int64)
+    np.add.at(matrix, (true_ids, predicted), 1)
+    tp = np.diag(matrix).astype(float)
+    predicted_count, support = matrix.sum(0), matrix.sum(1)
+    precision = np.divide(tp, predicted_count, out=np.zeros(k), where=predicted_count > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    out = {
+        "accuracy": float((predicted == true_ids).mean()) if len(true_ids) else 0.0,
+        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(class_names)},
+        "confusion_matrix": {"labels": list(class_names), "matrix": matrix.tolist()},
+    }
+    if binary:
+        out["auc"] = _auc(probabilities[:, 1], true_ids)
+    elif k > top_k:
+        top = np.argsort(-probabilities, axis=-1)[:, :top_k]
+        out["top_k_accuracy"] = float((top == true_ids[:, None]).any(-1).mean())
+        out["top_k"] = top_k
+    return out
+
+
+def _auc(scores: np.ndarray, positives: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve (the rank statistic; ties count half)."""
+    pos, neg = scores[positives == 1], scores[positives == 0]
+    if not len(pos) or not len(neg):
+        return None
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(values):  # Average ranks over ties.
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
+        i = j + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def predict_split(model: tf.keras.Model, input_fn, label_mode: str):
+    """Runs a Keras model over an evaluation input_fn: (probabilities [N, k], true class ids [N])."""
+    probabilities, ids = [], []
+    for features, labels in input_fn():
+        label = next(iter(labels.values())) if isinstance(labels, dict) else labels
+        probabilities.append(model(features, training=False).numpy())
+        label = label.numpy()
+        ids.append(label.argmax(-1) if label_mode == "categorical" else label.reshape(-1))
+    if not probabilities:
+        return np.zeros((0, 1)), np.zeros(0, int)
+    return np.concatenate(probabilities), np.concatenate(ids).astype(int)
