@@ -21,7 +21,7 @@ from absl import logging
 
 from trainer import data as data_lib
 from trainer import (distribution, early_stopping, export, feature_cache, files, hypertune, inputs, listeners,
-                     metrics, models, phases, preemption, progress, promotion, tpu)
+                     metrics, models, phases, preemption, progress, promotion, schedules, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -273,8 +273,8 @@ def train_and_evaluate(config: Config) -> dict:
         return _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path)
     if plan.is_chief:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
-        files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
+    # Writes run_info.json early (so a crashed run still says what it was), after reading the previous one.
     steps = _prepare_phases(config, plan, dataset, model, run_info, info_path)
     eval_metrics, estimator = None, None
     for index, step in enumerate(steps):
@@ -282,12 +282,13 @@ def train_and_evaluate(config: Config) -> dict:
             break  # Decided earlier (this run or one before a restart): no more training.
         if index or step.restart_optimizer:
             model = _phase_model(config, num_classes, image_shape, step.phase, model)
-        models.compile_model(model, config, phases.schedule(config, step.phase.learning_rate, step.first_step,
-                                                           step.phase.last_step), run_info.get("class_weights"))
-        estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
+        schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
+        models.compile_model(model, config, schedule, run_info.get("class_weights"))
+        estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names,
+                                        schedule)
         if step.restart_optimizer:
             _start_phase(config, plan, estimator, model, make_input(dataset.train, True), step, run_info, info_path)
-        progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size)
+        progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, learning_rate=schedule)
         hooks = [progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
         if config.early_stopping_patience:
             hooks.append(early_stopping.StopHook(config.model_dir))
@@ -296,8 +297,8 @@ def train_and_evaluate(config: Config) -> dict:
         eval_spec = tf.estimator.EvalSpec(
             make_input(dataset.validation, False), steps=config.eval_steps, name=None,
             exporters=_exporters(config, serving_fn), start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
-        logging.info("phase %s: steps %d..%d, %s trainable params, learning rate %g (%s)", step.phase.name,
-                     step.first_step, step.phase.last_step, run_info["phases"][-1].get("trainable_params"),
+        logging.info("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
+                     step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
                      step.phase.learning_rate, config.lr_schedule)
         eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
     if not plan.is_chief:
@@ -512,13 +513,17 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
                    make_input(dataset.validation, False), started)
 
 
-def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names):
+def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names, schedule=None):
     if plan.name == "tpu":
         build_config = dataclasses.replace(config, weights="none")  # Weights come from the warm start.
         return tpu.make_estimator(config, model, lambda: models.build_model(build_config, num_classes, image_shape),
                                   class_names, plan.tpu_resolver)
-    return make_estimator(model, make_run_config(config, plan), class_names,
-                          binary=config.label_mode == "binary", label_mode=config.label_mode, top_k=config.top_k)
+    estimator = make_estimator(model, make_run_config(config, plan), class_names,
+                               binary=config.label_mode == "binary", label_mode=config.label_mode, top_k=config.top_k)
+    if schedule is None:
+        return estimator
+    return tf.estimator.Estimator(model_fn=schedules.with_learning_rate_summary(estimator.model_fn, schedule),
+                                  config=estimator.config, warm_start_from=estimator._warm_start_settings)
 
 
 def _remove_worker_clutter(model_dir: str, plan: distribution.Plan) -> None:

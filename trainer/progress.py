@@ -8,7 +8,8 @@ from absl import logging
 class ProgressHook(tf.estimator.SessionRunHook):
     """Logs `step N/M (p%), x steps/s, y examples/s, ETA h:mm:ss` every few seconds."""
 
-    def __init__(self, max_steps: int, batch_size: int, every_secs: float = 10.0):
+    def __init__(self, max_steps: int, batch_size: int, every_secs: float = 10.0, learning_rate=None):
+        self._learning_rate = learning_rate  # A schedules.PhaseSchedule, shown in each line.
         self._max_steps = max_steps
         self._batch_size = batch_size
         self._every_secs = every_secs
@@ -33,7 +34,8 @@ class ProgressHook(tf.estimator.SessionRunHook):
             return
         rate = (step - last_step) / max(now - last_time, 1e-9)
         eta = (self._max_steps - step) / rate if rate > 0 else 0.0
-        logging.info("step %d/%d (%.0f%%), %.1f steps/s, %.0f examples/s, ETA %s", step, self._max_steps,
-                     100.0 * step / self._max_steps, rate, rate * self._batch_size,
+        lr = f", learning rate {self._learning_rate.value(step):.3g}" if self._learning_rate is not None else ""
+        logging.info("step %d/%d (%.0f%%), %.1f steps/s, %.0f examples/s%s, ETA %s", step, self._max_steps,
+                     100.0 * step / self._max_steps, rate, rate * self._batch_size, lr,
                      time.strftime("%H:%M:%S", time.gmtime(eta)))
         self._last = (step, now)

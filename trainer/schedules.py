@@ -58,10 +58,34 @@ class PhaseSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         return rate
 
     def value(self, step: int) -> float:
-        """The rate at a global step, in plain Python (logs, run_info.json, tests)."""
-        return float(self(tf.constant(step)).numpy()) if tf.executing_eagerly() else float("nan")
+        """The rate at a global step, in plain Python (progress lines, tests): the same formula."""
+        done = float(step - self.first_step)
+        after_warmup = max(done - self.warmup_steps, 0.0)
+        rate = self.learning_rate
+        if self.kind == "cosine":
+            span = float(max(self.last_step - self.first_step - self.warmup_steps, 1))
+            progress = min(after_warmup / span, 1.0)
+            rate = self.min_learning_rate + (rate - self.min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif self.kind in ("exponential", "step"):
+            exponent = after_warmup / self.decay_steps
+            rate = rate * self.decay_rate ** (math.floor(exponent) if self.kind == "step" else exponent)
+        if self.warmup_steps:
+            rate *= min((done + 1.0) / self.warmup_steps, 1.0)
+        return rate
 
     def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "first_step": self.first_step, "last_step": self.last_step,
                 "kind": self.kind, "warmup_steps": self.warmup_steps, "min_learning_rate": self.min_learning_rate,
                 "decay_rate": self.decay_rate, "decay_steps": self.decay_steps}
+
+
+def with_learning_rate_summary(model_fn, schedule: PhaseSchedule):
+    """Wraps a model_fn: training writes the `learning_rate` scalar (every summary step) to TensorBoard."""
+
+    def wrapped(features, labels, mode, config):
+        spec = model_fn(features, labels, mode, config)
+        if mode == tf.estimator.ModeKeys.TRAIN:
+            tf.compat.v1.summary.scalar("learning_rate", schedule(tf.compat.v1.train.get_global_step()))
+        return spec
+
+    return wrapped
