@@ -377,7 +377,7 @@ def make_loss(config: Config, num_classes: int, class_weights: Optional[Sequence
     smoothing = config.label_smoothing
     if not smoothing and class_weights is None:
         return name
-    weights = tf.constant(class_weights, tf.float32) if class_weights is not None else None
+    weights = [float(w) for w in class_weights] if class_weights is not None else None  # A constant per graph.
     mode = config.label_mode
 
     def recipe_loss(y_true, y_pred):
@@ -398,7 +398,7 @@ def make_loss(config: Config, num_classes: int, class_weights: Optional[Sequence
             per_example = (tf.keras.losses.mse(target, y_pred) if name == "mse"
                            else tf.keras.losses.categorical_crossentropy(target, y_pred))
         if weights is not None:
-            per_example = per_example * tf.gather(weights, ids)
+            per_example = per_example * tf.gather(tf.constant(weights, tf.float32), ids)
         return per_example
 
     return recipe_loss

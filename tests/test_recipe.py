@@ -1,0 +1,219 @@
+"""The fine-tuning recipe on real runs: schedules, epochs, two phases, resumes with another recipe,
+early stopping, class weights, label smoothing, regularisation and the richer evaluation metrics."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, last_json, run_cli
+from test_bad_inputs import assert_error, cli
+from trainer.schedules import PhaseSchedule
+
+
+def scalars(model_dir, tag):
+    """{step: value} of a training scalar in the event files of model_dir (not eval/)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(str(model_dir), "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    out[event.step] = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
+                        else value.simple_value
+    return out
+
+
+def test_schedule_shapes():
+    cosine = PhaseSchedule(0.1, first_step=100, last_step=300, kind="cosine", warmup_steps=20, min_learning_rate=0.01)
+    assert cosine.value(100) == pytest.approx(0.1 / 20)  # First step of the phase: 1/20 of the rate.
+    assert cosine.value(119) == pytest.approx(0.1)  # Warmup done.
+    assert cosine.value(120 + 90) == pytest.approx(0.01 + 0.09 * 0.5)  # Half-way down the cosine.
+    assert cosine.value(300) == pytest.approx(0.01)
+    step = PhaseSchedule(1.0, kind="step", decay_rate=0.5, decay_steps=10)
+    assert [step.value(s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    smooth = PhaseSchedule(1.0, kind="exponential", decay_rate=0.5, decay_steps=10)
+    assert smooth.value(5) == pytest.approx(0.5 ** 0.5)
+    for s in (0, 37, 150, 299):  # The graph formula and the Python one agree.
+        assert float(cosine(tf.constant(s + 100))) == pytest.approx(cosine.value(s + 100), rel=1e-5)
+
+
+def test_learning_rate_scalar_follows_warmup_and_cosine(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("--data=digits", "--backbone=mlp", "--train_steps=250", "--lr_schedule=cosine", "--warmup_steps=150",
+                   "--learning_rate=0.01", "--min_learning_rate=0.001", "--save_checkpoints_steps=1000",
+                   f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = scalars(run, "learning_rate")
+    schedule = PhaseSchedule(0.01, 0, 250, "cosine", 150, 0.001)
+    assert len(logged) >= 3
+    for step, value in logged.items():  # Written with the step's rate (the global step before the update).
+        assert value == pytest.approx(schedule.value(step - 1), rel=1e-4), (step, value)
+    assert logged[1] < logged[101] < 0.01  # Warming up...
+    assert logged[201] < 0.01  # ...then decaying.
+    assert re.search(r"learning rate 0\.00\d", proc.stderr)  # Shown in the progress line.
+
+
+def test_epochs_set_the_steps(capsys, tmp_path):
+    run = tmp_path / "run"
+    status, errors = cli(capsys, "--data=digits", "--classes=0,1,2", "--backbone=mlp", "--epochs=1.5",
+                         "--batch_size=16", f"--model_dir={run}")
+    assert status == 0 and not errors
+    info = json.loads((run / "run_info.json").read_text())
+    examples = sum(info["counts"]["train"].values())
+    assert info["steps_per_epoch"] == -(-examples // 16)
+    assert info["train_steps"] == -(-int(1.5 * examples) // 16)
+    assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == info["train_steps"]
+    assert_error(capsys, "--epochs=2.0 and --train_steps=10 exclude each other", "--data=digits", "--epochs=2",
+                 "--train_steps=10", f"--model_dir={tmp_path / 'x'}")
+
+
+def _checkpoint(model_dir, step):
+    return tf.train.load_checkpoint(os.path.join(str(model_dir), f"{'model' if step else 'phase'}.ckpt-{step}"))
+
+
+def test_two_phases_unfreeze_the_top_of_the_trunk(tmp_path):
+    run = tmp_path / "run"
+    args = ["--data=digits", "--backbone=small_cnn", "--weights=none", "--freeze=all", "--train_steps=40",
+            "--fine_tune_steps=30", "--fine_tune_freeze=-4", "--save_checkpoints_steps=40", "--eval_throttle_secs=0",
+            f"--model_dir={run}"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["global_step"] == 70
+    info = json.loads((run / "run_info.json").read_text())
+    first, second = info["phases"]
+    assert (first["name"], first["first_step"], first["last_step"]) == ("train", 0, 40)
+    assert (second["name"], second["first_step"], second["last_step"]) == ("fine_tune", 40, 70)
+    assert second["trainable_params"] > first["trainable_params"]
+    assert second["learning_rate"] == pytest.approx(1e-4)  # --learning_rate / 10.
+    start = tf.train.load_checkpoint(str(run / "phase.ckpt-40"))
+    end = tf.train.load_checkpoint(str(run / "model.ckpt-70"))
+    same = lambda name: np.array_equal(start.get_tensor(name), end.get_tensor(name))  # noqa: E731
+    assert same("conv1/kernel") and same("bn1/gamma")  # Still frozen in phase 2.
+    assert not same("conv2/kernel") and not same("bn2/gamma")  # Unfrozen: trained.
+    assert same("bn2/moving_mean")  # BatchNorm in inference mode while fine-tuning.
+    assert not same("probabilities/kernel")
+    optimizer_state = [n for n in start.get_variable_to_shape_map() if "conv2/kernel/m" in n]
+    assert optimizer_state and not start.get_tensor(optimizer_state[0]).any()  # Fresh at the boundary.
+
+
+def test_sigkill_in_phase_two_resumes_there(tmp_path):
+    run = tmp_path / "run"
+    args = ["--data=digits", "--backbone=small_cnn", "--train_steps=30", "--fine_tune_steps=400",
+            "--save_checkpoints_steps=30", "--eval_throttle_secs=1000", f"--model_dir={run}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.task", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if re.search(r"after saving checkpoint (6\d|9\d|1\d\d)\b", line):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = int(tf.train.latest_checkpoint(str(run)).rsplit("-", 1)[1])
+    assert killed_at > 30
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert last_json(again.stdout)["global_step"] == 430
+    assert f"model.ckpt-{killed_at}" in again.stderr and "phase.ckpt" not in again.stderr.split("Restoring")[-1][:200]
+    assert [p["name"] for p in json.loads((run / "run_info.json").read_text())["phases"]] == ["train", "fine_tune"]
+
+
+def test_resume_with_another_learning_rate_trains_at_it(tmp_path):
+    run = tmp_path / "run"
+    common = ["--data=digits", "--backbone=mlp", "--save_checkpoints_steps=100", f"--model_dir={run}"]
+    assert run_cli(*common, "--train_steps=100").returncode == 0
+    proc = run_cli(*common, "--train_steps=150", "--learning_rate=0.02")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "a new training phase starts" in proc.stderr
+    rates = scalars(run, "learning_rate")
+    assert rates[1] == pytest.approx(1e-3) and rates[101] == pytest.approx(0.02)
+    phases = json.loads((run / "run_info.json").read_text())["phases"]
+    assert [(p["first_step"], p["last_step"], p["learning_rate"]) for p in phases] == [(0, 100, 1e-3), (100, 150, 0.02)]
+    # Another optimizer and another freezing also resume (a fresh optimizer state), never a RestoreV2 crash.
+    proc = run_cli(*common, "--train_steps=170", "--learning_rate=0.02", "--optimizer=sgd", "--freeze=all")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads((run / "run_info.json").read_text())["phases"]) == 3
+
+
+def test_early_stopping_stops_a_plateau_and_keeps_the_best(tmp_path):
+    run = tmp_path / "run"
+    args = ["--data=digits", "--backbone=mlp", "--train_steps=2000", "--learning_rate=1e-7",
+            "--save_checkpoints_steps=10", "--eval_throttle_secs=0", "--early_stopping_patience=2",
+            "--early_stopping_min_delta=0.05", f"--model_dir={run}"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json(proc.stdout)
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["early_stopped_at_step"] is not None and summary["global_step"] < 100
+    state = json.loads((run / "early_stopping.json").read_text())
+    best = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert best["metrics"]["global_step"] == state["best_step"]
+    assert summary["accuracy"] == pytest.approx(best["metrics"]["accuracy"])  # The best model is reported...
+    again = run_cli(*args)  # ...and a restart does not train on.
+    assert again.returncode == 0 and last_json(again.stdout)["global_step"] == summary["global_step"]
+
+
+def _imbalanced_npz(path):
+    rng = np.random.default_rng(0)
+
+    def split(counts):
+        y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+        x = rng.normal(0, 1.0, (len(y), 4, 4)).astype(np.float32) + y[:, None, None] * 0.6
+        return x * 40 + 100, y
+
+    x_train, y_train = split([12, 300])
+    x_test, y_test = split([40, 40])
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return str(path)
+
+
+def test_balanced_class_weights_lift_a_starved_class(capsys, tmp_path):
+    data = _imbalanced_npz(tmp_path / "imbalanced.npz")
+    recall = {}
+    for weighting in ("none", "balanced"):
+        run = tmp_path / weighting
+        status, errors = cli(capsys, f"--data={data}", "--backbone=mlp", "--train_steps=200", "--batch_size=32", "--learning_rate=0.01",
+                             f"--class_weight={weighting}", f"--model_dir={run}")
+        assert status == 0 and not errors
+        recall[weighting] = json.loads((run / "eval_metrics.json").read_text())["per_class"]["0"]["recall"]
+    info = json.loads((tmp_path / "balanced" / "run_info.json").read_text())
+    assert info["class_weights"] == pytest.approx([312 / (2 * 12), 312 / (2 * 300)])
+    assert recall["balanced"] > recall["none"] + 0.3, recall  # Seen: 0.0 -> 0.575.
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps({"0": 5.0, "7": 1.0}))
+    assert_error(capsys, "names classes absent from the data: 7", f"--data={data}", "--backbone=mlp",
+                 f"--class_weight={weights}", f"--model_dir={tmp_path / 'w'}")
+
+
+def test_metrics_smoothing_and_regularisation(capsys, tmp_path):
+    run = tmp_path / "run"
+    status, errors = cli(capsys, "--data=digits", "--backbone=mlp", "--train_steps=60", "--label_smoothing=0.1",
+                         "--weight_decay=1e-4", "--clip_norm=1.0", "--top_k=3", f"--model_dir={run}")
+    assert status == 0 and not errors
+    metrics = json.loads((run / "eval_metrics.json").read_text())
+    matrix = np.array(metrics["confusion_matrix"]["matrix"])
+    info = json.loads((run / "run_info.json").read_text())
+    assert matrix.sum() == sum(info["counts"]["validation"].values())
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert metrics["confusion_matrix"]["labels"] == [str(i) for i in range(10)]
+    assert set(metrics["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
+    assert metrics["top_k_accuracy"] >= metrics["accuracy"] and 0 < metrics["macro_f1"] <= 1
+    eval_tags = set()
+    for path in glob.glob(str(run / "eval" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            eval_tags |= {v.tag for v in event.summary.value}
+    assert {"accuracy", "loss", "macro_f1", "top_k_accuracy"} <= eval_tags  # Scalars in TensorBoard too.
+    binary = tmp_path / "binary"
+    status, errors = cli(capsys, "--data=digits", "--classes=0,1", "--backbone=mlp", "--label_mode=binary",
+                         "--train_steps=30", "--label_smoothing=0.2", "--early_stopping_patience=3",
+                         "--early_stopping_metric=auc", f"--model_dir={binary}")
+    assert status == 0 and not errors
+    assert json.loads((binary / "eval_metrics.json").read_text())["auc"] > 0.9
+    assert_error(capsys, "--early_stopping_metric=auc is not reported for this run", "--data=digits",
+                 "--backbone=mlp", "--early_stopping_patience=2", "--early_stopping_metric=auc",
+                 f"--model_dir={tmp_path / 'x'}")
