@@ -199,7 +199,8 @@ def test_metrics_smoothing_and_regularisation(capsys, tmp_path):
     matrix = np.array(metrics["confusion_matrix"]["matrix"])
     info = json.loads((run / "run_info.json").read_text())
     assert matrix.sum() == sum(info["counts"]["validation"].values())
-    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["accuracy"], abs=1e-6)
+    exported = metrics.get("export_metrics", metrics)  # The per-class figures describe the exported model.
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(exported["accuracy"], abs=1e-6)
     assert metrics["confusion_matrix"]["labels"] == [str(i) for i in range(10)]
     assert set(metrics["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
     assert metrics["top_k_accuracy"] >= metrics["accuracy"] and 0 < metrics["macro_f1"] <= 1
@@ -217,3 +218,26 @@ def test_metrics_smoothing_and_regularisation(capsys, tmp_path):
     assert_error(capsys, "--early_stopping_metric=auc is not reported for this run", "--data=digits",
                  "--backbone=mlp", "--early_stopping_patience=2", "--early_stopping_metric=auc",
                  f"--model_dir={tmp_path / 'x'}")
+
+
+def test_warm_start_onto_another_class_set(capsys, tmp_path):
+    first = tmp_path / "first"
+    status, _ = cli(capsys, "--data=digits", "--classes=0,1,2", "--backbone=mlp", "--train_steps=80",
+                    f"--model_dir={first}")
+    assert status == 0
+    second = tmp_path / "second"
+    status, errors = cli(capsys, "--data=digits", "--classes=2,3,1", "--backbone=mlp", "--train_steps=1",
+                         f"--warm_start_from={first}", f"--model_dir={second}")
+    assert status == 0 and not errors
+    record = json.loads((second / "run_info.json").read_text())["warm_start"]
+    assert (record["classes_kept"], record["classes_added"], record["classes_removed"]) == (["2", "1"], ["3"], ["0"])
+    old = tf.train.load_checkpoint(str(first / "model.ckpt-80"))
+    new = tf.keras.models.load_model(second / "keras_model.h5", compile=False)
+    kernel = new.get_layer("probabilities").get_weights()[0]
+    old_kernel = old.get_tensor("probabilities/kernel")
+    # One step of training moves the copied columns only slightly: they still match their class by name.
+    assert np.abs(kernel[:, 0] - old_kernel[:, 2]).max() < 0.05 and np.abs(kernel[:, 2] - old_kernel[:, 1]).max() < 0.05
+    trunk_kernel = new.get_layer("mlp").get_layer("fc1").get_weights()[0]
+    assert np.abs(trunk_kernel - old.get_tensor("fc1/kernel")).max() < 0.05  # The trunk carried over.
+    per_class = json.loads((second / "eval_metrics.json").read_text())["per_class"]
+    assert per_class["2"]["recall"] > 0.8 and per_class["1"]["recall"] > 0.8  # Kept classes work at once.

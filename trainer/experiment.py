@@ -266,7 +266,8 @@ def train_and_evaluate(config: Config) -> dict:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
     if config.warm_start_from and plan.is_chief and not tf.train.latest_checkpoint(config.checkpoint_dir):
-        run_info["warm_start_from"] = promotion.apply_warm_start(model, config)
+        run_info["warm_start"] = promotion.apply_warm_start(model, config, class_names)
+        run_info["warm_start_from"] = (run_info["warm_start"] or {}).get("path")
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
     if config.cache_features:
@@ -314,12 +315,14 @@ def train_and_evaluate(config: Config) -> dict:
     eval_metrics = _to_builtin(eval_metrics)
     checkpoint = _finite_checkpoint(config)
     best = export.read_best_record(os.path.join(config.checkpoint_dir, "export", "best"))
-    if config.early_stopping_patience and best:
-        # The model of the best evaluation: its export holds its weights under the same names.
+    if config.export == "best" and best:
+        # keras_model.h5 (and so promotion, which evaluates it) holds the model that is served: the best
+        # evaluation's, whose export holds its weights under the same names.
         checkpoint = os.path.join(best["export"], "variables", "variables")
-        eval_metrics = {**eval_metrics, **best["metrics"]}
-        run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
-    elif config.early_stopping_patience:
+        eval_metrics["export_metrics"] = best["metrics"]
+        if config.early_stopping_patience:  # Early stopping reports the best model as the result.
+            eval_metrics.update(best["metrics"])
+    if config.early_stopping_patience:
         run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
     eval_metrics.update(_full_metrics(config, os.path.join(config.model_dir, "keras_model.h5"),
@@ -460,7 +463,8 @@ def _finite_checkpoint(config: Config) -> str:
 def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started) -> dict:
     """Promotion (with --champion_dir), the final run_info.json, and the summary line."""
     if config.champion_dir:
-        run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn)
+        run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn,
+                                              run_info.get("class_names"))
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     return _summary_line(eval_metrics, config.model_dir, export_path)

@@ -31,7 +31,7 @@ def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
     return {k: float(v) for k, v in model.evaluate(input_fn(), verbose=0, return_dict=True).items()}
 
 
-def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callable) -> dict:
+def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callable, class_names=None) -> dict:
     """Decides and, if the challenger wins, promotes it. Returns the record for run_info.json."""
     metric = config.promote_metric
     store = champion.open_store(config.champion_dir)
@@ -56,7 +56,8 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
     if promote:
         version = champion.new_version()
         logging.info("promotion: copying the challenger to version %s", version)
-        won = champion.promote(store, token, version, export_path, keras_h5, {**challenger, "metric": metric},
+        won = champion.promote(store, token, version, export_path, keras_h5,
+                               {**challenger, "metric": metric, "class_names": list(class_names or [])},
                                model_dir, pointer["version"] if pointer else None)
         record.update(promoted=won, version=version)
         if not won:
@@ -78,25 +79,87 @@ def warm_start_path(config: Config) -> Optional[str]:
     return source
 
 
-def apply_warm_start(model: tf.keras.Model, config: Config) -> Optional[str]:
-    """Loads --warm_start_from weights into `model`; returns what was loaded from."""
-    from trainer import export, gcs
+def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) -> Optional[dict]:
+    """Loads --warm_start_from weights into `model`; returns what was loaded from, for run_info.json.
+
+    Weights are matched by name. When the source's classes are known (its run_info.json, or the
+    champion's metrics.json) and differ from `class_names`, the output layer's rows of classes present
+    in both are copied by class name, new classes keep their fresh initialisation and retired ones
+    are dropped; the trunk and hidden head layers carry over as they are.
+    """
+    from trainer import gcs
 
     path = warm_start_path(config)
     if path is None:
         return None
-    path = gcs.localize(path, "warm_start_from") if path.endswith((".h5", ".hdf5")) else path
-    try:
-        if tf.io.gfile.isdir(path):
-            checkpoint = tf.train.latest_checkpoint(path)
-            if checkpoint is None:
-                raise UsageError(f"--warm_start_from={path} holds no checkpoint")
-            export.restore_from_checkpoint(model, checkpoint)
-        elif tf.io.gfile.exists(path):
-            model.load_weights(path)
-        else:
-            raise UsageError(f"--warm_start_from={path} does not exist")
-    except ValueError as e:
-        raise UsageError(f"--warm_start_from={path} does not fit this model: {str(e)[:200]}") from None
+    source_names = _source_class_names(path)
+    local = gcs.localize(path, "warm_start_from") if path.endswith((".h5", ".hdf5")) else path
+    if tf.io.gfile.isdir(local):
+        checkpoint = tf.train.latest_checkpoint(local)
+        if checkpoint is None:
+            raise UsageError(f"--warm_start_from={path} holds no checkpoint")
+        reader = tf.train.load_checkpoint(checkpoint)
+        values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    elif tf.io.gfile.exists(local):
+        try:
+            source = load_keras(local)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--warm_start_from={path} is not a loadable Keras model: {str(e)[:200]}") from None
+        values = {w.name.split(":")[0]: w.numpy() for w in source.weights}
+    else:
+        raise UsageError(f"--warm_start_from={path} does not exist")
+    output = model.layers[-1]
+    output_weights = {w.name.split(":")[0] for w in output.weights}
+    remap = (source_names is not None and class_names is not None and list(source_names) != list(class_names)
+             and output.weights and output.weights[0].shape[-1] == len(class_names) and len(class_names) > 1
+             and config.label_mode != "binary")
+    assignments, record = [], {"path": path}
+    for weight in model.weights:
+        name = weight.name.split(":")[0]
+        if name not in values:
+            raise UsageError(f"--warm_start_from={path} does not fit this model: it has no weight {name}")
+        value = values[name]
+        if remap and name in output_weights:
+            value = _remap_columns(weight.numpy(), value, source_names, class_names)
+        elif tuple(value.shape) != tuple(weight.shape):
+            hint = "" if source_names else " (its classes are unknown: no run_info.json beside it)"
+            raise UsageError(f"--warm_start_from={path} does not fit this model: {name} is {list(value.shape)} "
+                             f"there, {list(weight.shape)} here{hint}")
+        assignments.append((weight, value))
+    tf.keras.backend.batch_set_value(assignments)
+    if source_names is not None and class_names is not None:
+        record.update(classes_kept=[c for c in class_names if c in source_names],
+                      classes_added=[c for c in class_names if c not in source_names],
+                      classes_removed=[c for c in source_names if c not in class_names])
+        if remap:
+            logging.info("warm start: classes kept %d, added %s, removed %s", len(record["classes_kept"]),
+                         record["classes_added"] or "none", record["classes_removed"] or "none")
     logging.info("warm start: weights loaded from %s", path)
-    return path
+    return record
+
+
+def _remap_columns(fresh, old, old_names, new_names):
+    """The output layer's kernel [d, k] or bias [k] for the new classes, old columns copied by class name."""
+    out = fresh.copy()
+    for j, name in enumerate(new_names):
+        if name in old_names:
+            out[..., j] = old[..., list(old_names).index(name)]
+    return out
+
+
+def _source_class_names(path: str):
+    """The class names of a warm-start source: from run_info.json beside it, or a champion's metrics.json."""
+    import json
+
+    folder = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+    for name, key in (("run_info.json", "class_names"), ("metrics.json", "class_names")):
+        candidate = os.path.join(folder, name)
+        try:
+            if tf.io.gfile.exists(candidate):
+                with tf.io.gfile.GFile(candidate) as f:
+                    names = json.load(f).get(key)
+                if names:
+                    return list(names)
+        except (ValueError, tf.errors.OpError):
+            continue
+    return None
