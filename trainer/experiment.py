@@ -20,7 +20,7 @@ from absl import logging
 
 from trainer import data as data_lib
 from trainer import (distribution, export, feature_cache, files, hypertune, inputs, listeners, models, preemption,
-                     progress, promotion, tpu)
+                     preflight, progress, promotion, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -151,6 +151,7 @@ def train_and_evaluate(config: Config) -> dict:
         UsageError: for any mistake in flags or data, before training starts.
     """
     config = validate(config)
+    preflight.check(config)  # gs:// paths TensorFlow cannot reach, an unreadable CHAMPION.json: one error line.
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
                                  tpu=config.tpu, use_tpu=config.use_tpu)
     if plan.task_type == "ps":

@@ -146,6 +146,12 @@ def main(argv) -> None:
         sys.stderr.write(f"preempted{where} (SIGTERM): the latest checkpoint is kept; run the same command "
                          "again to resume\n")
         sys.exit(preemption.EXIT_PREEMPTED)
+    except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run: one line, not a traceback.
+        from trainer import preflight
+
+        if preflight.storage_failure(e) is None:
+            raise
+        _fail(preflight.storage_failure(e))
     sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     sys.stdout.flush()
 
