@@ -129,3 +129,121 @@ def test_unreachable_cloud_storage_is_one_error_naming_the_path(capsys, tmp_path
         status, errors = cli(capsys, *data, f"--{flag}={value}", "--backbone=mlp", run)
         assert status == 1 and len(errors) == 1, errors
         assert errors[0].startswith(f"error: --{flag}={named}: TensorFlow cannot reach Cloud Storage"), errors
+
+
+# --- Corrupt, truncated and undecodable TFRecords -----------------------------------------------------------------
+
+
+def write_shards(folder, prefix, shards=2, per_shard=40, bad_image_at=()):
+    """PNG records of two classes (visible in their colour); records at `bad_image_at` hold bytes that are no image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from trainer import tfrecords
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for s in range(shards):
+        path = folder / f"{prefix}-{s:05d}-of-{shards:05d}.tfrecord"
+        with tf_writer(str(path)) as writer:
+            for i in range(per_shard):
+                label = (s * per_shard + i) % 2
+                pixels = rng.integers(0, 60, (12, 12, 3)).astype(np.uint8)
+                pixels[..., label] += 180
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, format="PNG")
+                image = b"GIF89a but truncated" if (s, i) in bad_image_at else buffer.getvalue()
+                writer.write(tfrecords.encode_example(image, label, ("cats", "dogs")[label]))
+        paths.append(path)
+    (folder / "labels.txt").write_text("cats\ndogs\n")
+    return paths
+
+
+def tf_writer(path):
+    import tensorflow as tf
+
+    return tf.io.TFRecordWriter(path)
+
+
+def damage(path, at: float, length=64):
+    """Flips `length` bytes at fraction `at` of the file (a bad disk block, a bad copy)."""
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * at)
+    for i in range(start, start + length):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return start
+
+
+def test_the_scanner_skips_corrupt_and_truncated_records_and_resynchronizes(tmp_path):
+    from trainer import tfrecords
+
+    (path,) = write_shards(tmp_path, "train", shards=1, per_shard=50)
+    size = path.stat().st_size
+    damage(path, 0.3, length=4)    # Inside one record's payload: that record only.
+    damage(path, 0.6, length=200)  # Across a record boundary: its header too, found again after it.
+    path.write_bytes(path.read_bytes()[:size - 30])  # And a truncated last record.
+    faults = tfrecords.scan(str(path))
+    reasons = [reason for _, _, reason in faults.corrupt]
+    assert reasons[0] == "corrupt record (data checksum mismatch)"
+    assert any(r.startswith("corrupt record header") for r in reasons)
+    assert reasons[-1].startswith("truncated record")
+    assert 50 - 6 <= faults.records <= 50 - 3  # Everything else is still read.
+    # A file that is no TFRecord at all cannot be read: an error naming it.
+    junk = tmp_path / "junk.tfrecord"
+    junk.write_bytes(b"\x89PNG" + bytes(range(256)) * 4)
+    with pytest.raises(Exception, match=f"TFRecord shard {junk} holds no readable record"):
+        tfrecords.scan(str(junk))
+
+
+def test_corrupt_shards_are_skipped_counted_or_refused_when_scanned_up_front(tmp_path):
+    from trainer import data as data_lib
+    from trainer.config import Config
+    from trainer.errors import UsageError
+
+    shards = write_shards(tmp_path / "records", "train")
+    clean = data_lib.load(Config(data=str(tmp_path / "records" / "train-*"), validation_split=0.25))
+    offset = damage(shards[1], 0.5, length=8)
+    dataset = data_lib.load(Config(data=str(tmp_path / "records" / "train-*"), validation_split=0.25))
+    assert len(dataset.train) + len(dataset.validation) == len(clean.train) + len(clean.validation) - 1
+    from trainer import record_faults
+
+    (entry,) = record_faults.skipped(dataset)
+    assert entry["shard"] == str(shards[1]) and entry["offset"] <= offset and entry["index"] >= 0
+    with pytest.raises(UsageError, match=r"1 of 80 records are corrupt or truncated, more than "
+                                         r"--max_bad_fraction=0.01; first: .*train-00001-of-00002.tfrecord at byte"):
+        data_lib.load(Config(data=str(tmp_path / "records2" / "train-*"), max_bad_fraction=0.01)
+                      if write_shards(tmp_path / "records2", "train") and damage(
+                          tmp_path / "records2" / "train-00001-of-00002.tfrecord", 0.5, 8) else None)
+    junk = tmp_path / "records" / "train-00002-of-00002.tfrecord"
+    junk.write_bytes(b"definitely not a TFRecord file, but long enough to look like one")
+    with pytest.raises(UsageError, match=f"TFRecord shard {junk} holds no readable record"):
+        data_lib.load(Config(data=str(tmp_path / "records" / "train-*")))
+
+
+def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(capsys, tmp_path):
+    # --labels_file: nothing is scanned up front, so training itself meets the corrupt record (and evaluation the
+    # undecodable one), which used to end the run with DataLossError on every restart.
+    train = write_shards(tmp_path / "records", "train", shards=2, per_shard=60)
+    write_shards(tmp_path / "records", "validation", shards=1, per_shard=20, bad_image_at={(0, 7)})
+    damage(train[0], 0.5)
+    records = tmp_path / "records"
+    args = [f"--data={records / 'train-*'}", f"--eval_data={records / 'validation-*'}",
+            f"--labels_file={records / 'labels.txt'}", "--backbone=small_cnn", "--image_size=12", "--batch_size=8",
+            "--train_steps=40", "--save_checkpoints_steps=20", "--eval_throttle_secs=0",
+            f"--model_dir={tmp_path / 'run'}"]
+    status, errors = cli(capsys, *args)
+    assert status == 0 and not errors
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    skipped = info["skipped_records"]
+    corrupt = [s for s in skipped if "offset" in s]
+    assert corrupt and all(s["shard"] == str(train[0]) for s in corrupt), skipped
+    assert {"shard": str(records / "validation-00000-of-00001.tfrecord"), "index": 7,
+            "reason": "image bytes do not decode (or not a tf.train.Example)"} in skipped
+    assert json.loads((tmp_path / "run" / "eval_metrics.json").read_text())["global_step"] == 40
+    # Too many bad records for --max_bad_fraction: one error line naming the fraction and the first shard.
+    status, errors = cli(capsys, *args[:-1], f"--model_dir={tmp_path / 'run2'}", "--max_bad_fraction=0.005")
+    assert status == 1 and len(errors) == 1 and "more than --max_bad_fraction=0.005" in errors[0], errors

@@ -104,6 +104,7 @@ def load(config: Config) -> Dataset:
             bad arrays or labels.
     """
     source = config.data
+    tfrecords.forget_faults()  # Bad records are found afresh for each load: shards may have been repaired.
     vocabulary = read_labels_file(config.labels_file) if config.labels_file else None
     if config.labels_file and config.classes:
         raise UsageError("--labels_file and --classes exclude each other: the labels file fixes the classes")
@@ -113,7 +114,7 @@ def load(config: Config) -> Dataset:
     elif source.endswith(".npz"):
         dataset = _load_npz(source)
     elif is_tfrecord_glob(source):
-        dataset = _load_tfrecords("data", source, fraction, vocabulary)
+        dataset = _load_tfrecords("data", source, fraction, vocabulary, config.max_bad_fraction)
     elif tf.io.gfile.isdir(source):
         dataset = _load_folder("data", source, fraction, vocabulary)
     elif tf.io.gfile.exists(source):
@@ -163,7 +164,7 @@ def _with_eval_source(dataset: Dataset, config: Config, class_names: List[str]) 
     """Replaces the validation split with --eval_data, labelled by class name."""
     source = config.eval_data
     if is_tfrecord_glob(source):
-        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names)
+        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names, config.max_bad_fraction)
     elif tf.io.gfile.isdir(source):
         evaluation = _load_folder("eval_data", source, 0.0, class_names)
     else:
@@ -250,8 +251,11 @@ def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Opti
 
 
 def _load_tfrecords(flag: str, pattern: str, validation_split: float,
-                    vocabulary: Optional[List[str]]) -> Dataset:
-    """TFRecord shards. Without a vocabulary, one pass reads labels (not images) for class names and counts."""
+                    vocabulary: Optional[List[str]], max_bad_fraction: float = 0.1) -> Dataset:
+    """TFRecord shards. Without a vocabulary, one pass reads labels (not images) for class names and counts.
+
+    Corrupt or truncated records met by that pass are skipped and counted (`tfrecords.skip_corrupt`).
+    """
     shards = sorted(tf.io.gfile.glob(pattern))
     if not shards:
         raise UsageError(f"--{flag}={pattern} matches no TFRecord files")
@@ -263,8 +267,8 @@ def _load_tfrecords(flag: str, pattern: str, validation_split: float,
     for split in splits if validation_split else splits[:1]:
         labels = []
         try:
-            for label, text in tfrecords.records(shards, split.part, validation_split).map(
-                    tfrecords.parse_label_and_text, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+            for label, text in tfrecords.read_labels(shards, split.part, validation_split, f"--{flag}={pattern}",
+                                                     max_bad_fraction):
                 labels.append(label)
                 if text:
                     texts[int(label)] = text.decode()

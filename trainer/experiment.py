@@ -20,7 +20,7 @@ from absl import logging
 
 from trainer import data as data_lib
 from trainer import (distribution, export, feature_cache, files, hypertune, inputs, listeners, models, preemption,
-                     preflight, progress, promotion, tpu)
+                     preflight, progress, promotion, record_faults, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -187,6 +187,7 @@ def train_and_evaluate(config: Config) -> dict:
         "class_names": dataset.class_names if dataset else [str(i) for i in range(num_classes)],
         "counts": dataset.counts() if dataset else {},
         "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
+        "skipped_records": record_faults.skipped(dataset),
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
     if config.dry_run:
@@ -229,7 +230,9 @@ def train_and_evaluate(config: Config) -> dict:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
         files.write_json(info_path, run_info)  # Early, so a crashed run still says what it was.
     started = time.time()
-    eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
+    eval_metrics = record_faults.train_skipping_bad_records(  # Resumes without bad TFRecords met in training.
+        lambda: _train(estimator, train_spec, eval_spec, progress_hook), dataset, config)
+    run_info["skipped_records"] = record_faults.skipped(dataset)
     if not plan.is_chief:
         _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
