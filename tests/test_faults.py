@@ -247,3 +247,33 @@ def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(
     # Too many bad records for --max_bad_fraction: one error line naming the fraction and the first shard.
     status, errors = cli(capsys, *args[:-1], f"--model_dir={tmp_path / 'run2'}", "--max_bad_fraction=0.005")
     assert status == 1 and len(errors) == 1 and "more than --max_bad_fraction=0.005" in errors[0], errors
+
+
+# --- A worker killed in a multi-worker run --------------------------------------------------------------------------
+
+
+def test_a_killed_worker_is_named_in_one_line_and_the_others_noise_stays_in_their_logs(tmp_path):
+    model_dir, logs = tmp_path / "mw", tmp_path / "logs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", f"--log_dir={logs}",
+         "--grace_secs=3", "--timeout=240", "--", "--data=digits", "--backbone=mlp", f"--model_dir={model_dir}",
+         "--train_steps=2000", "--save_checkpoints_steps=20", "--eval_throttle_secs=0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = proc.stderr.readline()
+    assert started.startswith("launch_local: started chief (pid ") and str(logs) in started, started
+    worker_pid = int(started.split("worker0 (pid ")[1].split(")")[0])
+    deadline = time.time() + 200
+    while not (model_dir / "model.ckpt-20.index").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the cluster must still be training"
+    os.kill(worker_pid, signal.SIGKILL)  # Mid-training.
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGKILL
+    after = err[err.index("launch_local: task worker0"):].splitlines()
+    assert after[0] == "launch_local: task worker0 was killed by signal 9 (SIGKILL); stopping the others (exit status 137)"
+    # The survivors' dying noise is summarised, one line each; their full logs stay in the files.
+    assert len(after) == 3 and "Traceback" not in "\n".join(after), after
+    for name, line in zip(("chief", "evaluator"), after[1:]):
+        assert line.startswith(f"launch_local: stopped {name} (") and line.endswith(f"in {logs / name}.log"), line
+    assert {p.name for p in logs.iterdir()} == {"chief.log", "worker0.log", "evaluator.log"}
+    assert "Saving checkpoints for 20" in (logs / "chief.log").read_text()
