@@ -277,3 +277,17 @@ def test_a_killed_worker_is_named_in_one_line_and_the_others_noise_stays_in_thei
         assert line.startswith(f"launch_local: stopped {name} (") and line.endswith(f"in {logs / name}.log"), line
     assert {p.name for p in logs.iterdir()} == {"chief.log", "worker0.log", "evaluator.log"}
     assert "Saving checkpoints for 20" in (logs / "chief.log").read_text()
+
+
+def test_a_cloud_storage_failure_mid_run_is_one_line():
+    import tensorflow as tf
+
+    from trainer import preflight
+
+    with pytest.raises(tf.errors.OpError) as raised:  # What an export or checkpoint write meets without network.
+        with tf.io.gfile.GFile("gs://nobucket/run/export/saved_model.pb", "w") as f:
+            f.write("x")
+    message = preflight.storage_failure(raised.value)
+    assert message.startswith("gs://nobucket/run/export/saved_model.pb: TensorFlow cannot reach Cloud Storage ("), message
+    assert preflight.storage_failure(tf.errors.NotFoundError(None, None, "/local/file not found")) is None
+    assert preflight.storage_failure(ValueError("gs://x")) is None

@@ -66,10 +66,10 @@ def train_skipping_bad_records(train: Callable[[], T], dataset, config) -> T:
             searched.add(kind)
             logging.warning("a bad record stopped training (%s: %s); finding every bad record, then resuming "
                             "from the latest checkpoint", type(e).__name__, _first_line(e))
-            if kind == "framing":
-                tfrecords.skip_corrupt(shards, source, max_bad_fraction)
-            else:
-                skip_undecodable(shards, source, max_bad_fraction)
+            found = (tfrecords.skip_corrupt if kind == "framing" else skip_undecodable)(
+                shards, source, max_bad_fraction)
+            if not found:  # Not a record of ours (a damaged checkpoint, say): TensorFlow's error stands.
+                raise
 
 
 def skip_undecodable(shards: List[str], source: str, max_bad_fraction: float) -> List[dict]:
