@@ -252,13 +252,14 @@ def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(
 # --- A worker killed in a multi-worker run --------------------------------------------------------------------------
 
 
-def test_a_killed_worker_is_named_in_one_line_and_the_others_noise_stays_in_their_logs(tmp_path):
+def test_a_killed_worker_is_named_in_one_line_and_the_same_command_resumes(tmp_path):
     model_dir, logs = tmp_path / "mw", tmp_path / "logs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", f"--log_dir={logs}",
-         "--grace_secs=3", "--timeout=240", "--", "--data=digits", "--backbone=mlp", f"--model_dir={model_dir}",
-         "--train_steps=2000", "--save_checkpoints_steps=20", "--eval_throttle_secs=0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", f"--log_dir={logs}",
+               "--grace_secs=3", "--timeout=240", "--", "--data=digits", "--backbone=mlp", f"--model_dir={model_dir}",
+               # Checkpoints kept: a lagging evaluator must not be handed one the chief already deleted.
+               "--train_steps=400", "--save_checkpoints_steps=20", "--keep_checkpoint_max=50",
+               "--eval_throttle_secs=0"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = proc.stderr.readline()
     assert started.startswith("launch_local: started chief (pid ") and str(logs) in started, started
     worker_pid = int(started.split("worker0 (pid ")[1].split(")")[0])
@@ -270,13 +271,22 @@ def test_a_killed_worker_is_named_in_one_line_and_the_others_noise_stays_in_thei
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGKILL
     after = err[err.index("launch_local: task worker0"):].splitlines()
-    assert after[0] == "launch_local: task worker0 was killed by signal 9 (SIGKILL); stopping the others (exit status 137)"
+    assert after[0] == ("launch_local: task worker0 was killed by signal 9 (SIGKILL); stopping the others "
+                        "(exit status 137)")
     # The survivors' dying noise is summarised, one line each; their full logs stay in the files.
     assert len(after) == 3 and "Traceback" not in "\n".join(after), after
     for name, line in zip(("chief", "evaluator"), after[1:]):
         assert line.startswith(f"launch_local: stopped {name} (") and line.endswith(f"in {logs / name}.log"), line
     assert {p.name for p in logs.iterdir()} == {"chief.log", "worker0.log", "evaluator.log"}
     assert "Saving checkpoints for 20" in (logs / "chief.log").read_text()
+    # The same command again resumes from the latest checkpoint and finishes.
+    resumed_from = int((model_dir / "checkpoint").read_text().split("model.ckpt-")[1].split('"')[0])
+    assert 20 <= resumed_from < 400
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["global_step"] == 400
+    assert "[chief] " in again.stderr and f"Restoring parameters from {model_dir}/model.ckpt-{resumed_from}" in \
+        (logs / "chief.log").read_text()
 
 
 def test_a_cloud_storage_failure_mid_run_is_one_line():
@@ -288,6 +298,7 @@ def test_a_cloud_storage_failure_mid_run_is_one_line():
         with tf.io.gfile.GFile("gs://nobucket/run/export/saved_model.pb", "w") as f:
             f.write("x")
     message = preflight.storage_failure(raised.value)
-    assert message.startswith("gs://nobucket/run/export/saved_model.pb: TensorFlow cannot reach Cloud Storage ("), message
+    assert message.startswith("gs://nobucket/run/export/saved_model.pb: TensorFlow cannot reach Cloud Storage ("), \
+        message
     assert preflight.storage_failure(tf.errors.NotFoundError(None, None, "/local/file not found")) is None
     assert preflight.storage_failure(ValueError("gs://x")) is None
