@@ -302,3 +302,13 @@ def test_a_cloud_storage_failure_mid_run_is_one_line():
         message
     assert preflight.storage_failure(tf.errors.NotFoundError(None, None, "/local/file not found")) is None
     assert preflight.storage_failure(ValueError("gs://x")) is None
+
+
+def test_the_up_front_stat_needs_only_object_permissions():
+    from trainer import preflight
+    from trainer.config import Config
+
+    paths = dict(preflight._paths(Config(data="gs://b/records/train-*", eval_data="gs://b/val-*", model_dir="/local")))
+    assert paths == {"data": "gs://b/records", "eval_data": "gs://b"}
+    assert preflight._probe("gs://b") == preflight._probe("gs://b/") == "gs://b/.trainer-preflight"
+    assert preflight._probe("gs://b/runs/x") == "gs://b/runs/x"

@@ -35,6 +35,16 @@ def _paths(config: Config) -> Iterable[Tuple[str, str]]:
             yield flag, fixed if fixed == value else fixed.rsplit("/", 1)[0]
 
 
+def _probe(path: str) -> str:
+    """A path whose stat needs only object permissions.
+
+    A bare bucket (gs://b) would be stat-ed as bucket metadata, which a service account with object roles only
+    may not read although the run would work: stat a (normally absent) object in it instead.
+    """
+    bucket, _, name = path[len("gs://"):].partition("/")
+    return path if name.strip("/") else f"gs://{bucket}/.trainer-preflight"
+
+
 def cause_of(message: str) -> str:
     """The likely cause of a Cloud Storage failure, from TensorFlow's error message."""
     for pattern, cause in _CAUSES:
@@ -60,7 +70,7 @@ def check_storage(config: Config) -> None:
             continue
         seen.add(path)
         try:
-            tf.io.gfile.exists(path)  # False is fine (a new model_dir); an exception is not.
+            tf.io.gfile.exists(_probe(path))  # False is fine (a new model_dir); an exception is not.
         except tf.errors.OpError as e:
             raise UsageError(_describe(flag, path, e.message)) from None
 
