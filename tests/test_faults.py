@@ -224,7 +224,7 @@ def test_corrupt_shards_are_skipped_counted_or_refused_when_scanned_up_front(tmp
         data_lib.load(Config(data=str(tmp_path / "records" / "train-*")))
 
 
-def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(capsys, tmp_path):
+def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(capsys, caplog, tmp_path):
     # --labels_file: nothing is scanned up front, so training itself meets the corrupt record (and evaluation the
     # undecodable one), which used to end the run with DataLossError on every restart.
     train = write_shards(tmp_path / "records", "train", shards=2, per_shard=60)
@@ -244,6 +244,12 @@ def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(
     assert {"shard": str(records / "validation-00000-of-00001.tfrecord"), "index": 7,
             "reason": "image bytes do not decode (or not a tf.train.Example)"} in skipped
     assert json.loads((tmp_path / "run" / "eval_metrics.json").read_text())["global_step"] == 40
+    # Restarted (as Vertex AI re-runs a job), the run knows them without searching again, and still reports them.
+    assert "a bad record stopped training" in caplog.text
+    caplog.clear()
+    status, errors = cli(capsys, *[a if a != "--train_steps=40" else "--train_steps=50" for a in args])
+    assert status == 0 and not errors and "a bad record stopped training" not in caplog.text
+    assert json.loads((tmp_path / "run" / "run_info.json").read_text())["skipped_records"] == skipped
     # Too many bad records for --max_bad_fraction: one error line naming the fraction and the first shard.
     status, errors = cli(capsys, *args[:-1], f"--model_dir={tmp_path / 'run2'}", "--max_bad_fraction=0.005")
     assert status == 1 and len(errors) == 1 and "more than --max_bad_fraction=0.005" in errors[0], errors

@@ -187,7 +187,7 @@ def train_and_evaluate(config: Config) -> dict:
         "class_names": dataset.class_names if dataset else [str(i) for i in range(num_classes)],
         "counts": dataset.counts() if dataset else {},
         "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
-        "skipped_records": record_faults.skipped(dataset),
+        "skipped_records": record_faults.restore(dataset, config.model_dir),
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
     if config.dry_run:

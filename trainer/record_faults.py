@@ -15,13 +15,14 @@ record again.
 Both stop with one `UsageError` when more than `--max_bad_fraction` of the records
 are bad, or when a shard cannot be read at all.
 """
+import os
 import re
 from typing import Callable, List, TypeVar
 
 import tensorflow as tf
 from absl import logging
 
-from trainer import tfrecords
+from trainer import files, tfrecords
 from trainer.errors import UsageError
 
 T = TypeVar("T")
@@ -41,6 +42,23 @@ def shards_of(dataset) -> List[str]:
 def skipped(dataset) -> List[dict]:
     """What run_info.json records as `skipped_records`."""
     return tfrecords.skipped(shards_of(dataset))
+
+
+def restore(dataset, model_dir: str) -> List[dict]:
+    """Bad records an earlier process of this run found (its run_info.json), skipped again; returns `skipped`.
+
+    A restarted job (a preemption, Vertex AI re-running a failed job) then neither searches for them again
+    nor loses them from its report, even when it does not meet them again.
+    """
+    shards = set(shards_of(dataset))
+    try:
+        previous = files.read_json(os.path.join(model_dir, "run_info.json")) or {}
+    except ValueError:  # An unreadable run_info.json: found again when met.
+        previous = {}
+    for entry in previous.get("skipped_records") or []:
+        if isinstance(entry, dict) and entry.get("shard") in shards:
+            tfrecords.remember(entry)
+    return skipped(dataset)
 
 
 def train_skipping_bad_records(train: Callable[[], T], dataset, config) -> T:

@@ -276,6 +276,18 @@ def skip_records(path: str, reasons: Dict[int, str]) -> None:
     _FAULTS.setdefault(path, ShardFaults()).skip.update(reasons)
 
 
+def remember(entry: dict) -> None:
+    """Knows a fault again from its `skipped` entry (one written by an earlier process)."""
+    faults = _FAULTS.setdefault(entry["shard"], ShardFaults())
+    if "offset" in entry:
+        fault = (int(entry["offset"]), int(entry["index"]), str(entry["reason"]))
+        if fault not in faults.corrupt:
+            faults.corrupt.append(fault)
+            faults.corrupt.sort()
+    else:
+        faults.skip[int(entry["index"])] = str(entry["reason"])
+
+
 def forget_faults() -> None:
     """Forgets every fault found so far in this process."""
     _FAULTS.clear()
