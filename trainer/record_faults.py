@@ -51,6 +51,8 @@ def restore(dataset, model_dir: str) -> List[dict]:
     nor loses them from its report, even when it does not meet them again.
     """
     shards = set(shards_of(dataset))
+    if not shards:
+        return []
     try:
         previous = files.read_json(os.path.join(model_dir, "run_info.json")) or {}
     except ValueError:  # An unreadable run_info.json: found again when met.
