@@ -64,7 +64,7 @@ def restore(dataset, model_dir: str) -> List[dict]:
 
 
 def train_skipping_bad_records(train: Callable[[], T], dataset, config) -> T:
-    """Calls `train()` (which resumes from the latest checkpoint); after a bad record, finds them all and again.
+    """Calls `train()`; when a bad record stops it, finds every bad record once and calls it again (it resumes).
 
     Each kind of fault is searched for at most once, so this ends: a fault met again after its
     search is a `UsageError` naming TensorFlow's message.

@@ -13,7 +13,7 @@ Corrupt records. TensorFlow's reader stops a shard at the first corrupt or
 truncated record with a `DataLossError` (and would stop there again on every
 restart). When that happens, `skip_corrupt` scans the shards once, validating
 every record's framing and checksums as TensorFlow does, and remembers the faults
-(per process, in `_FAULTS`); from then on `records` reads a shard with known
+(per process, in `_FAULTS`; `remember` restores them after a restart); from then on `records` reads a shard with known
 faults through a reader that skips them and resynchronizes after them, while
 clean shards keep TensorFlow's fast reader. `skip_records` does the same for
 records found undecodable later (`trainer.record_faults`); `skipped` reports all
