@@ -28,6 +28,20 @@ from trainer.errors import UsageError
 POINTER = "CHAMPION.json"
 
 
+def parse_pointer(raw: bytes, where: str) -> dict:
+    """CHAMPION.json's bytes -> the pointer; UsageError naming the file and the fix when unreadable."""
+    try:
+        pointer = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = f"not valid JSON: {e}"
+    else:
+        if isinstance(pointer, dict) and isinstance(pointer.get("version"), str) and pointer["version"]:
+            return pointer
+        reason = "no \"version\" in it"
+    raise UsageError(f"{where} is unreadable ({reason}); repair it with `python -m trainer.champion rollback "
+                     f"--champion_dir={os.path.dirname(where)} --to=VERSION` (`history` lists the versions)")
+
+
 def lower_is_better(metric: str) -> bool:
     return "loss" in metric or "error" in metric or metric in ("mse", "mae")
 
@@ -48,12 +62,19 @@ class LocalStore:
     def __init__(self, root: str):
         self.root = root
 
-    def read_pointer(self) -> Tuple[Optional[dict], object]:
+    def read_pointer(self, strict: bool = True) -> Tuple[Optional[dict], object]:
+        """(pointer or None, token for write_pointer). Unreadable: UsageError, or (None, token) if not strict."""
         path = os.path.join(self.root, POINTER)
         if not os.path.exists(path):
             return None, None
         raw = open(path, "rb").read()
-        return json.loads(raw), raw
+        return _parsed(raw, path, strict), raw
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def is_complete(self, version: str) -> bool:
+        return os.path.exists(os.path.join(self.root, version, "metrics.json"))
 
     @contextlib.contextmanager
     def _lock(self):
@@ -119,13 +140,32 @@ class GcsStore:
 
         return gcs.client().bucket(self.bucket_name)
 
-    def read_pointer(self) -> Tuple[Optional[dict], object]:
+    def read_pointer(self, strict: bool = True) -> Tuple[Optional[dict], object]:
+        """(pointer or None, generation for write_pointer). Unreadable: UsageError, or (None, gen) if not strict."""
         from trainer import gcs
 
         blob = self._bucket().get_blob(self._name(POINTER), retry=gcs.retry())
         if blob is None:
             return None, 0  # Generation 0: "must not exist yet".
-        return json.loads(blob.download_as_bytes(retry=gcs.retry())), blob.generation
+        raw = blob.download_as_bytes(retry=gcs.retry())
+        return _parsed(raw, f"{self.uri}/{POINTER}", strict), blob.generation
+
+    def exists(self) -> bool:
+        """Cloud Storage has no folders: the champion folder exists when some object lies under it."""
+        from google.api_core import exceptions
+        from trainer import gcs
+
+        prefix = self._name("") + "/" if self.prefix else ""
+        try:
+            return any(True for _ in gcs.client().list_blobs(self.bucket_name, prefix=prefix, max_results=1,
+                                                            retry=gcs.retry()))
+        except exceptions.NotFound:  # No such bucket.
+            return False
+
+    def is_complete(self, version: str) -> bool:
+        from trainer import gcs
+
+        return self._bucket().get_blob(self._name(version, "metrics.json"), retry=gcs.retry()) is not None
 
     def write_pointer(self, pointer: dict, token) -> bool:
         from google.api_core import exceptions
@@ -178,6 +218,15 @@ class GcsStore:
         return json.loads(self._bucket().blob(self._name(version, "metrics.json")).download_as_bytes())
 
 
+def _parsed(raw: bytes, where: str, strict: bool) -> Optional[dict]:
+    try:
+        return parse_pointer(raw, where)
+    except UsageError:
+        if strict:
+            raise
+        return None
+
+
 def open_store(champion_dir: str):
     from trainer.config import to_gcs_uri
 
@@ -188,8 +237,22 @@ def open_store(champion_dir: str):
 def current_keras_model(champion_dir: str) -> Optional[str]:
     """Local path of the champion's keras_model.h5, or None when there is no champion yet."""
     store = open_store(champion_dir)
-    pointer, _ = store.read_pointer()
+    pointer = read_current(store, champion_dir)
     return store.keras_model(pointer["version"]) if pointer else None
+
+
+def read_current(store, champion_dir: str, token: bool = False):
+    """The pointer (None: no champion yet), checked to name a complete version; with token: (pointer, token).
+
+    Raises:
+        UsageError: CHAMPION.json is unreadable or names a missing or incomplete version.
+    """
+    pointer, generation = store.read_pointer()
+    if pointer is not None and not store.is_complete(pointer["version"]):
+        raise UsageError(f"{champion_dir.rstrip('/')}/{POINTER} names version {pointer['version']}, which is "
+                         f"missing or incomplete (no metrics.json); repair it with `python -m trainer.champion "
+                         f"rollback --champion_dir={champion_dir} --to=VERSION` (`history` lists the versions)")
+    return (pointer, generation) if token else pointer
 
 
 def decide(metric: str, challenger: float, champion: Optional[float], min_delta: float) -> Tuple[bool, str]:
@@ -212,17 +275,21 @@ def promote(store, token, version: str, saved_model_dir: str, keras_h5: str, met
 def rollback(champion_dir: str, to: Optional[str] = None) -> dict:
     """Points CHAMPION.json back at `to` (default: the version before the current one)."""
     store = open_store(champion_dir)
-    pointer, token = store.read_pointer()
-    if pointer is None:
+    # An unreadable CHAMPION.json must not stop the one command that repairs it (with --to).
+    pointer, token = store.read_pointer(strict=to is None)
+    if pointer is None and token in (None, 0):
         raise UsageError(f"--champion_dir={champion_dir} has no champion to roll back")
     target = to or pointer.get("previous")
     if not target:
         raise UsageError("the current champion has no previous version; name one with --to")
-    if target not in store.versions():
-        raise UsageError(f"--to={target} is not a complete version; versions: {', '.join(store.versions())}")
+    if not store.is_complete(target):
+        raise UsageError(f"--to={target} is not a complete version; versions: "
+                         f"{', '.join(store.versions()) or 'none'}")
+    current = pointer["version"] if pointer else None
     new = {"version": target, "metrics": store.metrics(target), "time": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source_run": f"rollback from {pointer['version']}",
-        "previous": pointer["version"]}
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_run": f"rollback from {current}" if current else f"rollback (repaired an unreadable {POINTER})",
+        "previous": current}
     if not store.write_pointer(new, token):
         raise UsageError("CHAMPION.json changed while rolling back (another promotion?); try again")
     return new
@@ -239,12 +306,19 @@ def main(argv=None) -> int:
         if args.command == "rollback":
             print(json.dumps(rollback(args.champion_dir, args.to), sort_keys=True))
             return 0
-        pointer, _ = store.read_pointer()
+        if not store.exists():
+            raise UsageError(f"--champion_dir={args.champion_dir} does not exist")
         if args.command == "show":
+            pointer = read_current(store, args.champion_dir)
             if pointer is None:
                 raise UsageError(f"--champion_dir={args.champion_dir} has no champion yet")
             print(json.dumps(pointer, indent=2, sort_keys=True))
             return 0
+        try:
+            pointer, _ = store.read_pointer()
+        except UsageError as e:  # History is how one picks the version to repair it with: still list.
+            sys.stderr.write(f"warning: {e}\n")
+            pointer = None
         current = pointer["version"] if pointer else None
         for version in store.versions():
             marker = "*" if version == current else " "

@@ -106,6 +106,7 @@ def load(config: Config, require_validation: bool = True) -> Dataset:
             bad arrays or labels.
     """
     source = config.data
+    tfrecords.forget_faults()  # Bad records are found afresh for each load: shards may have been repaired.
     vocabulary = read_labels_file(config.labels_file) if config.labels_file else None
     if config.labels_file and config.classes:
         raise UsageError("--labels_file and --classes exclude each other: the labels file fixes the classes")
@@ -118,7 +119,7 @@ def load(config: Config, require_validation: bool = True) -> Dataset:
     elif source.endswith(".npz"):
         dataset = _load_npz(source, images=not config.model_fn)
     elif is_tfrecord_glob(source):
-        dataset = _load_tfrecords("data", source, fraction, vocabulary)
+        dataset = _load_tfrecords("data", source, fraction, vocabulary, config.max_bad_fraction)
     elif tf.io.gfile.exists(source):
         raise UsageError(f"--data={source} is neither 'digits', a .npz file, a TFRecord glob nor a folder "
                          "of class sub-folders")
@@ -170,7 +171,7 @@ def _with_eval_source(dataset: Dataset, config: Config, class_names: List[str]) 
     if tf.io.gfile.isdir(source):
         evaluation = _load_folder("eval_data", source, 0.0, class_names)
     elif is_tfrecord_glob(source):
-        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names)
+        evaluation = _load_tfrecords("eval_data", source, 0.0, class_names, config.max_bad_fraction)
     else:
         raise UsageError(f"--eval_data={source} is neither a folder nor a TFRecord glob (or does not exist)")
     if evaluation.kind != dataset.kind:
@@ -313,8 +314,11 @@ def _add_counts(a: Dict[str, int], b: Dict[str, int]) -> Dict[str, int]:
 
 
 def _load_tfrecords(flag: str, pattern: str, validation_split: float,
-                    vocabulary: Optional[List[str]]) -> Dataset:
-    """TFRecord shards. Without a vocabulary, one pass reads labels (not images) for class names and counts."""
+                    vocabulary: Optional[List[str]], max_bad_fraction: float = 0.1) -> Dataset:
+    """TFRecord shards. Without a vocabulary, one pass reads labels (not images) for class names and counts.
+
+    Corrupt or truncated records met by that pass are skipped and counted (`tfrecords.skip_corrupt`).
+    """
     shards = sorted(tf.io.gfile.glob(pattern))
     if not shards:
         raise UsageError(f"--{flag}={pattern} matches no TFRecord files")
@@ -326,8 +330,8 @@ def _load_tfrecords(flag: str, pattern: str, validation_split: float,
     for split in splits if validation_split else splits[:1]:
         labels = []
         try:
-            for label, text in tfrecords.records(shards, split.part, validation_split).map(
-                    tfrecords.parse_label_and_text, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+            for label, text in tfrecords.read_labels(shards, split.part, validation_split, f"--{flag}={pattern}",
+                                                     max_bad_fraction):
                 labels.append(label)
                 if text:
                     texts[int(label)] = text.decode()

@@ -21,7 +21,8 @@ from absl import logging
 
 from trainer import data as data_lib
 from trainer import (distribution, early_stopping, export, feature_cache, files, hypertune, inputs, listeners,
-                     metrics, models, phases, preemption, progress, promotion, schedules, tpu)
+                     metrics, models, phases, preemption, preflight, progress, promotion, record_faults, schedules,
+                     tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -204,6 +205,7 @@ def train_and_evaluate(config: Config) -> dict:
         UsageError: for any mistake in flags or data, before training starts.
     """
     config = validate(config)
+    preflight.check(config)  # gs:// paths TensorFlow cannot reach, an unreadable CHAMPION.json: one error line.
     files.ensure_dir(config.model_dir, "model_dir")
     if config.checkpoint_dir != config.model_dir:
         files.ensure_dir(config.checkpoint_dir, "checkpoint_dir")
@@ -244,6 +246,7 @@ def train_and_evaluate(config: Config) -> dict:
         "counts": dataset.counts() if dataset else {},
         "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
         "ignored_files": dataset.ignored_files if dataset else {},
+        "skipped_records": record_faults.restore(dataset, config.model_dir),
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
     if config.dry_run:
@@ -301,7 +304,9 @@ def train_and_evaluate(config: Config) -> dict:
         logging.info("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
                      step.phase.learning_rate, config.lr_schedule)
-        eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
+        eval_metrics = record_faults.train_skipping_bad_records(  # Resumes without bad TFRecords met in training.
+            lambda: _train(estimator, train_spec, eval_spec, progress_hook), dataset, config)
+    run_info["skipped_records"] = record_faults.skipped(dataset)
     if not plan.is_chief:
         _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}

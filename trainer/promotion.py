@@ -35,7 +35,7 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
     """Decides and, if the challenger wins, promotes it. Returns the record for run_info.json."""
     metric = config.promote_metric
     store = champion.open_store(config.champion_dir)
-    pointer, token = store.read_pointer()
+    pointer, token = champion.read_current(store, config.champion_dir, token=True)
     keras_h5 = os.path.join(model_dir, "keras_model.h5")
     challenger = evaluate_keras(keras_h5, eval_input_fn, config)
     record = {"promoted": False, "metric": metric, "challenger": challenger.get(metric), "champion": None,

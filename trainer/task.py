@@ -191,6 +191,12 @@ def main(argv) -> None:
         sys.stderr.write(f"{word}{where} ({e.signal_name}): the latest checkpoint is kept; "
                          f"{_resume_hint(config)}\n")
         sys.exit(e.exit_status)
+    except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run: one line, not a traceback.
+        from trainer import preflight
+
+        if preflight.storage_failure(e) is None:
+            raise
+        _fail(preflight.storage_failure(e))
     sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     sys.stdout.flush()
 
