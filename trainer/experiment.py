@@ -363,7 +363,9 @@ def _prepare_phases(config, plan, dataset, model, run_info, info_path):
         run_info["steps_per_epoch"] = math.ceil(train_examples / config.batch_size)
     run_info["train_steps"] = planned[-1].last_step
     run_info["class_weights"] = _class_weights(config, dataset)
-    previous = files.read_json(info_path) if plan.is_chief else None
+    # Every task reads it: they must agree on the phases (workers may read it after the chief rewrote it,
+    # which gives the same answer: see phases.resolve).
+    previous = files.read_json(info_path)
     latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     step = int(latest.rsplit("-", 1)[1]) if latest else 0
     fresh = bool(latest) and os.path.basename(latest).startswith("phase.ckpt")
@@ -393,7 +395,6 @@ def _phase_model(config, num_classes, image_shape, phase, model):
 
 def _start_phase(config, plan, estimator, model, train_input_fn, step, run_info, info_path):
     """A phase boundary: the chief rewrites the latest checkpoint with a fresh optimizer state."""
-    index = len(run_info["phases"])
     trainable = models.summarize(model)["trainable_params"]
     for record in run_info["phases"]:
         if record["first_step"] == step.first_step:
@@ -402,9 +403,9 @@ def _start_phase(config, plan, estimator, model, train_input_fn, step, run_info,
         phases.restart_optimizer_state(estimator.model_fn, estimator.config, model, train_input_fn,
                                        config.checkpoint_dir, step.first_step)
         files.write_json(info_path, run_info)
-        phases.write_ready_marker(config.checkpoint_dir, index)
+        phases.write_ready_marker(config.checkpoint_dir, step.first_step)
     else:
-        phases.wait_ready_marker(config.checkpoint_dir, index)
+        phases.wait_ready_marker(config.checkpoint_dir, step.first_step)
 
 
 def _class_weights(config: Config, dataset) -> Optional[list]:

@@ -186,17 +186,17 @@ def restart_optimizer_state(model_fn: Callable, run_config, model: tf.keras.Mode
     return path
 
 
-def write_ready_marker(checkpoint_dir: str, index: int) -> None:
-    files.write_json(os.path.join(checkpoint_dir, f"phase-{index}.ready"), {"phase": index})
+def write_ready_marker(checkpoint_dir: str, first_step: int) -> None:
+    files.write_json(os.path.join(checkpoint_dir, f"phase-{first_step}.ready"), {"first_step": first_step})
 
 
-def wait_ready_marker(checkpoint_dir: str, index: int, timeout: float = 600) -> None:
-    """Non-chief tasks wait for the chief's rewrite of the checkpoint before a new phase."""
+def wait_ready_marker(checkpoint_dir: str, first_step: int, timeout: float = 600) -> None:
+    """Non-chief tasks wait for the chief's rewrite of the checkpoint before a phase starting at `first_step`."""
     import time
 
-    path = os.path.join(checkpoint_dir, f"phase-{index}.ready")
+    path = os.path.join(checkpoint_dir, f"phase-{first_step}.ready")
     deadline = time.time() + timeout
     while not tf.io.gfile.exists(path):
         if time.time() > deadline:
-            raise RuntimeError(f"the chief did not start phase {index} within {timeout} s")
+            raise RuntimeError(f"the chief did not start the phase at step {first_step} within {timeout} s")
         time.sleep(0.5)
