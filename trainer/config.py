@@ -19,6 +19,7 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
 HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
 PROMOTE_METRICS = ("accuracy", "loss")
+TFLITE_MODES = ("none", "float32", "float16", "int8")
 
 # The loss each label mode implies when --loss is not given.
 DEFAULT_LOSS = {
@@ -66,6 +67,7 @@ class Config:
     keep_checkpoint_max: int = 5
     eval_throttle_secs: int = 60
     export: str = "best"
+    export_tflite: str = "none"  # Also write export/tflite/ at the end of the run (trainer.export_tflite).
     dry_run: bool = False
     seed: int = 42
     cache_features: bool = False
@@ -124,6 +126,10 @@ def validate(config: Config) -> Config:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("head_pooling", config.head_pooling, HEAD_POOLINGS)
     _choice("export", config.export, EXPORTS)
+    _choice("export_tflite", config.export_tflite, TFLITE_MODES)
+    if config.export_tflite != "none" and config.model_fn:
+        raise UsageError("--export_tflite applies to the built-in models, not --model_fn; convert yours with "
+                         "python -m trainer.export_tflite or tf.lite.TFLiteConverter")
     if config.loss is not None:
         _choice("loss", config.loss, LOSSES)
     for flag in ("batch_size", "train_steps", "save_checkpoints_steps", "keep_checkpoint_max"):
