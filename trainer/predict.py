@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -97,10 +97,10 @@ def _class_names(fn, saved_model_dir: str, num_classes: int) -> List[str]:
 
 @dataclasses.dataclass
 class Item:
-    """One input: its key (path or index), its true class when known, and how to get its payload."""
+    """One input: its key (path or index), its true class (a name, or a class id) when known, and its payload."""
 
     key: object
-    label: Optional[str]
+    label: Optional[Union[str, int]]
     load: Callable[[], object]
 
 
@@ -165,7 +165,7 @@ def _npz_items(path: str):
     y = arrays.get(x_key.replace("x", "y", 1))
     if y is not None:
         y = y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y))
-    items = [Item(i, None if y is None else str(int(y[i])), (lambda a=x[i]: a)) for i in range(len(x))]
+    items = [Item(i, None if y is None else int(y[i]), (lambda a=x[i]: a)) for i in range(len(x))]
     return items, len(items)
 
 
@@ -181,7 +181,7 @@ def _tfrecord_items(shards: Sequence[str]) -> Iterator[Item]:
         try:
             for ex in records.as_numpy_iterator():
                 text = ex["image/class/text"].decode()
-                label = text or (str(ex["image/class/label"]) if ex["image/class/label"] >= 0 else None)
+                label = text or (int(ex["image/class/label"]) if ex["image/class/label"] >= 0 else None)
                 yield Item(f"{shard}:{index}", label, (lambda b=ex["image/encoded"]: b))
                 index += 1
         except tf.errors.OpError as e:
@@ -346,12 +346,13 @@ def write_confusion(path: str, class_names: Sequence[str], matrix: np.ndarray) -
 # ---- The command --------------------------------------------------------------------------------------------
 
 def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64, workers: int = 8,
-        log=sys.stderr) -> dict:
+        log=None) -> dict:
     """Predicts every input of `data` into `output`; returns the summary.
 
     Raises:
         UsageError: a bad argument, a missing model or data; unreadable inputs are rows, not errors.
     """
+    log = log or sys.stderr
     if not output.endswith(OUTPUT_FORMATS):
         raise UsageError(f"--output={output} must end in .csv or .jsonl")
     if top_k < 1:
@@ -381,10 +382,12 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
                 best = int(order[0])
                 writer.write(item.key, names[best], float(probabilities[best]),
                              [[names[i], float(probabilities[i])] for i in order], None)
-                if item.label in index:
+                truth = index.get(item.label) if isinstance(item.label, str) else item.label
+                truth = truth if truth is not None and 0 <= truth < len(names) else None
+                if truth is not None:
                     labelled += 1
-                    correct += int(index[item.label] == best)
-                    matrix[index[item.label], best] += 1
+                    correct += int(truth == best)
+                    matrix[truth, best] += 1
                 else:
                     unlabelled = True
             now = time.time()
