@@ -367,3 +367,14 @@ def test_retrain_registers_a_promoted_run(run, tmp_path):
     assert model.artifact_uri == f"{tmp_path / 'champion'}/{pointer['version']}/model"
     assert list(model.version_aliases) == ["champion"] and model.display_name == "champion"
     assert "projects/proj/locations/europe-west4/models/77" in proc.stderr
+
+
+def test_export_tflite_config_checks():
+    from trainer.config import validate
+    from trainer.errors import UsageError
+
+    with pytest.raises(UsageError, match="--export_tflite=int4 is not valid; choose one of: none, float32"):
+        validate(Config(data="digits", export_tflite="int4"))
+    with pytest.raises(UsageError, match="--export_tflite applies to the built-in models"):
+        validate(Config(data="digits", export_tflite="int8", model_fn="multi_io_model:build"))
+    assert validate(Config(data="digits", export_tflite="float16")).export_tflite == "float16"

@@ -394,9 +394,9 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
             if now - last >= PROGRESS_EVERY_SECS:
                 last = now
                 rate = count / (now - started)
-                where = (f"{count}/{total} ({100.0 * count / total:.0f}%)" if total else f"{count}")
+                where = f"{count}/{total} inputs ({100.0 * count / total:.0f}%)" if total else f"{count} inputs"
                 eta = f", ETA {time.strftime('%H:%M:%S', time.gmtime((total - count) / rate))}" if total else ""
-                log.write(f"predict: {where} inputs, {rate:.1f} inputs/s{eta}\n")
+                log.write(f"predict: {where}, {rate:.1f} inputs/s{eta}\n")
                 log.flush()
         writer.close()
     except BaseException:
