@@ -1,6 +1,6 @@
 """Exports a finished run to TFLite in each mode and measures it against the serving SavedModel.
 
-    python scripts/measure_tflite.py MODEL_DIR [--modes=float32,float16,int8]
+    python scripts/measure_tflite.py MODEL_DIR [--modes=float32,float16,int8] [--calibration_examples=300]
 
 For every mode: `trainer.export_tflite.export`, then the top-1 agreement between
 `tf.lite.Interpreter` and the SavedModel's `serving_default` on the run's whole
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir")
     parser.add_argument("--modes", default=",".join(export_tflite.MODES))
+    parser.add_argument("--calibration_examples", type=int, default=export_tflite.CALIBRATION_EXAMPLES)
     args = parser.parse_args(argv)
     serving = predict.Serving(model_source.resolve(args.model_dir))
     size = int(tf.keras.models.load_model(os.path.join(args.model_dir, "keras_model.h5"),
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
     print("| mode | model.tflite bytes | top-1 agreement with the SavedModel | images | ms/image (interpreter) |")
     print("|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        info = export_tflite.export(args.model_dir, mode, check_examples=0)
+        info = export_tflite.export(args.model_dir, mode, calibration_examples=args.calibration_examples,
+                                    check_examples=0)
         runner = export_tflite.Runner(open(os.path.join(export_tflite.tflite_dir(args.model_dir), "model.tflite"),
                                            "rb").read())
         started = time.time()

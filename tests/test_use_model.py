@@ -119,6 +119,10 @@ def test_predict_globs_npz_tfrecords_and_the_champion(run, tmp_path, capsys):
     assert all(len(line["top_k"]) == 3 and line["error"] is None for line in lines)
     by_path = {line["path"]: line for line in lines}
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # A glob of class folders: their images, labelled by the folder.
+    assert predict.main([f"--model={run['export']}", f"--data={images}/*", f"--output={tmp_path / 'dirs.csv'}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["inputs"] == 60 and summary["accuracy"] > 0.9
 
     # .npz arrays for an image-bytes model: encoded losslessly, so the same predictions as the PNG files.
     x = np.stack([np.asarray(Image.open(p)) for p in pngs])
@@ -347,6 +351,8 @@ def test_register_checks_the_gcs_artifact_before_uploading(gcs_server, capsys):
     assert register_main("--display_name=x", "--artifact_uri=gs://test-bucket/champions/pets/v1/model") == 1
     assert "error: --artifact_uri=gs://test-bucket/champions/pets/v1/model has no saved_model.pb" in \
         capsys.readouterr().err
+    assert register_main("--display_name=x", "--artifact_uri=gs://no-such-bucket/m") == 1
+    assert "error: --artifact_uri: no such bucket 'no-such-bucket'" in capsys.readouterr().err
 
 
 def test_retrain_registers_a_promoted_run(run, tmp_path):

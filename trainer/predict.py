@@ -122,9 +122,18 @@ def list_inputs(data: str) -> tuple:
     if not matches:
         raise UsageError(f"--data={data} does not exist or matches no files (a folder, a file glob, a TFRecord "
                          "glob or an .npz file)")
-    if all(_is_tfrecord(m) for m in matches) or not any(m.lower().endswith(IMAGE_EXTENSIONS) for m in matches):
-        return "path", _tfrecord_items(matches), None
-    return "path", [Item(p, os.path.basename(os.path.dirname(p)) or None, _reader(p)) for p in matches], len(matches)
+    files = []  # (path, label): a matched folder's images are labelled by the folder, a file by its parent's name.
+    for match in matches:
+        if tf.io.gfile.isdir(match):
+            files += [(p, os.path.basename(match.rstrip("/"))) for p in sorted(_image_files(match))]
+        else:
+            files.append((match, os.path.basename(os.path.dirname(match)) or None))
+    if files and (all(_is_tfrecord(p) for p, _ in files) or
+                  not any(p.lower().endswith(IMAGE_EXTENSIONS) for p, _ in files)):
+        return "path", _tfrecord_items([p for p, _ in files]), None
+    if not files:
+        raise UsageError(f"--data={data} matches only folders without image files")
+    return "path", [Item(p, label, _reader(p)) for p, label in files], len(files)
 
 
 def _is_tfrecord(path: str) -> bool:

@@ -110,8 +110,15 @@ def _read_local(path: str, probe: bool = False) -> Optional[bytes]:
 
 
 def _read_gcs(path: str, probe: bool = False) -> Optional[bytes]:
+    from google.api_core import exceptions
+
     bucket, name = gcs.split_uri(path)
-    blob = gcs.client().bucket(bucket).get_blob(name, retry=gcs.retry())
+    try:
+        blob = gcs.client().bucket(bucket).get_blob(name, retry=gcs.retry())
+    except exceptions.NotFound:
+        raise UsageError(f"--artifact_uri: no such bucket '{bucket}'") from None
+    except exceptions.Forbidden as e:
+        raise UsageError(f"--artifact_uri: access to gs://{bucket} denied ({e.message[:160]})") from None
     if blob is None:
         return None
     return b"" if probe else blob.download_as_bytes(retry=gcs.retry())
