@@ -265,12 +265,19 @@ def test_export_tflite_flag_writes_an_int8_model(run):
 def test_export_tflite_float_modes_agree_with_the_saved_model(run, tmp_path, capsys):
     model_dir = tmp_path / "run"
     shutil.copytree(run["model_dir"], model_dir)
+    # keras_model.h5 holds the final checkpoint, the served SavedModel may hold an earlier (best) one: the
+    # .tflite must take the SavedModel's weights. Make the two differ for sure.
+    keras = tf.keras.models.load_model(model_dir / "keras_model.h5", compile=False)
+    kernel = keras.get_layer("probabilities").kernel
+    kernel.assign(np.random.default_rng(0).normal(size=kernel.shape).astype(np.float32))
+    keras.save(model_dir / "keras_model.h5", include_optimizer=False)
     sizes = {}
     for mode in ("float32", "float16"):
         assert export_tflite.main([str(model_dir), f"--quantize={mode}"]) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         info = json.loads((model_dir / "export" / "tflite" / "model_info.json").read_text())
         assert info["quantize"] == mode and info["input"]["dtype"] == "float32"
+        assert info["weights"] == str(model_dir / "export" / "best" / os.path.basename(run["export"]))
         assert summary["agreement"] == info["agreement_with_keras_model"]["top1"] >= 0.99
         assert tflite_vs_saved_model(run, model_dir) >= 0.99
         sizes[mode] = info["bytes"]

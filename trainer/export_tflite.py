@@ -3,12 +3,15 @@
     python -m trainer.export_tflite MODEL_DIR --quantize=float32|float16|int8 [--data=...]
 
 (or `--export_tflite=...` at the end of a training run). From the run's
-`keras_model.h5` (preprocessing inside the model), it writes:
+`keras_model.h5` (the architecture, preprocessing inside) with the weights of the
+run's serving SavedModel (with --export=best an earlier checkpoint than the final
+one keras_model.h5 holds), it writes:
 
     model.tflite     takes decoded RGB pixels [1, size, size, 3] in [0, 255], returns class probabilities
     labels.txt       one class a line, in output order
-    model_info.json  input/output shape, dtype, range and quantization parameters, size, sha256, and the
-                     top-1 agreement with the Keras model on the run's evaluation split
+    model_info.json  input/output shape, dtype, range and quantization parameters, size, sha256, the
+                     weights' source, and the top-1 agreement with the float Keras model on the run's
+                     evaluation split
 
 `float16` stores float16 weights (float32 in and out); `int8` is full-integer
 quantization calibrated on training images of the run (a seeded sample, taken
@@ -74,6 +77,7 @@ def export(model_dir: str, quantize: str, data: Optional[str] = None,
     if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.input_shape) != 4:
         raise UsageError(f"{model_dir}: TFLite export takes a model with one image input and one output "
                          f"(this one has inputs {model.input_names} and outputs {model.output_names})")
+    weights = _use_serving_weights(model, model_dir, run_info)
     class_names = list(run_info.get("class_names") or [])
     if model.output_shape[-1] == 1 and len(class_names) == 2:  # Binary sigmoid -> [1 - p, p], like serving.
         p = model.output
@@ -105,6 +109,7 @@ def export(model_dir: str, quantize: str, data: Optional[str] = None,
     flatbuffer = converter.convert()
 
     info = _describe(flatbuffer, quantize, size, class_names, keras_path, calibration)
+    info["weights"] = weights
     if dataset is not None and check_examples:
         images = _images(model, dataset.validation, size, check_examples, dataset.class_names)
         info["agreement_with_keras_model"] = {
@@ -118,6 +123,29 @@ def export(model_dir: str, quantize: str, data: Optional[str] = None,
     _write(os.path.join(out, "model_info.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     logging.info("tflite: wrote %s (%d bytes)", os.path.join(out, "model.tflite"), len(flatbuffer))
     return info
+
+
+def _use_serving_weights(model: tf.keras.Model, model_dir: str, run_info: dict) -> str:
+    """Loads the weights of the run's serving SavedModel into `model`; returns where the weights came from.
+
+    keras_model.h5 holds the final checkpoint, while --export=best exports the best evaluation's
+    checkpoint, which can be an earlier one; the .tflite must match what is served. The SavedModel's
+    variables carry the Keras weight names (as the Estimator's checkpoints do).
+    """
+    from trainer import export
+
+    preferred = run_info.get("flags", {}).get("export") or "best"
+    for kind in [preferred] + [k for k in export.EXPORTER_NAMES if k != preferred]:
+        saved_model = export.latest_export(model_dir, kind)
+        if saved_model:
+            try:
+                export.restore_from_checkpoint(model, os.path.join(saved_model, "variables", "variables"))
+                return saved_model
+            except (ValueError, tf.errors.OpError) as e:
+                logging.warning("tflite: keeping keras_model.h5's weights, %s does not match it (%s)",
+                                saved_model, str(e)[:200])
+            break
+    return os.path.join(model_dir, "keras_model.h5")
 
 
 def _dataset(run_info: dict, data: Optional[str], needed: bool):

@@ -119,6 +119,8 @@ def _read_gcs(path: str, probe: bool = False) -> Optional[bytes]:
         raise UsageError(f"--artifact_uri: no such bucket '{bucket}'") from None
     except exceptions.Forbidden as e:
         raise UsageError(f"--artifact_uri: access to gs://{bucket} denied ({e.message[:160]})") from None
+    if blob is None and probe and gcs.client().lookup_bucket(bucket, retry=gcs.retry()) is None:
+        raise UsageError(f"--artifact_uri: no such bucket '{bucket}'")
     if blob is None:
         return None
     return b"" if probe else blob.download_as_bytes(retry=gcs.retry())
