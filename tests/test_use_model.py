@@ -161,6 +161,7 @@ def test_predict_globs_npz_tfrecords_and_the_champion(run, tmp_path, capsys):
     assert predict.main([f"--champion_dir={champion_dir}", f"--data={images}/cats/*.png", f"--output={out}"]) == 0
     assert [json.loads(line)["predicted"] for line in out.read_text().splitlines()] == \
         [by_path[str(p)]["predicted"] for p in pngs if p.parent.name == "cats"]
+    assert predict.main([f"--model={champion_dir / 'v1'}", f"--data={images}/cats/*.png", f"--output={out}"]) == 0
 
 
 def test_predict_with_a_float_input_model(digits_run, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 `--model` may be a run's model_dir (its newest export), an export kind folder
 (`export/best`), an export version folder (it has `saved_model.pb`), a champion
-folder (the version `CHAMPION.json` names), each of them local or on `gs://`.
+folder (the version `CHAMPION.json` names) or one of its version folders, each of
+them local or on `gs://`.
 SavedModels on Cloud Storage are downloaded once with google-cloud-storage into
 the local cache (`$TRAINER_CACHE_DIR`), assembled under a temporary name and
 renamed, so an interrupted download is never used.
@@ -49,6 +50,8 @@ def _find_saved_model(listing, path: str) -> Optional[str]:
     if pointer is not None:
         model = _join(path, json.loads(pointer)["version"], "model")
         return model if listing.isfile(_join(model, SAVED_MODEL)) else None
+    if listing.isfile(_join(path, "model", SAVED_MODEL)):  # A champion version folder.
+        return _join(path, "model")
     newest = _newest_version(listing, path)  # An export kind folder.
     if newest:
         return newest
