@@ -198,8 +198,12 @@ def _tfrecord_items(shards: Sequence[str]) -> Iterator[Item]:
             yield Item(f"{shard}:{index}", None, lambda error=error: _raise(error))
 
 
+class _InputError(Exception):
+    """An input found unreadable before it is loaded (its message is the row's error as it is)."""
+
+
 def _raise(message: str):
-    raise IOError(message)
+    raise _InputError(message)
 
 
 # ---- Prediction ---------------------------------------------------------------------------------------------
@@ -230,6 +234,8 @@ def _payload(item: Item, serving: Serving):
 
 
 def _error_text(e: Exception) -> str:
+    if isinstance(e, _InputError):
+        return str(e)
     message = e.message if isinstance(e, tf.errors.OpError) else str(e)
     message = re.sub(r"\s*\[Op:\w+\]", "", re.sub(r"\{\{[^}]*\}\}\s*", "", message))  # TF's op decorations.
     return f"{type(e).__name__}: {message.strip().splitlines()[0][:300] if message.strip() else ''}"
