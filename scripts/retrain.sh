@@ -2,6 +2,44 @@
 # One scheduled retraining run: a fresh timestamped run folder, warm-started from the current champion,
 # promoted into the champion folder only if it beats the champion on this run's evaluation data.
 #   scripts/retrain.sh --champion_dir=gs://B/champions/flowers --model_dir=gs://B/retrain --data=... [trainer flags]
-# On Vertex AI the same flags go into the job's args (see README, "Scheduled retraining").
+# With PROJECT set, a run that was promoted is then registered in the Vertex AI Model Registry
+# (scripts/register_model.py) as a new version with the alias "champion":
+#   PROJECT=p [REGION=us-central1] [PARENT_MODEL=<model id>] [DISPLAY_NAME=flowers] [REGISTER_ARGS="--labels=..."]
+#   [REGISTER_DRY_RUN=1: print the Model and the request, contact nothing]
+# The trainer's summary stays the last stdout line when nothing is registered; the registered model's
+# name@version follows it otherwise. On Vertex AI the same flags go into the job's args (README, "Scheduled retraining").
 set -euo pipefail
-exec python -m trainer.task --unique_run_dir --warm_start_from=champion "$@"
+here=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-python}
+export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"  # This checkout's trainer package.
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+"$PYTHON" -m trainer.task --unique_run_dir --warm_start_from=champion "$@" | tee "$out"
+[ -n "${PROJECT:-}" ] || exit 0
+
+champion_dir=""
+for arg in "$@"; do
+  case "$arg" in --champion_dir=*) champion_dir=${arg#--champion_dir=} ;; esac
+done
+[ -n "$champion_dir" ] || { echo "error: PROJECT is set but no --champion_dir was given: nothing to register" >&2; exit 1; }
+# The champion's model folder, if CHAMPION.json names a version promoted by this very run.
+artifact=$("$PYTHON" - "$(tail -n 1 "$out")" "$champion_dir" <<'EOF'
+import json, sys
+from trainer import champion
+from trainer.config import to_gcs_uri
+summary, root = json.loads(sys.argv[1]), to_gcs_uri(sys.argv[2]).rstrip("/")
+pointer, _ = champion.open_store(root).read_pointer()
+if pointer and pointer.get("source_run") == summary.get("model_dir"):
+    print(f"{root}/{pointer['version']}/model")
+EOF
+)
+if [ -z "$artifact" ]; then
+  echo "retrain: this run was not promoted; nothing registered" >&2
+  exit 0
+fi
+args=(--project="$PROJECT" --region="${REGION:-us-central1}" --artifact_uri="$artifact"
+      --display_name="${DISPLAY_NAME:-$(basename "$champion_dir")}" --version_aliases=champion)
+[ -n "${PARENT_MODEL:-}" ] && args+=(--parent_model="$PARENT_MODEL")
+[ "${REGISTER_DRY_RUN:-0}" = 1 ] && args+=(--dry_run)
+# shellcheck disable=SC2086
+exec "$PYTHON" "$here/register_model.py" "${args[@]}" ${REGISTER_ARGS:-}

@@ -27,6 +27,7 @@ MAX_SEED = 2**32 - 1
 # Path flags: `~` is expanded (a shell does not expand it inside --flag=~/x).
 PATH_FLAGS = ("data", "model_dir", "eval_data", "labels_file", "base_model", "weights", "checkpoint_dir",
               "tensorboard_dir", "champion_dir", "warm_start_from")
+TFLITE_MODES = ("none", "float32", "float16", "int8")
 
 # The loss each label mode implies when --loss is not given.
 DEFAULT_LOSS = {
@@ -81,6 +82,7 @@ class Config:
     keep_checkpoint_max: int = 5
     eval_throttle_secs: int = 60
     export: str = "best"
+    export_tflite: str = "none"  # Also write export/tflite/ at the end of the run (trainer.export_tflite).
     dry_run: bool = False
     seed: int = 42
     cache_features: bool = False
@@ -158,6 +160,10 @@ def validate(config: Config) -> Config:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("head_pooling", config.head_pooling, HEAD_POOLINGS)
     _choice("export", config.export, EXPORTS)
+    _choice("export_tflite", config.export_tflite, TFLITE_MODES)
+    if config.export_tflite != "none" and config.model_fn:
+        raise UsageError("--export_tflite applies to the built-in models, not --model_fn; convert yours with "
+                         "python -m trainer.export_tflite or tf.lite.TFLiteConverter")
     if config.loss is not None:
         _choice("loss", config.loss, LOSSES)
         fits = COMPATIBLE_LOSSES[config.label_mode]

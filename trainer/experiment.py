@@ -471,6 +471,11 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
     if config.champion_dir:
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn,
                                               run_info.get("class_names"))
+    if config.export_tflite != "none":
+        from trainer import export_tflite
+
+        info = export_tflite.export(config.model_dir, config.export_tflite)
+        run_info["tflite"] = {k: info.get(k) for k in ("quantize", "bytes", "agreement_with_keras_model")}
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     return _summary_line(eval_metrics, config.model_dir, export_path)

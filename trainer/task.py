@@ -79,6 +79,9 @@ flags.DEFINE_integer("eval_throttle_secs", _DEFAULTS.eval_throttle_secs,
                      "At least this many seconds between evaluations (each follows a checkpoint).")
 flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
                   "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
+flags.DEFINE_enum("export_tflite", "none", config_lib.TFLITE_MODES, "Also write <model_dir>/export/tflite/ "
+                  "(model.tflite, labels.txt, model_info.json) at the end: float32, float16 or int8 (full-integer, "
+                  "calibrated on training images).")
 flags.DEFINE_bool("dry_run", False, "Build and validate everything, write model_summary.json; train nothing.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, initialisation).")
 flags.DEFINE_bool("cache_features", False, "Frozen trunk, no augmentation: compute the trunk's outputs once and "
@@ -156,6 +159,7 @@ def config_from_flags() -> config_lib.Config:
         "allow_custom_objects",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
+        "export_tflite",
         "cache_features", "mixed_precision", "jit",
         "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
         "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
