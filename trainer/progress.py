@@ -1,12 +1,14 @@
-"""A training hook that logs progress a person can watch: step, speed, ETA."""
+"""A training hook that shows progress a person can watch: step, speed, learning rate, loss, ETA."""
 import time
 
 import tensorflow as tf
-from absl import logging
+
+from trainer import console
 
 
 class ProgressHook(tf.estimator.SessionRunHook):
-    """Logs `step N/M (p%), x steps/s, y examples/s, ETA h:mm:ss` every few seconds."""
+    """`step N/M (p%), x steps/s, y examples/s, lr L, loss X, ETA h:mm:ss`: a bar on a terminal, else a
+    line every `every_secs`."""
 
     def __init__(self, max_steps: int, batch_size: int, every_secs: float = 10.0):
         self._max_steps = max_steps
@@ -17,23 +19,41 @@ class ProgressHook(tf.estimator.SessionRunHook):
 
     def begin(self):
         self._global_step = tf.compat.v1.train.get_or_create_global_step()
+        losses = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.LOSSES)  # Estimator adds its loss there.
+        self._loss = losses[-1] if losses else None
+        # The Keras legacy optimizer keeps its learning rate in a variable (training/Adam/learning_rate).
+        rates = [v for v in tf.compat.v1.global_variables()
+                 if v.name.split(":")[0].rsplit("/", 1)[-1] in ("learning_rate", "lr") and v.shape.rank == 0]
+        self._learning_rate = rates[0] if rates else None
         self._last = None  # (step, time) of the last line.
+        self._progress = console.Progress(self._every_secs)
 
     def before_run(self, run_context):
-        return tf.estimator.SessionRunArgs(self._global_step)
+        fetches = {"step": self._global_step}
+        self._due = self._progress.due(self.last_step + 1 >= self._max_steps)
+        if self._due:  # Loss and learning rate are fetched only for the steps that are shown.
+            fetches.update({k: t for k, t in (("loss", self._loss), ("lr", self._learning_rate)) if t is not None})
+        return tf.estimator.SessionRunArgs(fetches)
 
     def after_run(self, run_context, run_values):
-        step, now = int(run_values.results) + 1, time.time()
+        results = run_values.results
+        step, now = int(results["step"]) + 1, time.time()
         self.last_step = step
         if self._last is None:
             self._last = (step, now)  # The first step includes graph warm-up: not timed.
             return
-        last_step, last_time = self._last
-        if now - last_time < self._every_secs and step < self._max_steps:
+        final = step >= self._max_steps
+        if not (self._due or final):
             return
+        last_step, last_time = self._last
         rate = (step - last_step) / max(now - last_time, 1e-9)
         eta = (self._max_steps - step) / rate if rate > 0 else 0.0
-        logging.info("step %d/%d (%.0f%%), %.1f steps/s, %.0f examples/s, ETA %s", step, self._max_steps,
-                     100.0 * step / self._max_steps, rate, rate * self._batch_size,
-                     time.strftime("%H:%M:%S", time.gmtime(eta)))
+        parts = [f"step {step}/{self._max_steps} ({100.0 * step / self._max_steps:.0f}%)",
+                 f"{rate:.1f} steps/s", f"{rate * self._batch_size:.0f} examples/s"]
+        if "lr" in results:
+            parts.append(f"lr {float(results['lr']):.3g}")
+        if "loss" in results:
+            parts.append(f"loss {float(results['loss']):.4f}")
+        parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        self._progress.show(step, self._max_steps, ", ".join(parts), final=final)
         self._last = (step, now)
