@@ -30,6 +30,8 @@ from typing import Optional
 from absl import logging as absl_logging
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+for _function in ("say", "header", "summary_block", "show", "log_only"):  # The log names their callers.
+    absl_logging.ABSLLogger.register_frame_to_skip(__file__, _function)
 _CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")
 _BUFFER_LIMIT = 20_000  # Lines kept before the log file is known.
 LOG_NAME = "train.log"
@@ -121,8 +123,8 @@ class _ConsoleHandler(logging.Handler):
                 text = self._full.format(record)
             elif getattr(record, "console", None):
                 text = record.getMessage()
-            else:
-                text = f"{record.levelname.lower()}: {record.getMessage()}"
+            else:  # Upper case: the one `error: ...` line of a failed run stays the only one.
+                text = f"{record.levelname}: {record.getMessage()}"
             self.write_line(text)
         except Exception:
             self.handleError(record)
@@ -145,7 +147,7 @@ def _is_ours(record) -> bool:
     return record.pathname.startswith(_PACKAGE_DIR)
 
 
-_state = {"sink": None, "console": None, "real_stderr": None, "drain": None}
+_state = {"sink": None, "console": None, "real_stderr": None, "drain": None, "previous": None}
 
 
 def install(verbose: bool = False, capture_fd2: bool = True) -> None:
@@ -159,8 +161,8 @@ def install(verbose: bool = False, capture_fd2: bool = True) -> None:
     uninstall()
     sink, console = _Sink(), _ConsoleHandler(verbose)
     root = logging.getLogger()
-    absl_logging.get_absl_handler()  # absl's own handler is replaced by ours:
-    for handler in list(root.handlers):
+    _state["previous"] = (list(root.handlers), root.level, sys.excepthook)
+    for handler in list(root.handlers):  # absl's own stderr handler among them.
         root.removeHandler(handler)
     root.addHandler(_SinkHandler(sink))
     root.addHandler(console)
@@ -169,6 +171,14 @@ def install(verbose: bool = False, capture_fd2: bool = True) -> None:
     # TensorFlow adds its own stderr handler unless the root logger has handlers; it has now.
     logging.getLogger("tensorflow").propagate = True
     _state.update(sink=sink, console=console)
+    previous_hook = sys.excepthook
+
+    def excepthook(kind, value, traceback):  # A bug's traceback: on the console and in the log.
+        logging.getLogger("trainer").error("uncaught exception", exc_info=(kind, value, traceback),
+                                           extra={"console": False})
+        previous_hook(kind, value, traceback)
+
+    sys.excepthook = excepthook
     if capture_fd2:
         _capture_fd2(sink, console)
     atexit.register(close)
@@ -181,7 +191,14 @@ def uninstall() -> None:
     for handler in list(root.handlers):
         if isinstance(handler, (_SinkHandler, _ConsoleHandler)):
             root.removeHandler(handler)
-    _state.update(sink=None, console=None)
+    if _state.get("previous"):
+        handlers, level, hook = _state["previous"]
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        sys.excepthook = hook
+        logging.captureWarnings(False)
+    _state.update(sink=None, console=None, previous=None)
 
 
 def installed() -> bool:
@@ -198,11 +215,14 @@ def _capture_fd2(sink: _Sink, console: _ConsoleHandler) -> None:
     faulthandler.enable(file=sys.stderr)  # A hard crash's traceback still reaches the console.
 
     def drain():
+        shown = True
         with os.fdopen(read_end, encoding="utf-8", errors="backslashreplace") as pipe:
             for line in pipe:
                 sink.write(line)
                 match = _CPP_LINE.match(line)
-                if console.verbose or not match or match.group(1) in "EF":
+                if match:  # A C++ log line; the lines after it without a prefix continue its message.
+                    shown = match.group(1) in "EF"
+                if shown or console.verbose:
                     console.write_line(line.rstrip("\n"))
 
     thread = threading.Thread(target=drain, name="fd2-drain", daemon=True)
@@ -228,14 +248,15 @@ def close() -> None:
             sys.stderr.write(f"warning: could not copy {LOG_NAME} to {sink.path}: {e}\n")
 
 
-def attach(model_dir: str, task: str = "") -> Optional[str]:
-    """Starts writing the log into model_dir (train.log; train-<task>.log for non-chief tasks).
+def attach(model_dir: str) -> Optional[str]:
+    """Starts writing the log into model_dir (train.log; train-<task>.log for the other tasks of a cluster).
 
     Returns the log's path, or None when `install` was not called (library use).
     """
     sink = _state["sink"]
     if sink is None:
         return None
+    task = task_role()
     name = f"train-{task}.log" if task else LOG_NAME
     path = os.path.join(model_dir, name) if "://" in model_dir else os.path.abspath(os.path.join(model_dir, name))
     if sink.path != path:
@@ -263,9 +284,9 @@ def say(message: str, *args) -> None:
     absl_logging.info(message, *args, extra={"console": True})
 
 
-def log_only(level: int, message: str, *args) -> None:
-    """A record for the log alone (e.g. the `error:` line task.py already printed)."""
-    logging.getLogger("trainer").log(level, message, *args, extra={"console": False})
+def log_only(message: str, *args, level: str = "info") -> None:
+    """A record for the log alone (e.g. the `error:` line task.py already printed); level: info, warning, error."""
+    logging.getLogger("trainer").log(logging.getLevelName(level.upper()), message, *args, extra={"console": False})
 
 
 def is_terminal() -> bool:
@@ -282,7 +303,7 @@ class Progress:
         self._tty = is_terminal() and _state["console"] is not None and not _state["console"].verbose
         self._every = bar_every_secs if self._tty else every_secs
         self._line_every = every_secs
-        self._last = self._last_line = 0.0
+        self._last = self._last_line = time.time()  # The first line after `every_secs`, not at step 1.
 
     def due(self, final: bool = False) -> bool:
         return final or time.time() - self._last >= self._every
@@ -295,10 +316,59 @@ class Progress:
             done = int(width * min(step, total) / max(total, 1))
             _state["console"].write_bar(f"[{'#' * done}{'.' * (width - done)}] {text}")
             if now - self._last_line >= self._line_every or final:  # The log still gets lines.
-                log_only(logging.INFO, "%s", text)
+                log_only("%s", text)
                 self._last_line = now
             if final:  # Keep the finished bar as a line of its own.
                 sys.stderr.write("\n")
                 _state["console"].bar_shown = False
         else:
             say("%s", text)
+
+
+def task_role() -> str:
+    """'' for the chief (or a single process), else e.g. 'worker0', 'evaluator0', from TF_CONFIG."""
+    import json
+
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    except (ValueError, AttributeError):
+        return ""  # trainer.distribution reports a bad TF_CONFIG as an error.
+    kind = task.get("type") if isinstance(task, dict) else None
+    return "" if kind in (None, "chief", "master") else f"{kind}{task.get('index', 0)}"
+
+
+def header(model_dir: str, run_info: dict, model_summary: dict, resume_step: Optional[int]) -> None:
+    """The few lines that say what this run is."""
+    flags = run_info.get("flags") or {}
+    names = run_info.get("class_names") or []
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in sorted((run_info.get("counts") or {}).items()))
+    role = task_role()
+    if role:
+        say("task: %s of a multi-worker cluster (TF_CONFIG); the chief writes the run's files", role)
+    say("data: %s: %d classes (%s)%s", flags.get("data"), len(names), shown, f"; {sizes}" if sizes else "")
+    skipped = run_info.get("skipped_files") or []
+    if skipped:
+        say("data: skipped %d unreadable file(s), listed in run_info.json", len(skipped))
+    say("model: %s, %s params (%s trainable)", flags.get("base_model") or flags.get("model_fn") or
+        flags.get("backbone"), f"{model_summary.get('total_params', 0):,}",
+        f"{model_summary.get('trainable_params', 0):,}")
+    replicas = run_info.get("num_replicas", 1)
+    say("strategy: %s, %d replica%s, global batch %s (%s per replica)", run_info.get("strategy"), replicas,
+        "" if replicas == 1 else "s", flags.get("batch_size"), run_info.get("per_replica_batch_size"))
+    start = f", resuming from step {resume_step}" if resume_step else ""
+    say("model_dir: %s (%d steps%s)%s", model_dir, flags.get("train_steps", 0), start,
+        f"; full log: {log_path()}" if log_path() else "")
+
+
+def summary_block(summary: dict, seconds: float, best, report_path: Optional[str]) -> None:
+    """The closing lines: result, best evaluation, where things are."""
+    metrics = ", ".join(f"{k} {summary[k]:.4f}" for k in ("accuracy", "loss") if isinstance(summary.get(k), float))
+    best_text = f" (best accuracy {best[1]:.4f} at step {best[0]})" if best else ""
+    say("done in %s: step %s, %s%s", time.strftime("%H:%M:%S", time.gmtime(seconds)), summary.get("global_step"),
+        metrics, best_text)
+    model_dir = summary.get("model_dir")
+    for label, value in (("export", summary.get("export")), ("report", report_path), ("log", log_path()),
+                         ("tensorboard", f"tensorboard --logdir={model_dir}")):
+        if value:
+            say("  %-12s %s", label + ":", value)

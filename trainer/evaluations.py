@@ -26,6 +26,7 @@ class EvaluationReporter(tf.estimator.Exporter):
         self._model_dir = model_dir
         self._confusion = confusion
         self._class_names = list(class_names)
+        self._warned = False
 
     @property
     def name(self) -> str:
@@ -48,7 +49,10 @@ class EvaluationReporter(tf.estimator.Exporter):
                     predictions.in_eager_thread(write_confusion_image, os.path.join(self._model_dir, "eval"),
                                                 matrix, self._class_names, step)
             except Exception as e:  # noqa: BLE001 - a picture must never stop training.
-                logging.warning("no confusion matrix for step %d: %s: %s", step, type(e).__name__, e)
+                # Said once on the console; the log has every occurrence.
+                (console.log_only if self._warned else logging.warning)(
+                    "no confusion matrix image for step %d: %s: %s", step, type(e).__name__, str(e)[:300])
+                self._warned = True
         console.sync()
         return exported
 

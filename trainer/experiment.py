@@ -19,8 +19,8 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import (distribution, export, feature_cache, files, hypertune, inputs, listeners, models, preemption,
-                     progress, promotion, tpu)
+from trainer import (console, distribution, evaluations, export, feature_cache, files, hypertune, inputs, listeners,
+                     models, predictions, preemption, progress, promotion, report, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -151,6 +151,7 @@ def train_and_evaluate(config: Config) -> dict:
         UsageError: for any mistake in flags or data, before training starts.
     """
     config = validate(config)
+    console.attach(config.model_dir)  # The full log: <model_dir>/train.log (command line only).
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
                                  tpu=config.tpu, use_tpu=config.use_tpu)
     if plan.task_type == "ps":
@@ -188,6 +189,8 @@ def train_and_evaluate(config: Config) -> dict:
         "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
+    latest = None if config.dry_run else tf.train.latest_checkpoint(config.checkpoint_dir)
+    console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None)
     if config.dry_run:
         files.write_json(info_path, run_info)
         return {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
@@ -221,8 +224,11 @@ def train_and_evaluate(config: Config) -> dict:
         saving_listeners=listeners.make_listeners(config, plan))
     eval_spec = tf.estimator.EvalSpec(
         make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-        exporters=export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max)
-        + hypertune.make_reporters(config),
+        exporters=[evaluations.EvaluationReporter(
+            export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max), config.checkpoint_dir,
+            None if plan.name == "tpu" else predictions.confusion_fn(model, make_input(dataset.validation, False),
+                                                                    config, num_classes),
+            dataset.class_names)] + hypertune.make_reporters(config),
         start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
     if plan.is_chief:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
@@ -250,7 +256,7 @@ def train_and_evaluate(config: Config) -> dict:
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
     return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started)
+                   make_input(dataset.validation, False), started, model, dataset)
 
 
 def _train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:
@@ -263,13 +269,16 @@ def _train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:
     return result[0] if result else None
 
 
-def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started) -> dict:
-    """Promotion (with --champion_dir), the final run_info.json, and the summary line."""
+def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started, model=None,
+            dataset=None) -> dict:
+    """Promotion (with --champion_dir), the final run_info.json, report.html, and the summary line."""
     if config.champion_dir:
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn)
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
-    return _summary_line(eval_metrics, config.model_dir, export_path)
+    summary = _summary_line(eval_metrics, config.model_dir, export_path)
+    report.at_end(config, model, dataset, eval_input_fn, eval_metrics, summary, time.time() - started)
+    return summary
 
 
 def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path) -> dict:
@@ -301,7 +310,8 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
     eval_spec = tf.estimator.EvalSpec(
         feature_cache.make_feature_input_fn(val_file, shape, val_y, output, training=False,
                                             batch_size=config.batch_size, seed=config.seed),
-        steps=None, exporters=hypertune.make_reporters(config), start_delay_secs=0,
+        steps=None, exporters=[evaluations.EvaluationReporter([], config.checkpoint_dir)]
+        + hypertune.make_reporters(config), start_delay_secs=0,
         throttle_secs=config.eval_throttle_secs)
     _train(estimator, train_spec, eval_spec, progress_hook)
     checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir)
@@ -316,7 +326,7 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
         full, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
         serving_fn, os.path.join(config.model_dir, "export", config.export))
     return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started)
+                   make_input(dataset.validation, False), started, full, dataset)
 
 
 def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names):

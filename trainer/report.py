@@ -97,6 +97,37 @@ def build(model_dir: str, output: Optional[str] = None, predictions=None, datase
     return output
 
 
+def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: dict, seconds: float) -> None:
+    """The end of a run (chief): report.html from the final model's predictions, the HParams summary, and
+    the console's closing lines. Failures here are warnings: the run itself succeeded."""
+    from absl import logging as absl_logging
+
+    import tensorflow as tf
+
+    from trainer import console, evaluations, events
+    from trainer import predictions as predictions_lib
+
+    path = None
+    try:
+        result = None
+        if dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
+            # A fresh copy: the run's own Keras model cannot be called after model_to_estimator.
+            model = predictions_lib.load_run_model(config.model_dir, config, dataset.num_classes, None)
+            result = predictions_lib.predict(model, eval_input_fn, config.label_mode, config.eval_steps)
+            if result is not None:
+                result.input_fn = eval_input_fn
+        path = build(config.model_dir, predictions=result, dataset=dataset)
+    except Exception as e:  # noqa: BLE001
+        absl_logging.warning("report.html not written: %s: %s", type(e).__name__, e)
+    try:
+        scalars = {k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))}
+        evaluations.write_hparams(config.checkpoint_dir, _flags_changed(config.to_dict()), scalars)
+    except Exception as e:  # noqa: BLE001
+        absl_logging.warning("no HParams summary: %s: %s", type(e).__name__, e)
+    best = events.best(events.evaluations(config.checkpoint_dir).get("accuracy", []))
+    console.summary_block(summary, seconds, best, path)
+
+
 def _compute_predictions(model_dir: str, info: dict):
     from trainer import data as data_lib
     from trainer import predictions as predictions_lib

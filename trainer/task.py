@@ -4,16 +4,20 @@ The only module that reads absl FLAGS. It turns them into a `Config`, runs
 `experiment.train_and_evaluate`, prints the summary as the last stdout line, and
 turns every user mistake into one `error: ...` line with exit status 1.
 """
+import functools
 import json
 import os
 import sys
 
-# Quieten TensorFlow's C++ start-up chatter before it is imported; users can override.
+# Quieten TensorFlow's C++ start-up chatter before it is imported; users can override. `run` lowers it to 0:
+# the command line captures the C++ log into train.log (trainer.console).
+_CPP_LOG_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import config as config_lib  # noqa: E402
+from trainer import console  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -109,6 +113,9 @@ flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local
 flags.DEFINE_integer("tpu_iterations_per_loop", _DEFAULTS.tpu_iterations_per_loop,
                      "Training steps per TPU loop (TPUEstimator's iterations_per_loop).")
 flags.DEFINE_bool("use_tpu", True, "With --strategy=tpu: false runs the identical TPUEstimator path on CPU/GPU.")
+# Console.
+flags.DEFINE_bool("verbose", False, "Show the full log (TensorFlow's included) on the console too; it is always "
+                  "in <model_dir>/train.log.")
 
 
 def config_from_flags() -> config_lib.Config:
@@ -131,7 +138,17 @@ def config_from_flags() -> config_lib.Config:
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 
 
-def main(argv) -> None:
+def main(argv, own_process: bool = False) -> None:
+    """Runs the job. `own_process`: the command line owns this process, so its stderr (fd 2) is taken over."""
+    console.install(verbose=FLAGS.verbose, capture_fd2=own_process)
+    try:
+        _main(argv)
+    finally:
+        if not own_process:
+            console.uninstall()  # Called from a test or another program: give its logging back.
+
+
+def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
     from trainer import experiment, preemption  # Import TensorFlow: after flag parsing, so --help is fast.
@@ -143,8 +160,9 @@ def main(argv) -> None:
         _fail(str(e))
     except preemption.Preempted as e:
         where = f" at step {e.step}" if e.step is not None else ""
-        sys.stderr.write(f"preempted{where} (SIGTERM): the latest checkpoint is kept; run the same command "
-                         "again to resume\n")
+        message = f"preempted{where} (SIGTERM): the latest checkpoint is kept; run the same command again to resume"
+        sys.stderr.write(message + "\n")
+        console.log_only("%s", message, level="warning")
         sys.exit(preemption.EXIT_PREEMPTED)
     sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     sys.stdout.flush()
@@ -152,6 +170,8 @@ def main(argv) -> None:
 
 def _fail(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
+    if console.installed():
+        console.log_only("error: %s", message, level="error")
     sys.exit(1)
 
 
@@ -172,7 +192,9 @@ def _parse_flags(argv):
 def run() -> None:
     """Console-script entry."""
     logging.set_verbosity(logging.INFO)
-    app.run(main, flags_parser=_parse_flags)
+    if not _CPP_LOG_LEVEL_GIVEN:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # Read when TensorFlow is imported, after flag parsing.
+    app.run(functools.partial(main, own_process=True), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
