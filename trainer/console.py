@@ -286,7 +286,8 @@ def say(message: str, *args) -> None:
 
 def log_only(message: str, *args, level: str = "info") -> None:
     """A record for the log alone (e.g. the `error:` line task.py already printed); level: info, warning, error."""
-    logging.getLogger("trainer").log(logging.getLevelName(level.upper()), message, *args, extra={"console": False})
+    logging.getLogger("trainer").log(logging.getLevelName(level.upper()), message, *args, extra={"console": False},
+                                     stacklevel=2)
 
 
 def is_terminal() -> bool:

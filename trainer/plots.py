@@ -101,7 +101,7 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str = "") -> str:
     worst = errors.max() or 1.0
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {size_x} {size_y}" width="{size_x}" '
            f'height="{size_y}" role="img" aria-label="{html.escape(title or "confusion matrix")}" class="heatmap">',
-           f'<text x="4" y="14" class="tick">rows: true class, columns: predicted</text>']
+           '<text x="4" y="14" class="tick">rows: true class, columns: predicted</text>']
     for k, name in enumerate(labels):
         name = html.escape(str(name)[:20])
         out.append(f'<text x="{left - 6}" y="{top + k * cell + cell / 2 + 4}" text-anchor="end" class="tick">'
