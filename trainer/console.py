@@ -218,12 +218,15 @@ def _capture_fd2(sink: _Sink, console: _ConsoleHandler) -> None:
         shown = True
         with os.fdopen(read_end, encoding="utf-8", errors="backslashreplace") as pipe:
             for line in pipe:
-                sink.write(line)
-                match = _CPP_LINE.match(line)
-                if match:  # A C++ log line; the lines after it without a prefix continue its message.
-                    shown = match.group(1) in "EF"
-                if shown or console.verbose:
-                    console.write_line(line.rstrip("\n"))
+                try:
+                    sink.write(line)
+                    match = _CPP_LINE.match(line)
+                    if match:  # A C++ log line; the lines after it without a prefix continue its message.
+                        shown = match.group(1) in "EF"
+                    if shown or console.verbose:
+                        console.write_line(line.rstrip("\n"))
+                except Exception:  # noqa: BLE001 - keep draining: a full pipe would block TensorFlow.
+                    pass
 
     thread = threading.Thread(target=drain, name="fd2-drain", daemon=True)
     thread.start()

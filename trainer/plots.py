@@ -118,7 +118,7 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str = "") -> str:
             # single mistake among hundreds is still visible.
             share = float(shares[i, j]) if i == j else (0.2 + 0.8 * float(errors[i, j]) / worst
                                                          if matrix[i, j] else 0.0)
-            light = int(255 * (1 - 0.85 * share))
+            light = int(255 * (1 - (0.7 if i == j else 0.85) * share))
             fill = f"rgb({light},{light},255)" if i == j else f"rgb(255,{light},{light})"
             x, y = left + j * cell, top + i * cell
             out.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" class="cell">'

@@ -42,7 +42,7 @@ svg .best{fill:none;stroke:#2ca02c;stroke-width:2.5}svg .count{font-size:11px}sv
 .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .grid-images{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
 figure{margin:0;border:1px solid #ddd;padding:6px;break-inside:avoid}figure img{width:96px;height:96px;
-image-rendering:pixelated;display:block;margin:0 auto 4px}figcaption{font-size:12px}.path{word-break:break-all}
+image-rendering:pixelated;display:block;margin:0 auto 4px}figcaption{font-size:12px}.path{overflow-wrap:anywhere}
 .bad{color:#b00}.good{color:#070}
 @media print{body{margin:0;max-width:none}h2{break-after:avoid}svg,table,figure{break-inside:avoid}}
 """
