@@ -261,7 +261,7 @@ def attach(model_dir: str) -> Optional[str]:
         return None
     task = task_role()
     name = f"train-{task}.log" if task else LOG_NAME
-    path = os.path.join(model_dir, name) if "://" in model_dir else os.path.abspath(os.path.join(model_dir, name))
+    path = os.path.join(model_dir, name)
     if sink.path != path:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         command = " ".join(sys.argv)
