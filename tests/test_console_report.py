@@ -151,3 +151,22 @@ def test_report_cli_refuses_a_folder_without_a_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer.report", str(tmp_path)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("error:") and "run_info.json" in proc.stderr
+
+
+def test_many_classes_show_the_most_confused_and_per_class_numbers_are_right():
+    import numpy as np
+
+    from trainer import plots, predictions, report
+
+    labels = np.repeat(np.arange(30), 10)
+    guess = labels.copy()
+    guess[:4] = 7  # Class 0 taken for 7 four times, 12 for 25 twice.
+    guess[120:122] = 25
+    p = predictions.Predictions(labels, np.eye(30)[guess])
+    matrix = predictions.confusion_matrix(p, 30)
+    assert report._most_confused(matrix, 20) == [0, 7, 12, 25]
+    rows = predictions.per_class(matrix)
+    assert rows[0] == pytest.approx({"precision": 1.0, "recall": 0.6, "f1": 0.75, "support": 10})
+    assert rows[7]["precision"] == 10 / 14 and rows[7]["recall"] == 1.0
+    svg = plots.heatmap(matrix[np.ix_([0, 7], [0, 7])], ["zero", "seven"])
+    assert svg.count("<rect") == 4 and ">4</text>" in svg and "zero" in svg
