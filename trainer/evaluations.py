@@ -122,9 +122,10 @@ def write_hparams(model_dir: str, flags: dict, metrics: dict) -> None:
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "hparams"))
     with writer.as_default():
         hp.hparams_config(hparams=[hp.HParam(name) for name in sorted(flags)],
-                          metrics=[hp.Metric(f"final_{k}") for k in sorted(metrics)])
+                          metrics=[hp.Metric(f"final_{k}") for k in sorted(metrics) if k != "global_step"])
         hp.hparams({name: plain(value) for name, value in flags.items()})
         step = int(metrics.get("global_step", 0))
         for key, value in metrics.items():
-            tf.summary.scalar(f"final_{key}", float(value), step=step)
+            if key != "global_step":
+                tf.summary.scalar(f"final_{key}", float(value), step=step)
     writer.close()

@@ -56,4 +56,5 @@ class ProgressHook(tf.estimator.SessionRunHook):
             parts.append(f"loss {float(results['loss']):.4f}")
         parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
         self._progress.show(step, self._max_steps, ", ".join(parts), final=final)
-        self._last = (step, now)
+        if now - last_time >= self._every_secs / 2:  # A bar, redrawn often, shows the rate over seconds.
+            self._last = (step, now)
