@@ -110,7 +110,7 @@ def test_tensorboard_gets_confusion_images_and_hparams(digits_run):
 
 def test_killed_run_gets_a_report_then_resumes_into_the_same_log(tmp_path):
     model_dir = tmp_path / "run"
-    args = ["--data=digits", "--backbone=mlp", "--train_steps=400", "--save_checkpoints_steps=100",
+    args = ["--data=digits", "--backbone=mlp", "--train_steps=300", "--save_checkpoints_steps=100",
             "--eval_throttle_secs=0", f"--model_dir={model_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "trainer.task", *args], cwd=REPO, env=tf_default_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -134,8 +134,8 @@ def test_killed_run_gets_a_report_then_resumes_into_the_same_log(tmp_path):
     assert "Restoring parameters from" in again.stderr and "Instructions for updating" in again.stderr  # --verbose
     log = (model_dir / "train.log").read_text()
     assert log.count("\n===== run started ") == 2 and "eval @ step 100" in log.split("\n===== run started ")[1]
-    assert "eval @ step 400" in last_run_log(model_dir)
-    assert report_data(model_dir / "report.html")["eval_metrics"]["global_step"] == 400
+    assert "eval @ step 300" in last_run_log(model_dir)
+    assert report_data(model_dir / "report.html")["eval_metrics"]["global_step"] == 300
 
 
 def test_an_error_is_one_line_on_the_console_and_recorded_in_train_log(tmp_path):
