@@ -83,9 +83,13 @@ def confusion_png(matrix: np.ndarray, class_names=(), cell: int = 0) -> bytes:
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # Colour: the fraction of the true class.
+    errors = rows * (1 - np.eye(n))
+    worst = errors.max() or 1.0
     for i in range(n):
         for j in range(n):
-            shade = int(255 * (1 - rows[i, j]))
+            # As in report.html: off the diagonal, red scaled to the worst confusion, so one mistake shows.
+            share = rows[i, j] if i == j else (0.2 + 0.8 * errors[i, j] / worst if matrix[i, j] else 0.0)
+            shade = int(255 * (1 - (0.7 if i == j else 0.85) * share))
             colour = (shade, shade, 255) if i == j else (255, shade, shade)
             x, y = margin + j * cell, margin + i * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
@@ -95,7 +99,8 @@ def confusion_png(matrix: np.ndarray, class_names=(), cell: int = 0) -> bytes:
         names = [str(c)[:8] for c in (class_names or range(n))]
         for k, name in enumerate(names):
             draw.text((2, margin + k * cell + cell // 3), name, fill="black")  # Rows: true class.
-            draw.text((margin + k * cell + 2, margin - 14 - 10 * (k % 2)), name, fill="black")  # Columns.
+            stagger = 10 * (k % 2) if max(map(len, names)) > 3 else 0  # Long names alternate in height.
+            draw.text((margin + k * cell + 2, margin - 14 - stagger), name, fill="black")  # Columns.
         draw.text((2, 2), "true \\ predicted", fill="black")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
