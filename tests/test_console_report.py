@@ -85,7 +85,8 @@ def test_report_html_of_a_finished_run(digits_run):
     assert f"<td class=\"n\">{metrics['accuracy']:.4f}</td>" in page
     assert data["class_names"] == [str(i) for i in range(10)]
     assert all(f"<td>{i}</td>" in page for i in range(10)), "class names in the tables"
-    assert page.count("<svg") >= 4  # loss, accuracy and eval-loss curves, the confusion heatmap.
+    assert page.count("<svg") >= 5  # loss, learning rate, accuracy and eval-loss curves, the confusion heatmap.
+    assert 'aria-label="learning rate"' in page
     assert "best 0.98" in page or "best 0.99" in page  # The best checkpoint is marked on the accuracy curve.
     wrong = 385 - sum(data["confusion_matrix"][i][i] for i in range(10))
     assert page.count('src="data:image/png;base64,') == min(wrong, 16)  # Worst-misclassified thumbnails.
@@ -106,6 +107,9 @@ def test_tensorboard_gets_confusion_images_and_hparams(digits_run):
             if any(v.tag == "final_accuracy" for v in event.summary.value):
                 assert event.step == 300
     assert "hparams" in plugins
+    from trainer import events
+
+    assert events.read_scalars(str(model_dir))["learning_rate"][-1][1] == pytest.approx(0.001)
 
 
 def test_killed_run_gets_a_report_then_resumes_into_the_same_log(tmp_path):

@@ -217,7 +217,7 @@ def train_and_evaluate(config: Config) -> dict:
     if config.cache_features:
         return _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path)
     estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
-    progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
+    progress_hook = progress.ProgressHook(config.train_steps, config.batch_size, summarize=plan.name != "tpu")
     train_spec = tf.estimator.TrainSpec(
         make_input(dataset.train, True), max_steps=config.train_steps,
         hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],

@@ -10,10 +10,11 @@ class ProgressHook(tf.estimator.SessionRunHook):
     """`step N/M (p%), x steps/s, y examples/s, lr L, loss X, ETA h:mm:ss`: a bar on a terminal, else a
     line every `every_secs`."""
 
-    def __init__(self, max_steps: int, batch_size: int, every_secs: float = 10.0):
+    def __init__(self, max_steps: int, batch_size: int, every_secs: float = 10.0, summarize: bool = True):
         self._max_steps = max_steps
         self._batch_size = batch_size
         self._every_secs = every_secs
+        self._summarize = summarize  # Add a `learning_rate` scalar for TensorBoard (not on TPUs: host-only).
 
     last_step = 0  # The last global step seen, for error messages.
 
@@ -25,6 +26,10 @@ class ProgressHook(tf.estimator.SessionRunHook):
         rates = [v for v in tf.compat.v1.global_variables()
                  if v.name.split(":")[0].rsplit("/", 1)[-1] in ("learning_rate", "lr") and v.shape.rank == 0]
         self._learning_rate = rates[0] if rates else None
+        if self._learning_rate is not None and self._summarize:
+            # Hooks begin before the Scaffold merges the graph's summaries: the Estimator's summary hook
+            # writes this one with the loss, every save_summary_steps.
+            tf.compat.v1.summary.scalar("learning_rate", self._learning_rate)
         self._last = None  # (step, time) of the last line.
         self._progress = console.Progress(self._every_secs)
 
