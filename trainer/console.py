@@ -224,7 +224,8 @@ def _capture_fd2(sink: _Sink, console: _ConsoleHandler) -> None:
                     if match:  # A C++ log line; the lines after it without a prefix continue its message.
                         shown = match.group(1) in "EF"
                     if shown or console.verbose:
-                        console.write_line(line.rstrip("\n"))
+                        with console.lock:  # The handler's own lock: lines never interleave with a bar.
+                            console.write_line(line.rstrip("\n"))
                 except Exception:  # noqa: BLE001 - keep draining: a full pipe would block TensorFlow.
                     pass
 
@@ -316,15 +317,16 @@ class Progress:
         now = time.time()
         self._last = now
         if self._tty:
-            width = 24
+            width, console = 24, _state["console"]
             done = int(width * min(step, total) / max(total, 1))
-            _state["console"].write_bar(f"[{'#' * done}{'.' * (width - done)}] {text}")
+            with console.lock:
+                console.write_bar(f"[{'#' * done}{'.' * (width - done)}] {text}")
+                if final:  # Keep the finished bar as a line of its own.
+                    sys.stderr.write("\n")
+                    console.bar_shown = False
             if now - self._last_line >= self._line_every or final:  # The log still gets lines.
                 log_only("%s", text)
                 self._last_line = now
-            if final:  # Keep the finished bar as a line of its own.
-                sys.stderr.write("\n")
-                _state["console"].bar_shown = False
         else:
             say("%s", text)
 
