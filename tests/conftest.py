@@ -42,6 +42,11 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def last_run_log(model_dir) -> str:
+    """The part of <model_dir>/train.log written by the latest run (TensorFlow's full log included)."""
+    return (Path(model_dir) / "train.log").read_text().rsplit("\n===== run started ", 1)[-1]
+
+
 @pytest.fixture
 def gcs_server(tmp_path, monkeypatch):
     """A loopback GCS server with a bucket `test-bucket`; yields (server, storage client)."""

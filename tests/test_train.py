@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import last_json, run_cli
+from conftest import last_json, last_run_log, run_cli
 from trainer import data as data_lib
 from trainer import experiment
 from trainer.config import Config
@@ -83,7 +83,7 @@ def test_rerun_resumes_from_the_latest_checkpoint(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     second = run_cli(*args, "--train_steps=40")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Restoring parameters from" in second.stderr and "model.ckpt-20" in second.stderr
+    assert f"Restoring parameters from {tmp_path / 'run'}/model.ckpt-20" in last_run_log(tmp_path / "run")
     assert last_json(second.stdout)["global_step"] == 40
     assert "step 40/40" in second.stderr  # progress line
 

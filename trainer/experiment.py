@@ -20,9 +20,9 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import (distribution, early_stopping, export, feature_cache, files, hypertune, inputs, listeners,
-                     metrics, models, phases, preemption, preflight, progress, promotion, record_faults, schedules,
-                     tpu)
+from trainer import (console, distribution, early_stopping, evaluations, export, feature_cache, files, hypertune,
+                     inputs, listeners, metrics, models, phases, predictions, preemption, preflight, progress,
+                     promotion, record_faults, report, schedules, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -209,6 +209,7 @@ def train_and_evaluate(config: Config) -> dict:
     files.ensure_dir(config.model_dir, "model_dir")
     if config.checkpoint_dir != config.model_dir:
         files.ensure_dir(config.checkpoint_dir, "checkpoint_dir")
+    console.attach(config.model_dir)  # The full log: <model_dir>/train.log (command line only).
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
                                  tpu=config.tpu, use_tpu=config.use_tpu)
     if plan.task_type == "ps":
@@ -249,6 +250,8 @@ def train_and_evaluate(config: Config) -> dict:
         "skipped_records": record_faults.restore(dataset, config.model_dir),
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
+    latest = None if config.dry_run else tf.train.latest_checkpoint(config.checkpoint_dir)
+    console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None)
     if config.dry_run:
         files.write_json(info_path, run_info)
         return {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
@@ -292,16 +295,20 @@ def train_and_evaluate(config: Config) -> dict:
                                         schedule)
         if step.restart_optimizer:
             _start_phase(config, plan, estimator, model, make_input(dataset.train, True), step, run_info, info_path)
-        progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, learning_rate=schedule)
+        progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
+                                              learning_rate=schedule)
         hooks = [progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
         if config.early_stopping_patience:
             hooks.append(early_stopping.StopHook(config.model_dir))
         train_spec = tf.estimator.TrainSpec(make_input(dataset.train, True), max_steps=step.phase.last_step,
                                             hooks=hooks, saving_listeners=listeners.make_listeners(config, plan))
+        confusion = None if plan.name == "tpu" else predictions.confusion_fn(
+            model, make_input(dataset.validation, False), config, num_classes)
         eval_spec = tf.estimator.EvalSpec(
             make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-            exporters=_exporters(config, serving_fn), start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
-        logging.info("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
+            exporters=_exporters(config, serving_fn, confusion, dataset.class_names), start_delay_secs=0,
+            throttle_secs=config.eval_throttle_secs)
+        console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
                      step.phase.learning_rate, config.lr_schedule)
         eval_metrics = record_faults.train_skipping_bad_records(  # Resumes without bad TFRecords met in training.
@@ -343,16 +350,18 @@ def train_and_evaluate(config: Config) -> dict:
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
     return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started)
+                   make_input(dataset.validation, False), started, model, dataset)
 
 
-def _exporters(config: Config, serving_fn) -> list:
+def _exporters(config: Config, serving_fn, confusion=None, class_names=()) -> list:
+    """The exporters of each evaluation, behind the one that prints its console line (trainer.evaluations)."""
     metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
     exporters = export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max, metric)
     if config.early_stopping_patience:
         exporters.append(early_stopping.Watcher(config.model_dir, config.early_stopping_metric,
                                                 config.early_stopping_patience, config.early_stopping_min_delta))
-    return exporters + hypertune.make_reporters(config)
+    return [evaluations.EvaluationReporter(exporters, config.checkpoint_dir, confusion, class_names)] + \
+        hypertune.make_reporters(config)
 
 
 def _prepare_phases(config, plan, dataset, model, run_info, info_path):
@@ -466,8 +475,9 @@ def _finite_checkpoint(config: Config) -> str:
     return checkpoint
 
 
-def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started) -> dict:
-    """Promotion (with --champion_dir), the final run_info.json, and the summary line."""
+def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started, model=None,
+            dataset=None) -> dict:
+    """Promotion (with --champion_dir), the final run_info.json, report.html, and the summary line."""
     if config.champion_dir:
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn,
                                               run_info.get("class_names"))
@@ -478,7 +488,9 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
         run_info["tflite"] = {k: info.get(k) for k in ("quantize", "bytes", "agreement_with_keras_model")}
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
-    return _summary_line(eval_metrics, config.model_dir, export_path)
+    summary = _summary_line(eval_metrics, config.model_dir, export_path)
+    report.at_end(config, model, dataset, eval_input_fn, eval_metrics, summary, time.time() - started)
+    return summary
 
 
 def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path) -> dict:
@@ -510,7 +522,8 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
     eval_spec = tf.estimator.EvalSpec(
         feature_cache.make_feature_input_fn(val_file, shape, val_y, output, training=False,
                                             batch_size=config.batch_size, seed=config.seed),
-        steps=None, exporters=hypertune.make_reporters(config), start_delay_secs=0,
+        steps=None, exporters=[evaluations.EvaluationReporter([], config.checkpoint_dir)]
+        + hypertune.make_reporters(config), start_delay_secs=0,
         throttle_secs=config.eval_throttle_secs)
     _train(estimator, train_spec, eval_spec, progress_hook)
     checkpoint = _finite_checkpoint(config)
@@ -525,7 +538,7 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
         full, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
         serving_fn, os.path.join(config.model_dir, "export", config.export))
     return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started)
+                   make_input(dataset.validation, False), started, full, dataset)
 
 
 def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names, schedule=None):

@@ -9,9 +9,8 @@ import tempfile
 from typing import Callable, Optional
 
 import tensorflow as tf
-from absl import logging
 
-from trainer import champion, models
+from trainer import champion, console, models
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -55,14 +54,14 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
                                                 config.promote_min_delta)
     if promote:
         version = champion.new_version()
-        logging.info("promotion: copying the challenger to version %s", version)
+        console.say("promotion: copying the challenger to version %s", version)
         won = champion.promote(store, token, version, export_path, keras_h5,
                                {**challenger, "metric": metric, "class_names": list(class_names or [])},
                                model_dir, pointer["version"] if pointer else None)
         record.update(promoted=won, version=version)
         if not won:
             record["reason"] = "another run replaced CHAMPION.json first (lost the race); not promoted"
-    logging.info("promotion: %s (%s)", "promoted" if record["promoted"] else "not promoted", record["reason"])
+    console.say("promotion: %s (%s)", "promoted" if record["promoted"] else "not promoted", record["reason"])
     return record
 
 
@@ -74,7 +73,7 @@ def warm_start_path(config: Config) -> Optional[str]:
             raise UsageError("--warm_start_from=champion needs --champion_dir")
         path = champion.current_keras_model(config.champion_dir)
         if path is None:
-            logging.info("--warm_start_from=champion: no champion yet, starting from the usual weights")
+            console.say("--warm_start_from=champion: no champion yet, starting from the usual weights")
         return path
     return source
 
@@ -132,9 +131,9 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
                       classes_added=[c for c in class_names if c not in source_names],
                       classes_removed=[c for c in source_names if c not in class_names])
         if remap:
-            logging.info("warm start: classes kept %d, added %s, removed %s", len(record["classes_kept"]),
+            console.say("warm start: classes kept %d, added %s, removed %s", len(record["classes_kept"]),
                          record["classes_added"] or "none", record["classes_removed"] or "none")
-    logging.info("warm start: weights loaded from %s", path)
+    console.say("warm start: weights loaded from %s", path)
     return record
 
 

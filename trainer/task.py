@@ -10,16 +10,20 @@ Flags: --helpfull lists them all; --flagfile=FILE reads them from a file.
 """
 # For developers: the only module that reads absl FLAGS. It turns them into a `Config`, runs
 # `experiment.train_and_evaluate`, and turns every UsageError into one `error:` line.
+import functools
 import json
 import os
 import sys
 
-# Quieten TensorFlow's C++ start-up chatter before it is imported; users can override.
+# Quieten TensorFlow's C++ start-up chatter before it is imported; users can override. `run` lowers it to 0:
+# the command line captures the C++ log into train.log (trainer.console).
+_CPP_LOG_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import config as config_lib  # noqa: E402
+from trainer import console  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -145,6 +149,9 @@ flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local
 flags.DEFINE_integer("tpu_iterations_per_loop", _DEFAULTS.tpu_iterations_per_loop,
                      "Training steps per TPU loop (TPUEstimator's iterations_per_loop).")
 flags.DEFINE_bool("use_tpu", True, "With --strategy=tpu: false runs the identical TPUEstimator path on CPU/GPU.")
+# Console.
+flags.DEFINE_bool("verbose", False, "Show the full log (TensorFlow's included) on the console too; it is always "
+                  "in <model_dir>/train.log.")
 
 
 def config_from_flags() -> config_lib.Config:
@@ -176,7 +183,17 @@ def config_from_flags() -> config_lib.Config:
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 
 
-def main(argv) -> None:
+def main(argv, own_process: bool = False) -> None:
+    """Runs the job. `own_process`: the command line owns this process, so its stderr (fd 2) is taken over."""
+    console.install(verbose=FLAGS.verbose, capture_fd2=own_process)
+    try:
+        _main(argv)
+    finally:
+        if not own_process:
+            console.uninstall()  # Called from a test or another program: give its logging back.
+
+
+def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
     from trainer import experiment, preemption  # Import TensorFlow: after flag parsing, so --help is fast.
@@ -192,8 +209,9 @@ def main(argv) -> None:
     except preemption.Preempted as e:
         where = f" at step {e.step}" if e.step is not None else ""
         word = "preempted" if e.signal_name == "SIGTERM" else "interrupted"
-        sys.stderr.write(f"{word}{where} ({e.signal_name}): the latest checkpoint is kept; "
-                         f"{_resume_hint(config)}\n")
+        message = f"{word}{where} ({e.signal_name}): the latest checkpoint is kept; {_resume_hint(config)}"
+        sys.stderr.write(message + "\n")
+        console.log_only("%s", message, level="warning")
         sys.exit(e.exit_status)
     except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run: one line, not a traceback.
         from trainer import preflight
@@ -218,6 +236,8 @@ def _resume_hint(config) -> str:
 
 def _fail(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
+    if console.installed():
+        console.log_only("error: %s", message, level="error")
     sys.exit(1)
 
 
@@ -239,7 +259,9 @@ def _parse_flags(argv):
 def run() -> None:
     """Console-script entry."""
     logging.set_verbosity(logging.INFO)
-    app.run(main, flags_parser=_parse_flags)
+    if not _CPP_LOG_LEVEL_GIVEN:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # Read when TensorFlow is imported, after flag parsing.
+    app.run(functools.partial(main, own_process=True), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

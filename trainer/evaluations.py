@@ -1,0 +1,136 @@
+"""After each evaluation: the run's exporters, one console line, the confusion matrix in TensorBoard.
+
+`EvaluationReporter` is the one Exporter the EvalSpec sees for the model exports: it
+runs the real exporters (so it knows whether this evaluation was exported), prints
+`eval @ step N: accuracy A, loss L (best B at step S), exported ...`, writes the
+confusion matrix as an image summary into `eval/`, and refreshes a gs:// train.log.
+Also: `write_hparams`, the HParams summary of a run.
+"""
+import io
+import os
+from typing import Callable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from trainer import console, events, predictions
+
+
+class EvaluationReporter(tf.estimator.Exporter):
+    """Wraps `exporters`; `confusion(checkpoint_path)` returns a [true, predicted] count matrix or None."""
+
+    def __init__(self, exporters: List[tf.estimator.Exporter], model_dir: str,
+                 confusion: Optional[Callable] = None, class_names=()):
+        self._exporters = exporters
+        self._model_dir = model_dir
+        self._confusion = confusion
+        self._class_names = list(class_names)
+        self._warned = False
+
+    @property
+    def name(self) -> str:
+        return "evaluation_reporter"  # Never written to: the wrapped exporters use their own names.
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        exported = None
+        for exporter in self._exporters:
+            result = exporter.export(estimator, os.path.join(os.path.dirname(export_path), exporter.name),
+                                     checkpoint_path, eval_result, is_the_final_export)
+            exported = result or exported
+        if isinstance(exported, bytes):
+            exported = exported.decode()
+        step = int(eval_result.get("global_step", 0))
+        console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
+        if self._confusion is not None:
+            try:
+                matrix = predictions.in_eager_thread(self._confusion, checkpoint_path)
+                if matrix is not None:
+                    predictions.in_eager_thread(write_confusion_image, os.path.join(self._model_dir, "eval"),
+                                                matrix, self._class_names, step)
+            except Exception as e:  # noqa: BLE001 - a picture must never stop training.
+                # Said once on the console; the log has every occurrence.
+                (console.log_only if self._warned else logging.warning)(
+                    "no confusion matrix image for step %d: %s: %s", step, type(e).__name__, str(e)[:300])
+                self._warned = True
+        console.sync()
+        return exported
+
+
+def evaluation_line(model_dir: str, eval_result: dict, exported: Optional[str]) -> str:
+    step = int(eval_result.get("global_step", 0))
+    parts = [f"{k} {float(eval_result[k]):.4f}" for k in ("accuracy", "loss") if k in eval_result]
+    if not parts:  # Multi-output models: every scalar.
+        parts = [f"{k} {float(v):.4f}" for k, v in sorted(eval_result.items()) if k != "global_step"
+                 and np.ndim(v) == 0]
+    best = events.best(events.evaluations(model_dir).get("accuracy", []))
+    best_text = f" (best {best[1]:.4f} at step {best[0]})" if best else ""
+    where = f"exported {os.path.relpath(exported, model_dir) if '://' not in exported else exported}" \
+        if exported else "not exported"
+    return f"eval @ step {step}: {', '.join(parts)}{best_text}, {where}"
+
+
+def confusion_png(matrix: np.ndarray, class_names=(), cell: int = 0) -> bytes:
+    """The confusion matrix as a PNG heatmap: rows true, columns predicted, counts written in the cells
+    (up to 30 classes; beyond that, one pixel block per cell)."""
+    from PIL import Image, ImageDraw
+
+    n = len(matrix)
+    cell = cell or (36 if n <= 12 else 22 if n <= 30 else max(2, 600 // n))
+    labelled = n <= 30
+    margin = 60 if labelled else 0
+    size = margin + n * cell
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # Colour: the fraction of the true class.
+    errors = rows * (1 - np.eye(n))
+    worst = errors.max() or 1.0
+    for i in range(n):
+        for j in range(n):
+            # As in report.html: off the diagonal, red scaled to the worst confusion, so one mistake shows.
+            share = rows[i, j] if i == j else (0.2 + 0.8 * errors[i, j] / worst if matrix[i, j] else 0.0)
+            shade = int(255 * (1 - (0.7 if i == j else 0.85) * share))
+            colour = (shade, shade, 255) if i == j else (255, shade, shade)
+            x, y = margin + j * cell, margin + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
+            if labelled and matrix[i, j]:
+                draw.text((x + 3, y + cell // 3), str(int(matrix[i, j])), fill="black" if shade > 110 else "white")
+    if labelled:
+        names = [str(c)[:8] for c in (class_names or range(n))]
+        for k, name in enumerate(names):
+            draw.text((2, margin + k * cell + cell // 3), name, fill="black")  # Rows: true class.
+            stagger = 10 * (k % 2) if max(map(len, names)) > 3 else 0  # Long names alternate in height.
+            draw.text((margin + k * cell + 2, margin - 14 - stagger), name, fill="black")  # Columns.
+        draw.text((2, 2), "true \\ predicted", fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_confusion_image(eval_dir: str, matrix: np.ndarray, class_names, step: int) -> None:
+    """Adds the heatmap to TensorBoard's Images tab, next to the evaluation's scalars."""
+    image = tf.image.decode_png(confusion_png(matrix, class_names), channels=3)
+    writer = tf.summary.create_file_writer(eval_dir, filename_suffix=".confusion")
+    with writer.as_default():
+        tf.summary.image("confusion_matrix", image[None], step=step,
+                         description="Rows: true class; columns: predicted class; colour: share of the row.")
+    writer.close()
+
+
+def write_hparams(model_dir: str, flags: dict, metrics: dict) -> None:
+    """The HParams summary: flags that differ from defaults and the final metrics, for sweeps side by side."""
+    from tensorboard.plugins.hparams import api as hp
+
+    def plain(value):
+        return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "hparams"))
+    with writer.as_default():
+        hp.hparams_config(hparams=[hp.HParam(name) for name in sorted(flags)],
+                          metrics=[hp.Metric(f"final_{k}") for k in sorted(metrics) if k != "global_step"])
+        hp.hparams({name: plain(value) for name, value in flags.items()})
+        step = int(metrics.get("global_step", 0))
+        for key, value in metrics.items():
+            if key != "global_step":
+                tf.summary.scalar(f"final_{key}", float(value), step=step)
+    writer.close()

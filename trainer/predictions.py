@@ -1,0 +1,164 @@
+"""Predictions on the evaluation split, and the numbers made from them.
+
+Used at each evaluation (the confusion matrix in TensorBoard) and by the report
+(confusion matrix, per-class precision/recall/F1, worst-misclassified images),
+which eval_metrics.json does not hold. The Keras model is run eagerly; callers
+inside the Estimator's graph context use `in_eager_thread`.
+"""
+import dataclasses
+import os
+import threading
+from typing import Callable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data as data_lib
+from trainer import export, inputs, models
+from trainer.config import Config
+
+
+@dataclasses.dataclass
+class Predictions:
+    labels: np.ndarray  # [N] true class ids.
+    probabilities: np.ndarray  # [N, classes]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+def predict(model: tf.keras.Model, input_fn: Callable, label_mode: str, steps: Optional[int] = None
+            ) -> Optional[Predictions]:
+    """Runs a single-output classifier over `input_fn`'s batches (None for multi-output models)."""
+    if len(model.outputs) != 1:
+        return None
+    labels, probabilities = [], []
+    for i, (features, target) in enumerate(input_fn()):
+        if steps is not None and i >= steps:
+            break
+        out = model(features, training=False).numpy().astype(np.float64)
+        target = next(iter(target.values())).numpy() if isinstance(target, dict) else target.numpy()
+        if label_mode == "binary":
+            out = np.concatenate([1.0 - out, out], axis=1)
+            target = (target.reshape(-1) > 0.5).astype(np.int64)
+        elif label_mode == "categorical":
+            target = target.argmax(axis=1)
+        labels.append(target.reshape(-1).astype(np.int64))
+        probabilities.append(out)
+    if not labels:
+        return None
+    return Predictions(np.concatenate(labels), np.concatenate(probabilities))
+
+
+def confusion_matrix(p: Predictions, num_classes: int) -> np.ndarray:
+    """[true, predicted] counts."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (p.labels, p.predicted), 1)
+    return matrix
+
+
+def per_class(matrix: np.ndarray) -> List[dict]:
+    """precision, recall, f1 and support of each class (0 where undefined)."""
+    rows = []
+    for i in range(len(matrix)):
+        tp, predicted, support = matrix[i, i], matrix[:, i].sum(), matrix[i].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                     "support": int(support)})
+    return rows
+
+
+def in_eager_thread(fn: Callable, *args):
+    """Runs `fn` in a fresh thread, where TensorFlow executes eagerly, even when called from inside
+    a graph context (an Estimator exporter or listener); returns its result, re-raises its error."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller.
+            result["error"] = e
+
+    thread = threading.Thread(target=target, name="eager-predictions")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def validation_input(config: Config, model: tf.keras.Model, dataset: data_lib.Dataset) -> Callable:
+    """The evaluation input_fn of a run (as trainer.experiment builds it)."""
+    return inputs.make_input_fn(
+        dataset.validation, training=False, batch_size=config.batch_size, input_names=model.input_names,
+        output_names=model.output_names, label_mode=config.label_mode, num_classes=dataset.num_classes,
+        image_size=None if config.model_fn else model.input_shape[1], seed=config.seed,
+        class_names=dataset.class_names)
+
+
+def config_from_run_info(info: dict) -> Config:
+    """The Config a run was started with, from run_info.json's resolved flags."""
+    flags = dict(info["flags"])
+    fields = {f.name for f in dataclasses.fields(Config)}
+    flags = {k: v for k, v in flags.items() if k in fields}
+    for key in ("classes", "head_units"):
+        flags[key] = tuple(flags.get(key) or ())
+    flags["augment"] = tuple(tuple(a) for a in flags.get("augment") or ())
+    return Config(**flags)
+
+
+def load_run_model(model_dir: str, config: Config, num_classes: int, image_shape) -> Optional[tf.keras.Model]:
+    """The run's model: keras_model.h5 when the run finished, else rebuilt from its latest checkpoint."""
+    from trainer import promotion
+
+    keras_h5 = os.path.join(model_dir, "keras_model.h5")
+    if tf.io.gfile.exists(keras_h5):
+        return promotion.load_keras(keras_h5)
+    checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir or model_dir)
+    if not checkpoint or config.cache_features:
+        return None
+    tf.keras.backend.clear_session()  # Same layer names as in training, so the checkpoint's names match.
+    model = models.build_model(dataclasses.replace(config, weights="none"), num_classes, image_shape)
+    export.restore_from_checkpoint(model, checkpoint)
+    return model
+
+
+def images_at(input_fn: Callable, indices) -> dict:
+    """The model-input images (float [size, size, 3] in [0, 255]) at these positions of `input_fn`'s
+    single-image batches, by position (for thumbnails)."""
+    wanted, found, offset = set(int(i) for i in indices), {}, 0
+    if not wanted:
+        return found
+    for features, _ in input_fn():
+        batch = next(iter(features.values())).numpy() if isinstance(features, dict) else features.numpy()
+        for k in range(len(batch)):
+            if offset + k in wanted:
+                found[offset + k] = batch[k]
+        offset += len(batch)
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def confusion_fn(model: tf.keras.Model, input_fn: Callable, config: Config, num_classes: int) -> Callable:
+    """checkpoint path -> the confusion matrix of that checkpoint on `input_fn` (None for multi-output
+    models); run it with `in_eager_thread` from inside the Estimator.
+
+    Each call builds a fresh Keras model from `model`'s architecture and restores the checkpoint into
+    it: model_to_estimator (and every graph the Estimator builds) leaves Keras models made before it
+    unusable for calls.
+    """
+    architecture = model.to_json() if len(model.outputs) == 1 else None
+
+    def confusion(checkpoint: str) -> Optional[np.ndarray]:
+        if architecture is None:
+            return None
+        fresh = tf.keras.models.model_from_json(architecture)
+        export.restore_from_checkpoint(fresh, checkpoint)
+        result = predict(fresh, input_fn, config.label_mode, config.eval_steps)
+        return confusion_matrix(result, num_classes) if result is not None else None
+
+    return confusion
