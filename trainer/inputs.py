@@ -29,11 +29,12 @@ CACHE_BYTES = 1 << 30
 def pipeline_options() -> tf.data.Options:
     """Options for every input pipeline of a run: the tf.data autotuner off.
 
-    The autotuner's background thread sleeps between optimizations for a period that
-    doubles up to about a minute, and destroying the iterator (the Estimator closing a
-    training or evaluation Session) waits for that sleep to end: measured on TF 2.15, a
-    0-41 s stall at the end of a session alive for 45 s. Fixed parallelism avoids the
-    thread altogether; on these pipelines it is as fast (see README "Performance").
+    The autotuner's background thread sleeps between optimizations for a period doubling
+    from 10 ms to 60 s. Destroying the iterator (the Estimator closing a training or
+    evaluation Session) joins that thread, which can miss the cancellation and sleep out
+    its period: on TF 2.15, 37 s in 3 of 7 closes of a session alive for 45 s (issue 15,
+    README "Performance"). Without the autotuner there is no such thread; fixed
+    parallelism keeps these pipelines well above the training throughput.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
