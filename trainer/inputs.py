@@ -32,7 +32,7 @@ def pipeline_options() -> tf.data.Options:
     The autotuner's background thread sleeps between optimizations for a period doubling
     from 10 ms to 60 s. Destroying the iterator (the Estimator closing a training or
     evaluation Session) joins that thread, which can miss the cancellation and sleep out
-    its period: on TF 2.15, 37 s in 3 of 7 closes of a session alive for 45 s (issue 15,
+    its period: on TF 2.15, 37 s in 5 of 10 closes of a session alive for 45 s (issue 15,
     README "Performance"). Without the autotuner there is no such thread; fixed
     parallelism keeps these pipelines well above the training throughput.
     """
