@@ -61,7 +61,8 @@ def split(model: tf.keras.Model) -> Tuple[tf.keras.Model, tf.keras.Model]:
 
 def make_forward(features_model: tf.keras.Model) -> Callable:
     """The trunk's forward pass as one graph function, traced once for every split and batch size."""
-    signature = [{name: tf.TensorSpec([None, *t.shape[1:]], t.dtype)
+    # Input pipelines always feed float32 (`inputs.to_model_images`), whatever the model's input dtype.
+    signature = [{name: tf.TensorSpec([None, *t.shape[1:]], tf.float32)
                   for name, t in zip(features_model.input_names, features_model.inputs)}]
     return tf.function(lambda x: features_model(x, training=False), input_signature=signature)
 
