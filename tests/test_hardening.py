@@ -248,7 +248,7 @@ def _wait_training(proc):
 @pytest.mark.parametrize("sig, status, word", [(signal.SIGTERM, 143, "preempted"), (signal.SIGINT, 130, "interrupted")])
 def test_signal_without_model_dir_names_the_folder_to_resume(tmp_path, sig, status, word):
     args = ["--data=digits", "--backbone=mlp", "--train_steps=100000", "--save_checkpoints_steps=100000"]
-    proc = _start(tmp_path, *args)
+    proc = _start(tmp_path, *args, "--verbose")  # The full log on the console: we wait for its first step.
     _wait_training(proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

@@ -1,4 +1,5 @@
 """--cache_features: trains on cached trunk outputs, exports the full model, refuses when it must.
+And every input pipeline runs without the tf.data autotuner (whose thread stalled Session close).
 
 Speed is measured by scripts/benchmark.py, not here: CI stays independent of machine speed.
 """
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import experiment
+from trainer import data, experiment, feature_cache, inputs
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -31,6 +32,10 @@ def test_cached_run_matches_uncached_and_exports_the_full_model(tmp_path, base_m
     assert cached["global_step"] == plain["global_step"] == 80
     assert cached["accuracy"] == pytest.approx(plain["accuracy"], abs=0.03)
     assert cached["loss"] == pytest.approx(plain["loss"], rel=0.15, abs=0.02)
+    # The final evaluation is the head's on cached validation features: the full model's on the images.
+    metrics = json.loads((tmp_path / "cached" / "eval_metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "loss", "global_step"} and metrics["global_step"] == 80
+    assert metrics["accuracy"] == cached["accuracy"] and metrics["loss"] == cached["loss"]
     info = json.loads((tmp_path / "cached" / "run_info.json").read_text())
     assert info["feature_cache"]["shape"] == [64] and info["feature_cache"]["train_examples"] > 300
     # keras_model.h5 and the SavedModel are the full model: raw pixels in, the trunk inside.
@@ -40,10 +45,35 @@ def test_cached_run_matches_uncached_and_exports_the_full_model(tmp_path, base_m
     x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(serving(image=tf.constant(x))["probabilities"].numpy(), full.predict(x, verbose=0),
                                rtol=1e-4, atol=1e-6)
+    validation = data.load(Config(data="digits", classes=COMMON["classes"])).validation
+    full.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    on_images = full.evaluate(np.repeat(validation.x["x"], 3, -1), validation.labels, verbose=0, return_dict=True)
+    assert on_images["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    # Estimator's loss is the mean of batch means (a smaller last batch weighs more): close, not equal.
+    assert on_images["loss"] == pytest.approx(metrics["loss"], rel=0.05)
     # Resuming a cached run continues from its head-only checkpoint.
     more = experiment.train_and_evaluate(Config(base_model=base_model, cache_features=True,
                                                 model_dir=str(tmp_path / "cached"), **{**COMMON, "train_steps": 100}))
     assert more["global_step"] == 100
+    # The same command again, nothing left to train: the metrics come from a fresh evaluation.
+    again = experiment.train_and_evaluate(Config(base_model=base_model, cache_features=True,
+                                                 model_dir=str(tmp_path / "cached"), **{**COMMON, "train_steps": 100}))
+    assert again["global_step"] == 100 and again["accuracy"] == pytest.approx(more["accuracy"], abs=1e-6)
+
+
+def test_input_pipelines_run_without_the_autotuner(tmp_path):
+    """The autotuner's thread sleeps up to a minute and Session close waited for it (issue 15)."""
+    dataset = data.load(Config(data="digits"))
+    for split, training in ((dataset.train, True), (dataset.validation, False)):
+        ds = inputs.make_input_fn(split, training=training, batch_size=8, input_names=["image"],
+                                  output_names=["out"], label_mode="sparse", num_classes=10, image_size=8)()
+        assert ds.options().autotune.enabled is False
+    path = tmp_path / "features.f32"
+    path.write_bytes(np.zeros((4, 2), np.float32).tobytes())
+    for training in (True, False):
+        ds = feature_cache.make_feature_input_fn(str(path), (2,), np.zeros(4, np.int64), "out", training=training,
+                                                 batch_size=2, seed=0)()
+        assert ds.options().autotune.enabled is False
 
 
 @pytest.mark.parametrize("kw, fragment", [

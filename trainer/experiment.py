@@ -494,17 +494,23 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
 
 
 def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path) -> dict:
-    """--cache_features: trunk outputs computed once, the head trained on them, the full model exported."""
+    """--cache_features: trunk outputs computed once, the head trained and evaluated on them.
+
+    The trunk runs once per split and nothing after training runs it again: the final
+    evaluation is the head's on the cached validation features (what the full model gives
+    on the images), and the full model is only rebuilt for keras_model.h5 and the export.
+    """
     files.remove_temporaries(config.model_dir)
     files.write_json(info_path, run_info)
     started = time.time()
     features_model, head = feature_cache.split(model)
+    forward = feature_cache.make_forward(features_model)  # Traced once for both splits.
     # Raw feature files want a local disk (under --model_dir when it is local).
     cache_dir = (os.path.join(config.checkpoint_dir, "feature_cache") if "://" not in config.checkpoint_dir
                  else tempfile.mkdtemp(prefix="feature-cache-"))
-    train_file, shape, train_y = feature_cache.compute(features_model, make_input(dataset.train, False),
+    train_file, shape, train_y = feature_cache.compute(forward, make_input(dataset.train, False),
                                                        os.path.join(cache_dir, "train.f32"))
-    val_file, _, val_y = feature_cache.compute(features_model, make_input(dataset.validation, False),
+    val_file, _, val_y = feature_cache.compute(forward, make_input(dataset.validation, False),
                                                os.path.join(cache_dir, "validation.f32"))
     run_info["feature_cache"] = {"seconds": round(time.time() - started, 1), "shape": list(shape),
                                  "train_examples": len(train_y), "file": train_file}
@@ -519,26 +525,25 @@ def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info
         max_steps=config.train_steps,
         hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],
         saving_listeners=listeners.make_listeners(config, plan))
+    eval_input = feature_cache.make_feature_input_fn(val_file, shape, val_y, output, training=False,
+                                                     batch_size=config.batch_size, seed=config.seed)
     eval_spec = tf.estimator.EvalSpec(
-        feature_cache.make_feature_input_fn(val_file, shape, val_y, output, training=False,
-                                            batch_size=config.batch_size, seed=config.seed),
-        steps=None, exporters=[evaluations.EvaluationReporter([], config.checkpoint_dir)]
+        eval_input, steps=config.eval_steps, exporters=[evaluations.EvaluationReporter([], config.checkpoint_dir)]
         + hypertune.make_reporters(config), start_delay_secs=0,
         throttle_secs=config.eval_throttle_secs)
-    _train(estimator, train_spec, eval_spec, progress_hook)
+    eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
+    if not eval_metrics:  # Resumed at the last step: nothing was trained, so nothing evaluated.
+        eval_metrics = estimator.evaluate(eval_input, steps=config.eval_steps)
+    eval_metrics = _to_builtin(eval_metrics)
     checkpoint = _finite_checkpoint(config)
-    keras_path = os.path.join(config.model_dir, "keras_model.h5")
-    export.save_keras_model(head, checkpoint, keras_path, full_model=model)  # Head weights are shared.
-    full = promotion.load_keras(keras_path)
-    eval_metrics = promotion.evaluate_keras(keras_path, make_input(dataset.validation, False), config)
-    eval_metrics["global_step"] = int(tf.train.load_checkpoint(checkpoint).get_tensor("global_step"))
+    # The head's layers are the full model's: restoring the head completes `model`.
+    export.save_keras_model(head, checkpoint, os.path.join(config.model_dir, "keras_model.h5"), full_model=model)
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
-    models.compile_model(full, config)
     export_path = feature_cache.export_full_model(
-        full, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
+        model, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
         serving_fn, os.path.join(config.model_dir, "export", config.export))
     return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started, full, dataset)
+                   make_input(dataset.validation, False), started, model, dataset)
 
 
 def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names, schedule=None):

@@ -5,9 +5,12 @@ images through the same trunk. Instead the trunk's outputs are computed in one
 pass into a raw file under --model_dir/feature_cache/ (read back by tf.data in
 C++, and kept in memory after the first epoch when they fit), and the Estimator
 trains a head-only model on them. The head's layers are the full
-model's own (shared) layers, so its checkpoint names the same variables; after
-training, the full model (trunk + trained head) is what is evaluated, exported
-and written to keras_model.h5, exactly as in an uncached run.
+model's own (shared) layers, so its checkpoint names the same variables.
+Evaluations (during training and the final one) run the head on the cached
+validation features: the same numbers as the full model on the images, without
+a second pass of the trunk. After training, the full model (trunk + trained
+head) is what is written to keras_model.h5 and exported, exactly as in an
+uncached run.
 """
 import os
 import shutil
@@ -18,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.errors import UsageError
+from trainer.inputs import PREFETCH_BATCHES, pipeline_options
 
 MEMORY_LIMIT_BYTES = 2 << 30  # Features up to this size are cached in memory after the first read.
 
@@ -55,13 +59,20 @@ def split(model: tf.keras.Model) -> Tuple[tf.keras.Model, tf.keras.Model]:
     return features, tf.keras.Model(inputs, x, name="head")
 
 
-def compute(features_model: tf.keras.Model, input_fn: Callable, path: str) -> Tuple[str, tuple, np.ndarray]:
-    """Runs the trunk over one ordered pass of a split.
+def make_forward(features_model: tf.keras.Model) -> Callable:
+    """The trunk's forward pass as one graph function, traced once for every split and batch size."""
+    # Input pipelines always feed float32 (`inputs.to_model_images`), whatever the model's input dtype.
+    signature = [{name: tf.TensorSpec([None, *t.shape[1:]], tf.float32)
+                  for name, t in zip(features_model.input_names, features_model.inputs)}]
+    return tf.function(lambda x: features_model(x, training=False), input_signature=signature)
+
+
+def compute(forward: Callable, input_fn: Callable, path: str) -> Tuple[str, tuple, np.ndarray]:
+    """Runs the trunk (`make_forward`) over one ordered pass of a split.
 
     Features are appended to a raw float32 file at `path` as they come (never all in
     memory at once); labels, small, are returned. Returns (path, feature shape, labels).
     """
-    forward = tf.function(lambda x: features_model(x, training=False))  # Graph speed, not op by op.
     tf.io.gfile.makedirs(os.path.dirname(path))
     labels, shape = [], None
     with open(path, "wb") as f:
@@ -88,7 +99,8 @@ def make_feature_input_fn(path: str, shape: tuple, labels: np.ndarray, output_na
             ds = ds.cache()  # In memory from the second epoch on.
         if training:
             ds = ds.shuffle(min(len(labels), 100_000), seed=seed).repeat()
-        return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=training).prefetch(PREFETCH_BATCHES)
+        return ds.with_options(pipeline_options())  # No autotuner thread to wait for at Session close.
 
     return input_fn
 

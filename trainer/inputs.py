@@ -6,6 +6,7 @@ labels a dict keyed by its output names. Files and records are decoded in
 parallel; work that is the same for every image (channels to 3, resize,
 augmentation, label encoding) runs on whole batches.
 """
+import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,8 +18,27 @@ from trainer.data import Split
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000
+# Fixed parallelism and prefetch depth: the tf.data autotuner is off (see `pipeline_options`),
+# and AUTOTUNE values alone would fall back to defaults without it.
+PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+PREFETCH_BATCHES = 2
 # Decoded training images are kept in memory (decoded once, not every epoch) up to this size.
 CACHE_BYTES = 1 << 30
+
+
+def pipeline_options() -> tf.data.Options:
+    """Options for every input pipeline of a run: the tf.data autotuner off.
+
+    The autotuner's background thread sleeps between optimizations for a period doubling
+    from 10 ms to 60 s. Destroying the iterator (the Estimator closing a training or
+    evaluation Session) joins that thread, which can miss the cancellation and sleep out
+    its period: on TF 2.15, 37 s in 5 of 10 closes of a session alive for 45 s (issue 15,
+    README "Performance"). Without the autotuner there is no such thread; fixed
+    parallelism keeps these pipelines well above the training throughput.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def encode_labels(labels, label_mode: str, num_classes: int):
@@ -92,18 +112,18 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
         # Training on images that fit in memory: decode once, cache, then shuffle every epoch.
         cache = training and encoded and split.known_size and len(split) * image_size ** 2 * 12 <= CACHE_BYTES
         if cache:
-            ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
+            ds = ds.map(decode, num_parallel_calls=PARALLEL_CALLS).cache()
         if training:
             buffer = min(len(split), SHUFFLE_BUFFER) if split.known_size else SHUFFLE_BUFFER
             ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True).repeat()
         if encoded and not cache:
-            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
+            ds = ds.map(decode, num_parallel_calls=PARALLEL_CALLS, deterministic=not training)
         ds = ds.batch(batch, drop_remainder=drop_remainder).enumerate()
         pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
         ds = ds.map(lambda i, batch: _finish_batch(*batch, label_mode, num_classes, image_size, output_names,
                                                    augment, tf.stack([tf.cast(seed, tf.int64) * 1000 + pipeline_id, i])),
-                    num_parallel_calls=AUTOTUNE)
-        return ds.prefetch(AUTOTUNE)
+                    num_parallel_calls=PARALLEL_CALLS)
+        return ds.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
 
     return input_fn
 
