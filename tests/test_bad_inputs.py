@@ -16,8 +16,8 @@ from trainer import experiment, task
 from trainer.config import Config
 
 
-def cli(capsys, *args):
-    """Runs the trainer's entry point; returns (exit status, the error lines on stderr)."""
+def cli(capsys, *args, whole_stderr=False):
+    """Runs the trainer's entry point; returns (exit status, the error lines on stderr [, all of stderr])."""
     flags.FLAGS.unparse_flags()
     try:
         argv = task._parse_flags(["trainer", *args])
@@ -27,7 +27,8 @@ def cli(capsys, *args):
         status = e.code
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    return status, [line for line in err.splitlines() if line.startswith("error:")]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    return (status, errors, err) if whole_stderr else (status, errors)
 
 
 def assert_error(capsys, fragment, *args):

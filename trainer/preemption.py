@@ -23,8 +23,12 @@ _training = threading.Event()
 _signal = [signal.SIGTERM]  # The signal that stopped the run.
 
 
-class Preempted(Exception):
-    """Raised out of train_and_evaluate when SIGTERM (or SIGINT, Ctrl-C) arrived."""
+class Preempted(BaseException):
+    """Raised out of train_and_evaluate when SIGTERM (or SIGINT, Ctrl-C) arrived.
+
+    A BaseException, like KeyboardInterrupt: code that catches Exception (a logging handler, AutoGraph's
+    tracing fallback, TensorFlow's own retries) must not swallow a stop request.
+    """
 
     def __init__(self, step: Optional[int] = None):
         super().__init__(f"preempted at step {step}" if step is not None else "preempted")
