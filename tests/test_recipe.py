@@ -2,6 +2,7 @@
 early stopping, class weights, label smoothing, regularisation and the richer evaluation metrics."""
 import glob
 import json
+import math
 import os
 import re
 import signal
@@ -62,12 +63,15 @@ def test_learning_rate_scalar_follows_warmup_and_cosine(tmp_path):
 def test_epochs_set_the_steps(capsys, tmp_path):
     run = tmp_path / "run"
     status, errors = cli(capsys, "--data=digits", "--classes=0,1,2", "--backbone=mlp", "--epochs=1.5",
-                         "--batch_size=16", f"--model_dir={run}")
+                         "--fine_tune_epochs=0.5", "--batch_size=16", "--lr_schedule=step", "--lr_decay_rate=0.5",
+                         "--lr_decay_steps=20", f"--model_dir={run}")
     assert status == 0 and not errors
     info = json.loads((run / "run_info.json").read_text())
     examples = sum(info["counts"]["train"].values())
     assert info["steps_per_epoch"] == -(-examples // 16)
-    assert info["train_steps"] == -(-int(1.5 * examples) // 16)
+    first = math.ceil(1.5 * examples / 16)
+    assert [(p["first_step"], p["last_step"]) for p in info["phases"]] == [(0, first), (first, first + -(-examples // 32))]
+    assert info["train_steps"] == info["phases"][-1]["last_step"]
     assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == info["train_steps"]
     assert_error(capsys, "--epochs=2.0 and --train_steps=10 exclude each other", "--data=digits", "--epochs=2",
                  "--train_steps=10", f"--model_dir={tmp_path / 'x'}")
@@ -242,3 +246,14 @@ def test_warm_start_onto_another_class_set(capsys, tmp_path):
     assert np.abs(trunk_kernel - old.get_tensor("fc1/kernel")).max() < 0.05  # The trunk carried over.
     per_class = json.loads((second / "eval_metrics.json").read_text())["per_class"]
     assert per_class["2"]["recall"] > 0.8 and per_class["1"]["recall"] > 0.8  # Kept classes work at once.
+
+
+def test_two_phases_under_mirrored_cpu_replicas(capsys, tmp_path):
+    run = tmp_path / "run"
+    status, errors = cli(capsys, "--data=digits", "--backbone=small_cnn", "--strategy=mirrored", "--num_cpu_replicas=2",
+                         "--train_steps=20", "--fine_tune_steps=20", "--lr_schedule=cosine", "--label_smoothing=0.1",
+                         "--class_weight=balanced", "--save_checkpoints_steps=20", f"--model_dir={run}")
+    assert status == 0 and not errors
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["num_replicas"] == 2 and [p["name"] for p in info["phases"]] == ["train", "fine_tune"]
+    assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == 40
