@@ -167,6 +167,16 @@ def restart_optimizer_state(model_fn: Callable, run_config, model: tf.keras.Mode
             lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), spec)
         model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, run_config)
         variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+        # Under MirroredStrategy each replica has its own optimizer slots, saved as `<slot>/replica_<k>`:
+        # fresh ones are copies of the first replica's initial values (restore ignores keys it does not need).
+        strategy = getattr(run_config, "train_distribute", None)
+        replicas = getattr(strategy, "num_replicas_in_sync", 1) if strategy is not None else 1
+        for name, variable in list(variables.items()):
+            if name in keras_values or name == "global_step":
+                continue
+            for k in range(1, replicas):
+                variables[f"{name}/replica_{k}"] = tf.compat.v1.Variable(
+                    variable.initial_value, trainable=False, name=f"{name}/replica_{k}".replace("/", "_"))
         init = tf.compat.v1.global_variables_initializer()
         saver = tf.compat.v1.train.Saver(var_list=variables, sharded=True)
         with tf.compat.v1.Session(graph=graph) as session:
@@ -180,7 +190,7 @@ def restart_optimizer_state(model_fn: Callable, run_config, model: tf.keras.Mode
                 variables["global_step"].load(step, session)
             path = saver.save(session, os.path.join(checkpoint_dir, "phase.ckpt"), global_step=step,
                               write_meta_graph=False)
-    kept = sum(1 for n in variables if n in saved and n in keras_values)
+    kept = sum(1 for n in variables if n in saved and n in keras_values)  # noqa: F841 - logged below.
     logging.info("new phase at step %d: %d weights kept, %d optimizer variables fresh (%s)", step, kept,
                  sum(1 for n in variables if n not in keras_values and n != "global_step"), path)
     return path
