@@ -302,3 +302,23 @@ def test_best_export_survives_a_restart_with_a_worse_evaluation(tmp_path):
     assert [str(p) for p in versions] == [best["export"]]  # ...and nothing worse was exported.
     info = json.loads((run / "run_info.json").read_text())
     assert info["export"] == best["export"]
+
+
+def test_flags_seldom_used_run_end_to_end(capsys, tmp_path):
+    """--eval_steps, --jit, --checkpoint_dir, --tensorboard_dir, --num_gpus, --promote_metric/--promote_min_delta."""
+    checkpoints, board, champions = tmp_path / "ckpt", tmp_path / "board", tmp_path / "champions"
+    common = ["--data=digits", "--backbone=mlp", "--train_steps=30", "--eval_steps=2", "--jit",
+              f"--checkpoint_dir={checkpoints}", f"--tensorboard_dir={board}", "--strategy=one_device",
+              "--num_gpus=0", f"--champion_dir={champions}", "--promote_metric=macro_f1"]
+    status, errors = cli(capsys, *common, f"--model_dir={tmp_path / 'a'}")
+    assert status == 0 and not errors
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("model.ckpt-30")  # Not in --model_dir.
+    assert list(board.rglob("events.out.tfevents.*"))
+    info = json.loads((tmp_path / "a" / "run_info.json").read_text())
+    assert info["promotion"]["promoted"] and info["promotion"]["metric"] == "macro_f1"
+    assert 0 < info["promotion"]["challenger"] <= 1
+    # A second run that must beat the champion's macro F1 by 2.0 (impossible) is not promoted.
+    status, errors = cli(capsys, *common[:4], f"--checkpoint_dir={tmp_path / 'ckpt2'}", f"--champion_dir={champions}",
+                         "--promote_metric=macro_f1", "--promote_min_delta=2.0", f"--model_dir={tmp_path / 'b'}")
+    assert status == 0 and not errors
+    assert not json.loads((tmp_path / "b" / "run_info.json").read_text())["promotion"]["promoted"]

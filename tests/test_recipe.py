@@ -251,9 +251,11 @@ def test_warm_start_onto_another_class_set(capsys, tmp_path):
 def test_two_phases_under_mirrored_cpu_replicas(capsys, tmp_path):
     run = tmp_path / "run"
     status, errors = cli(capsys, "--data=digits", "--backbone=small_cnn", "--strategy=mirrored", "--num_cpu_replicas=2",
-                         "--train_steps=20", "--fine_tune_steps=20", "--lr_schedule=cosine", "--label_smoothing=0.1",
+                         "--train_steps=20", "--fine_tune_steps=20", "--fine_tune_learning_rate=5e-4",
+                         "--lr_schedule=cosine", "--label_smoothing=0.1",
                          "--class_weight=balanced", "--save_checkpoints_steps=20", f"--model_dir={run}")
     assert status == 0 and not errors
     info = json.loads((run / "run_info.json").read_text())
     assert info["num_replicas"] == 2 and [p["name"] for p in info["phases"]] == ["train", "fine_tune"]
+    assert info["phases"][1]["learning_rate"] == pytest.approx(5e-4)
     assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == 40

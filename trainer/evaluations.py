@@ -42,9 +42,12 @@ class EvaluationReporter(tf.estimator.Exporter):
             exported = exported.decode()
         step = int(eval_result.get("global_step", 0))
         console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
-        if self._confusion is not None:
+        if self._confusion is not None or "confusion_matrix" in eval_result:
             try:
-                matrix = predictions.in_eager_thread(self._confusion, checkpoint_path)
+                # The evaluation's own streaming matrix (trainer.metrics) when it has one: no second pass.
+                matrix = eval_result.get("confusion_matrix")
+                if matrix is None:
+                    matrix = predictions.in_eager_thread(self._confusion, checkpoint_path)
                 if matrix is not None:
                     predictions.in_eager_thread(write_confusion_image, os.path.join(self._model_dir, "eval"),
                                                 matrix, self._class_names, step)

@@ -7,7 +7,6 @@ files of the output contract; workers and the evaluator leave nothing else.
 """
 import dataclasses
 import glob
-import math
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from absl import logging
 
 from trainer import data as data_lib
 from trainer import (console, distribution, early_stopping, evaluations, export, feature_cache, files, hypertune,
-                     inputs, listeners, metrics, models, phases, predictions, preemption, preflight, progress,
+                     inputs, listeners, metrics, models, phases, preemption, preflight, progress,
                      promotion, record_faults, report, schedules, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
@@ -282,19 +281,19 @@ def train_and_evaluate(config: Config) -> dict:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
     started = time.time()
     # Writes run_info.json early (so a crashed run still says what it was), after reading the previous one.
-    steps = _prepare_phases(config, plan, dataset, model, run_info, info_path)
+    steps = phases.prepare(config, plan, dataset, model, run_info, info_path)
     eval_metrics, estimator = None, None
     for index, step in enumerate(steps):
         if early_stopping.stopped_at(config.model_dir) is not None:
             break  # Decided earlier (this run or one before a restart): no more training.
         if index or step.restart_optimizer:
-            model = _phase_model(config, num_classes, image_shape, step.phase, model)
+            model = phases.model_for(config, num_classes, image_shape, step.phase, model)
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
         models.compile_model(model, config, schedule, run_info.get("class_weights"))
         estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names,
                                         schedule)
         if step.restart_optimizer:
-            _start_phase(config, plan, estimator, model, make_input(dataset.train, True), step, run_info, info_path)
+            phases.start(config, plan, estimator, model, make_input(dataset.train, True), step, run_info, info_path)
         progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
                                               learning_rate=schedule)
         hooks = [progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
@@ -302,11 +301,9 @@ def train_and_evaluate(config: Config) -> dict:
             hooks.append(early_stopping.StopHook(config.model_dir))
         train_spec = tf.estimator.TrainSpec(make_input(dataset.train, True), max_steps=step.phase.last_step,
                                             hooks=hooks, saving_listeners=listeners.make_listeners(config, plan))
-        confusion = None if plan.name == "tpu" else predictions.confusion_fn(
-            model, make_input(dataset.validation, False), config, num_classes)
         eval_spec = tf.estimator.EvalSpec(
             make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-            exporters=_exporters(config, serving_fn, confusion, dataset.class_names), start_delay_secs=0,
+            exporters=_exporters(config, serving_fn, None, dataset.class_names), start_delay_secs=0,
             throttle_secs=config.eval_throttle_secs)
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
@@ -337,8 +334,12 @@ def train_and_evaluate(config: Config) -> dict:
     if config.early_stopping_patience:
         run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
-    eval_metrics.update(_full_metrics(config, os.path.join(config.model_dir, "keras_model.h5"),
-                                      make_input(dataset.validation, False), dataset.class_names))
+    # Per-class figures of the served model, from its evaluation's confusion matrix (trainer.metrics).
+    matrix = (best or {}).get("confusion_matrix") if config.export == "best" and best else \
+        eval_metrics.get("confusion_matrix")
+    eval_metrics.pop("confusion_matrix", None)
+    if matrix is not None:
+        eval_metrics.update(metrics.from_confusion(matrix, dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
     export_path = export.latest_export(config.checkpoint_dir, config.export)
     if export_path is None:  # No exporter ran here (distributed without an evaluator).
@@ -362,97 +363,6 @@ def _exporters(config: Config, serving_fn, confusion=None, class_names=()) -> li
                                                 config.early_stopping_patience, config.early_stopping_min_delta))
     return [evaluations.EvaluationReporter(exporters, config.checkpoint_dir, confusion, class_names)] + \
         hypertune.make_reporters(config)
-
-
-def _prepare_phases(config, plan, dataset, model, run_info, info_path):
-    """The phases still to train from the latest checkpoint, recorded in run_info.json."""
-    train_examples = len(dataset.train) if dataset.train.known_size else None
-    planned = phases.plan(config, train_examples)
-    if train_examples:
-        run_info["steps_per_epoch"] = math.ceil(train_examples / config.batch_size)
-    run_info["train_steps"] = planned[-1].last_step
-    run_info["class_weights"] = _class_weights(config, dataset)
-    # Every task reads it: they must agree on the phases (workers may read it after the chief rewrote it,
-    # which gives the same answer: see phases.resolve).
-    previous = files.read_json(info_path)
-    latest = tf.train.latest_checkpoint(config.checkpoint_dir)
-    step = int(latest.rsplit("-", 1)[1]) if latest else 0
-    fresh = bool(latest) and os.path.basename(latest).startswith("phase.ckpt")
-    steps, history = phases.resolve(planned, phases.history_of(previous), step, fresh)
-    if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and plan.name == "tpu":
-        raise UsageError("training phases (--fine_tune_steps, or resuming with another --optimizer, "
-                         "--learning_rate or --freeze) are not supported with --strategy=tpu yet")
-    for record in history:  # The phase this process starts in, when it trains the model as built.
-        if steps and record["first_step"] == steps[0].first_step and not record.get("trainable_params") \
-                and not steps[0].restart_optimizer:
-            record["trainable_params"] = models.summarize(model)["trainable_params"]
-    run_info["phases"] = history
-    if plan.is_chief:
-        files.write_json(info_path, run_info)
-    return steps
-
-
-def _phase_model(config, num_classes, image_shape, phase, model):
-    """The model as this phase trains it (its freezing; BatchNorm in inference mode when fine-tuning)."""
-    if phase.freeze == (config.freeze or models.default_freeze(config)) and not phase.trunk_inference:
-        return model
-    tf.keras.backend.clear_session()  # The same variable names as the first phase's model.
-    tf.keras.utils.set_random_seed(config.seed)
-    return models.build_model(config, num_classes, image_shape, freeze_spec=phase.freeze,
-                              trunk_inference=phase.trunk_inference)
-
-
-def _start_phase(config, plan, estimator, model, train_input_fn, step, run_info, info_path):
-    """A phase boundary: the chief rewrites the latest checkpoint with a fresh optimizer state."""
-    trainable = models.summarize(model)["trainable_params"]
-    for record in run_info["phases"]:
-        if record["first_step"] == step.first_step:
-            record["trainable_params"] = trainable
-    if plan.is_chief:
-        phases.restart_optimizer_state(estimator.model_fn, estimator.config, model, train_input_fn,
-                                       config.checkpoint_dir, step.first_step)
-        files.write_json(info_path, run_info)
-        phases.write_ready_marker(config.checkpoint_dir, step.first_step)
-    else:
-        phases.wait_ready_marker(config.checkpoint_dir, step.first_step)
-
-
-def _class_weights(config: Config, dataset) -> Optional[list]:
-    """--class_weight as one weight per class (None: unweighted)."""
-    if config.class_weight == "none":
-        return None
-    names = dataset.class_names
-    if config.class_weight == "balanced":
-        if not dataset.train.known_size:
-            raise UsageError("--class_weight=balanced needs the training counts, unknown for TFRecords read with "
-                             "--labels_file; give a .json file of weights")
-        counts = np.bincount(dataset.train.labels, minlength=len(names)).astype(float)
-        return [float(len(dataset.train) / (len(names) * c)) if c else 0.0 for c in counts]
-    try:
-        given = files.read_json(config.class_weight)
-    except ValueError as e:
-        raise UsageError(f"--class_weight={config.class_weight} is not valid JSON ({e})") from None
-    if given is None:
-        raise UsageError(f"--class_weight={config.class_weight} does not exist")
-    if not isinstance(given, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in given.values()):
-        raise UsageError(f"--class_weight={config.class_weight} must map class names to weights >= 0")
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise UsageError(f"--class_weight={config.class_weight} names classes absent from the data: "
-                         f"{', '.join(unknown[:5])} (classes: {', '.join(names[:10])})")
-    return [float(given.get(name, 1.0)) for name in names]
-
-
-def _full_metrics(config: Config, keras_path: str, eval_input_fn, class_names) -> dict:
-    """Per-class precision/recall/F1, the confusion matrix, top-k and AUC over the whole evaluation split."""
-    model = promotion.load_keras(keras_path)  # A fresh copy: the Estimator marked the original graph-bound.
-    if len(model.outputs) != 1:
-        return {}
-    probabilities, ids = metrics.predict_split(model, eval_input_fn, config.label_mode)
-    extra = metrics.from_predictions(probabilities, ids, class_names, config.top_k,
-                                     binary=config.label_mode == "binary")
-    extra.pop("accuracy", None)  # The Estimator's own figure stays (they agree; a test checks it).
-    return extra
 
 
 def _train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:

@@ -136,8 +136,10 @@ class BestExporter(tf.estimator.Exporter):
         path = self._exporter.export(estimator, export_path, checkpoint_path, eval_result, is_the_final_export)
         path = path.decode() if isinstance(path, bytes) else path
         # The version folder's name only: the model_dir may be reached by another path after a restart.
-        files.write_json(os.path.join(export_path, BEST_RECORD),
-                         {"metrics": current, "export": os.path.basename(path.rstrip("/"))})
+        record = {"metrics": current, "export": os.path.basename(path.rstrip("/"))}
+        if eval_result.get("confusion_matrix") is not None:  # For eval_metrics.json's per-class figures.
+            record["confusion_matrix"] = np.asarray(eval_result["confusion_matrix"]).round().astype(int).tolist()
+        files.write_json(os.path.join(export_path, BEST_RECORD), record)
         logging.info("best so far: %s, exported to %s", _metric_text(current), path)
         return path
 

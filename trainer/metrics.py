@@ -57,6 +57,8 @@ def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
         ops = dict(spec.eval_metric_ops or {})
         matrix, update = _streaming_confusion(true_ids, predicted, num_classes)
         ops["macro_f1"] = (_macro_f1_tensor(matrix), update)
+        # The matrix itself: exporters draw it and eval_metrics.json reports it, with no second pass.
+        ops["confusion_matrix"] = (tf.identity(matrix), tf.no_op())
         if label_mode == "binary":
             ops["auc"] = tf.compat.v1.metrics.auc(true_ids, scores, num_thresholds=500)
         elif num_classes > top_k:
@@ -77,6 +79,22 @@ def available(num_classes: int, label_mode: str, top_k: int) -> List[str]:
     return names
 
 
+def from_confusion(matrix, class_names: Sequence[str]) -> Dict:
+    """`per_class` precision/recall/F1/support and the labelled `confusion_matrix` from counts [true, predicted]."""
+    matrix = np.asarray(matrix).round().astype(np.int64)
+    k = len(class_names)
+    tp = np.diag(matrix).astype(float)
+    predicted_count, support = matrix.sum(0), matrix.sum(1)
+    precision = np.divide(tp, predicted_count, out=np.zeros(k), where=predicted_count > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    return {
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(class_names)},
+        "confusion_matrix": {"labels": list(class_names), "matrix": matrix.tolist()},
+    }
+
+
 def from_predictions(probabilities: np.ndarray, true_ids: np.ndarray, class_names: Sequence[str],
                      top_k: int = 5, binary: bool = False) -> Dict:
     """Metrics over a whole split from class probabilities [N, k] (binary: [N, 1] or [N, 2])."""
@@ -88,17 +106,13 @@ def from_predictions(probabilities: np.ndarray, true_ids: np.ndarray, class_name
     predicted = probabilities.argmax(-1)
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (true_ids, predicted), 1)
-    tp = np.diag(matrix).astype(float)
-    predicted_count, support = matrix.sum(0), matrix.sum(1)
-    precision = np.divide(tp, predicted_count, out=np.zeros(k), where=predicted_count > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    support = matrix.sum(1)
+    table = from_confusion(matrix, class_names)
+    f1 = np.array([table["per_class"][name]["f1"] for name in class_names])
     out = {
         "accuracy": float((predicted == true_ids).mean()) if len(true_ids) else 0.0,
         "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(class_names)},
-        "confusion_matrix": {"labels": list(class_names), "matrix": matrix.tolist()},
+        **table,
     }
     if binary:
         out["auc"] = _auc(probabilities[:, 1], true_ids)

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from trainer import files, models
+from trainer import class_weights, files, models
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -210,3 +210,56 @@ def wait_ready_marker(checkpoint_dir: str, first_step: int, timeout: float = 600
         if time.time() > deadline:
             raise RuntimeError(f"the chief did not start the phase at step {first_step} within {timeout} s")
         time.sleep(0.5)
+
+
+def prepare(config, dist, dataset, model, run_info, info_path):
+    """The phases still to train from the latest checkpoint, recorded in run_info.json."""
+    train_examples = len(dataset.train) if dataset.train.known_size else None
+    planned = plan(config, train_examples)
+    if train_examples:
+        run_info["steps_per_epoch"] = math.ceil(train_examples / config.batch_size)
+    run_info["train_steps"] = planned[-1].last_step
+    run_info["class_weights"] = class_weights.resolve(config, dataset)
+    # Every task reads it: they must agree on the phases (workers may read it after the chief rewrote it,
+    # which gives the same answer: see resolve).
+    previous = files.read_json(info_path)
+    latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+    step = int(latest.rsplit("-", 1)[1]) if latest else 0
+    fresh = bool(latest) and os.path.basename(latest).startswith("phase.ckpt")
+    steps, history = resolve(planned, history_of(previous), step, fresh)
+    if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and dist.name == "tpu":
+        raise UsageError("training phases (--fine_tune_steps, or resuming with another --optimizer, "
+                         "--learning_rate or --freeze) are not supported with --strategy=tpu yet")
+    for record in history:  # The phase this process starts in, when it trains the model as built.
+        if steps and record["first_step"] == steps[0].first_step and not record.get("trainable_params") \
+                and not steps[0].restart_optimizer:
+            record["trainable_params"] = models.summarize(model)["trainable_params"]
+    run_info["phases"] = history
+    if dist.is_chief:
+        files.write_json(info_path, run_info)
+    return steps
+
+
+def model_for(config, num_classes, image_shape, phase, model):
+    """The model as this phase trains it (its freezing; BatchNorm in inference mode when fine-tuning)."""
+    if phase.freeze == (config.freeze or models.default_freeze(config)) and not phase.trunk_inference:
+        return model
+    tf.keras.backend.clear_session()  # The same variable names as the first phase's model.
+    tf.keras.utils.set_random_seed(config.seed)
+    return models.build_model(config, num_classes, image_shape, freeze_spec=phase.freeze,
+                              trunk_inference=phase.trunk_inference)
+
+
+def start(config, dist, estimator, model, train_input_fn, step, run_info, info_path):
+    """A phase boundary: the chief rewrites the latest checkpoint with a fresh optimizer state."""
+    trainable = models.summarize(model)["trainable_params"]
+    for record in run_info["phases"]:
+        if record["first_step"] == step.first_step:
+            record["trainable_params"] = trainable
+    if dist.is_chief:
+        restart_optimizer_state(estimator.model_fn, estimator.config, model, train_input_fn,
+                                       config.checkpoint_dir, step.first_step)
+        files.write_json(info_path, run_info)
+        write_ready_marker(config.checkpoint_dir, step.first_step)
+    else:
+        wait_ready_marker(config.checkpoint_dir, step.first_step)

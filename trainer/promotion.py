@@ -25,9 +25,21 @@ def load_keras(path: str) -> tf.keras.Model:
 
 
 def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
+    """Loss and accuracy (Keras evaluate), plus the scalar metrics of trainer.metrics for single-output
+    classifiers, so --promote_metric may name any of them."""
+    from trainer import metrics
+
     model = load_keras(path)
     models.compile_model(model, config)
-    return {k: float(v) for k, v in model.evaluate(input_fn(), verbose=0, return_dict=True).items()}
+    result = {k: float(v) for k, v in model.evaluate(input_fn(), verbose=0, return_dict=True).items()}
+    if len(model.outputs) == 1:
+        probabilities, ids = metrics.predict_split(model, input_fn, config.label_mode)
+        k = 2 if config.label_mode == "binary" else probabilities.shape[-1]
+        extra = metrics.from_predictions(probabilities, ids, [str(i) for i in range(k)], config.top_k,
+                                         binary=config.label_mode == "binary")
+        result.update({name: float(extra[name]) for name in ("macro_f1", "top_k_accuracy", "auc")
+                       if extra.get(name) is not None})
+    return result
 
 
 def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callable, class_names=None) -> dict:
