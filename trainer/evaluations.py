@@ -8,7 +8,7 @@ Also: `write_hparams`, the HParams summary of a run.
 """
 import io
 import os
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -18,13 +18,11 @@ from trainer import console, events, predictions
 
 
 class EvaluationReporter(tf.estimator.Exporter):
-    """Wraps `exporters`; `confusion(checkpoint_path)` returns a [true, predicted] count matrix or None."""
+    """Wraps `exporters`; draws the evaluation's `confusion_matrix` (trainer.metrics) when it reports one."""
 
-    def __init__(self, exporters: List[tf.estimator.Exporter], model_dir: str,
-                 confusion: Optional[Callable] = None, class_names=()):
+    def __init__(self, exporters: List[tf.estimator.Exporter], model_dir: str, class_names=()):
         self._exporters = exporters
         self._model_dir = model_dir
-        self._confusion = confusion
         self._class_names = list(class_names)
         self._warned = False
 
@@ -42,15 +40,11 @@ class EvaluationReporter(tf.estimator.Exporter):
             exported = exported.decode()
         step = int(eval_result.get("global_step", 0))
         console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
-        if self._confusion is not None or "confusion_matrix" in eval_result:
+        matrix = eval_result.get("confusion_matrix")  # Accumulated by the evaluation itself: no second pass.
+        if matrix is not None:
             try:
-                # The evaluation's own streaming matrix (trainer.metrics) when it has one: no second pass.
-                matrix = eval_result.get("confusion_matrix")
-                if matrix is None:
-                    matrix = predictions.in_eager_thread(self._confusion, checkpoint_path)
-                if matrix is not None:
-                    predictions.in_eager_thread(write_confusion_image, os.path.join(self._model_dir, "eval"),
-                                                matrix, self._class_names, step)
+                predictions.in_eager_thread(write_confusion_image, os.path.join(self._model_dir, "eval"),
+                                            matrix, self._class_names, step)
             except Exception as e:  # noqa: BLE001 - a picture must never stop training.
                 # Said once on the console; the log has every occurrence.
                 (console.log_only if self._warned else logging.warning)(

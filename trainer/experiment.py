@@ -303,7 +303,7 @@ def train_and_evaluate(config: Config) -> dict:
                                             hooks=hooks, saving_listeners=listeners.make_listeners(config, plan))
         eval_spec = tf.estimator.EvalSpec(
             make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-            exporters=_exporters(config, serving_fn, None, dataset.class_names), start_delay_secs=0,
+            exporters=_exporters(config, serving_fn, dataset.class_names), start_delay_secs=0,
             throttle_secs=config.eval_throttle_secs)
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
@@ -354,14 +354,14 @@ def train_and_evaluate(config: Config) -> dict:
                    make_input(dataset.validation, False), started, model, dataset)
 
 
-def _exporters(config: Config, serving_fn, confusion=None, class_names=()) -> list:
+def _exporters(config: Config, serving_fn, class_names=()) -> list:
     """The exporters of each evaluation, behind the one that prints its console line (trainer.evaluations)."""
     metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
     exporters = export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max, metric)
     if config.early_stopping_patience:
         exporters.append(early_stopping.Watcher(config.model_dir, config.early_stopping_metric,
                                                 config.early_stopping_patience, config.early_stopping_min_delta))
-    return [evaluations.EvaluationReporter(exporters, config.checkpoint_dir, confusion, class_names)] + \
+    return [evaluations.EvaluationReporter(exporters, config.checkpoint_dir, class_names)] + \
         hypertune.make_reporters(config)
 
 

@@ -141,24 +141,3 @@ def images_at(input_fn: Callable, indices) -> dict:
         if len(found) == len(wanted):
             break
     return found
-
-
-def confusion_fn(model: tf.keras.Model, input_fn: Callable, config: Config, num_classes: int) -> Callable:
-    """checkpoint path -> the confusion matrix of that checkpoint on `input_fn` (None for multi-output
-    models); run it with `in_eager_thread` from inside the Estimator.
-
-    Each call builds a fresh Keras model from `model`'s architecture and restores the checkpoint into
-    it: model_to_estimator (and every graph the Estimator builds) leaves Keras models made before it
-    unusable for calls.
-    """
-    architecture = model.to_json() if len(model.outputs) == 1 else None
-
-    def confusion(checkpoint: str) -> Optional[np.ndarray]:
-        if architecture is None:
-            return None
-        fresh = tf.keras.models.model_from_json(architecture)
-        export.restore_from_checkpoint(fresh, checkpoint)
-        result = predict(fresh, input_fn, config.label_mode, config.eval_steps)
-        return confusion_matrix(result, num_classes) if result is not None else None
-
-    return confusion
