@@ -323,21 +323,19 @@ def train_and_evaluate(config: Config) -> dict:
                                           name="chief_final")
     eval_metrics = _to_builtin(eval_metrics)
     checkpoint = _finite_checkpoint(config)
+    matrix = eval_metrics.pop("confusion_matrix", None)  # Of the final evaluation (trainer.metrics).
     best = export.read_best_record(os.path.join(config.checkpoint_dir, "export", "best"))
     if config.export == "best" and best:
-        # keras_model.h5 (and so promotion, which evaluates it) holds the model that is served: the best
-        # evaluation's, whose export holds its weights under the same names.
+        # keras_model.h5 (and so promotion, which evaluates it) and the per-class figures describe the model
+        # that is served: the best evaluation's, whose export holds its weights under the same names.
         checkpoint = os.path.join(best["export"], "variables", "variables")
         eval_metrics["export_metrics"] = best["metrics"]
+        matrix = best.get("confusion_matrix")
         if config.early_stopping_patience:  # Early stopping reports the best model as the result.
             eval_metrics.update(best["metrics"])
     if config.early_stopping_patience:
         run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
-    # Per-class figures of the served model, from its evaluation's confusion matrix (trainer.metrics).
-    matrix = (best or {}).get("confusion_matrix") if config.export == "best" and best else \
-        eval_metrics.get("confusion_matrix")
-    eval_metrics.pop("confusion_matrix", None)
     if matrix is not None:
         eval_metrics.update(metrics.from_confusion(matrix, dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
