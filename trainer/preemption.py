@@ -44,8 +44,8 @@ def _on_signal(signum, frame):
     # Outside training, or a second Ctrl-C: stop now (every file is written atomically).
     if not _training.is_set() or not first:
         raise Preempted()
-    name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
-    logging.warning("%s received: saving a checkpoint after the current step, then stopping", name)
+    # Nothing is logged here: the main thread may be inside a write to the same stream (a full pipe), and a
+    # second write from the handler fails ("reentrant call"). The hook logs it after the current step.
 
 
 def install() -> None:
@@ -84,6 +84,8 @@ class PreemptionHook(tf.estimator.SessionRunHook):
         if not _requested.is_set():
             return
         step = int(run_context.session.run(self._global_step))
+        logging.warning("%s received: saving a checkpoint at step %d, then stopping",
+                        "SIGINT" if _signal[0] == signal.SIGINT else "SIGTERM", step)
         if self._is_chief:
             savers = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
             if savers:
