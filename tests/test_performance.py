@@ -1,5 +1,6 @@
-"""--cache_features: trains on cached trunk outputs, exports the full model, refuses when it must.
-And every input pipeline runs without the tf.data autotuner (whose thread stalled Session close).
+"""--cache_features: trains on cached trunk outputs with the run's whole recipe, exports the full model,
+refuses when it must. And every input pipeline runs without the tf.data autotuner (whose thread stalled
+Session close).
 
 Speed is measured by scripts/benchmark.py, not here: CI stays independent of machine speed.
 """
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from test_console_report import report_data
+from test_recipe import scalars
 from trainer import data, experiment, feature_cache, inputs
 from trainer.config import Config
 from trainer.errors import UsageError
@@ -34,8 +37,10 @@ def test_cached_run_matches_uncached_and_exports_the_full_model(tmp_path, base_m
     assert cached["loss"] == pytest.approx(plain["loss"], rel=0.15, abs=0.02)
     # The final evaluation is the head's on cached validation features: the full model's on the images.
     metrics = json.loads((tmp_path / "cached" / "eval_metrics.json").read_text())
-    assert set(metrics) == {"accuracy", "loss", "global_step"} and metrics["global_step"] == 80
+    assert {"accuracy", "loss", "global_step", "macro_f1", "per_class", "confusion_matrix", "export_metrics"} <= \
+        set(metrics) and metrics["global_step"] == 80
     assert metrics["accuracy"] == cached["accuracy"] and metrics["loss"] == cached["loss"]
+    assert set(metrics["per_class"]) == {"3", "5", "8"}
     info = json.loads((tmp_path / "cached" / "run_info.json").read_text())
     assert info["feature_cache"]["shape"] == [64] and info["feature_cache"]["train_examples"] > 300
     # keras_model.h5 and the SavedModel are the full model: raw pixels in, the trunk inside.
@@ -51,6 +56,12 @@ def test_cached_run_matches_uncached_and_exports_the_full_model(tmp_path, base_m
     assert on_images["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     # Estimator's loss is the mean of batch means (a smaller last batch weighs more): close, not equal.
     assert on_images["loss"] == pytest.approx(metrics["loss"], rel=0.05)
+    # The per-class figures (from the head on cached features, in eval_metrics.json and report.html) are
+    # the full model's on the images.
+    on_images_matrix = tf.math.confusion_matrix(validation.labels, full.predict(
+        np.repeat(validation.x["x"], 3, -1), verbose=0).argmax(-1), num_classes=3).numpy().tolist()
+    assert metrics["confusion_matrix"]["matrix"] == on_images_matrix
+    assert report_data(tmp_path / "cached" / "report.html")["confusion_matrix"] == on_images_matrix
     # Resuming a cached run continues from its head-only checkpoint.
     more = experiment.train_and_evaluate(Config(base_model=base_model, cache_features=True,
                                                 model_dir=str(tmp_path / "cached"), **{**COMMON, "train_steps": 100}))
@@ -59,6 +70,38 @@ def test_cached_run_matches_uncached_and_exports_the_full_model(tmp_path, base_m
     again = experiment.train_and_evaluate(Config(base_model=base_model, cache_features=True,
                                                  model_dir=str(tmp_path / "cached"), **{**COMMON, "train_steps": 100}))
     assert again["global_step"] == 100 and again["accuracy"] == pytest.approx(more["accuracy"], abs=1e-6)
+    # Resumed with another learning rate: a new phase at it (a fresh optimizer state), as in uncached runs.
+    experiment.train_and_evaluate(Config(base_model=base_model, cache_features=True, model_dir=str(tmp_path / "cached"),
+                                         **{**COMMON, "train_steps": 120, "learning_rate": 0.05}))
+    phases = json.loads((tmp_path / "cached" / "run_info.json").read_text())["phases"]
+    assert [(p["first_step"], p["last_step"], p["learning_rate"]) for p in phases] == [(0, 100, 0.01), (100, 120, 0.05)]
+    rates = scalars(tmp_path / "cached", "learning_rate")
+    assert rates[1] == pytest.approx(0.01) and rates[101] == pytest.approx(0.05)
+
+
+def test_cached_run_follows_the_recipe(tmp_path, base_model):
+    """Schedules, class weights, top-k, early stopping and the best export apply to cached runs too
+    (they were silently ignored: constant rate, no early stop, the last model exported as best)."""
+    run = tmp_path / "run"
+    summary = experiment.train_and_evaluate(Config(
+        base_model=base_model, cache_features=True, model_dir=str(run), **{**COMMON, **dict(
+            train_steps=300, learning_rate=1e-7, lr_schedule="cosine", warmup_steps=5, class_weight="balanced",
+            top_k=2, save_checkpoints_steps=10, early_stopping_patience=2, early_stopping_min_delta=0.05)}))
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["early_stopped_at_step"] is not None and summary["global_step"] < 100
+    assert len(info["class_weights"]) == 3 and info["class_weights"][0] != 1.0
+    rates = scalars(run, "learning_rate")
+    assert rates[1] == pytest.approx(1e-7 / 5) and max(rates.values()) <= 1e-7 * (1 + 1e-5)
+    best = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert summary["global_step"] == best["metrics"]["global_step"] == 10 and isinstance(summary["global_step"], int)
+    metrics = json.loads((run / "eval_metrics.json").read_text())
+    assert "top_k_accuracy" in metrics and metrics["confusion_matrix"]["matrix"] == best["confusion_matrix"]
+    # The best export is the full model (images in) with the best evaluation's weights, as is keras_model.h5.
+    serving = tf.saved_model.load(summary["export"]).signatures["serving_default"]
+    full = tf.keras.models.load_model(run / "keras_model.h5", compile=False)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(serving(image=tf.constant(x))["probabilities"].numpy(), full.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_input_pipelines_run_without_the_autotuner(tmp_path):

@@ -10,7 +10,6 @@ import glob
 import os
 import re
 import shutil
-import tempfile
 import time
 from typing import Optional
 
@@ -20,8 +19,8 @@ from absl import logging
 
 from trainer import data as data_lib
 from trainer import (console, distribution, early_stopping, evaluations, export, feature_cache, files, hypertune,
-                     inputs, listeners, metrics, models, phases, preemption, preflight, progress,
-                     promotion, record_faults, report, schedules, tpu)
+                     inputs, listeners, metrics, models, phases, predictions, preemption, preflight,
+                     progress, promotion, record_faults, report, schedules, tpu)
 from trainer.config import Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -85,7 +84,7 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
-    if config.cache_features or config.strategy == "tpu":  # Elsewhere a changed recipe starts a new phase.
+    if config.strategy == "tpu":  # Elsewhere a changed recipe starts a new phase.
         _check_same_recipe(config, previous)
     before = previous.get("class_names") if previous else None
     if before and list(before) != list(class_names):
@@ -275,13 +274,18 @@ def train_and_evaluate(config: Config) -> dict:
         run_info["warm_start_from"] = (run_info["warm_start"] or {}).get("path")
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
-    if config.cache_features:
-        return _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path)
     if plan.is_chief:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
     started = time.time()
     # Writes run_info.json early (so a crashed run still says what it was), after reading the previous one.
     steps = phases.prepare(config, plan, dataset, model, run_info, info_path)
+    full_model, train_input, eval_input, cache = model, make_input(dataset.train, True), None, None
+    if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
+        cache = feature_cache.build(config, model, dataset, make_input, lambda m, rc: make_estimator(
+            m, rc, dataset.class_names, binary=config.label_mode == "binary"), run_info)
+        model, train_input, eval_input = cache.head, cache.train_input, cache.eval_input
+    else:
+        eval_input = make_input(dataset.validation, False)
     eval_metrics, estimator = None, None
     for index, step in enumerate(steps):
         if early_stopping.stopped_at(config.model_dir) is not None:
@@ -293,17 +297,17 @@ def train_and_evaluate(config: Config) -> dict:
         estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names,
                                         schedule)
         if step.restart_optimizer:
-            phases.start(config, plan, estimator, model, make_input(dataset.train, True), step, run_info, info_path)
+            phases.start(config, plan, estimator, model, train_input, step, run_info, info_path)
         progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
                                               learning_rate=schedule)
         hooks = [progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
         if config.early_stopping_patience:
             hooks.append(early_stopping.StopHook(config.model_dir))
-        train_spec = tf.estimator.TrainSpec(make_input(dataset.train, True), max_steps=step.phase.last_step,
+        train_spec = tf.estimator.TrainSpec(train_input, max_steps=step.phase.last_step,
                                             hooks=hooks, saving_listeners=listeners.make_listeners(config, plan))
         eval_spec = tf.estimator.EvalSpec(
-            make_input(dataset.validation, False), steps=config.eval_steps, name=None,
-            exporters=_exporters(config, serving_fn, dataset.class_names), start_delay_secs=0,
+            eval_input, steps=config.eval_steps, name=None,
+            exporters=_exporters(config, serving_fn, dataset.class_names, cache), start_delay_secs=0,
             throttle_secs=config.eval_throttle_secs)
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
@@ -319,8 +323,7 @@ def train_and_evaluate(config: Config) -> dict:
         models.compile_model(model, config)
         estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
     if not eval_metrics:  # Distributed (evaluation belongs to the evaluator task), or nothing left to train.
-        eval_metrics = estimator.evaluate(make_input(dataset.validation, False), steps=config.eval_steps,
-                                          name="chief_final")
+        eval_metrics = estimator.evaluate(eval_input, steps=config.eval_steps, name="chief_final")
     eval_metrics = _to_builtin(eval_metrics)
     checkpoint = _finite_checkpoint(config)
     matrix = eval_metrics.pop("confusion_matrix", None)  # Of the final evaluation (trainer.metrics).
@@ -335,27 +338,35 @@ def train_and_evaluate(config: Config) -> dict:
             eval_metrics.update(best["metrics"])
     if config.early_stopping_patience:
         run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
-    export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"))
+    # With --cache_features the checkpoint restores the head, and the full model (its trunk inside) is written.
+    export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"),
+                            full_model=full_model if cache else None)
     if matrix is not None:
         eval_metrics.update(metrics.from_confusion(matrix, dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
     export_path = export.latest_export(config.checkpoint_dir, config.export)
     if export_path is None:  # No exporter ran here (distributed without an evaluator).
-        export_path = estimator.export_saved_model(os.path.join(config.checkpoint_dir, "export", config.export),
-                                                   serving_fn, checkpoint_path=checkpoint).decode()
+        export_path = (cache.exporter if cache else estimator).export_saved_model(
+            os.path.join(config.checkpoint_dir, "export", config.export), serving_fn,
+            checkpoint_path=checkpoint).decode()
     if config.checkpoint_dir != config.model_dir:  # Vertex imports models from AIP_MODEL_DIR.
         export_path = files.copy_tree(export_path, os.path.join(
             config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
+    # The report's predictions: a cached run's head on its cached validation features (no trunk pass).
+    predict = (lambda: predictions.predict_with_estimator(estimator, eval_input, config.label_mode, checkpoint,
+                                                          config.eval_steps)) if cache else None
     return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started, model, dataset)
+                   make_input(dataset.validation, False), started, full_model, dataset, predict)
 
 
-def _exporters(config: Config, serving_fn, class_names=()) -> list:
+def _exporters(config: Config, serving_fn, class_names=(), cache=None) -> list:
     """The exporters of each evaluation, behind the one that prints its console line (trainer.evaluations)."""
     metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
     exporters = export.make_exporters(config.export, serving_fn, config.keep_checkpoint_max, metric)
+    if cache:  # The head's checkpoints, exported as the full model (images in).
+        exporters = [feature_cache.ExportingFullModel(e, cache.exporter) for e in exporters]
     if config.early_stopping_patience:
         exporters.append(early_stopping.Watcher(config.model_dir, config.early_stopping_metric,
                                                 config.early_stopping_patience, config.early_stopping_min_delta))
@@ -384,7 +395,7 @@ def _finite_checkpoint(config: Config) -> str:
 
 
 def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_fn, started, model=None,
-            dataset=None) -> dict:
+            dataset=None, predict=None) -> dict:
     """Promotion (with --champion_dir), the final run_info.json, report.html, and the summary line."""
     if config.champion_dir:
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn,
@@ -397,61 +408,8 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     summary = _summary_line(eval_metrics, config.model_dir, export_path)
-    report.at_end(config, model, dataset, eval_input_fn, eval_metrics, summary, time.time() - started)
+    report.at_end(config, model, dataset, eval_input_fn, eval_metrics, summary, time.time() - started, predict)
     return summary
-
-
-def _train_cached(config, plan, model, dataset, make_input, serving_fn, run_info, info_path) -> dict:
-    """--cache_features: trunk outputs computed once, the head trained and evaluated on them.
-
-    The trunk runs once per split and nothing after training runs it again: the final
-    evaluation is the head's on the cached validation features (what the full model gives
-    on the images), and the full model is only rebuilt for keras_model.h5 and the export.
-    """
-    files.remove_temporaries(config.model_dir)
-    files.write_json(info_path, run_info)
-    started = time.time()
-    features_model, head = feature_cache.split(model)
-    forward = feature_cache.make_forward(features_model)  # Traced once for both splits.
-    # Raw feature files want a local disk (under --model_dir when it is local).
-    cache_dir = (os.path.join(config.checkpoint_dir, "feature_cache") if "://" not in config.checkpoint_dir
-                 else tempfile.mkdtemp(prefix="feature-cache-"))
-    train_file, shape, train_y = feature_cache.compute(forward, make_input(dataset.train, False),
-                                                       os.path.join(cache_dir, "train.f32"))
-    val_file, _, val_y = feature_cache.compute(forward, make_input(dataset.validation, False),
-                                               os.path.join(cache_dir, "validation.f32"))
-    run_info["feature_cache"] = {"seconds": round(time.time() - started, 1), "shape": list(shape),
-                                 "train_examples": len(train_y), "file": train_file}
-    logging.info("feature cache: %d x %s training features in %.1f s", len(train_y), shape, time.time() - started)
-    models.compile_model(head, config)
-    estimator = make_estimator(head, make_run_config(config, plan))
-    output = model.output_names[0]
-    progress_hook = progress.ProgressHook(config.train_steps, config.batch_size)
-    train_spec = tf.estimator.TrainSpec(
-        feature_cache.make_feature_input_fn(train_file, shape, train_y, output, training=True,
-                                            batch_size=config.batch_size, seed=config.seed),
-        max_steps=config.train_steps,
-        hooks=[progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)],
-        saving_listeners=listeners.make_listeners(config, plan))
-    eval_input = feature_cache.make_feature_input_fn(val_file, shape, val_y, output, training=False,
-                                                     batch_size=config.batch_size, seed=config.seed)
-    eval_spec = tf.estimator.EvalSpec(
-        eval_input, steps=config.eval_steps, exporters=[evaluations.EvaluationReporter([], config.checkpoint_dir)]
-        + hypertune.make_reporters(config), start_delay_secs=0,
-        throttle_secs=config.eval_throttle_secs)
-    eval_metrics = _train(estimator, train_spec, eval_spec, progress_hook)
-    if not eval_metrics:  # Resumed at the last step: nothing was trained, so nothing evaluated.
-        eval_metrics = estimator.evaluate(eval_input, steps=config.eval_steps)
-    eval_metrics = _to_builtin(eval_metrics)
-    checkpoint = _finite_checkpoint(config)
-    # The head's layers are the full model's: restoring the head completes `model`.
-    export.save_keras_model(head, checkpoint, os.path.join(config.model_dir, "keras_model.h5"), full_model=model)
-    files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
-    export_path = feature_cache.export_full_model(
-        model, lambda m, rc: make_estimator(m, rc, dataset.class_names, binary=config.label_mode == "binary"),
-        serving_fn, os.path.join(config.model_dir, "export", config.export))
-    return _finish(config, run_info, info_path, eval_metrics, export_path,
-                   make_input(dataset.validation, False), started, model, dataset)
 
 
 def _make_any_estimator(config, plan, model, num_classes, image_shape, class_names, schedule=None):

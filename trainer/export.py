@@ -128,7 +128,7 @@ class BestExporter(tf.estimator.Exporter):
 
     def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
         record = read_best_record(export_path)
-        current = {k: float(v) for k, v in eval_result.items() if np.ndim(v) == 0}
+        current = {k: int(v) if k == "global_step" else float(v) for k, v in eval_result.items() if np.ndim(v) == 0}
         if record and not _better(record["metrics"], current, self._metric):
             logging.info("not exporting: %s does not beat the best so far (step %d)",
                          _metric_text(current), record["metrics"].get("global_step", -1))
@@ -170,6 +170,10 @@ def read_best_record(export_root: str) -> Optional[dict]:
         return None  # Unreadable: the next evaluation exports and rewrites it.
     if not tf.io.gfile.exists(os.path.join(version, "saved_model.pb")):
         return None
+    try:  # Older records hold it as a float.
+        record["metrics"]["global_step"] = int(record["metrics"]["global_step"])
+    except (KeyError, TypeError, ValueError):
+        pass
     return {**record, "export": version}
 
 

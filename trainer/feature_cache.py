@@ -4,22 +4,29 @@ With the whole trunk frozen and no augmentation, every epoch would push the same
 images through the same trunk. Instead the trunk's outputs are computed in one
 pass into a raw file under --model_dir/feature_cache/ (read back by tf.data in
 C++, and kept in memory after the first epoch when they fit), and the Estimator
-trains a head-only model on them. The head's layers are the full
-model's own (shared) layers, so its checkpoint names the same variables.
-Evaluations (during training and the final one) run the head on the cached
-validation features: the same numbers as the full model on the images, without
-a second pass of the trunk. After training, the full model (trunk + trained
-head) is what is written to keras_model.h5 and exported, exactly as in an
-uncached run.
+trains a head-only model on them through the same training loop as any
+other run (schedules, class weights, early stopping, phases on resume). The
+head's layers are the full model's own (shared) layers, so its checkpoint names
+the same variables. Evaluations (during training and the final one) run the
+head on the cached validation features: the same numbers, per-class figures
+included, as the full model on the images, without a second pass of the trunk.
+Every export (best, latest, final) and keras_model.h5 are the full model (trunk
++ trained head), exactly as in an uncached run; report.html's predictions are
+the head's on the cached validation features.
 """
+import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from typing import Callable, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from trainer import export
+from trainer.predictions import in_eager_thread
 from trainer.errors import UsageError
 from trainer.inputs import PREFETCH_BATCHES, pipeline_options
 
@@ -115,3 +122,77 @@ def export_full_model(model: tf.keras.Model, make_estimator: Callable, serving_f
         return estimator.export_saved_model(export_base, serving_fn).decode()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Cache:
+    """What a cached run trains and evaluates instead of the full model on images."""
+
+    head: tf.keras.Model  # features -> probabilities, sharing the full model's layers.
+    train_input: Callable  # input_fns over the cached features.
+    eval_input: Callable
+    exporter: "FullModelExport"  # Stands in for the head's Estimator wherever a SavedModel is exported.
+
+
+def build(config, model: tf.keras.Model, dataset, make_input: Callable, make_estimator: Callable,
+          run_info: dict) -> Cache:
+    """Runs the trunk once over both splits (into files under <checkpoint_dir>/feature_cache).
+
+    Args:
+        make_input: (split, training) -> the run's image input_fn.
+        make_estimator: (keras model, RunConfig) -> the run's Estimator for it (used for exports).
+    """
+    started = time.time()
+    features_model, head = split(model)
+    forward = make_forward(features_model)  # Traced once for both splits.
+    # Raw feature files want a local disk (under --model_dir when it is local).
+    cache_dir = (os.path.join(config.checkpoint_dir, "feature_cache") if "://" not in config.checkpoint_dir
+                 else tempfile.mkdtemp(prefix="feature-cache-"))
+    train_file, shape, train_y = compute(forward, make_input(dataset.train, False),
+                                         os.path.join(cache_dir, "train.f32"))
+    val_file, _, val_y = compute(forward, make_input(dataset.validation, False),
+                                 os.path.join(cache_dir, "validation.f32"))
+    run_info["feature_cache"] = {"seconds": round(time.time() - started, 1), "shape": list(shape),
+                                 "train_examples": len(train_y), "file": train_file}
+    logging.info("feature cache: %d x %s training features in %.1f s", len(train_y), shape, time.time() - started)
+    output = model.output_names[0]
+    return Cache(
+        head,
+        make_feature_input_fn(train_file, shape, train_y, output, training=True, batch_size=config.batch_size,
+                              seed=config.seed),
+        make_feature_input_fn(val_file, shape, val_y, output, training=False, batch_size=config.batch_size,
+                              seed=config.seed),
+        FullModelExport(model, head, make_estimator))
+
+
+class FullModelExport:
+    """Exports the full model with a head checkpoint's weights: the `export_saved_model` of the head's
+    Estimator as the exporters and the end of a run call it, so every export serves images."""
+
+    def __init__(self, model: tf.keras.Model, head: tf.keras.Model, make_estimator: Callable):
+        self._model, self._head, self._make_estimator = model, head, make_estimator
+
+    def export_saved_model(self, export_dir_base, serving_input_receiver_fn, assets_extra=None, as_text=False,
+                           checkpoint_path=None, experimental_mode=None):
+        def run():
+            if checkpoint_path:  # The head's layers are the full model's: restoring them completes it.
+                export.restore_from_checkpoint(self._head, checkpoint_path)
+            return export_full_model(self._model, self._make_estimator, serving_input_receiver_fn,
+                                     export_dir_base)
+
+        # Exporters run inside the evaluation's graph; the Keras weights are assigned eagerly.
+        return in_eager_thread(run).encode()
+
+
+class ExportingFullModel(tf.estimator.Exporter):
+    """An exporter of the run (best, latest, final) given `FullModelExport` in place of the head's Estimator."""
+
+    def __init__(self, inner: tf.estimator.Exporter, full_model_export: FullModelExport):
+        self._inner, self._export = inner, full_model_export
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        return self._inner.export(self._export, export_path, checkpoint_path, eval_result, is_the_final_export)

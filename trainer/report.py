@@ -97,9 +97,11 @@ def build(model_dir: str, output: Optional[str] = None, predictions=None, datase
     return output
 
 
-def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: dict, seconds: float) -> None:
-    """The end of a run (chief): report.html from the final model's predictions, the HParams summary, and
-    the console's closing lines. Failures here are warnings: the run itself succeeded."""
+def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: dict, seconds: float,
+           predict=None) -> None:
+    """The end of a run (chief): report.html from the final model's predictions (from `predict()` when the
+    caller gives it, else computed here over `eval_input_fn`), the HParams summary, and the console's
+    closing lines. Failures here are warnings: the run itself succeeded."""
     from absl import logging as absl_logging
 
     import tensorflow as tf
@@ -109,8 +111,10 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
 
     path = None
     try:
-        result = None
-        if dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
+        result = predict() if predict else None
+        if result is not None:
+            result.input_fn = eval_input_fn  # The images, for the thumbnails.
+        elif dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
             # A fresh copy: the run's own Keras model cannot be called after model_to_estimator.
             model = predictions_lib.load_run_model(config.model_dir, config, dataset.num_classes, None)
             result = predictions_lib.predict(model, eval_input_fn, config.label_mode, config.eval_steps)
