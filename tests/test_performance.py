@@ -128,3 +128,24 @@ def test_cache_features_refuses(tmp_path, base_model, kw, fragment):
     with pytest.raises(UsageError, match=fragment):
         experiment.train_and_evaluate(Config(base_model=base_model, cache_features=True,
                                              model_dir=str(tmp_path / "run"), **{**COMMON, **kw}))
+
+
+def test_cached_run_skips_bad_records_met_by_the_trunk_pass(capsys, tmp_path):
+    from test_bad_inputs import cli
+    from test_faults import damage, write_shards
+
+    train = write_shards(tmp_path / "records", "train", shards=2, per_shard=60)
+    write_shards(tmp_path / "records", "validation", shards=1, per_shard=20, bad_image_at={(0, 7)})
+    damage(train[0], 0.5)
+    records = tmp_path / "records"
+    status, errors = cli(capsys, f"--data={records / 'train-*'}", f"--eval_data={records / 'validation-*'}",
+                         f"--labels_file={records / 'labels.txt'}", "--backbone=small_cnn", "--image_size=12",
+                         "--batch_size=8", "--train_steps=20", "--freeze=all", "--cache_features",
+                         f"--model_dir={tmp_path / 'run'}")
+    assert status == 0 and not errors
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    reasons = {(s["shard"].rsplit("/", 1)[1], s["reason"].split(" (")[0]) for s in info["skipped_records"]}
+    assert ("train-00000-of-00002.tfrecord", "corrupt record header") in reasons or \
+        ("train-00000-of-00002.tfrecord", "corrupt record") in reasons, reasons
+    assert ("validation-00000-of-00001.tfrecord", "image bytes do not decode") in reasons
+    assert info["feature_cache"]["train_examples"] < 120

@@ -281,8 +281,9 @@ def train_and_evaluate(config: Config) -> dict:
     steps = phases.prepare(config, plan, dataset, model, run_info, info_path)
     full_model, train_input, eval_input, cache = model, make_input(dataset.train, True), None, None
     if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
-        cache = feature_cache.build(config, model, dataset, make_input, lambda m, rc: make_estimator(
-            m, rc, dataset.class_names, binary=config.label_mode == "binary"), run_info)
+        cache = record_faults.train_skipping_bad_records(lambda: feature_cache.build(  # Bad TFRecords skipped.
+            config, model, dataset, make_input, lambda m, rc: make_estimator(
+                m, rc, dataset.class_names, binary=config.label_mode == "binary"), run_info), dataset, config)
         model, train_input, eval_input = cache.head, cache.train_input, cache.eval_input
     else:
         eval_input = make_input(dataset.validation, False)
