@@ -91,6 +91,36 @@ def test_report_html_of_a_finished_run(digits_run):
     wrong = 385 - sum(data["confusion_matrix"][i][i] for i in range(10))
     assert page.count('src="data:image/png;base64,') == min(wrong, 16)  # Worst-misclassified thumbnails.
     assert "--backbone</td><td>small_cnn" in page  # Flags that differ from the defaults.
+    # Its figures are the served model's evaluation's (kept per example while it ran: no second pass), and
+    # the same as a report computed afresh by running keras_model.h5 over the split.
+    assert "report.html: predictions of the served model's evaluation (385 examples)" in \
+        (model_dir / "train.log").read_text()
+    assert_same_as_a_fresh_report(model_dir)
+
+
+def assert_same_as_a_fresh_report(model_dir):
+    fresh = model_dir.parent / f"{model_dir.name}-fresh.html"
+    proc = subprocess.run([sys.executable, "-m", "trainer.report", str(model_dir), f"--output={fresh}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    at_end, again = report_data(model_dir / "report.html"), report_data(fresh)
+    assert at_end["confusion_matrix"] == again["confusion_matrix"] and at_end["examples"] == again["examples"]
+
+    def thumbnails(page):  # (example, caption) of each worst-misclassified image, confidence included.
+        return re.findall(r'alt="validation example (\d+)".*?<figcaption>(.*?)<br>', page)
+
+    assert thumbnails((model_dir / "report.html").read_text()) == thumbnails(fresh.read_text())
+
+
+def test_binary_report_comes_from_the_evaluation(tmp_path):
+    model_dir = tmp_path / "run"
+    proc = trainer("--data=digits", "--classes=3,8", "--label_mode=binary", "--backbone=mlp", "--train_steps=10",
+                   "--learning_rate=0.0003", f"--model_dir={model_dir}")  # Seen: 1 of 76 wrong.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "report.html: predictions of the served model's evaluation" in (model_dir / "train.log").read_text()
+    assert sum(map(sum, report_data(model_dir / "report.html")["confusion_matrix"])) > 50
+    assert 'alt="validation example' in (model_dir / "report.html").read_text()  # A binary confidence shown.
+    assert_same_as_a_fresh_report(model_dir)
 
 
 def test_tensorboard_gets_confusion_images_and_hparams(digits_run):

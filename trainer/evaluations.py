@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import console, events, predictions
+from trainer import console, events, export, metrics, predictions
 
 
 class EvaluationReporter(tf.estimator.Exporter):
@@ -39,6 +39,8 @@ class EvaluationReporter(tf.estimator.Exporter):
         if isinstance(exported, bytes):
             exported = exported.decode()
         step = int(eval_result.get("global_step", 0))
+        # This evaluation's per-example results stay in memory with the best one's: the end of the run reports one.
+        metrics.keep_collected(self._model_dir, {step, best_step(self._model_dir)})
         console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
         matrix = eval_result.get("confusion_matrix")  # Accumulated by the evaluation itself: no second pass.
         if matrix is not None:
@@ -52,6 +54,14 @@ class EvaluationReporter(tf.estimator.Exporter):
                 self._warned = True
         console.sync()
         return exported
+
+
+def best_step(model_dir: str) -> Optional[int]:
+    """The global step of the best export so far (export/best/best.json), None without one."""
+    try:
+        return int(export.read_best_record(os.path.join(model_dir, "export", "best"))["metrics"]["global_step"])
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def evaluation_line(model_dir: str, eval_result: dict, exported: Optional[str]) -> str:

@@ -355,9 +355,18 @@ def train_and_evaluate(config: Config) -> dict:
             config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
     if config.tensorboard_dir:
         listeners.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
-    # The report's predictions: a cached run's head on its cached validation features (no trunk pass).
-    predict = (lambda: predictions.predict_with_estimator(estimator, eval_input, config.label_mode, checkpoint,
-                                                          config.eval_steps)) if cache else None
+    # The report's predictions: those the served model's evaluation kept (trainer.metrics.collected); else,
+    # for a cached run, its head on the cached validation features (no trunk pass).
+    served_step = best["metrics"].get("global_step") if config.export == "best" and best else \
+        eval_metrics.get("global_step")
+    collected = metrics.collected(config.checkpoint_dir, served_step) if served_step is not None else None
+
+    def predict():
+        if collected is not None or not cache:
+            return collected  # None: the report runs the model over the validation split.
+        return predictions.predict_with_estimator(estimator, eval_input, config.label_mode, checkpoint,
+                                                  config.eval_steps)
+
     return _finish(config, run_info, info_path, eval_metrics, export_path,
                    make_input(dataset.validation, False), started, full_model, dataset, predict)
 

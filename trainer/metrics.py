@@ -7,8 +7,11 @@ Two places compute them, from the same definitions:
 - `from_predictions` computes the full set for eval_metrics.json from the final
   model's probabilities on the whole evaluation split: the scalars, `per_class`
   precision/recall/F1/support and the `confusion_matrix`.
+Each evaluation also keeps, in this process, every example's true and predicted class and its
+probability (`collected`): report.html's figures and thumbnails come from the evaluation of the
+served model, with no second pass over the validation split.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -64,9 +67,59 @@ def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
         elif num_classes > top_k:
             hits = tf.cast(tf.math.in_top_k(true_ids, probabilities, top_k), tf.float32)
             ops["top_k_accuracy"] = tf.compat.v1.metrics.mean(hits)
-        return spec._replace(eval_metric_ops=ops)
+        confidence = tf.where(predicted > 0, scores, 1.0 - scores) if label_mode == "binary" \
+            else tf.reduce_max(probabilities, axis=-1)
+        hook = _CollectHook(config.model_dir, (true_ids, predicted, tf.cast(confidence, tf.float32)))
+        return spec._replace(eval_metric_ops=ops, evaluation_hooks=list(spec.evaluation_hooks or ()) + [hook])
 
     return wrapped
+
+
+# Each evaluation's per-example results in this process, {(model_dir, global_step): (labels, predicted,
+# confidence)}: the report of the served model's evaluation needs no second pass over the validation split.
+_COLLECTED: Dict[Tuple[str, int], Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+class _CollectHook(tf.compat.v1.train.SessionRunHook):
+    """Keeps every evaluation batch's true class, predicted class and its probability (12 bytes an example)."""
+
+    def __init__(self, model_dir: str, tensors):
+        self._key_dir, self._tensors = str(model_dir).rstrip("/"), tensors
+
+    def begin(self):
+        self._step_tensor, self._rows = tf.compat.v1.train.get_global_step(), []
+
+    def after_create_session(self, session, coord):
+        self._step = int(session.run(self._step_tensor))
+
+    def before_run(self, run_context):
+        return tf.compat.v1.train.SessionRunArgs(self._tensors)
+
+    def after_run(self, run_context, run_values):
+        self._rows.append(run_values.results)
+
+    def end(self, session):
+        if self._rows:
+            _COLLECTED[(self._key_dir, self._step)] = tuple(
+                np.concatenate([np.asarray(r[i]).reshape(-1) for r in self._rows]) for i in range(3))
+
+
+def collected(model_dir: str, step: int):
+    """The evaluation at `step` of this process, as `trainer.predictions.Predictions` (None when none ran)."""
+    from trainer.predictions import Predictions
+
+    found = _COLLECTED.get((str(model_dir).rstrip("/"), int(step)))
+    if found is None:
+        return None
+    labels, predicted, confidence = found
+    return Predictions(labels.astype(np.int64), top=predicted.astype(np.int64), top_probability=confidence)
+
+
+def keep_collected(model_dir: str, steps) -> None:
+    """Forgets this run's collected evaluations other than at `steps` (the latest and the best)."""
+    key_dir, keep = str(model_dir).rstrip("/"), {int(s) for s in steps if s is not None}
+    for key in [k for k in _COLLECTED if k[0] == key_dir and k[1] not in keep]:
+        del _COLLECTED[key]
 
 
 def available(num_classes: int, label_mode: str, top_k: int) -> List[str]:

@@ -21,11 +21,20 @@ from trainer.config import Config
 @dataclasses.dataclass
 class Predictions:
     labels: np.ndarray  # [N] true class ids.
-    probabilities: np.ndarray  # [N, classes]
+    probabilities: Optional[np.ndarray] = None  # [N, classes]; None when only the top class was kept:
+    top: Optional[np.ndarray] = None  # [N] predicted class ids, then,
+    top_probability: Optional[np.ndarray] = None  # [N] and their probabilities.
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
+        return self.top if self.top is not None else self.probabilities.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """[N] the probability of each predicted class."""
+        if self.top_probability is not None:
+            return self.top_probability
+        return self.probabilities[np.arange(len(self.labels)), self.predicted]
 
 
 def predict(model: tf.keras.Model, input_fn: Callable, label_mode: str, steps: Optional[int] = None

@@ -113,8 +113,11 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
     try:
         result = predict() if predict else None
         if result is not None:
+            absl_logging.info("report.html: predictions of the served model's evaluation (%d examples)",
+                              len(result.labels))
             result.input_fn = eval_input_fn  # The images, for the thumbnails.
         elif dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
+            absl_logging.info("report.html: predicting the evaluation split with keras_model.h5")
             # A fresh copy: the run's own Keras model cannot be called after model_to_estimator.
             model = predictions_lib.load_run_model(config.model_dir, config, dataset.num_classes, None)
             result = predictions_lib.predict(model, eval_input_fn, config.label_mode, config.eval_steps)
@@ -350,7 +353,7 @@ def _images_section(predictions, dataset, info, class_names) -> str:
     title = "<h2>Worst-misclassified validation images</h2>"
     if not len(wrong):
         return title + '<p class="note">Every evaluation example is classified correctly.</p>'
-    confidence = predictions.probabilities[wrong, predictions.predicted[wrong]]
+    confidence = predictions.confidence[wrong]
     worst = wrong[np.argsort(-confidence)][:WORST_IMAGES]
     images = predictions_lib.images_at(input_fn, worst)
     split = dataset.validation if dataset is not None else None
@@ -366,7 +369,7 @@ def _images_section(predictions, dataset, info, class_names) -> str:
         figures.append(
             f'<figure><img alt="validation example {i}" src="{_thumbnail(images[i])}"><figcaption>'
             f'true <b>{_esc(class_names[true])}</b>, predicted <b class="bad">{_esc(class_names[predicted])}</b> '
-            f'({predictions.probabilities[i, predicted]:.2f})<br><span class="sub path">{_esc(where)}</span>'
+            f'({predictions.confidence[i]:.2f})<br><span class="sub path">{_esc(where)}</span>'
             "</figcaption></figure>")
     note = f'<p class="sub">{len(wrong)} of {len(predictions.labels)} misclassified; the {len(figures)} with the ' \
            "most confident wrong prediction, as the model sees them (resized):</p>"
