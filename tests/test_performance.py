@@ -94,9 +94,19 @@ def test_cached_run_follows_the_recipe(tmp_path, base_model):
     assert rates[1] == pytest.approx(1e-7 / 5) and max(rates.values()) <= 1e-7 * (1 + 1e-5)
     best = json.loads((run / "export" / "best" / "best.json").read_text())
     assert summary["global_step"] == best["metrics"]["global_step"] == 10 and isinstance(summary["global_step"], int)
+    assert (run / "model.ckpt-30.index").exists()  # Trained on to the early stop after the best.
     metrics = json.loads((run / "eval_metrics.json").read_text())
     assert "top_k_accuracy" in metrics and metrics["confusion_matrix"]["matrix"] == best["confusion_matrix"]
-    # The best export is the full model (images in) with the best evaluation's weights, as is keras_model.h5.
+    # The best export is the full model (images in) with the best evaluation's weights (step 10's, not the
+    # last checkpoint's: at this rate they differ only in the last digits), as is keras_model.h5.
+    exported = tf.train.load_checkpoint(f"{summary['export']}/variables/variables")
+    names = [n for n in tf.train.load_checkpoint(str(run / "model.ckpt-10")).get_variable_to_shape_map()
+             if n.startswith("probabilities/")]
+    assert names and all(np.array_equal(exported.get_tensor(n), tf.train.load_checkpoint(
+        str(run / "model.ckpt-10")).get_tensor(n)) for n in names)
+    assert not all(np.array_equal(exported.get_tensor(n), tf.train.load_checkpoint(
+        str(run / "model.ckpt-30")).get_tensor(n)) for n in names)
+    assert "conv1/kernel" in exported.get_variable_to_shape_map()  # The trunk is inside.
     serving = tf.saved_model.load(summary["export"]).signatures["serving_default"]
     full = tf.keras.models.load_model(run / "keras_model.h5", compile=False)
     x = np.random.default_rng(1).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
@@ -149,3 +159,46 @@ def test_cached_run_skips_bad_records_met_by_the_trunk_pass(capsys, tmp_path):
         ("train-00000-of-00002.tfrecord", "corrupt record") in reasons, reasons
     assert ("validation-00000-of-00001.tfrecord", "image bytes do not decode") in reasons
     assert info["feature_cache"]["train_examples"] < 120
+
+
+def test_report_of_a_cached_run_without_its_evaluation_predictions(capsys, tmp_path, base_model, monkeypatch):
+    """When the served model's evaluation ran in another process, the head predicts on the cached features."""
+    from test_bad_inputs import cli
+    from test_console_report import assert_same_as_a_fresh_report
+    from trainer import metrics
+
+    monkeypatch.setattr(metrics, "collected", lambda model_dir, step: None)
+    run = tmp_path / "run"
+    status, errors = cli(capsys, f"--base_model={base_model}", "--data=digits", "--classes=3,5,8", "--cache_features",
+                         "--train_steps=80", "--learning_rate=0.01", f"--model_dir={run}")
+    assert status == 0 and not errors
+    page = (run / "report.html").read_text()
+    assert "From the predictions of the model on the 117 evaluation examples" in page  # Not the evaluation's.
+    matrix = json.loads((run / "eval_metrics.json").read_text())["confusion_matrix"]["matrix"]
+    assert report_data(run / "report.html")["confusion_matrix"] == matrix
+    assert_same_as_a_fresh_report(run, with_images=False)  # Its few mistakes, if any, are the same images.
+
+
+def test_cached_resume_keeps_the_trunk_the_head_was_trained_with(capsys, tmp_path, base_model):
+    from test_bad_inputs import cli
+
+    base_run = base_model.rsplit("/", 1)[0]
+    common = dict(data="digits", classes=("3", "5", "8"), backbone="small_cnn", weights="none",
+                  warm_start_from=base_run, freeze="all", cache_features=True, batch_size=32, learning_rate=0.01,
+                  save_checkpoints_steps=1000, eval_throttle_secs=0, model_dir=str(tmp_path / "run"))
+    experiment.train_and_evaluate(Config(train_steps=40, **common))
+    resumed = experiment.train_and_evaluate(Config(train_steps=60, **common))
+    # The trunk comes from --warm_start_from on the restart too (the checkpoints hold the head only): the
+    # features, keras_model.h5 and the export are the warm start's trunk, not the --weights=none one.
+    base = tf.keras.models.load_model(base_model, compile=False)
+    full = tf.keras.models.load_model(tmp_path / "run" / "keras_model.h5", compile=False)
+    trunk = {w.name: w.numpy() for w in full.get_layer("small_cnn").weights}
+    assert trunk and all(np.array_equal(trunk[w.name], w.numpy()) for w in base.get_layer("small_cnn").weights)
+    assert resumed["accuracy"] > 0.9
+    # A checkpoint whose trunk was trained (an uncached run) is not resumed with --cache_features.
+    tuned = tmp_path / "tuned"
+    experiment.train_and_evaluate(Config(base_model=base_model, freeze="none", model_dir=str(tuned),
+                                         **{**COMMON, "train_steps": 20}))
+    status, errors = cli(capsys, f"--base_model={base_model}", "--data=digits", "--classes=3,5,8",
+                         "--cache_features", "--freeze=all", "--train_steps=40", f"--model_dir={tuned}")
+    assert status == 1 and len(errors) == 1 and "holds a checkpoint whose trunk differs" in errors[0], errors

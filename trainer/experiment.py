@@ -230,11 +230,19 @@ def train_and_evaluate(config: Config) -> dict:
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
                  summary["trainable_params"], summary["non_trainable_params"])
     class_names = dataset.class_names if dataset else [str(i) for i in range(num_classes)]
+    latest = None if config.dry_run else tf.train.latest_checkpoint(config.checkpoint_dir)
+    warm_start = None
+    # A cached run's checkpoints hold the head only, so its trunk comes from the warm start on every start
+    # (elsewhere a resumed run's weights all come from its checkpoint).
+    if config.warm_start_from and plan.is_chief and not config.dry_run and (config.cache_features or not latest):
+        warm_start = promotion.apply_warm_start(model, config, class_names)
     if plan.is_chief:
         if not config.dry_run:  # Before anything is written: a refused run leaves the folder as it was.
             # With --cache_features the checkpoints hold the head only.
             trained = feature_cache.split(model)[1] if config.cache_features else model
             check_model_dir(config, trained, class_names)
+            if config.cache_features and latest:
+                feature_cache.check_checkpoint_trunk(model, latest, config.model_dir)
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
     estimator_name = "TPUEstimator" if plan.name == "tpu" else "Estimator"
     run_info = {
@@ -248,7 +256,6 @@ def train_and_evaluate(config: Config) -> dict:
         "skipped_records": record_faults.restore(dataset, config.model_dir),
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
-    latest = None if config.dry_run else tf.train.latest_checkpoint(config.checkpoint_dir)
     console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None)
     if config.dry_run:
         files.write_json(info_path, run_info)
@@ -256,11 +263,12 @@ def train_and_evaluate(config: Config) -> dict:
             "total_params", "trainable_params", "non_trainable_params")}}
 
     size = None if config.model_fn else model.input_shape[1]
+    input_names, output_names = model.input_names, model.output_names  # The full model's (images in).
 
     def make_input(split, training):
         return inputs.make_input_fn(
             split, training=training, batch_size=per_replica_batch if training else config.batch_size,
-            input_names=model.input_names, output_names=model.output_names, label_mode=config.label_mode,
+            input_names=input_names, output_names=output_names, label_mode=config.label_mode,
             num_classes=num_classes, image_size=size, seed=config.seed, augment=config.augment,
             class_names=dataset.class_names)
 
@@ -269,9 +277,8 @@ def train_and_evaluate(config: Config) -> dict:
     else:
         serving_fn = export.make_serving_input_fn(
             {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-    if config.warm_start_from and plan.is_chief and not tf.train.latest_checkpoint(config.checkpoint_dir):
-        run_info["warm_start"] = promotion.apply_warm_start(model, config, class_names)
-        run_info["warm_start_from"] = (run_info["warm_start"] or {}).get("path")
+    if warm_start is not None:
+        run_info["warm_start"], run_info["warm_start_from"] = warm_start, warm_start.get("path")
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
     if plan.is_chief:
@@ -419,6 +426,7 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
     files.write_json(info_path, run_info)
     summary = _summary_line(eval_metrics, config.model_dir, export_path)
     report.at_end(config, model, dataset, eval_input_fn, eval_metrics, summary, time.time() - started, predict)
+    metrics.forget_collected(config.checkpoint_dir)  # Their one use; a long-lived process keeps nothing.
     return summary
 
 

@@ -47,6 +47,24 @@ def check_supported(config, plan, model: tf.keras.Model) -> None:
                          "layers the features change as training goes")
 
 
+def check_checkpoint_trunk(model: tf.keras.Model, checkpoint: str, model_dir: str) -> None:
+    """Refuses to resume from a checkpoint whose trunk differs from the trunk the features would come from.
+
+    A cached run's own checkpoints hold the head only. One written without --cache_features holds the
+    trunk too: if that trunk was trained (or came from other weights), the cached features, the exports and
+    keras_model.h5 would silently pair the head with another trunk than the one it was trained with.
+    """
+    reader = tf.train.load_checkpoint(checkpoint)
+    saved = reader.get_variable_to_shape_map()
+    for weight in find_trunk(model).weights:
+        name = weight.name.split(":")[0]
+        if name in saved and not np.array_equal(reader.get_tensor(name), weight.numpy()):
+            raise UsageError(f"--model_dir={model_dir} holds a checkpoint whose trunk differs from this run's (first: "
+                             f"{name}; it was trained, or built from other weights), and --cache_features keeps the "
+                             "trunk as built: resume without --cache_features, or use a new --model_dir with "
+                             f"--warm_start_from={model_dir}")
+
+
 def find_trunk(model: tf.keras.Model) -> tf.keras.Model:
     nested = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
     if not nested:

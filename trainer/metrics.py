@@ -115,6 +115,11 @@ def collected(model_dir: str, step: int):
     return Predictions(labels.astype(np.int64), top=predicted.astype(np.int64), top_probability=confidence)
 
 
+def forget_collected(model_dir: Optional[str] = None) -> None:
+    """Forgets the collected evaluations of one run (all of them without `model_dir`)."""
+    keep_collected(model_dir, ()) if model_dir is not None else _COLLECTED.clear()
+
+
 def keep_collected(model_dir: str, steps) -> None:
     """Forgets this run's collected evaluations other than at `steps` (the latest and the best)."""
     key_dir, keep = str(model_dir).rstrip("/"), {int(s) for s in steps if s is not None}

@@ -22,7 +22,7 @@ from typing import Callable, List, TypeVar
 import tensorflow as tf
 from absl import logging
 
-from trainer import files, tfrecords
+from trainer import files, metrics, tfrecords
 from trainer.errors import UsageError
 
 T = TypeVar("T")
@@ -90,6 +90,9 @@ def train_skipping_bad_records(train: Callable[[], T], dataset, config) -> T:
                 shards, source, max_bad_fraction)
             if not found:  # Not a record of ours (a damaged checkpoint, say): TensorFlow's error stands.
                 raise
+            # Shards with faults are read in another order from now on: per-example results of earlier
+            # evaluations no longer line up with the evaluation input (the report would mislabel images).
+            metrics.forget_collected()
 
 
 def skip_undecodable(shards: List[str], source: str, max_bad_fraction: float) -> List[dict]:

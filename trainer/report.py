@@ -111,9 +111,15 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
 
     path = None
     try:
-        result = predict() if predict else None
+        result = None
+        try:
+            result = predict() if predict else None
+        except Exception as e:  # noqa: BLE001 - the pass below still gives the figures.
+            absl_logging.warning("report.html: no predictions from the run (%s: %s); predicting again",
+                                 type(e).__name__, str(e)[:200])
         if result is not None:
-            absl_logging.info("report.html: predictions of the served model's evaluation (%d examples)",
+            absl_logging.info("report.html: predictions of the served model's %s (%d examples)",
+                              "evaluation" if result.probabilities is None else "head on the cached features",
                               len(result.labels))
             result.input_fn = eval_input_fn  # The images, for the thumbnails.
         elif dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
@@ -259,8 +265,9 @@ def _metrics_section(metrics, predictions, num_classes) -> str:
     if predictions is not None:
         matrix = predictions_lib.confusion_matrix(predictions, num_classes)
         accuracy = np.trace(matrix) / max(matrix.sum(), 1)
-        out.append(f'<p class="sub">Recomputed from the model on the {int(matrix.sum())} evaluation examples: '
-                   f"accuracy {accuracy:.4f}.</p>")
+        source = "the served model's evaluation" if predictions.probabilities is None else "the model"
+        out.append(f'<p class="sub">From the predictions of {source} on the {int(matrix.sum())} evaluation '
+                   f"examples: accuracy {accuracy:.4f}.</p>")
     return "".join(out)
 
 
