@@ -100,10 +100,12 @@ def test_report_html_of_a_finished_run(digits_run):
 
 
 def assert_same_as_a_fresh_report(model_dir, with_images=True):
+    """The report written at the end of the run equals one `python -m trainer.report` computes afresh (in this
+    process: its CLI is run by test_killed_run_gets_a_report...) by running keras_model.h5 over the split."""
+    from trainer import report
+
     fresh = model_dir.parent / f"{model_dir.name}-fresh.html"
-    proc = subprocess.run([sys.executable, "-m", "trainer.report", str(model_dir), f"--output={fresh}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    report.build(str(model_dir), output=str(fresh))
     at_end, again = report_data(model_dir / "report.html"), report_data(fresh)
     assert at_end["confusion_matrix"] == again["confusion_matrix"] and at_end["examples"] == again["examples"]
 
@@ -117,12 +119,14 @@ def assert_same_as_a_fresh_report(model_dir, with_images=True):
         assert caption == expected[i][0] and abs(p - expected[i][1]) <= 0.011, (i, shown[i], expected[i])
 
 
-def test_binary_report_comes_from_the_evaluation(tmp_path):
+def test_binary_report_comes_from_the_evaluation(capsys, tmp_path):
+    from test_bad_inputs import cli
+
     model_dir = tmp_path / "run"
-    proc = trainer("--data=digits", "--classes=3,8", "--label_mode=binary", "--backbone=mlp", "--train_steps=5",
-                   "--learning_rate=0.0001", f"--model_dir={model_dir}")  # Seen: accuracy 0.62, 16 images shown.
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "report.html: predictions of the served model's evaluation" in (model_dir / "train.log").read_text()
+    status, errors = cli(capsys, "--data=digits", "--classes=3,8", "--label_mode=binary", "--backbone=mlp",
+                         "--train_steps=5", "--learning_rate=0.0001", f"--model_dir={model_dir}")
+    assert status == 0 and not errors  # Seen: accuracy 0.62, 16 images shown.
+    assert "From the predictions of the served model's evaluation" in (model_dir / "report.html").read_text()
     assert sum(map(sum, report_data(model_dir / "report.html")["confusion_matrix"])) > 50
     assert 'alt="validation example' in (model_dir / "report.html").read_text()  # A binary confidence shown.
     assert_same_as_a_fresh_report(model_dir)
