@@ -155,3 +155,28 @@ def test_sigkill_during_promotion_never_exposes_a_partial_model(tmp_path):
         assert (named / name).exists(), name
     for version in champion.open_store(str(champion_dir)).versions():
         assert (champion_dir / version / "model" / "saved_model.pb").exists()
+
+
+def test_a_champion_of_other_classes_is_scored_by_class_name(tmp_path, caplog):
+    """Issue 20: same class count, other names (scored by index before: its class-0 output counted as the
+    challenger's class 0); another count (blocked before, with nothing on the console, for every later run)."""
+    champion_dir = str(tmp_path / "champion")
+    _, first = train(tmp_path, "first", champion_dir, classes=("0", "1", "2"), train_steps=150)
+    assert first["promotion"]["promoted"] is True
+    # Label 0 here is class "1": by index, the champion would score near 0 on the classes both know.
+    caplog.set_level("INFO")
+    _, weak = train(tmp_path, "renamed", champion_dir, classes=("1", "0", "3"), train_steps=1, learning_rate=1e-5)
+    record = weak["promotion"]
+    assert record["compared_on_classes"] == ["1", "0"] and record["champion_classes"] == ["0", "1", "2"]
+    assert record["champion"] > 0.9 and record["promoted"] is False
+    log = caplog.text
+    assert "promotion: not promoted (challenger accuracy" in log and "compared on the 2 classes both know (1,0)" in log
+    # A class added: compared on the three the champion knows, decided and printed; never a dead end.
+    _, wider = train(tmp_path, "wider", champion_dir, classes=("0", "1", "2", "3"), train_steps=150)
+    record = wider["promotion"]
+    assert record["compared_on_classes"] == ["0", "1", "2"] and record["champion"] > 0.9
+    assert "cannot be evaluated" not in record["reason"]
+    assert caplog.text.count("promotion: ") >= 2  # Printed for both runs.
+    # No class in common (fewer than 2): the challenger is the only model of its class set, and is promoted.
+    _, other = train(tmp_path, "other", champion_dir, classes=("7", "8"), train_steps=50)
+    assert other["promotion"]["promoted"] is True and "cannot be scored" in other["promotion"]["reason"]

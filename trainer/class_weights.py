@@ -31,4 +31,8 @@ def resolve(config: Config, dataset) -> Optional[list]:
     if unknown:
         raise UsageError(f"--class_weight={config.class_weight} names classes absent from the data: "
                          f"{', '.join(unknown[:5])} (classes: {', '.join(names[:10])})")
-    return [float(given.get(name, 1.0)) for name in names]
+    weights = [float(given.get(name, 1.0)) for name in names]
+    if not any(weights):
+        raise UsageError(f"--class_weight={config.class_weight} gives every class weight 0: nothing would be "
+                         "learned; give at least one class a positive weight")
+    return weights

@@ -6,6 +6,7 @@ model; checks that need them live next to the code that loads them, and all of
 them run before any TensorFlow graph is built.
 """
 import dataclasses
+import math
 import os
 import time
 from typing import Optional, Tuple
@@ -151,6 +152,10 @@ def validate(config: Config) -> Config:
     Raises:
         UsageError: naming the flag at fault.
     """
+    for field in dataclasses.fields(config):  # nan passes every comparison below (and inf most).
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{field.name}={value} is not a finite number")
     if not config.data and not config.dry_run:
         raise UsageError("--data is required: 'digits', a .npz file, or a folder of class sub-folders "
                          "(only --dry_run may leave it out, with --num_classes)")
@@ -251,9 +256,15 @@ def _validate_recipe(config: Config) -> None:
             raise UsageError(f"--{flag}={getattr(config, flag)} must be >= 0")
     if config.fine_tune_steps and config.fine_tune_epochs:
         raise UsageError("--fine_tune_steps and --fine_tune_epochs exclude each other: give one")
-    if config.min_learning_rate >= config.learning_rate and config.lr_schedule == "cosine":
-        raise UsageError(f"--min_learning_rate={config.min_learning_rate} must be below --learning_rate="
-                         f"{config.learning_rate} (cosine decays from one to the other)")
+    if config.lr_schedule == "cosine":
+        rates = [("learning_rate", config.learning_rate)]
+        if config.fine_tune_steps or config.fine_tune_epochs:
+            rates.append(("fine_tune_learning_rate", config.fine_tune_learning_rate or config.learning_rate / 10.0))
+        for flag, rate in rates:
+            if config.min_learning_rate >= rate:
+                given = "" if flag == "learning_rate" or config.fine_tune_learning_rate else " (--learning_rate / 10)"
+                raise UsageError(f"--min_learning_rate={config.min_learning_rate} must be below --{flag}={rate:g}"
+                                 f"{given}: cosine decays each phase from its rate to the minimum")
     if not 0.0 < config.lr_decay_rate <= 1.0:
         raise UsageError(f"--lr_decay_rate={config.lr_decay_rate} must be in (0, 1]")
     if config.lr_decay_steps <= 0:

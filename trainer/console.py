@@ -343,7 +343,8 @@ def task_role() -> str:
     return "" if kind in (None, "chief", "master") else f"{kind}{task.get('index', 0)}"
 
 
-def header(model_dir: str, run_info: dict, model_summary: dict, resume_step: Optional[int]) -> None:
+def header(model_dir: str, run_info: dict, model_summary: dict, resume_step: Optional[int],
+           total_steps: Optional[int] = None) -> None:
     """The few lines that say what this run is."""
     flags = run_info.get("flags") or {}
     names = run_info.get("class_names") or []
@@ -363,7 +364,7 @@ def header(model_dir: str, run_info: dict, model_summary: dict, resume_step: Opt
     say("strategy: %s, %d replica%s, global batch %s (%s per replica)", run_info.get("strategy"), replicas,
         "" if replicas == 1 else "s", flags.get("batch_size"), run_info.get("per_replica_batch_size"))
     start = f", resuming from step {resume_step}" if resume_step else ""
-    say("model_dir: %s (%d steps%s)%s", model_dir, flags.get("train_steps", 0), start,
+    say("model_dir: %s (%d steps%s)%s", model_dir, total_steps or flags.get("train_steps", 0), start,
         f"; full log: {log_path()}" if log_path() else "")
 
 

@@ -141,3 +141,28 @@ def write_hparams(model_dir: str, flags: dict, metrics: dict) -> None:
             if key != "global_step":
                 tf.summary.scalar(f"final_{key}", float(value), step=step)
     writer.close()
+
+
+def catch_up(estimator, eval_spec, checkpoint_dir: str) -> None:
+    """Evaluates (and exports) the latest checkpoint when no evaluation has seen it yet.
+
+    train_and_evaluate skips the checkpoint it starts from ("not trained yet"), so after a restart the
+    checkpoint saved just before the interruption would never be evaluated: its evaluation would be
+    missing from early stopping's patience and from the best-export choice, and the interrupted run would
+    end differently from the run that was never interrupted.
+    """
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if not latest:
+        return
+    step = int(latest.rsplit("-", 1)[1])
+    if step == 0:
+        return
+    evaluated = [s for series in events.evaluations(checkpoint_dir).values() for s, _ in series]
+    if evaluated and max(evaluated) >= step:
+        return
+    logging.info("evaluating step %d, saved before the interruption and not evaluated yet", step)
+    result = estimator.evaluate(eval_spec.input_fn, steps=eval_spec.steps, name=eval_spec.name,
+                                hooks=eval_spec.hooks, checkpoint_path=latest)
+    export_base = os.path.join(estimator.model_dir, "export")
+    for exporter in eval_spec.exporters or ():
+        exporter.export(estimator, os.path.join(export_base, exporter.name), latest, result, False)

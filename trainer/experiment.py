@@ -18,10 +18,10 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import (console, distribution, early_stopping, evaluations, export, feature_cache, files, hypertune,
-                     inputs, listeners, metrics, models, phases, predictions, preemption, preflight,
-                     progress, promotion, record_faults, report, schedules, tpu)
-from trainer.config import Config, validate
+from trainer import (class_weights, console, distribution, early_stopping, evaluations, export, feature_cache,
+                     files, hypertune, inputs, listeners, metrics, models, phases, predictions, preemption,
+                     preflight, progress, promotion, record_faults, report, schedules, tpu)
+from trainer.config import DEFAULT_LOSS, Config, validate
 from trainer.errors import NumericError, UsageError
 
 _KERAS_CKPT_WAIT_SECS = 600
@@ -75,12 +75,24 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 
 
-def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
+# Flags that define the model, its inputs or its outputs: a checkpoint cannot be resumed with others
+# (the variables may even match, e.g. another --image_size under global pooling, and mean other things).
+MODEL_FLAGS = ("label_mode", "loss", "backbone", "base_model", "model_fn", "cut_layer", "drop_layers", "head_pooling",
+               "mixed_precision")
+
+
+def _input_shape(model: tf.keras.Model):
+    return [list(s[1:]) for s in (model.input_shape if isinstance(model.input_shape, list) else [model.input_shape])]
+
+
+def check_model_dir(config: Config, model: tf.keras.Model, class_names, full_model=None) -> None:
     """Refuses a --model_dir whose run belongs to another model, class count or class order."""
     num_classes = len(class_names)
     previous = files.read_json(os.path.join(config.model_dir, "run_info.json"))
     if previous and previous.get("dry_run"):
         previous = None  # A --dry_run trained nothing: it binds no later run.
+    if previous and tf.train.latest_checkpoint(config.checkpoint_dir):
+        _check_same_model(config, previous, full_model or model)
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
@@ -105,6 +117,26 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names) -> None:
             raise UsageError(f"--model_dir={config.model_dir} holds a checkpoint of a different model "
                              f"({name} is {list(shapes[name])} there, {list(weight.shape)} here); "
                              "use a new --model_dir")
+
+
+def _check_same_model(config: Config, previous: dict, model: tf.keras.Model) -> None:
+    flags = previous.get("flags") or {}
+    for flag in MODEL_FLAGS:
+        if flag not in flags:
+            continue
+        old, new = flags[flag], getattr(config, flag)
+        if flag == "loss":
+            old, new = old or DEFAULT_LOSS.get(flags.get("label_mode", "sparse")), config.resolved_loss
+        if old != new:
+            raise UsageError(f"--{flag}={new} differs from the --{flag}={old} of the run in --model_dir="
+                             f"{config.model_dir}: its checkpoint belongs to that model; keep --{flag}={old}, or "
+                             "use a new --model_dir (with --warm_start_from=<that model_dir> to start from its "
+                             "weights)")
+    before, now = previous.get("input_shape"), _input_shape(model)
+    if before is not None and before != now:
+        shown = lambda shapes: ", ".join("x".join(map(str, s)) for s in shapes)  # noqa: E731
+        raise UsageError(f"the model's input is {shown(now)} here but {shown(before)} in the run in --model_dir="
+                         f"{config.model_dir} (--image_size differs); keep it, or use a new --model_dir")
 
 
 # Flags whose change on resume would be ignored (the checkpoint's optimizer hyperparameters win) or fail
@@ -230,6 +262,13 @@ def train_and_evaluate(config: Config) -> dict:
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
                  summary["trainable_params"], summary["non_trainable_params"])
     class_names = dataset.class_names if dataset else [str(i) for i in range(num_classes)]
+    # The plan (a pure function of the flags and the data) and each phase's freezing: checked before any file.
+    train_examples = len(dataset.train) if dataset and dataset.train.known_size else None
+    weights = class_weights.resolve(config, dataset) if dataset else None
+    planned = phases.plan(config, train_examples, weights)
+    phases.check_freeze(config, planned, model)
+    if plan.is_chief:
+        phases.warn_unused(config, planned)
     latest = None if config.dry_run else tf.train.latest_checkpoint(config.checkpoint_dir)
     warm_start = None
     # A cached run's checkpoints hold the head only, so its trunk comes from the warm start on every start
@@ -240,7 +279,7 @@ def train_and_evaluate(config: Config) -> dict:
         if not config.dry_run:  # Before anything is written: a refused run leaves the folder as it was.
             # With --cache_features the checkpoints hold the head only.
             trained = feature_cache.split(model)[1] if config.cache_features else model
-            check_model_dir(config, trained, class_names)
+            check_model_dir(config, trained, class_names, model)
             if config.cache_features and latest:
                 feature_cache.check_checkpoint_trunk(model, latest, config.model_dir)
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
@@ -254,9 +293,11 @@ def train_and_evaluate(config: Config) -> dict:
         "skipped_files": dataset.skipped_files if dataset else [], "dry_run": config.dry_run,
         "ignored_files": dataset.ignored_files if dataset else {},
         "skipped_records": record_faults.restore(dataset, config.model_dir),
+        "input_shape": _input_shape(model), "class_weights": weights,
     }
     info_path = os.path.join(config.model_dir, "run_info.json")
-    console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None)
+    console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None,
+                   planned[-1].last_step)
     if config.dry_run:
         files.write_json(info_path, run_info)
         return {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
@@ -285,7 +326,7 @@ def train_and_evaluate(config: Config) -> dict:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
     started = time.time()
     # Writes run_info.json early (so a crashed run still says what it was), after reading the previous one.
-    steps = phases.prepare(config, plan, dataset, model, run_info, info_path)
+    steps = phases.prepare(config, plan, planned, run_info, info_path, train_examples)
     full_model, train_input, eval_input, cache = model, make_input(dataset.train, True), None, None
     if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
         cache = record_faults.train_skipping_bad_records(lambda: feature_cache.build(  # Bad TFRecords skipped.
@@ -295,17 +336,17 @@ def train_and_evaluate(config: Config) -> dict:
     else:
         eval_input = make_input(dataset.validation, False)
     eval_metrics, estimator = None, None
+    built = (planned[0].freeze, False)  # How `model` was built (a cached run's head: the trunk stays frozen).
     for index, step in enumerate(steps):
-        if early_stopping.stopped_at(config.model_dir) is not None:
-            break  # Decided earlier (this run or one before a restart): no more training.
-        if index or step.restart_optimizer:
-            model = phases.model_for(config, num_classes, image_shape, step.phase, model)
+        if _stopped_early(config, steps[index:]):  # Decided earlier (this run or one before a restart).
+            break
+        if not cache:  # The phase decides the model: its freezing, BatchNorm mode (also after a restart).
+            model, built = phases.model_for(config, num_classes, image_shape, step.phase, model, built)
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
         models.compile_model(model, config, schedule, run_info.get("class_weights"))
         estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names,
                                         schedule)
-        if step.restart_optimizer:
-            phases.start(config, plan, estimator, model, train_input, step, run_info, info_path)
+        phases.start(config, plan, estimator, model, train_input, step, run_info, info_path)
         progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
                                               learning_rate=schedule)
         hooks = [progress_hook, preemption.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
@@ -320,6 +361,11 @@ def train_and_evaluate(config: Config) -> dict:
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
                      step.phase.learning_rate, config.lr_schedule)
+        if plan.is_chief and not plan.distributed and plan.name != "tpu":  # As if never interrupted.
+            record_faults.train_skipping_bad_records(
+                lambda: evaluations.catch_up(estimator, eval_spec, config.checkpoint_dir), dataset, config)
+            if _stopped_early(config, steps[index:]):
+                break
         eval_metrics = record_faults.train_skipping_bad_records(  # Resumes without bad TFRecords met in training.
             lambda: _train(estimator, train_spec, eval_spec, progress_hook), dataset, config)
     run_info["skipped_records"] = record_faults.skipped(dataset)
@@ -376,6 +422,16 @@ def train_and_evaluate(config: Config) -> dict:
 
     return _finish(config, run_info, info_path, eval_metrics, export_path,
                    make_input(dataset.validation, False), started, full_model, dataset, predict)
+
+
+def _stopped_early(config: Config, remaining) -> bool:
+    """True (and a console line naming the phases left untrained) once early stopping has decided."""
+    stopped = early_stopping.stopped_at(config.model_dir) if config.early_stopping_patience else None
+    if stopped is None:
+        return False
+    console.say("early stopping at step %s: %s not trained", stopped, ", ".join(
+        f"{s.phase.name} (steps {s.first_step}..{s.phase.last_step})" for s in remaining))
+    return True
 
 
 def _exporters(config: Config, serving_fn, class_names=(), cache=None) -> list:

@@ -238,14 +238,20 @@ def freeze(trunk: tf.keras.Model, spec: str) -> bool:
     if value == "none":
         trunk.trainable = True
         return False
-    if not -len(layers) <= value <= len(layers):
-        raise UsageError(f"--freeze={spec} is out of range: the trunk has {len(layers)} layers "
-                         f"(use 0..{len(layers)} or -{len(layers)}..-1, all or none)")
+    check_freeze_spec(len(layers), spec)
     frozen = layers[:value]  # N: the first N; -N: all but the last N.
     trunk.trainable = True
     for layer in frozen:
         layer.trainable = False
     return len(frozen) == len(layers)
+
+
+def check_freeze_spec(num_layers: int, spec: str, flag: str = "freeze") -> None:
+    """Refuses a numeric --freeze/--fine_tune_freeze outside the trunk's layers."""
+    value = parse_freeze(spec, flag)
+    if value not in ("all", "none") and not -num_layers <= value <= num_layers:
+        raise UsageError(f"--{flag}={spec} is out of range: the trunk has {num_layers} layers "
+                         f"(use 0..{num_layers} or -{num_layers}..-1, all or none)")
 
 
 def _all_layer_names(model: tf.keras.Model) -> set:

@@ -1,28 +1,47 @@
 """Training phases: head training, then fine-tuning, and any resume that changes the recipe.
 
-A phase is a span of global steps trained with one recipe (optimizer, learning
-rate, freezing). Each phase runs its own Estimator over the same model_dir. At a
-phase boundary the latest checkpoint is rewritten with the model's weights (and
-BatchNorm statistics, and the global step) and a *fresh* optimizer state for the
-new graph: optimizer slots exist only for what was trainable, so restoring the
-old state would fail (more trainable variables) or carry stale moments.
+A phase is a span of global steps trained with one recipe: the optimizer, the learning rate and
+its schedule, the freezing, and every other flag that shapes the training step (label smoothing,
+class weights, weight decay, clipping, batch size, augmentation, dropout). Each phase runs its own
+Estimator over the same model_dir. At a phase boundary the latest checkpoint is rewritten with the
+model's weights (and BatchNorm statistics, and the global step) and a *fresh* optimizer state for
+the new graph: optimizer slots exist only for what was trainable, so restoring the old state would
+fail (more trainable variables) or carry stale moments.
 
-The phases a run went through are recorded in run_info.json (`phases`); a
-resumed run compares the recipe of its current phase with the recorded one and
-starts a new phase when they differ (a changed --learning_rate, --optimizer or
---freeze) instead of failing or silently keeping the old values.
+Restarts give the run that was never interrupted, by construction:
+- the plan (`plan`) is a pure function of the flags (and the number of training examples);
+- `run_info.json`'s `phases` records only phases that started, each written right *after* its
+  boundary checkpoint (`phase.ckpt-N`) became the latest one: a record is the commit mark of its
+  boundary, so a kill at any instant leaves either no record (the boundary is done again, which is
+  idempotent) or a record whose checkpoint is in place;
+- on every start, the phase the latest checkpoint's step falls in (`resolve`) decides the model,
+  its freezing, the optimizer and the schedule (whose origin is the phase's recorded first step).
+A resume whose flags give another recipe than the recorded phase starts a new, recorded phase at
+the checkpoint's step (with a console line); flags that define the model itself are refused by
+`experiment.check_model_dir`.
 """
 import dataclasses
+import json
 import math
 import os
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
 
-from trainer import class_weights, files, models
+from trainer import console, faultpoints, files, models
 from trainer.config import Config
 from trainer.errors import UsageError
+
+# What a phase's record says besides its name and steps (run_info.json `phases`), in this order.
+RECIPE_KEYS = ("optimizer", "learning_rate", "freeze", "trunk_inference", "lr_schedule", "warmup_steps",
+               "min_learning_rate", "lr_decay_rate", "lr_decay_steps", "label_smoothing", "class_weights",
+               "weight_decay", "clip_norm", "batch_size", "augment", "dropout")
+
+
+def _canonical(value):
+    """A JSON-shaped value (tuples become lists, ints that are floats stay comparable)."""
+    return json.loads(json.dumps(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,18 +49,45 @@ class Phase:
     name: str
     first_step: int
     last_step: int
-    freeze: str
-    learning_rate: float
-    optimizer: str
-    trunk_inference: bool = False  # BatchNorm in inference mode while parts of the trunk train.
+    recipe: Tuple[Tuple[str, object], ...] = ()
 
-    def recipe(self) -> tuple:
-        return (self.optimizer, float(self.learning_rate), str(self.freeze))
+    def get(self, key: str):
+        return dict(self.recipe).get(key)
+
+    @property
+    def freeze(self) -> str:
+        return self.get("freeze")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.get("learning_rate")
+
+    @property
+    def optimizer(self) -> str:
+        return self.get("optimizer")
+
+    @property
+    def trunk_inference(self) -> bool:
+        return bool(self.get("trunk_inference"))
 
     def record(self, trainable_params: Optional[int] = None) -> dict:
         return {"name": self.name, "first_step": self.first_step, "last_step": self.last_step,
-                "freeze": self.freeze, "learning_rate": self.learning_rate, "optimizer": self.optimizer,
-                "trainable_params": trainable_params}
+                **dict(self.recipe), "trainable_params": trainable_params}
+
+
+def _recipe(config: Config, weights: Optional[list], **phase) -> Tuple[Tuple[str, object], ...]:
+    """The recipe of a phase: its own values (`phase`) and those every phase shares."""
+    shared = {"optimizer": config.optimizer, "lr_schedule": config.lr_schedule,
+              "warmup_steps": config.warmup_steps, "label_smoothing": config.label_smoothing,
+              "class_weights": weights, "weight_decay": config.weight_decay, "clip_norm": config.clip_norm,
+              "batch_size": config.batch_size, "augment": config.augment, "dropout": config.dropout}
+    # Only the schedule's own parameters: a changed --lr_decay_rate under a constant rate changes nothing.
+    if config.lr_schedule == "cosine":
+        shared["min_learning_rate"] = config.min_learning_rate
+    if config.lr_schedule in ("exponential", "step"):
+        shared.update(lr_decay_rate=config.lr_decay_rate, lr_decay_steps=config.lr_decay_steps)
+    values = _canonical({**shared, **phase})
+    return tuple((k, values[k]) for k in RECIPE_KEYS if k in values)
 
 
 def steps_for(epochs: float, examples: Optional[int], batch_size: int, flag: str) -> int:
@@ -51,34 +97,143 @@ def steps_for(epochs: float, examples: Optional[int], batch_size: int, flag: str
     return max(1, math.ceil(epochs * examples / batch_size))
 
 
-def plan(config: Config, train_examples: Optional[int]) -> List[Phase]:
-    """The phases the flags ask for: training, then fine-tuning when --fine_tune_steps/epochs is set."""
+def plan(config: Config, train_examples: Optional[int], weights: Optional[list] = None) -> List[Phase]:
+    """The phases the flags ask for: training, then fine-tuning when --fine_tune_steps/epochs is set.
+
+    A pure function of the flags, the number of training examples and the resolved class weights.
+    """
     train_steps = (steps_for(config.epochs, train_examples, config.batch_size, "epochs") if config.epochs
                    else config.train_steps)
-    phases = [Phase("train", 0, train_steps, config.freeze or models.default_freeze(config),
-                    config.learning_rate, config.optimizer)]
+    phases = [Phase("train", 0, train_steps, _recipe(
+        config, weights, learning_rate=config.learning_rate, freeze=config.freeze or models.default_freeze(config),
+        trunk_inference=False))]
     tune = config.fine_tune_steps or (steps_for(config.fine_tune_epochs, train_examples, config.batch_size,
                                                 "fine_tune_epochs") if config.fine_tune_epochs else 0)
     if tune:
-        phases.append(Phase("fine_tune", train_steps, train_steps + tune, config.fine_tune_freeze,
-                            config.fine_tune_learning_rate or config.learning_rate / 10.0, config.optimizer,
-                            trunk_inference=True))
+        phases.append(Phase("fine_tune", train_steps, train_steps + tune, _recipe(
+            config, weights, learning_rate=fine_tune_rate(config), freeze=config.fine_tune_freeze,
+            trunk_inference=True)))
     return phases
+
+
+def fine_tune_rate(config: Config) -> float:
+    return config.fine_tune_learning_rate or config.learning_rate / 10.0
 
 
 def history_of(previous_info: Optional[dict]) -> List[dict]:
     """The phases recorded by the run in model_dir (older runs recorded flags only)."""
     if not previous_info or previous_info.get("dry_run"):
         return []
-    if previous_info.get("phases"):
-        return list(previous_info["phases"])
+    if isinstance(previous_info.get("phases"), list):
+        return [dict(p) for p in previous_info["phases"] if isinstance(p, dict) and "first_step" in p]
     flags = previous_info.get("flags") or {}
     if not flags:
         return []
     known = {f.name for f in dataclasses.fields(Config)}
     before = dataclasses.replace(Config(), **{k: v for k, v in flags.items() if k in known})
-    return [Phase("train", 0, before.train_steps, before.freeze or models.default_freeze(before),
-                  before.learning_rate, before.optimizer).record()]
+    return [{"name": "train", "first_step": 0, "last_step": before.train_steps, "optimizer": before.optimizer,
+             "learning_rate": before.learning_rate, "freeze": before.freeze or models.default_freeze(before)}]
+
+
+def base_name(record_name) -> str:
+    return str(record_name).split(" (")[0]
+
+
+def differences(record: dict, phase: Phase) -> List[str]:
+    """The recipe values of `phase` that differ from a recorded phase's (keys an older record lacks: equal)."""
+    changes = []
+    for key, value in phase.recipe:
+        if key not in record:
+            continue
+        before = _canonical(record[key])
+        if isinstance(value, (int, float)) and isinstance(before, (int, float)) and not isinstance(value, bool):
+            same = float(value) == float(before)
+        else:
+            same = before == value
+        if not same:
+            changes.append(f"--{_flag_of(key, phase.name)}={_show(value)} (was {_show(before)})")
+    return changes
+
+
+def _flag_of(key: str, phase_name: str) -> str:
+    if base_name(phase_name) == "fine_tune" and key in ("learning_rate", "freeze"):
+        return f"fine_tune_{key}"
+    return {"class_weights": "class_weight"}.get(key, key)
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
+@dataclasses.dataclass
+class Step:
+    """One phase to train in this process."""
+
+    phase: Phase  # Its name and first step are those it is recorded (or will be recorded) with.
+    restart_optimizer: bool  # A boundary: the checkpoint is rewritten with a fresh optimizer state, then recorded.
+    changes: Tuple[str, ...] = ()  # For a phase started by changed flags: what changed.
+
+    @property
+    def first_step(self) -> int:
+        return self.phase.first_step
+
+
+def resolve(planned: List[Phase], history: List[dict], step: int,
+            has_checkpoint: bool) -> Tuple[List[Step], List[dict]]:
+    """Which phases to train from the latest checkpoint's global `step`, and the history as it stands.
+
+    Returns:
+        (steps, history): the phases still to train, each with whether it begins at a boundary (a fresh
+        optimizer state, recorded by `start` once the boundary checkpoint is in place), and the recorded
+        phases that the checkpoint has reached (the current one's planned end updated).
+    """
+    if not has_checkpoint:
+        history = []  # Nothing trained: whatever was recorded has no weights behind it.
+    # A record past the checkpoint (one fell back to an older checkpoint) describes steps that are gone.
+    history = [dict(h) for h in history if int(h["first_step"]) <= step]
+    current = history[-1] if history else None
+    todo: List[Step] = []
+    for phase in planned:
+        if phase.last_step <= step:
+            continue
+        if todo:  # Later phases start at their planned boundary.
+            todo.append(Step(phase, restart_optimizer=True))
+            continue
+        if current is not None and base_name(current.get("name")) == phase.name and not differences(current, phase):
+            # The phase the checkpoint is in, with the same recipe: go on with its optimizer state and schedule.
+            current["last_step"] = phase.last_step
+            todo.append(Step(dataclasses.replace(phase, name=current["name"],
+                                                 first_step=int(current["first_step"])), restart_optimizer=False))
+        elif not has_checkpoint:
+            history = [phase.record()]  # A fresh run: recorded before it trains.
+            todo.append(Step(phase, restart_optimizer=False))
+        else:
+            changes = tuple(differences(current, phase)) if current and base_name(current.get("name")) == \
+                phase.name else ()
+            name = phase.name if step == phase.first_step or not changes else \
+                f"{phase.name} (flags changed at step {step})"
+            todo.append(Step(dataclasses.replace(phase, name=name, first_step=step), restart_optimizer=True,
+                             changes=changes))
+    return todo, history
+
+
+def check_freeze(config: Config, planned: List[Phase], model: tf.keras.Model) -> None:
+    """Every phase's freezing fits the trunk, and --freeze flags are not given where nothing obeys them."""
+    if config.model_fn:
+        for flag, value, default in (("freeze", config.freeze, None), ("fine_tune_freeze", config.fine_tune_freeze,
+                                                                        "none")):
+            if value != default:
+                raise UsageError(f"--{flag}={value} freezes layers of a built-in model's trunk; a --model_fn model "
+                                 "has none: set layer.trainable in your function instead")
+        return
+    trunk = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
+    if not trunk:
+        return
+    for phase in planned:
+        models.check_freeze_spec(len(trunk[-1].layers), phase.freeze,
+                                 "fine_tune_freeze" if phase.name == "fine_tune" else "freeze")
 
 
 def schedule(config: Config, learning_rate: float, first_step: int, last_step: int):
@@ -87,62 +242,6 @@ def schedule(config: Config, learning_rate: float, first_step: int, last_step: i
 
     return PhaseSchedule(learning_rate, first_step, last_step, config.lr_schedule, config.warmup_steps,
                          config.min_learning_rate, config.lr_decay_rate, config.lr_decay_steps)
-
-
-@dataclasses.dataclass
-class Step:
-    """One phase to train in this process."""
-
-    phase: Phase
-    first_step: int  # Where this phase's schedule starts (its recorded start).
-    restart_optimizer: bool  # A boundary: fresh optimizer state before training.
-
-
-def resolve(planned: List[Phase], history: List[dict], step: int,
-            fresh_at_boundary: bool = False) -> (List[Step], List[dict]):
-    """Which phases to train from global `step`, and the phase history to record.
-
-    `fresh_at_boundary`: the latest checkpoint is a phase start already rewritten (phase.ckpt-N).
-
-    Returns:
-        (steps, history): the phases still to train (with where each one's schedule starts
-        and whether it begins with a fresh optimizer state), and the updated history.
-    """
-    history = [dict(h) for h in history]
-    todo = []
-    for phase in planned:
-        if phase.last_step <= step:
-            continue
-        start = max(phase.first_step, step)
-        current = history[-1] if history else None
-        same = current is not None and str(current.get("name")).split(" (")[0] == phase.name and (
-            current.get("optimizer"), float(current.get("learning_rate", -1)), str(current.get("freeze"))
-        ) == phase.recipe()
-        if step == 0 and not todo:
-            restart, first = False, 0  # A fresh run: nothing to carry over.
-            history = [phase.record()] if not same else history
-        elif same and not todo:
-            first = int(current["first_step"])
-            # Killed right at a boundary, before its rewrite: the checkpoint still holds the old state.
-            restart = step == first and first > 0 and not fresh_at_boundary
-            current["last_step"] = phase.last_step
-        else:
-            restart, first = True, start
-            name = phase.name if start == phase.first_step else f"{phase.name} (flags changed at step {start})"
-            history.append(dataclasses.replace(phase, name=name, first_step=start).record())
-            if name != phase.name:
-                logging.warning("resuming at step %d with another recipe (%s): a new training phase starts, with "
-                                "the weights kept and a fresh optimizer state", start, _describe(current, phase))
-        todo.append(Step(phase, first, restart))
-    return todo, history
-
-
-def _describe(current: Optional[dict], phase: Phase) -> str:
-    if not current:
-        return "no recorded phase"
-    changes = [f"--{k}={getattr(phase, k)} (was {current.get(k)})" for k in ("optimizer", "learning_rate", "freeze")
-               if str(current.get(k)) != str(getattr(phase, k))]
-    return ", ".join(changes) or "same flags"
 
 
 def restart_optimizer_state(model_fn: Callable, run_config, model: tf.keras.Model, input_fn: Callable,
@@ -212,54 +311,86 @@ def wait_ready_marker(checkpoint_dir: str, first_step: int, timeout: float = 600
         time.sleep(0.5)
 
 
-def prepare(config, dist, dataset, model, run_info, info_path):
-    """The phases still to train from the latest checkpoint, recorded in run_info.json."""
-    train_examples = len(dataset.train) if dataset.train.known_size else None
-    planned = plan(config, train_examples)
+def prepare(config: Config, dist, planned: List[Phase], run_info: dict, info_path: str,
+            train_examples: Optional[int]) -> List[Step]:
+    """The phases still to train from the latest checkpoint; the history so far goes into run_info."""
     if train_examples:
         run_info["steps_per_epoch"] = math.ceil(train_examples / config.batch_size)
     run_info["train_steps"] = planned[-1].last_step
-    run_info["class_weights"] = class_weights.resolve(config, dataset)
-    # Every task reads it: they must agree on the phases (workers may read it after the chief rewrote it,
-    # which gives the same answer: see resolve).
+    run_info["plan"] = [{"name": p.name, "first_step": p.first_step, "last_step": p.last_step} for p in planned]
+    # Every task reads it and must reach the same answer; a worker reading it after the chief recorded a
+    # boundary finds that phase recorded, and its checkpoint in place.
     previous = files.read_json(info_path)
     latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     step = int(latest.rsplit("-", 1)[1]) if latest else 0
-    fresh = bool(latest) and os.path.basename(latest).startswith("phase.ckpt")
-    steps, history = resolve(planned, history_of(previous), step, fresh)
+    steps, history = resolve(planned, history_of(previous), step, bool(latest))
     if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and dist.name == "tpu":
-        raise UsageError("training phases (--fine_tune_steps, or resuming with another --optimizer, "
-                         "--learning_rate or --freeze) are not supported with --strategy=tpu yet")
-    for record in history:  # The phase this process starts in, when it trains the model as built.
-        if steps and record["first_step"] == steps[0].first_step and not record.get("trainable_params") \
-                and not steps[0].restart_optimizer:
-            record["trainable_params"] = models.summarize(model)["trainable_params"]
+        raise UsageError("training phases (--fine_tune_steps, or resuming with another recipe) are not "
+                         "supported with --strategy=tpu yet")
     run_info["phases"] = history
-    if dist.is_chief:
-        files.write_json(info_path, run_info)
+    if not steps and latest:
+        console.say("nothing to train: the checkpoint in %s is at step %d and the flags plan %d steps",
+                    config.checkpoint_dir, step, planned[-1].last_step)
     return steps
 
 
-def model_for(config, num_classes, image_shape, phase, model):
-    """The model as this phase trains it (its freezing; BatchNorm in inference mode when fine-tuning)."""
-    if phase.freeze == (config.freeze or models.default_freeze(config)) and not phase.trunk_inference:
-        return model
+def model_for(config: Config, num_classes: int, image_shape, phase: Phase, model: tf.keras.Model,
+              built: tuple) -> Tuple[tf.keras.Model, tuple]:
+    """The model as `phase` trains it: its freezing, BatchNorm in inference mode when fine-tuning.
+
+    `built` is (freeze, trunk_inference) of `model`; the model is rebuilt only when the phase wants others.
+    """
+    wanted = (phase.freeze, phase.trunk_inference)
+    if wanted == built:
+        return model, built
     tf.keras.backend.clear_session()  # The same variable names as the first phase's model.
     tf.keras.utils.set_random_seed(config.seed)
     return models.build_model(config, num_classes, image_shape, freeze_spec=phase.freeze,
-                              trunk_inference=phase.trunk_inference)
+                              trunk_inference=phase.trunk_inference), wanted
 
 
-def start(config, dist, estimator, model, train_input_fn, step, run_info, info_path):
-    """A phase boundary: the chief rewrites the latest checkpoint with a fresh optimizer state."""
+def start(config: Config, dist, estimator, model: tf.keras.Model, train_input_fn: Callable, step: Step,
+          run_info: dict, info_path: str) -> None:
+    """Enters a phase. At a boundary the chief rewrites the latest checkpoint (fresh optimizer state), then
+    records the phase: the record is the boundary's commit mark."""
     trainable = models.summarize(model)["trainable_params"]
-    for record in run_info["phases"]:
-        if record["first_step"] == step.first_step:
-            record["trainable_params"] = trainable
+    first = step.first_step
+    if not step.restart_optimizer:
+        for record in run_info["phases"]:
+            if record["first_step"] == first and not record.get("trainable_params"):
+                record["trainable_params"] = trainable
+        if dist.is_chief:
+            files.write_json(info_path, run_info)
+        return
+    if step.changes:
+        logging.warning("resuming at step %d with another recipe (%s): a new training phase starts, with the "
+                     "weights kept and a fresh optimizer state", first, ", ".join(step.changes))
+    before = [dict(r, last_step=min(int(r["last_step"]), first)) for r in run_info["phases"]
+              if int(r["first_step"]) < first]
+    run_info["phases"] = before + [step.phase.record(trainable)]
     if dist.is_chief:
+        faultpoints.reached("phase_before_rewrite")
         restart_optimizer_state(estimator.model_fn, estimator.config, model, train_input_fn,
-                                       config.checkpoint_dir, step.first_step)
+                                config.checkpoint_dir, first)
+        faultpoints.reached("phase_after_rewrite")
         files.write_json(info_path, run_info)
-        write_ready_marker(config.checkpoint_dir, step.first_step)
+        faultpoints.reached("phase_after_record")
+        write_ready_marker(config.checkpoint_dir, first)
     else:
-        wait_ready_marker(config.checkpoint_dir, step.first_step)
+        wait_ready_marker(config.checkpoint_dir, first)
+
+
+def warn_unused(config: Config, planned: List[Phase]) -> None:
+    """Console lines for recipe flags that this plan leaves without effect (they are not errors)."""
+    if len(planned) == 1:
+        unused = [f"--{f}" for f, default in (("fine_tune_learning_rate", None), ("fine_tune_freeze", "none"))
+                  if getattr(config, f) != default]
+        if unused:
+            logging.warning("%s ignored: there is no fine-tuning phase (give --fine_tune_steps or "
+                            "--fine_tune_epochs)", " and ".join(unused))
+    if config.early_stopping_min_delta and not config.early_stopping_patience:
+        logging.warning("--early_stopping_min_delta ignored: early stopping is off (give --early_stopping_patience)")
+    for phase in planned:
+        if config.warmup_steps >= phase.last_step - phase.first_step:
+            logging.warning("--warmup_steps=%d covers the whole %s phase (%d steps): its rate never reaches %g",
+                            config.warmup_steps, phase.name, phase.last_step - phase.first_step, phase.learning_rate)

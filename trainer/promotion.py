@@ -43,7 +43,12 @@ def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
 
 
 def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callable, class_names=None) -> dict:
-    """Decides and, if the challenger wins, promotes it. Returns the record for run_info.json."""
+    """Decides and, if the challenger wins, promotes it. Returns the record for run_info.json.
+
+    Every decision is printed as one `promotion: ...` line saying what was compared. When the champion
+    was trained on other classes, both models are scored on the examples of the classes both know, each
+    with its own outputs of those classes (matched by name, never by index).
+    """
     metric = config.promote_metric
     store = champion.open_store(config.champion_dir)
     pointer, token = champion.read_current(store, config.champion_dir, token=True)
@@ -51,19 +56,50 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
     challenger = evaluate_keras(keras_h5, eval_input_fn, config)
     record = {"promoted": False, "metric": metric, "challenger": challenger.get(metric), "champion": None,
               "champion_version": pointer["version"] if pointer else None}
-    if metric not in challenger:
-        record["reason"] = f"the challenger has no metric {metric} (it has {', '.join(sorted(challenger))})"
+
+    def decided(reason: str) -> dict:
+        record["reason"] = reason
+        console.say("promotion: %s (%s)", "promoted" if record["promoted"] else "not promoted", reason)
         return record
+
+    if metric not in challenger:
+        return decided(f"the challenger has no metric {metric} (it has {', '.join(sorted(challenger))})")
+    promote = True
     if pointer:
-        try:
-            record["champion"] = evaluate_keras(store.keras_model(pointer["version"]), eval_input_fn,
-                                                config).get(metric)
-        except (ValueError, tf.errors.InvalidArgumentError) as e:
-            record["reason"] = (f"the champion {pointer['version']} cannot be evaluated on this run's data "
-                                f"({type(e).__name__}: {str(e)[:160]}); not promoting")
-            return record
-    promote, record["reason"] = champion.decide(metric, record["challenger"], record["champion"],
-                                                config.promote_min_delta)
+        champion_h5 = store.keras_model(pointer["version"])
+        theirs = champion_class_names(store, pointer["version"])
+        ours = list(class_names or [])
+        if theirs and ours and theirs != ours and config.label_mode != "binary":
+            shared = [c for c in ours if c in theirs]
+            record.update(champion_classes=theirs, compared_on_classes=shared)
+            if len(shared) < 2:
+                promote = True
+                reason = (f"the champion {pointer['version']} knows the classes {','.join(theirs)}, of which "
+                          f"{len(shared)} are this run's ({','.join(ours)}): it cannot be scored on this data, so "
+                          "the challenger, the only model of this class set, is promoted")
+            else:
+                try:
+                    mine = score_on_classes(keras_h5, ours, ours, shared, eval_input_fn, config)
+                    record["challenger"] = mine.get(metric)
+                    record["champion"] = score_on_classes(champion_h5, theirs, ours, shared,
+                                                          eval_input_fn, config).get(metric)
+                except (ValueError, OSError, tf.errors.OpError) as e:
+                    return decided(_unscorable(pointer["version"], e))
+                if record["challenger"] is None or record["champion"] is None:
+                    return decided(f"--promote_metric={metric} cannot be compared on a subset of the classes; "
+                                   "use accuracy, loss or macro_f1")
+                promote, reason = champion.decide(metric, record["challenger"], record["champion"],
+                                                  config.promote_min_delta)
+                reason += f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
+        else:
+            try:
+                record["champion"] = evaluate_keras(champion_h5, eval_input_fn, config).get(metric)
+            except (ValueError, OSError, tf.errors.OpError) as e:
+                return decided(_unscorable(pointer["version"], e))
+            promote, reason = champion.decide(metric, record["challenger"], record["champion"],
+                                              config.promote_min_delta)
+    else:
+        promote, reason = champion.decide(metric, record["challenger"], None, config.promote_min_delta)
     if promote:
         version = champion.new_version()
         console.say("promotion: copying the challenger to version %s", version)
@@ -72,9 +108,45 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
                                model_dir, pointer["version"] if pointer else None)
         record.update(promoted=won, version=version)
         if not won:
-            record["reason"] = "another run replaced CHAMPION.json first (lost the race); not promoted"
-    console.say("promotion: %s (%s)", "promoted" if record["promoted"] else "not promoted", record["reason"])
-    return record
+            reason = "another run replaced CHAMPION.json first (lost the race); not promoted"
+    return decided(reason)
+
+
+def _unscorable(version: str, error: Exception) -> str:
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return (f"the champion {version} cannot be evaluated on this run's data ({type(error).__name__}: {first}); "
+            "not promoting")
+
+
+def champion_class_names(store, version: str) -> Optional[list]:
+    try:
+        names = store.metrics(version).get("class_names")
+    except (OSError, ValueError, AttributeError, tf.errors.OpError):
+        return None
+    return list(names) if names else None
+
+
+def score_on_classes(path: str, model_classes, run_classes, shared, input_fn: Callable, config: Config) -> dict:
+    """accuracy, loss and macro_f1 of a model on the examples of `shared` classes, from its outputs of those
+    classes only (renormalised), looked up by name in `model_classes` (the order of its output units);
+    `run_classes` names the label ids of `input_fn`."""
+    import numpy as np
+
+    from trainer import metrics
+
+    model = load_keras(path)
+    probabilities, ids = metrics.predict_split(model, input_fn, config.label_mode)
+    true = [run_classes[i] for i in ids]
+    keep = np.array([t in shared for t in true], bool)
+    if not keep.any():
+        raise ValueError("no evaluation example of the shared classes")
+    columns = [list(model_classes).index(c) for c in shared]
+    p = probabilities[keep][:, columns].astype(np.float64)
+    p = p / np.maximum(p.sum(-1, keepdims=True), 1e-12)
+    y = np.array([shared.index(t) for t, k in zip(true, keep) if k])
+    out = metrics.from_predictions(p, y, shared, config.top_k)
+    out["loss"] = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+    return {k: out[k] for k in ("accuracy", "loss", "macro_f1")}
 
 
 def warm_start_path(config: Config) -> Optional[str]:

@@ -1,0 +1,107 @@
+"""Resuming with changed flags (issue 20): every flag that shapes training starts a recorded new phase with a
+console line, every flag that defines the model is refused with one error line; the history is never
+rewritten. And the recipe mistakes that used to be caught late, or not at all."""
+import json
+
+import pytest
+
+import restart_cases
+
+from test_bad_inputs import assert_error, cli
+from test_recipe import scalars
+
+BASE = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=20"]
+
+
+def _phases(run):
+    return json.loads((run / "run_info.json").read_text())["phases"]
+
+
+@pytest.mark.parametrize("change, shown", [
+    ("--lr_schedule=cosine", "--lr_schedule=cosine (was constant)"),
+    ("--warmup_steps=5", "--warmup_steps=5 (was 0)"),
+    ("--label_smoothing=0.2", "--label_smoothing=0.2 (was 0.0)"),
+    ("--class_weight=balanced", "--class_weight="),
+    ("--weight_decay=0.01", "--weight_decay=0.01 (was 0.0)"),
+    ("--clip_norm=1.0", "--clip_norm=1.0 (was 0.0)"),
+    ("--batch_size=16", "--batch_size=16 (was 32)"),
+    ("--augment=flip", "--augment=flip"),
+    ("--dropout=0.3", "--dropout=0.3 (was 0.0)"),
+])
+def test_a_changed_training_flag_starts_a_recorded_phase(capsys, tmp_path, change, shown):
+    """Trial c150: these were taken silently and the phase history rewritten as if they had always held."""
+    run = tmp_path / "run"
+    common = BASE + [f"--model_dir={run}"]
+    assert cli(capsys, *common, "--train_steps=20") == (0, [])
+    first = _phases(run)
+    status, errors, err = cli(capsys, *common, "--train_steps=40", change, whole_stderr=True)
+    assert (status, errors) == (0, []), err[-2000:]
+    assert "resuming at step 20 with another recipe" in err and shown in err
+    phases = _phases(run)
+    assert phases[0] == first[0]  # The history is kept as it was.
+    assert [(p["name"], p["first_step"], p["last_step"]) for p in phases] == [
+        ("train", 0, 20), ("train (flags changed at step 20)", 20, 40)]
+
+
+def test_the_new_phase_has_its_own_schedule(capsys, tmp_path):
+    run = tmp_path / "run"
+    common = BASE + [f"--model_dir={run}"]
+    assert cli(capsys, *common, "--train_steps=20") == (0, [])
+    assert cli(capsys, *common, "--train_steps=40", "--lr_schedule=cosine", "--warmup_steps=10")[0] == 0
+    rates = scalars(run, "learning_rate")
+    assert rates[1] == pytest.approx(1e-3)
+    assert rates[21] == pytest.approx(1e-4)  # Step 20 is the new phase's first: warmup 1/10 of the rate.
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ("--image_size=16", "the model's input is 16x16x3 here but 8x8x3"),
+    ("--label_mode=categorical", "--label_mode=categorical differs from the --label_mode=sparse"),
+    ("--head_pooling=max", "--head_pooling=max differs"),
+])
+def test_a_changed_model_flag_is_refused(capsys, tmp_path, change, fragment):
+    """Trial c045/c050: another --image_size or --label_mode was taken, and one step got two accuracies."""
+    run = tmp_path / "run"
+    assert cli(capsys, *BASE, f"--model_dir={run}", "--train_steps=20") == (0, [])
+    before = (run / "run_info.json").read_text()
+    assert_error(capsys, fragment, *BASE, f"--model_dir={run}", "--train_steps=40", change)
+    assert (run / "run_info.json").read_text() == before
+
+
+def test_a_smaller_plan_than_the_checkpoint_says_so(tmp_path):
+    """Trial c217: silently 'done'."""
+    run = tmp_path / "run"
+    assert restart_cases.run_to_end(BASE + ["--train_steps=40"], run).returncode == 0
+    again = restart_cases.run_to_end(BASE + ["--train_steps=20"], run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to train: the checkpoint" in again.stderr and "is at step 40 and the flags plan 20 steps" in again.stderr
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--epochs=nan"], "--epochs=nan is not a finite number"),
+    (["--weight_decay=nan"], "--weight_decay=nan is not a finite number"),
+    (["--learning_rate=nan"], "--learning_rate=nan is not a finite number"),
+    (["--clip_norm=inf"], "--clip_norm=inf is not a finite number"),
+    (["--lr_schedule=cosine", "--learning_rate=0.01", "--min_learning_rate=0.005", "--fine_tune_steps=10"],
+     "--min_learning_rate=0.005 must be below --fine_tune_learning_rate=0.001 (--learning_rate / 10)"),
+    (["--freeze=all", "--fine_tune_steps=10", "--fine_tune_freeze=999", "--backbone=small_cnn"],
+     "--fine_tune_freeze=999 is out of range"),
+    (["--freeze=all", "--fine_tune_steps=10", "--fine_tune_freeze=999", "--backbone=small_cnn", "--dry_run"],
+     "--fine_tune_freeze=999 is out of range"),
+    (["--model_fn=multi_io_model:build", "--freeze=all"], "--freeze=all freezes layers of a built-in model's trunk"),
+    (["--model_fn=multi_io_model:build", "--fine_tune_freeze=2", "--fine_tune_steps=5"], "--fine_tune_freeze=2"),
+])
+def test_recipe_mistakes_are_one_line_before_training(capsys, tmp_path, flags, fragment):
+    """Trial c004/c005/c128/c129 (NaN), c123 (phase 2's cosine rose to the minimum), c010/c015/c148 (caught after
+    phase 1, under the wrong flag name, never by --dry_run), c184/c185 (--freeze ignored with --model_fn)."""
+    run = tmp_path / "run"
+    steps = [] if any(f.startswith("--epochs") for f in flags) else ["--train_steps=10"]
+    assert_error(capsys, fragment, "--data=digits", *steps, f"--model_dir={run}", *flags)
+    assert not list(run.glob("*.ckpt-*"))
+
+
+def test_a_class_weight_file_of_zeros_is_refused(capsys, tmp_path):
+    """Trial c025: exit 0 with loss 0.0 and no weight trained."""
+    weights = tmp_path / "zeros.json"
+    weights.write_text(json.dumps({"0": 0, "1": 0, "2": 0}))
+    assert_error(capsys, "gives every class weight 0", *BASE, "--train_steps=10", f"--class_weight={weights}",
+                 f"--model_dir={tmp_path / 'run'}")
