@@ -18,8 +18,13 @@ trap 'rm -f "$out"' EXIT
 [ -n "${PROJECT:-}" ] || exit 0
 
 champion_dir=""
-for arg in "$@"; do
-  case "$arg" in --champion_dir=*) champion_dir=${arg#--champion_dir=} ;; esac
+next_is_dir=""
+for arg in "$@"; do  # absl takes both --champion_dir=X and --champion_dir X.
+  if [ -n "$next_is_dir" ]; then champion_dir=$arg; next_is_dir=""; continue; fi
+  case "$arg" in
+    --champion_dir=*) champion_dir=${arg#--champion_dir=} ;;
+    --champion_dir) next_is_dir=1 ;;
+  esac
 done
 [ -n "$champion_dir" ] || { echo "error: PROJECT is set but no --champion_dir was given: nothing to register" >&2; exit 1; }
 # The champion's model folder, if CHAMPION.json names a version promoted by this very run.

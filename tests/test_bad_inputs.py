@@ -120,8 +120,10 @@ def test_tf_config_problems(capsys, tmp_path, monkeypatch):
 def test_model_dir_of_a_different_model(capsys, tmp_path):
     run = tmp_path / "run"
     experiment.train_and_evaluate(Config(data="digits", backbone="mlp", model_dir=str(run), train_steps=1))
-    assert_error(capsys, "holds a checkpoint of a different model", "--data=digits", "--backbone=small_cnn",
-                 f"--model_dir={run}")
+    assert_error(capsys, "--backbone=small_cnn differs from the --backbone=mlp of the run", "--data=digits",
+                 "--backbone=small_cnn", f"--model_dir={run}")
+    assert_error(capsys, "holds a checkpoint of a different model", "--data=digits", "--backbone=mlp",
+                 "--head_units=16", f"--model_dir={run}")
 
 
 def test_base_model_problems(capsys, tmp_path):

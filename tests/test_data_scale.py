@@ -162,3 +162,30 @@ def test_saved_model_takes_jpeg_bytes_and_agrees_with_estimator_predict(tmp_path
     assert [c.decode() for c in served["classes"].numpy()] == [c.decode() for c in predicted]
     np.testing.assert_allclose(served["probabilities"].numpy(),
                                [p["probabilities"] for p in estimator.predict(input_fn)], rtol=1e-4, atol=1e-5)
+
+
+def test_converting_again_leaves_no_stale_or_half_written_shard(tmp_path):
+    """Trial c111/c112/c115: `--shards=2` into a folder of a `--shards=4` conversion kept both sets, so the
+    train-* glob read every image twice; SRE trial: a killed conversion's `*.tmp-*` shard matched the glob."""
+    root = make_image_folder(tmp_path / "images", per_class=10)
+    out = tmp_path / "records"
+    convert.convert(str(root), str(out), shards=4)
+    first = {p.name for p in out.glob("*.tfrecord")}
+    assert "train-00003-of-00004.tfrecord" in first
+    (out / "train-00000-of-00004.tfrecord.tmp-deadbeef").write_bytes(b"half a record")
+    report = convert.convert(str(root), str(out), shards=2)
+    now = sorted(p.name for p in out.iterdir())
+    assert sorted(report["removed_stale_shards"]) == sorted(first - set(now))
+    assert [n for n in now if n.startswith("train")] == ["train-00000-of-00002.tfrecord",
+                                                         "train-00001-of-00002.tfrecord"]
+    assert not [n for n in now if "-of-00004" in n or ".tmp-" in n]
+    again = data_lib.load(Config(data=str(out / "train-*"), eval_data=str(out / "validation-*")))
+    folder = data_lib.load(Config(data=str(root)))
+    assert again.counts()["train"] == folder.counts()["train"]
+
+
+def test_a_class_name_labels_txt_cannot_hold_is_refused(tmp_path):
+    """SRE trial: a folder name with a line break became a phantom class, and a real one's records were dropped."""
+    root = make_image_folder(tmp_path / "images", classes=("cats", "dogs\nbirds"), per_class=4)
+    with pytest.raises(UsageError, match="line break"):
+        convert.convert(str(root), str(tmp_path / "records"), shards=1)

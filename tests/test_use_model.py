@@ -363,13 +363,31 @@ def test_register_checks_the_gcs_artifact_before_uploading(gcs_server, capsys):
     assert "error: --artifact_uri: no such bucket 'no-such-bucket'" in capsys.readouterr().err
 
 
+def test_predict_and_report_refuse_unwritable_outputs_first(run, tmp_path, capsys):
+    """Trial c055/c059/c060/c172: tracebacks (one of them after the whole prediction ran)."""
+    from trainer import report
+
+    (tmp_path / "isdir.csv").mkdir()
+    (tmp_path / "plain_file").write_text("x")
+    for output, fragment in ((tmp_path / "isdir.csv", "is a folder"),
+                             (tmp_path / "plain_file" / "out.csv", "is a file, not a folder"),
+                             ("/proc/nope/out.csv", "cannot create the folder")):
+        status = predict.main([f"--model={run['model_dir']}", f"--data={run['images']}", f"--output={output}"])
+        err = capsys.readouterr().err
+        assert status == 1 and err.startswith("error:") and fragment in err and err.count("\n") == 1, err
+    assert report.main([str(run["model_dir"]), "--output=/proc/nope/r.html"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "cannot create the folder" in err and "Traceback" not in err
+
+
 def test_retrain_registers_a_promoted_run(run, tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, PROJECT="proj", REGION="europe-west4", PARENT_MODEL="77",
                REGISTER_DRY_RUN="1")
     proc = subprocess.run(
         ["bash", "scripts/retrain.sh", f"--data={run['images']}", "--backbone=small_cnn", "--train_steps=10",
          "--batch_size=16", "--eval_throttle_secs=0", f"--model_dir={tmp_path / 'retrain'}",
-         f"--champion_dir={tmp_path / 'champion'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+         "--champion_dir", str(tmp_path / "champion")],  # absl's space-separated form (trial c151).
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary_line, _, model_json = proc.stdout.partition("\n")
     summary = json.loads(summary_line)

@@ -172,14 +172,16 @@ class GcsStore:
         from trainer import gcs
 
         blob = self._bucket().blob(self._name(POINTER))
+        body = json.dumps(pointer, indent=2, sort_keys=True) + "\n"
         try:
-            # Conditional writes are idempotent, so retrying them is safe.
-            blob.upload_from_string(json.dumps(pointer, indent=2, sort_keys=True) + "\n",
-                                    content_type="application/json", if_generation_match=token,
+            blob.upload_from_string(body, content_type="application/json", if_generation_match=token,
                                     retry=gcs.retry())
             return True
         except exceptions.PreconditionFailed:
-            return False
+            # Lost the race, or won it and lost the reply (the server committed, the client saw an error and
+            # retried, and the retry found its own write): the pointer now says which.
+            current = self._bucket().get_blob(self._name(POINTER), retry=gcs.retry())
+            return current is not None and current.download_as_bytes(retry=gcs.retry()) == body.encode()
 
     def put_version(self, version: str, saved_model_dir: str, keras_h5: str, metrics: dict) -> None:
         import tensorflow as tf
@@ -264,11 +266,14 @@ def decide(metric: str, challenger: float, champion: Optional[float], min_delta:
 
 
 def promote(store, token, version: str, saved_model_dir: str, keras_h5: str, metrics: dict, source: str,
-            previous: Optional[str]) -> bool:
-    """Copies the challenger into its version folder, then swaps CHAMPION.json. False if the race was lost."""
+            previous: Optional[str], chain: Optional[List[str]] = None) -> bool:
+    """Copies the challenger into its version folder, then swaps CHAMPION.json. False if the race was lost.
+
+    `chain`: the versions that were champion before, oldest first (default: `previous` alone)."""
     store.put_version(version, saved_model_dir, keras_h5, metrics)
     pointer = {"version": version, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "source_run": source, "previous": previous}
+               "source_run": source, "previous": previous,
+               "chain": list(chain) if chain is not None else ([previous] if previous else [])}
     return store.write_pointer(pointer, token)
 
 
@@ -279,9 +284,11 @@ def rollback(champion_dir: str, to: Optional[str] = None) -> dict:
     pointer, token = store.read_pointer(strict=to is None)
     if pointer is None and token in (None, 0):
         raise UsageError(f"--champion_dir={champion_dir} has no champion to roll back")
-    target = to or pointer.get("previous")
+    chain = lineage(pointer) if pointer else []
+    target = to or (chain[-1] if chain else None)
     if not target:
-        raise UsageError("the current champion has no previous version; name one with --to")
+        raise UsageError(f"the current champion {pointer['version']} has no earlier champion; name a version "
+                         "with --to")
     if not store.is_complete(target):
         raise UsageError(f"--to={target} is not a complete version; versions: "
                          f"{', '.join(store.versions()) or 'none'}")
@@ -289,10 +296,21 @@ def rollback(champion_dir: str, to: Optional[str] = None) -> dict:
     new = {"version": target, "metrics": store.metrics(target), "time": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_run": f"rollback from {current}" if current else f"rollback (repaired an unreadable {POINTER})",
-        "previous": current}
+        "rolled_back_from": current}
+    # Each rollback without --to goes one champion further back, never forward to the one it left.
+    new["chain"] = chain[:chain.index(target)] if target in chain else chain + ([current] if current else [])
+    new["previous"] = new["chain"][-1] if new["chain"] else None
     if not store.write_pointer(new, token):
         raise UsageError("CHAMPION.json changed while rolling back (another promotion?); try again")
     return new
+
+
+def lineage(pointer: dict) -> List[str]:
+    """The versions that were champion before this pointer's, oldest first (older pointers: `previous` only)."""
+    chain = pointer.get("chain")
+    if isinstance(chain, list):
+        return [str(v) for v in chain]
+    return [pointer["previous"]] if pointer.get("previous") else []
 
 
 def main(argv=None) -> int:
@@ -322,7 +340,11 @@ def main(argv=None) -> int:
         current = pointer["version"] if pointer else None
         for version in store.versions():
             marker = "*" if version == current else " "
-            print(f"{marker} {version} {json.dumps(store.metrics(version), sort_keys=True)}")
+            try:
+                shown = json.dumps(store.metrics(version), sort_keys=True)
+            except (ValueError, OSError, UnicodeDecodeError) as e:  # One damaged file must not hide the others.
+                shown = f"(metrics.json unreadable: {type(e).__name__})"
+            print(f"{marker} {version} {shown}")
         return 0
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")

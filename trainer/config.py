@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import time
+import uuid
 from typing import Optional, Tuple
 
 from trainer.errors import UsageError
@@ -57,6 +58,7 @@ class Config:
     labels_file: Optional[str] = None
     augment: Tuple[Tuple[str, float], ...] = ()  # ((op, amount), ...) from --augment.
     max_bad_fraction: float = 0.1
+    max_image_mb: int = 64  # Larger image files are skipped (counted and named like unreadable ones).
     # Model.
     backbone: str = "mobilenet_v2"
     weights: Optional[str] = None  # None: the backbone's default.
@@ -210,6 +212,8 @@ def validate(config: Config) -> Config:
         raise UsageError("--num_cpu_replicas and --num_gpus must be >= 0")
     if config.tpu_iterations_per_loop <= 0:
         raise UsageError(f"--tpu_iterations_per_loop={config.tpu_iterations_per_loop} must be positive")
+    if config.max_image_mb < 1:
+        raise UsageError(f"--max_image_mb={config.max_image_mb} must be at least 1")
     if not 0.0 <= config.max_bad_fraction <= 1.0:
         raise UsageError(f"--max_bad_fraction={config.max_bad_fraction} must be in [0, 1]")
     if len(set(config.classes)) != len(config.classes):
@@ -229,7 +233,9 @@ def validate(config: Config) -> Config:
     run_id = ""
     if config.unique_run_dir:
         # Vertex restarts a preempted job with the same environment: its job id keeps the folder stable.
-        run_id = os.environ.get("CLOUD_ML_JOB_ID") or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        # Elsewhere two runs may start in the same second: a random suffix keeps their folders apart.
+        run_id = os.environ.get("CLOUD_ML_JOB_ID") or (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" +
+                                                       uuid.uuid4().hex[:6])
     model_dir = config.model_dir or default_model_dir()
     changes["model_dir"] = to_gcs_uri(os.path.join(model_dir, run_id) if run_id else model_dir)
     changes["unique_run_dir"] = False  # Applied: validating again must not add another level.

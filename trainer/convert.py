@@ -68,8 +68,15 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
         raise UsageError(f"--data={data} is not a folder of class sub-folders")
     dataset = data_lib.load(Config(data=data, validation_split=validation_split, labels_file=labels_file,
                                    max_bad_fraction=max_bad_fraction), require_validation=validation_split > 0)
+    odd = [name for name in dataset.class_names if any(c in name for c in "\n\r\x00")]
+    if odd:
+        raise UsageError(f"--data={data} has a class folder named {odd[0]!r}: labels.txt holds one class name a "
+                         "line, so a name with a line break cannot be stored; rename the folder")
     files.ensure_dir(output, "output")
-    written = {}
+    # A killed conversion's half-written shards (`*.tmp-*`) would match the documented train-* glob.
+    for leftover in tf.io.gfile.glob(os.path.join(output, "*.tmp-*")):
+        tf.io.gfile.remove(leftover)
+    written, stale = {}, []
     for split_name, split in (("train", dataset.train), ("validation", dataset.validation)):
         examples = list(zip(split.paths, split.labels))
         if not examples:
@@ -81,13 +88,19 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
                        for p, y in examples[index::count]]
             _write_atomically(tfrecords.shard_name(output, split_name, index, count), records)
         written[split_name] = len(examples)
+        # Shards of an earlier conversion with another --shards: the glob would read their examples twice.
+        fresh = {tfrecords.shard_name(output, split_name, i, count) for i in range(count)}
+        for old in tf.io.gfile.glob(os.path.join(output, f"{split_name}-*-of-*.tfrecord")):
+            if old not in fresh:
+                tf.io.gfile.remove(old)
+                stale.append(os.path.basename(old))
     labels_path = os.path.join(output, "labels.txt")
     tmp = f"{labels_path}.tmp-{uuid.uuid4().hex[:8]}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write("".join(name + "\n" for name in dataset.class_names))
     tf.io.gfile.rename(tmp, labels_path, overwrite=True)
     return {"output": output, "shards": shards, "examples": written, "counts": dataset.counts(),
-            "class_names": dataset.class_names, "skipped_files": dataset.skipped_files}
+            "class_names": dataset.class_names, "skipped_files": dataset.skipped_files, "removed_stale_shards": stale}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +133,9 @@ def main(argv=None) -> int:
     if report["skipped_files"]:
         sys.stderr.write(f"skipped {len(report['skipped_files'])} unreadable file(s): "
                          + ", ".join(report["skipped_files"]) + "\n")
+    if report["removed_stale_shards"]:
+        sys.stderr.write(f"removed {len(report['removed_stale_shards'])} shard(s) of an earlier conversion into "
+                         f"{args.output} (another --shards): " + ", ".join(report["removed_stale_shards"]) + "\n")
     print(json.dumps(report, sort_keys=True))
     return 0
 

@@ -20,6 +20,7 @@ by the input pipeline (`trainer.inputs`).
 import dataclasses
 import hashlib
 import os
+import stat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -135,7 +136,7 @@ def load(config: Config, require_validation: bool = True) -> Dataset:
     if config.classes:
         dataset = _keep_classes(dataset, config.classes)
     if dataset.kind == "files":
-        dataset = _drop_unreadable(dataset, config.max_bad_fraction, source)
+        dataset = _drop_unreadable(dataset, config.max_bad_fraction, source, config.max_image_mb * 2**20)
     for name, split in (("training", dataset.train), ("validation", dataset.validation)):
         if name == "validation" and not require_validation:
             continue
@@ -363,9 +364,33 @@ def find_unreadable(paths: Sequence[str]) -> List[str]:
     return [p for p in paths if p not in readable]
 
 
-def _drop_unreadable(dataset: Dataset, max_bad_fraction: float, source: str) -> Dataset:
+def file_problem(path: str, max_bytes: int) -> Optional[str]:
+    """Why an input file must not be read (a FIFO would block forever, a link to /dev/zero never end, a huge
+    file fill the memory), or None. Only regular files up to `max_bytes` are read."""
+    if "://" in path:
+        try:
+            size = tf.io.gfile.stat(path).length
+        except tf.errors.OpError:
+            return "cannot be read"
+    else:
+        try:
+            status = os.stat(path)
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if not stat.S_ISREG(status.st_mode):
+            return "not a regular file"
+        size = status.st_size
+    if size > max_bytes:
+        return f"{size / 2**20:.0f} MB, above --max_image_mb={max_bytes // 2**20}"
+    return None
+
+
+def _drop_unreadable(dataset: Dataset, max_bad_fraction: float, source: str, max_bytes: int) -> Dataset:
     all_paths = dataset.train.paths + dataset.validation.paths
-    bad = set(find_unreadable(all_paths))
+    special = {p: problem for p in all_paths for problem in [file_problem(p, max_bytes)] if problem}
+    for path, problem in sorted(special.items())[:5]:
+        logging.warning("not reading %s: %s", path, problem)
+    bad = set(special) | set(find_unreadable([p for p in all_paths if p not in special]))
     if not bad:
         return dataset
     names = sorted(bad)

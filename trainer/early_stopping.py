@@ -25,9 +25,10 @@ def lower_is_better(metric: str) -> bool:
 
 def read_state(model_dir: str) -> dict:
     try:
-        return files.read_json(os.path.join(model_dir, STATE_FILE)) or {}
-    except ValueError:
+        state = files.read_json(os.path.join(model_dir, STATE_FILE)) or {}
+    except (ValueError, UnicodeDecodeError):
         return {}  # Unreadable: start counting again rather than fail the run.
+    return state if isinstance(state, dict) else {}  # A JSON value that is not an object: the same.
 
 
 class Watcher(tf.estimator.Exporter):

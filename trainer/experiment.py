@@ -18,9 +18,10 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import data as data_lib
-from trainer import (class_weights, console, distribution, early_stopping, evaluations, export, feature_cache,
-                     files, hypertune, inputs, listeners, metrics, models, phases, predictions, preemption,
-                     preflight, progress, promotion, record_faults, report, schedules, tpu)
+from trainer import (checkpoints, class_weights, console, distribution, early_stopping, evaluations, export,
+                     feature_cache, files, hypertune, inputs, listeners, metrics, models, phases, predictions,
+                     preemption, preflight, progress, promotion, record_faults, report, schedules, tpu)
+from trainer import run_lock
 from trainer.config import DEFAULT_LOSS, Config, validate
 from trainer.errors import NumericError, UsageError
 
@@ -88,7 +89,7 @@ def _input_shape(model: tf.keras.Model):
 def check_model_dir(config: Config, model: tf.keras.Model, class_names, full_model=None) -> None:
     """Refuses a --model_dir whose run belongs to another model, class count or class order."""
     num_classes = len(class_names)
-    previous = files.read_json(os.path.join(config.model_dir, "run_info.json"))
+    previous = files.read_run_info(config.model_dir)
     if previous and previous.get("dry_run"):
         previous = None  # A --dry_run trained nothing: it binds no later run.
     if previous and tf.train.latest_checkpoint(config.checkpoint_dir):
@@ -239,6 +240,12 @@ def train_and_evaluate(config: Config) -> dict:
     files.ensure_dir(config.model_dir, "model_dir")
     if config.checkpoint_dir != config.model_dir:
         files.ensure_dir(config.checkpoint_dir, "checkpoint_dir")
+    chief = distribution.parse_tf_config().get("task", {}).get("type", "chief") in ("chief", "master")
+    with run_lock.hold(config.model_dir, chief):  # One run per folder; released however the process ends.
+        return _run(config)
+
+
+def _run(config: Config) -> dict:
     console.attach(config.model_dir)  # The full log: <model_dir>/train.log (command line only).
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
                                  tpu=config.tpu, use_tpu=config.use_tpu)
@@ -269,6 +276,8 @@ def train_and_evaluate(config: Config) -> dict:
     phases.check_freeze(config, planned, model)
     if plan.is_chief:
         phases.warn_unused(config, planned)
+    if plan.is_chief and not config.dry_run:  # A damaged latest checkpoint or state file: the newest readable one.
+        checkpoints.recover(config.checkpoint_dir)
     latest = None if config.dry_run else tf.train.latest_checkpoint(config.checkpoint_dir)
     warm_start = None
     # A cached run's checkpoints hold the head only, so its trunk comes from the warm start on every start

@@ -94,3 +94,44 @@ def remove_temporaries(model_dir: str) -> None:
 def copy_file(source: str, destination: str) -> None:
     tf.io.gfile.makedirs(os.path.dirname(destination))
     tf.io.gfile.copy(source, destination, overwrite=True)
+
+
+def check_output_file(path: str, flag: str = "output") -> None:
+    """Refuses, before any work, an output file that cannot be written: a folder, under a file, or in a folder
+    that cannot be made or written (gs:// paths are checked by their upload)."""
+    from trainer.errors import UsageError
+
+    if "://" in path:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"--{flag}={path} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"--{flag}={path}: {existing} is a file, not a folder")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--{flag}={path}: cannot create the folder {parent} ({e.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--{flag}={path}: the folder {parent} is not writable")
+
+
+def read_run_info(model_dir: str) -> Any:
+    """run_info.json of the run in model_dir: a dict, or None when missing or damaged (with a warning: the next
+    write replaces it, so a damaged file heals instead of failing every restart)."""
+    from absl import logging
+
+    path = os.path.join(model_dir, "run_info.json")
+    try:
+        info = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        logging.warning("%s is damaged (%s): read as missing; this run rewrites it", path, str(e)[:120])
+        return None
+    if info is not None and not isinstance(info, dict):
+        logging.warning("%s holds a %s, not an object: read as missing; this run rewrites it", path,
+                        type(info).__name__)
+        return None
+    return info

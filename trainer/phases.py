@@ -193,6 +193,12 @@ def resolve(planned: List[Phase], history: List[dict], step: int,
         history = []  # Nothing trained: whatever was recorded has no weights behind it.
     # A record past the checkpoint (one fell back to an older checkpoint) describes steps that are gone.
     history = [dict(h) for h in history if int(h["first_step"]) <= step]
+    if has_checkpoint and not history:
+        # A checkpoint without its history (run_info.json deleted or damaged): the flags' plan is the best
+        # account of how the checkpoint was made. Past a planned boundary, that boundary happened.
+        history = [p.record() for p in planned if p.first_step < step or p.first_step == 0]
+        logging.warning("no phase history for the checkpoint at step %d: assuming the phases the flags plan (%s)",
+                        step, ", ".join(f"{r['name']} {r['first_step']}..{r['last_step']}" for r in history))
     current = history[-1] if history else None
     todo: List[Step] = []
     for phase in planned:
@@ -320,7 +326,7 @@ def prepare(config: Config, dist, planned: List[Phase], run_info: dict, info_pat
     run_info["plan"] = [{"name": p.name, "first_step": p.first_step, "last_step": p.last_step} for p in planned]
     # Every task reads it and must reach the same answer; a worker reading it after the chief recorded a
     # boundary finds that phase recorded, and its checkpoint in place.
-    previous = files.read_json(info_path)
+    previous = files.read_run_info(os.path.dirname(info_path))
     latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     step = int(latest.rsplit("-", 1)[1]) if latest else 0
     steps, history = resolve(planned, history_of(previous), step, bool(latest))

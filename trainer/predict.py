@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import gcs, model_source  # noqa: E402
+from trainer import files, gcs, model_source  # noqa: E402
 from trainer.data import IMAGE_EXTENSIONS  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 from trainer.inputs import decode_image, to_model_images  # noqa: E402
@@ -106,8 +106,8 @@ class Item:
 
 # ---- Inputs -------------------------------------------------------------------------------------------------
 
-def list_inputs(data: str) -> tuple:
-    """(key column name, items, count or None) for --data."""
+def list_inputs(data: str, max_bytes: int = 64 * 2**20) -> tuple:
+    """(key column name, items, count or None) for --data; image files above `max_bytes` become error rows."""
     if data.endswith(".npz"):
         return ("index", *_npz_items(data))
     if tf.io.gfile.isdir(data):
@@ -115,7 +115,7 @@ def list_inputs(data: str) -> tuple:
         if not paths:
             raise UsageError(f"--data={data} has no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
         root = data.rstrip("/")
-        items = [Item(p, _folder_label(root, p), _reader(p)) for p in paths]
+        items = [Item(p, _folder_label(root, p), _reader(p, max_bytes)) for p in paths]
         return "path", items, len(items)
     matches = sorted(tf.io.gfile.glob(data)) if any(c in data for c in "*?[") else (
         [data] if tf.io.gfile.exists(data) else [])
@@ -133,7 +133,7 @@ def list_inputs(data: str) -> tuple:
         return "path", _tfrecord_items([p for p, _ in files]), None
     if not files:
         raise UsageError(f"--data={data} matches only folders without image files")
-    return "path", [Item(p, label, _reader(p)) for p, label in files], len(files)
+    return "path", [Item(p, label, _reader(p, max_bytes)) for p, label in files], len(files)
 
 
 def _is_tfrecord(path: str) -> bool:
@@ -153,8 +153,13 @@ def _folder_label(root: str, path: str) -> Optional[str]:
     return parts[0] if len(parts) > 1 else None
 
 
-def _reader(path: str) -> Callable[[], bytes]:
+def _reader(path: str, max_bytes: int = 64 * 2**20) -> Callable[[], bytes]:
     def read() -> bytes:
+        from trainer.data import file_problem
+
+        problem = file_problem(path, max_bytes)  # A FIFO, /dev/zero or a huge file: an error row, unread.
+        if problem:
+            raise ValueError(f"not read: {problem}")
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     return read
@@ -361,7 +366,7 @@ def write_confusion(path: str, class_names: Sequence[str], matrix: np.ndarray) -
 # ---- The command --------------------------------------------------------------------------------------------
 
 def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64, workers: int = 8,
-        log=None) -> dict:
+        log=None, max_image_mb: int = 64) -> dict:
     """Predicts every input of `data` into `output`; returns the summary.
 
     Raises:
@@ -370,6 +375,7 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
     log = log or sys.stderr
     if not output.endswith(OUTPUT_FORMATS):
         raise UsageError(f"--output={output} must end in .csv or .jsonl")
+    files.check_output_file(output)  # Before the whole prediction runs.
     if top_k < 1:
         raise UsageError(f"--top_k={top_k} must be at least 1")
     if batch_size < 1:
@@ -377,7 +383,9 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
     if not data:
         raise UsageError("--data is required: a folder, a file glob, a TFRecord glob or an .npz file")
     serving = Serving(model_source.resolve(model))
-    key, items, total = list_inputs(data)
+    if max_image_mb < 1:
+        raise UsageError(f"--max_image_mb={max_image_mb} must be at least 1")
+    key, items, total = list_inputs(data, max_image_mb * 2**20)
     names = serving.class_names
     index = {n: i for i, n in enumerate(names)}
     k = min(top_k, len(names))
@@ -447,11 +455,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="out.csv or out.jsonl (local or gs://)")
     parser.add_argument("--top_k", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_image_mb", type=int, default=64,
+                        help="larger image files (and FIFOs, devices) are error rows, never read [64]")
     args = parser.parse_args(argv)
     try:
         if bool(args.model) == bool(args.champion_dir):
             raise UsageError("give one of --model and --champion_dir")
-        summary = run(args.model or args.champion_dir, args.data, args.output, args.top_k, args.batch_size)
+        summary = run(args.model or args.champion_dir, args.data, args.output, args.top_k, args.batch_size,
+                      max_image_mb=args.max_image_mb)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1

@@ -105,7 +105,8 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
         console.say("promotion: copying the challenger to version %s", version)
         won = champion.promote(store, token, version, export_path, keras_h5,
                                {**challenger, "metric": metric, "class_names": list(class_names or [])},
-                               model_dir, pointer["version"] if pointer else None)
+                               model_dir, pointer["version"] if pointer else None,
+                               champion.lineage(pointer) + [pointer["version"]] if pointer else [])
         record.update(promoted=won, version=version)
         if not won:
             reason = "another run replaced CHAMPION.json first (lost the race); not promoted"

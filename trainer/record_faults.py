@@ -54,7 +54,7 @@ def restore(dataset, model_dir: str) -> List[dict]:
     if not shards:
         return []
     try:
-        previous = files.read_json(os.path.join(model_dir, "run_info.json")) or {}
+        previous = files.read_run_info(model_dir) or {}
     except ValueError:  # An unreadable run_info.json: found again when met.
         previous = {}
     for entry in previous.get("skipped_records") or []:

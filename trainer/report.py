@@ -410,6 +410,10 @@ def main(argv=None) -> int:
     absl_logging.set_verbosity(absl_logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Deprecation notices of the event reader.
     try:
+        if args.output:
+            from trainer import files
+
+            files.check_output_file(args.output)
         path = build(args.model_dir.rstrip("/"), args.output)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")

@@ -45,6 +45,8 @@ flags.DEFINE_string("augment", "", "Training-only augmentation, e.g. flip,rotate
                     "fraction of a full turn, zoom as a fraction). Reproducible under --seed.")
 flags.DEFINE_float("max_bad_fraction", _DEFAULTS.max_bad_fraction, "Stop when more than this fraction of "
                    "the image files is unreadable (fewer are skipped and reported).")
+flags.DEFINE_integer("max_image_mb", _DEFAULTS.max_image_mb, "Image files larger than this (in MiB) are skipped "
+                     "and reported like unreadable ones; so are files that are not regular files (FIFOs, devices).")
 # Model.
 flags.DEFINE_string("backbone", _DEFAULTS.backbone, "Trunk from the registry: mlp, small_cnn, mobilenet_v2, "
                     "inception_v3, vgg16, vgg19, resnet50, xception, densenet121, efficientnet_b0.")
@@ -161,7 +163,8 @@ def config_from_flags() -> config_lib.Config:
     except ValueError:
         raise UsageError(f"--head_units={','.join(FLAGS.head_units)} must be a comma list of integers") from None
     values = {field: FLAGS[field].value for field in (
-        "data", "model_dir", "validation_split", "eval_data", "labels_file", "max_bad_fraction", "backbone", "weights", "image_size", "cut_layer",
+        "data", "model_dir", "validation_split", "eval_data", "labels_file", "max_bad_fraction", "max_image_mb",
+        "backbone", "weights", "image_size", "cut_layer",
         "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
         "allow_custom_objects",
         "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",

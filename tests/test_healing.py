@@ -1,0 +1,88 @@
+"""State that heals instead of looping (issue 23): a damaged latest checkpoint, a garbage or missing `checkpoint`
+state file, a damaged run_info.json or early_stopping.json. Vertex AI reruns the same command after a failure, so
+each of these used to be a crash loop or a silent restart from step 0."""
+import json
+
+import pytest
+
+import restart_cases
+from trainer.schedules import PhaseSchedule
+
+ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=10", "--eval_throttle_secs=0",
+        "--keep_checkpoint_max=10", "--lr_schedule=cosine"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 30-step run to damage (copied per test)."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    proc = restart_cases.run_to_end(ARGS + ["--train_steps=30"], run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncate_index", "zero_data", "flip_data", "delete_data"])
+def test_a_damaged_latest_checkpoint_resumes_from_the_newest_readable(finished, tmp_path, damage):
+    """SRE trial B4: a traceback on every restart; the intact older checkpoint was never tried."""
+    run = _copy(finished, tmp_path)
+    index = run / "model.ckpt-30.index"
+    data = next(run.glob("model.ckpt-30.data-*"))
+    if damage == "truncate_index":
+        index.write_bytes(index.read_bytes()[: len(index.read_bytes()) // 2])
+    elif damage == "zero_data":
+        data.write_bytes(b"\0" * len(data.read_bytes()))
+    elif damage == "flip_data":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2: len(raw) // 2 + 4] = b"\xff\xff\xff\xff"
+        data.write_bytes(bytes(raw))
+    else:
+        data.unlink()
+    again = restart_cases.run_to_end(ARGS + ["--train_steps=40"], run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert "resuming from model.ckpt-20: skipped the damaged model.ckpt-30" in again.stderr
+    assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == 40
+
+
+@pytest.mark.parametrize("damage", ["garbage", "deleted"])
+def test_a_damaged_state_file_resumes_instead_of_restarting_at_zero(finished, tmp_path, damage):
+    """SRE trial B5: rc 0, retrained from step 0, overwriting model.ckpt-0/10/20/30."""
+    run = _copy(finished, tmp_path)
+    if damage == "garbage":
+        (run / "checkpoint").write_text("this is {not a proto")
+    else:
+        (run / "checkpoint").unlink()
+    again = restart_cases.run_to_end(ARGS + ["--train_steps=40"], run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from step 30" in again.stderr and "resuming from the newest checkpoint found, model.ckpt-30" \
+        in again.stderr
+    phases = json.loads((run / "run_info.json").read_text())["phases"]
+    assert [(p["name"], p["first_step"], p["last_step"]) for p in phases] == [("train", 0, 40)]
+
+
+@pytest.mark.parametrize("content", ["", '{"flags": {"data": "dig', "garbage", "[1, 2]"])
+def test_a_damaged_run_info_keeps_the_phase_and_its_schedule(finished, tmp_path, content):
+    """SRE trial B6 (JSONDecodeError/AttributeError on every restart) and W4 (a deleted run_info.json reset the
+    optimizer and restarted the schedule, as 'another recipe')."""
+    run = _copy(finished, tmp_path)
+    if content:
+        (run / "run_info.json").write_text(content)
+    else:
+        (run / "run_info.json").unlink()
+    (run / "early_stopping.json").write_text("[3]")
+    again = restart_cases.run_to_end(ARGS + ["--train_steps=50", "--early_stopping_patience=9"], run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr and "another recipe" not in again.stderr
+    phases = json.loads((run / "run_info.json").read_text())["phases"]
+    assert [(p["name"], p["first_step"], p["last_step"], p["lr_schedule"]) for p in phases] == [
+        ("train", 0, 50, "cosine")]
+    rate = restart_cases._scalars(run, "learning_rate")[31]  # The schedule goes on from step 30, not from 1e-3.
+    assert rate == pytest.approx(PhaseSchedule(1e-3, 0, 50, "cosine").value(30), rel=1e-4)
