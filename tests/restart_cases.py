@@ -312,8 +312,11 @@ def check_case(case: dict, root: Path) -> List[str]:
                                 f"{sorted(set(a) - set(b))}, only interrupted {sorted(set(b) - set(a))}")
     metrics_a = json.loads((plain_dir / "eval_metrics.json").read_text())
     metrics_b = json.loads((cut_dir / "eval_metrics.json").read_text())
-    if not case["early_stopping"] and metrics_a.get("global_step") != metrics_b.get("global_step"):
-        problems.append(f"{where}: final step {metrics_b.get('global_step')} vs {metrics_a.get('global_step')}")
+    step_a, step_b = _latest_step(plain_dir), _latest_step(cut_dir)
+    if not case["early_stopping"] and step_a != step_b:
+        problems.append(f"{where}: final step {step_b} vs {step_a}")
+    if metrics_a.get("served_model") != metrics_b.get("served_model"):
+        problems.append(f"{where}: served model {metrics_b.get('served_model')} vs {metrics_a.get('served_model')}")
     for key in [k for k in metrics_a if k.endswith("accuracy") and isinstance(metrics_a[k], float)]:
         if abs(metrics_a[key] - metrics_b.get(key, -1)) > ACCURACY_NOISE:
             problems.append(f"{where}: {key} {metrics_b.get(key)} vs {metrics_a[key]} uninterrupted")

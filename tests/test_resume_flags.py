@@ -87,6 +87,7 @@ def test_a_smaller_plan_than_the_checkpoint_says_so(tmp_path):
      "--fine_tune_freeze=999 is out of range"),
     (["--freeze=all", "--fine_tune_steps=10", "--fine_tune_freeze=999", "--backbone=small_cnn", "--dry_run"],
      "--fine_tune_freeze=999 is out of range"),
+    (["--model_fn=tiny_models:rgb"], "takes inputs of shape (8, 8, 3), but --data=digits holds (8, 8, 1)"),
     (["--model_fn=multi_io_model:build", "--freeze=all"], "--freeze=all freezes layers of a built-in model's trunk"),
     (["--model_fn=multi_io_model:build", "--fine_tune_freeze=2", "--fine_tune_steps=5"], "--fine_tune_freeze=2"),
 ])
@@ -96,7 +97,7 @@ def test_recipe_mistakes_are_one_line_before_training(capsys, tmp_path, flags, f
     run = tmp_path / "run"
     steps = [] if any(f.startswith("--epochs") for f in flags) else ["--train_steps=10"]
     assert_error(capsys, fragment, "--data=digits", *steps, f"--model_dir={run}", *flags)
-    assert not list(run.glob("*.ckpt-*"))
+    assert not run.exists() or {p.name for p in run.iterdir()} <= {".trainer.lock", "train.log"}  # Trial c024.
 
 
 def test_a_class_weight_file_of_zeros_is_refused(capsys, tmp_path):
@@ -105,3 +106,34 @@ def test_a_class_weight_file_of_zeros_is_refused(capsys, tmp_path):
     weights.write_text(json.dumps({"0": 0, "1": 0, "2": 0}))
     assert_error(capsys, "gives every class weight 0", *BASE, "--train_steps=10", f"--class_weight={weights}",
                  f"--model_dir={tmp_path / 'run'}")
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".trainer.lock", "train.log"}
+
+
+def test_dry_run_resolves_epochs_and_both_phases(capsys, tmp_path):
+    """Trial c002/c008/c168: the header said (1000 steps) for 23, --dry_run recorded train_steps null."""
+    run = tmp_path / "run"
+    assert cli(capsys, "--data=digits", "--backbone=mlp", "--epochs=0.5", "--fine_tune_steps=7", "--dry_run",
+               f"--model_dir={run}") == (0, [])
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["train_steps"] == 30 and [(p["name"], p["first_step"], p["last_step"]) for p in info["plan"]] == [
+        ("train", 0, 23), ("fine_tune", 23, 30)]  # ceil(0.5 x 1412 / 32) = 23.
+
+
+def test_eval_metrics_describe_the_served_model_and_keep_the_last_evaluation_apart(capsys, tmp_path):
+    """Trial c075/c017/c074: top-level figures of the last evaluation beside per-class figures of the best export,
+    and raw dicts in report.html's table."""
+    run = tmp_path / "run"
+    common = BASE + ["--eval_throttle_secs=0", f"--model_dir={run}"]
+    assert cli(capsys, *common, "--train_steps=40")[0] == 0
+    # A negligible rate: step 60 evaluates no better than step 40, so the best export (the served model) stays 40.
+    assert cli(capsys, *common, "--train_steps=60", "--learning_rate=1e-9")[0] == 0
+    metrics = json.loads((run / "eval_metrics.json").read_text())
+    best = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert metrics["served_model"] == "best" and metrics["global_step"] == best["metrics"]["global_step"] == 40
+    assert metrics["accuracy"] == best["metrics"]["accuracy"]
+    assert metrics["last_evaluation"]["global_step"] == 60
+    matrix = metrics["confusion_matrix"]["matrix"]  # The served model's: its accuracy is the top-level one.
+    assert sum(matrix[i][i] for i in range(len(matrix))) / sum(map(sum, matrix)) == pytest.approx(metrics["accuracy"])
+    html = (run / "report.html").read_text()
+    assert "The served model (export/best), evaluated at step 40" in html and "The last evaluation, step 60" in html
+    assert "{&#x27;" not in html and "{'" not in html  # No raw dicts in table cells.

@@ -148,9 +148,24 @@ def test_predict_globs_npz_tfrecords_and_the_champion(run, tmp_path, capsys):
     out = tmp_path / "tfr.csv"
     assert predict.main([f"--model={run['model_dir']}", f"--data={tmp_path}/*.tfrecord", f"--output={out}"]) == 0
     table = rows(out)
-    assert len(table) == 1 + len(pngs) and table[0]["error"].startswith("DataLossError")  # junk-* sorts first.
+    assert len(table) == 1 + len(pngs) and table[0]["error"].startswith("corrupt record")  # junk-* sorts first.
     assert table[1]["path"] == f"{shard}:0"
     assert [r["predicted"] for r in table[1:]] == [by_path[str(p)]["predicted"] for p in pngs]
+    # 40 bytes flipped mid-shard (trial c176): one error row, every other record still predicted (was: the rest of
+    # the shard dropped, the count wrong, raw TensorFlow text in the error cell).
+    raw = bytearray(shard.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 40] = bytes(b ^ 0xFF for b in raw[middle:middle + 40])
+    damaged = tmp_path / "damaged" / "d-00000-of-00001.tfrecord"
+    damaged.parent.mkdir()
+    damaged.write_bytes(bytes(raw))
+    assert predict.main([f"--model={run['model_dir']}", f"--data={damaged}", f"--output={out}"]) == 0
+    table = rows(out)
+    errors = [r for r in table if r["error"]]
+    assert len(errors) == 1 and errors[0]["error"].startswith("corrupt record") and "{{" not in errors[0]["error"]
+    assert len(table) - 1 == len(pngs) - 1  # Only the damaged record is lost.
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["inputs"] == len(table) and summary["errors"] == 1
 
     # --champion_dir: the version CHAMPION.json names.
     champion_dir = tmp_path / "champion"
@@ -308,6 +323,23 @@ def test_a_killed_tflite_export_is_redone_by_the_same_command(run, tmp_path):
     assert export_tflite.main([str(model_dir), "--quantize=int8"]) == 0
     assert sorted(os.listdir(out)) == ["labels.txt", "model.tflite", "model_info.json"]
     assert tflite_vs_saved_model(run, model_dir) >= 0.97
+
+
+def test_tflite_of_a_binary_model_and_of_a_model_fn_run(tmp_path, capsys):
+    """Trial c137/c138 (every binary model failed: "probabilities" used twice) and c068/c072/c073 (a --model_fn
+    run, which the --export_tflite error line sends to trainer.export_tflite, crashed in the agreement check)."""
+    binary = tmp_path / "binary"
+    train_cli("--data=digits", "--classes=3,8", "--label_mode=binary", "--backbone=small_cnn", "--train_steps=20",
+              f"--model_dir={binary}", "--export_tflite=int8")
+    info = json.loads((binary / "export" / "tflite" / "model_info.json").read_text())
+    assert info["output"]["shape"][-1] == 2 and info["agreement_with_keras_model"]["top1"] >= 0.9
+    own = tmp_path / "own"
+    experiment.train_and_evaluate(Config(data="digits", model_fn="tiny_models:gray", model_dir=str(own),
+                                         train_steps=5))
+    capsys.readouterr()
+    assert export_tflite.main([str(own), "--quantize=float16"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "takes a model of RGB images" in err and "Traceback" not in err
 
 
 # ---- Model Registry -----------------------------------------------------------------------------------------

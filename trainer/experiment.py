@@ -262,6 +262,11 @@ def _run(config: Config) -> dict:
     tf.keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
     image_shape = dataset.image_shape if dataset else None
     model = models.build_model(config, num_classes, image_shape)
+    if config.model_fn and image_shape and len(model.inputs) == 1:  # Trial c069/c070: a 77-line traceback.
+        expected = tuple(model.input_shape[1:])
+        if len(expected) == len(image_shape) and any(e not in (None, d) for e, d in zip(expected, image_shape)):
+            raise UsageError(f"--model_fn={config.model_fn} takes inputs of shape {expected}, but --data={config.data} "
+                             f"holds {tuple(image_shape)}: make the model's Input shape {tuple(image_shape)}")
     models.compile_model(model, config)
     summary = models.summarize(model)
     if config.cache_features:
@@ -307,7 +312,9 @@ def _run(config: Config) -> dict:
     info_path = os.path.join(config.model_dir, "run_info.json")
     console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None,
                    planned[-1].last_step)
-    if config.dry_run:
+    if config.dry_run:  # What the flags plan, resolved (--epochs included).
+        run_info.update(train_steps=planned[-1].last_step, plan=[
+            {"name": p.name, "first_step": p.first_step, "last_step": p.last_step} for p in planned])
         files.write_json(info_path, run_info)
         return {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
             "total_params", "trainable_params", "non_trainable_params")}}
@@ -391,11 +398,16 @@ def _run(config: Config) -> dict:
     checkpoint = _finite_checkpoint(config)
     matrix = eval_metrics.pop("confusion_matrix", None)  # Of the final evaluation (trainer.metrics).
     best = export.read_best_record(os.path.join(config.checkpoint_dir, "export", "best"))
+    # eval_metrics.json describes the served model at its top level (its step included); the last evaluation,
+    # when it is another step, goes under `last_evaluation` (trial c075/c017: the two were mixed).
+    served = dict(eval_metrics, served_model=config.export)
     if config.export == "best" and best:
         # keras_model.h5 (and so promotion, which evaluates it) and the per-class figures describe the model
         # that is served: the best evaluation's, whose export holds its weights under the same names.
         checkpoint = os.path.join(best["export"], "variables", "variables")
-        eval_metrics["export_metrics"] = best["metrics"]
+        served = dict(best["metrics"], served_model="best", export_metrics=best["metrics"])
+        if best["metrics"].get("global_step") != eval_metrics.get("global_step"):
+            served["last_evaluation"] = dict(eval_metrics)
         matrix = best.get("confusion_matrix")
         if config.early_stopping_patience:  # Early stopping reports the best model as the result.
             eval_metrics.update(best["metrics"])
@@ -405,8 +417,8 @@ def _run(config: Config) -> dict:
     export.save_keras_model(model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"),
                             full_model=full_model if cache else None)
     if matrix is not None:
-        eval_metrics.update(metrics.from_confusion(matrix, dataset.class_names))
-    files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), eval_metrics)
+        served.update(metrics.from_confusion(matrix, dataset.class_names))
+    files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), served)
     export_path = export.latest_export(config.checkpoint_dir, config.export)
     if export_path is None:  # No exporter ran here (distributed without an evaluator).
         export_path = (cache.exporter if cache else estimator).export_saved_model(

@@ -77,11 +77,16 @@ def export(model_dir: str, quantize: str, data: Optional[str] = None,
     if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.input_shape) != 4:
         raise UsageError(f"{model_dir}: TFLite export takes a model with one image input and one output "
                          f"(this one has inputs {model.input_names} and outputs {model.output_names})")
+    if model.input_shape[-1] != 3:  # The calibration and agreement images are decoded RGB pixels.
+        shape = "x".join(str(d) for d in model.input_shape[1:])
+        raise UsageError(f"{model_dir}: TFLite export takes a model of RGB images (HxWx3); this one's input is "
+                         f"{shape} (a --model_fn model?): convert it yourself with tf.lite.TFLiteConverter")
     weights = _use_serving_weights(model, model_dir, run_info)
     class_names = list(run_info.get("class_names") or [])
     if model.output_shape[-1] == 1 and len(class_names) == 2:  # Binary sigmoid -> [1 - p, p], like serving.
         p = model.output
-        model = tf.keras.Model(model.input, tf.keras.layers.Concatenate(name="probabilities")([1.0 - p, p]))
+        # Its own name: the sigmoid layer is already called `probabilities` (trial c137/c138).
+        model = tf.keras.Model(model.input, tf.keras.layers.Concatenate(name="class_probabilities")([1.0 - p, p]))
     dataset = _dataset(run_info, data, needed=quantize == "int8")
     size = int(model.input_shape[1])
     tmp_files = tf.io.gfile.glob(os.path.join(tflite_dir(model_dir), "*.tmp-*"))

@@ -198,9 +198,35 @@ def _tfrecord_items(shards: Sequence[str]) -> Iterator[Item]:
                 label = text or (int(ex["image/class/label"]) if ex["image/class/label"] >= 0 else None)
                 yield Item(f"{shard}:{index}", label, (lambda b=ex["image/encoded"]: b))
                 index += 1
-        except tf.errors.OpError as e:
-            error = f"{type(e).__name__}: {e.message.splitlines()[0][:200]}"
-            yield Item(f"{shard}:{index}", None, lambda error=error: _raise(error))
+        except tf.errors.OpError:
+            # A damaged record: TensorFlow's reader stops there. The resynchronising reader goes on past it: one
+            # error row per damaged record, every readable record after it still predicted.
+            yield from _items_after_fault(shard, index, features)
+
+
+def _items_after_fault(shard: str, done: int, features: dict) -> Iterator[Item]:
+    from trainer import tfrecords
+
+    try:
+        frames = list(tfrecords._frames(tfrecords._read_shard(shard)))
+    except UsageError as e:
+        yield Item(f"{shard}:{done}", None, lambda error=str(e): _raise(error))
+        return
+    index = 0
+    for kind, offset, value in frames:
+        if kind != "record":
+            yield Item(f"{shard}:@{offset}", None, lambda error=f"{value} at byte {offset}": _raise(error))
+            continue
+        if index >= done:
+            try:
+                ex = tf.io.parse_single_example(value, features)
+            except (tf.errors.OpError, ValueError):
+                yield Item(f"{shard}:{index}", None, lambda: _raise("not a tf.train.Example"))
+            else:
+                text = ex["image/class/text"].numpy().decode()
+                label = text or (int(ex["image/class/label"]) if ex["image/class/label"] >= 0 else None)
+                yield Item(f"{shard}:{index}", label, (lambda b=ex["image/encoded"].numpy(): b))
+        index += 1
 
 
 class _InputError(Exception):

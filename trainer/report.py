@@ -258,10 +258,22 @@ def _metrics_section(metrics, predictions, num_classes) -> str:
 
     if metrics is None and predictions is None:
         return ""
+    def scalars(values: dict) -> list:  # Tables and lists have their own sections, not cells here.
+        return [(_esc(k), f"{v:.4f}" if isinstance(v, float) else _esc(v)) for k, v in sorted(values.items())
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k != "served_model"]
+
     out = ["<h2>Final evaluation</h2>"]
     if metrics is not None:
-        out.append(_table([(_esc(k), f"{v:.4f}" if isinstance(v, float) else _esc(v))
-                           for k, v in sorted(metrics.items())], ["eval_metrics.json", "value"], numeric=(1,)))
+        served = metrics.get("served_model")
+        step = metrics.get("global_step")
+        out.append(f'<p class="sub">The served model{f" (export/{_esc(served)})" if served else ""}, evaluated at '
+                   f"step {_esc(step)}: these figures, the per-class table and the confusion matrix are its.</p>")
+        out.append(_table(scalars(metrics), ["eval_metrics.json", "value"], numeric=(1,)))
+        last = metrics.get("last_evaluation")
+        if isinstance(last, dict):
+            out.append(f'<p class="sub">The last evaluation, step {_esc(last.get("global_step"))} (not the served '
+                       "model):</p>")
+            out.append(_table(scalars(last), ["last_evaluation", "value"], numeric=(1,)))
     if predictions is not None:
         matrix = predictions_lib.confusion_matrix(predictions, num_classes)
         accuracy = np.trace(matrix) / max(matrix.sum(), 1)
