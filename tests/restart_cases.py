@@ -202,11 +202,14 @@ def _scalars(model_dir: Path, tag: str) -> Dict[int, float]:
 
     out = {}
     for path in sorted(glob.glob(str(model_dir / "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    out[event.step] = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
-                        else value.simple_value
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        out[event.step] = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
+                            else value.simple_value
+        except tf.errors.DataLossError:  # A killed run's file ends mid-record: what was written before counts.
+            continue
     return out
 
 
@@ -248,6 +251,10 @@ def changed_weights(model_dir: Path, phases: List[dict]) -> List[List[str]]:
         out.append(sorted(n for n in names if n in b.get_variable_to_shape_map()
                           and not np.array_equal(a.get_tensor(n), b.get_tensor(n))))
     return out
+
+
+def _evaluated_steps(model_dir: Path) -> List[int]:
+    return sorted(_scalars(model_dir / "eval", "loss"))
 
 
 def _error_lines(stderr: str) -> List[str]:
@@ -312,6 +319,10 @@ def check_case(case: dict, root: Path) -> List[str]:
                                 f"{sorted(set(a) - set(b))}, only interrupted {sorted(set(b) - set(a))}")
     metrics_a = json.loads((plain_dir / "eval_metrics.json").read_text())
     metrics_b = json.loads((cut_dir / "eval_metrics.json").read_text())
+    if not case["early_stopping"]:  # Evaluated at the same steps (a preemption checkpoint is not one of them).
+        evaluated_a, evaluated_b = _evaluated_steps(plain_dir), _evaluated_steps(cut_dir)
+        if evaluated_a != evaluated_b:
+            problems.append(f"{where}: evaluated at steps {evaluated_b}, uninterrupted at {evaluated_a}")
     step_a, step_b = _latest_step(plain_dir), _latest_step(cut_dir)
     if not case["early_stopping"] and step_a != step_b:
         problems.append(f"{where}: final step {step_b} vs {step_a}")

@@ -169,6 +169,8 @@ def test_killed_run_gets_a_report_then_resumes_into_the_same_log(tmp_path):
     assert report.stdout.strip() == str(out)
     page = out.read_text()
     assert "running or stopped" in page and "Confusion matrix" in page and "Not available" not in page
+    # Trial c077: the step of the summaries alone ("last logged step 61") lagged the checkpoint.
+    assert re.search(r"latest checkpoint at step (100|200)\b", page), page[:3000]
     assert_self_contained(page)
     assert report_data(out)["examples"] == 385  # Predicted by the model rebuilt from the latest checkpoint.
 
@@ -178,7 +180,11 @@ def test_killed_run_gets_a_report_then_resumes_into_the_same_log(tmp_path):
     log = (model_dir / "train.log").read_text()
     assert log.count("\n===== run started ") == 2 and "eval @ step 100" in log.split("\n===== run started ")[1]
     assert "eval @ step 300" in last_run_log(model_dir)
-    assert report_data(model_dir / "report.html")["eval_metrics"]["global_step"] == 300
+    served = report_data(model_dir / "report.html")["eval_metrics"]
+    assert served.get("last_evaluation", served)["global_step"] == 300
+    served_step = served["global_step"]  # The best model's: the status says both when they differ.
+    assert "finished</span> at step 300" + ("" if served_step == 300 else f" (serving the model of step "
+                                           f"{served_step})") in (model_dir / "report.html").read_text()
 
 
 def test_an_error_is_one_line_on_the_console_and_recorded_in_train_log(tmp_path):

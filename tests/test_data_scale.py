@@ -1,5 +1,6 @@
 """TFRecords, the converter, label vocabularies, augmentation, bad files, image-bytes serving."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -51,9 +52,10 @@ def test_converter_round_trip_and_two_shard_training(tmp_path):
     out = tmp_path / "records"
     report = convert.convert(str(root), str(out), shards=2, max_bad_fraction=0.2)
     assert len(report["skipped_files"]) == 3
-    assert sorted(p.name for p in out.iterdir()) == [
-        "labels.txt", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
-        "validation-00000-of-00002.tfrecord", "validation-00001-of-00002.tfrecord"]
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if ".tmp-" in n], names  # The rerun removed the hidden half shard.
+    assert [n for n in names if n.startswith("train")] == ["train-00000-of-00002.tfrecord",
+                                                           "train-00001-of-00002.tfrecord"]
     assert (out / "labels.txt").read_text() == "cats\ndogs\n"
     folder = data_lib.load(Config(data=str(root), max_bad_fraction=0.2))
     # Reading the shards back gives the folder's own split, per class.
@@ -189,3 +191,45 @@ def test_a_class_name_labels_txt_cannot_hold_is_refused(tmp_path):
     root = make_image_folder(tmp_path / "images", classes=("cats", "dogs\nbirds"), per_class=4)
     with pytest.raises(UsageError, match="line break"):
         convert.convert(str(root), str(tmp_path / "records"), shards=1)
+
+
+@pytest.mark.parametrize("name", [" dogs", "dogs ", "dogs\t"])
+def test_a_class_name_with_outer_spaces_is_refused(tmp_path, name):
+    """labels.txt is read back stripped: the records of ' dogs' would have matched no class and been dropped."""
+    root = make_image_folder(tmp_path / "images", classes=("cats", name), per_class=4)
+    with pytest.raises(UsageError, match="leading or trailing"):
+        convert.convert(str(root), str(tmp_path / "records"), shards=1)
+
+
+def test_a_killed_conversion_never_leaves_a_shard_the_glob_reads(tmp_path, monkeypatch):
+    """SRE trial B1: a half-written shard was named `train-...tfrecord.tmp-*`, which `train-*` matches: training
+    on the glob after a killed conversion (without rerunning it) read the half shard."""
+    root = make_image_folder(tmp_path / "images", per_class=6)
+    out = tmp_path / "records"
+    seen = []
+    import tensorflow as tf
+
+    original = tf.io.TFRecordWriter
+
+    def killed(path, *args):  # The first shard's writer: its name is all a glob sees mid-write.
+        seen.append(path)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tf.io, "TFRecordWriter", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert.convert(str(root), str(out), shards=2)
+    monkeypatch.setattr(tf.io, "TFRecordWriter", original)
+    assert seen and not tf.io.gfile.glob(str(out / "train-*")), seen
+    assert os.path.basename(seen[0]).startswith(".train-00000-of-00002.tfrecord.tmp-")
+    (out / os.path.basename(seen[0])).write_bytes(b"half a record")  # What a kill would have left.
+    convert.convert(str(root), str(out), shards=2)
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if ".tmp-" in n], names  # The rerun removed the hidden half shard.
+    assert [n for n in names if n.startswith("train")] == ["train-00000-of-00002.tfrecord",
+                                                           "train-00001-of-00002.tfrecord"]
+
+
+def test_convert_output_inside_data_is_refused(tmp_path):
+    """Trial c201/c202: the shards' folder inside --data became a class folder of the next training."""
+    root = make_image_folder(tmp_path / "images", per_class=4)
+    with pytest.raises(UsageError, match="inside --data"):
+        convert.convert(str(root), str(root / "records"), shards=1)

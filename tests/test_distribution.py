@@ -108,7 +108,8 @@ def test_chief_worker_and_evaluator_over_tf_config(tmp_path):
     assert summary["global_step"] == 60
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["strategy"] == "multi_worker" and info["num_replicas"] == 2
-    assert json.loads((model_dir / "eval_metrics.json").read_text())["global_step"] == 60
+    served = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert served.get("last_evaluation", served)["global_step"] == 60
     assert (model_dir / "keras_model.h5").exists()
     assert not list(model_dir.glob("tmp_worker*")), "workers leave no clutter"
     assert "[evaluator]" in proc.stderr and "[worker0]" in proc.stderr

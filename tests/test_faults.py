@@ -243,7 +243,8 @@ def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(
     assert corrupt and all(s["shard"] == str(train[0]) for s in corrupt), skipped
     assert {"shard": str(records / "validation-00000-of-00001.tfrecord"), "index": 7,
             "reason": "image bytes do not decode (or not a tf.train.Example)"} in skipped
-    assert json.loads((tmp_path / "run" / "eval_metrics.json").read_text())["global_step"] == 40
+    served = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
+    assert served.get("last_evaluation", served)["global_step"] == 40
     # Restarted (as Vertex AI re-runs a job), the run knows them without searching again, and still reports them.
     assert "a bad record stopped training" in err  # A warning: on the console.
     status, errors, err = cli(capsys, *[a if a != "--train_steps=40" else "--train_steps=50" for a in args],

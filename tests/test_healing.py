@@ -49,7 +49,8 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_newest_readable(finished, 
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Traceback" not in again.stderr
     assert "resuming from model.ckpt-20: skipped the damaged model.ckpt-30" in again.stderr
-    assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == 40
+    served = json.loads((run / "eval_metrics.json").read_text())  # The last evaluation apart when not the best.
+    assert served.get("last_evaluation", served)["global_step"] == 40
 
 
 @pytest.mark.parametrize("damage", ["garbage", "deleted"])
@@ -86,3 +87,30 @@ def test_a_damaged_run_info_keeps_the_phase_and_its_schedule(finished, tmp_path,
         ("train", 0, 50, "cosine")]
     rate = restart_cases._scalars(run, "learning_rate")[31]  # The schedule goes on from step 30, not from 1e-3.
     assert rate == pytest.approx(PhaseSchedule(1e-3, 0, 50, "cosine").value(30), rel=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing_export"])
+def test_a_damaged_best_record_is_rebuilt_so_a_worse_evaluation_is_not_served(finished, tmp_path, damage):
+    """SRE trial W3: a damaged export/best/best.json made the next evaluation, however bad, the "best" export.
+    The resume trains at a rate of 1e-12 (a new phase): its evaluation at step 40 equals step 30's, so it beats
+    nothing and must not be exported; the record comes back from the evaluation events."""
+    run = _copy(finished, tmp_path)
+    best_dir = run / "export" / "best"
+    before = sorted(p.name for p in best_dir.iterdir() if p.name.isdigit())
+    record = json.loads((best_dir / "best.json").read_text())
+    if damage == "garbage":
+        (best_dir / "best.json").write_text('{"metrics": {"accur')
+    else:
+        (best_dir / "best.json").write_text(json.dumps(dict(record, export="1234")))
+    accuracy = dict(restart_cases._scalars(run / "eval", "accuracy"))
+    best_step = max(sorted(accuracy), key=lambda s: (accuracy[s], -s))  # The first of the best.
+    again = restart_cases.run_to_end(ARGS + ["--train_steps=40", "--learning_rate=1e-12"], run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert "best.json is " in again.stderr and "rebuilt from the evaluation events" in again.stderr
+    assert sorted(p.name for p in best_dir.iterdir() if p.name.isdigit()) == before, "step 40 was exported"
+    rebuilt = json.loads((best_dir / "best.json").read_text())
+    assert rebuilt["export"] == before[-1] and rebuilt["metrics"]["global_step"] == best_step
+    assert rebuilt["metrics"]["accuracy"] == pytest.approx(accuracy[best_step])
+    served = json.loads((run / "eval_metrics.json").read_text())
+    assert served["global_step"] == best_step and served["last_evaluation"]["global_step"] == 40

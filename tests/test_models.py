@@ -148,3 +148,23 @@ def test_model_fn_must_return_a_functional_model():
         build(model_fn="json:dumps")
     with pytest.raises(UsageError, match="functional tf.keras.Model, not str"):
         build(model_fn="os:getcwd")
+
+
+def test_a_numeric_freeze_counts_the_layers_of_a_nested_base_model(tmp_path):
+    """Trial c146: a --base_model wrapping a model (MobileNetV2 in a functional model, say) counted the nested
+    model as one layer, so --freeze=-2 ("train only the last 2") unfroze all of it."""
+    tf.keras.backend.clear_session()
+    inner = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), tf.keras.layers.Conv2D(4, 3, name="c1"),
+                                 tf.keras.layers.Conv2D(4, 3, name="c2"), tf.keras.layers.Conv2D(4, 3, name="c3"),
+                                 tf.keras.layers.GlobalAveragePooling2D(name="gap")], name="inner")
+    inputs = tf.keras.Input((8, 8, 3))
+    outputs = tf.keras.layers.Dense(2, name="old_head")(inner(inputs))
+    path = str(tmp_path / "nested.h5")
+    tf.keras.Model(inputs, outputs).save(path)
+    model = build(base_model=path, drop_layers=1, freeze="-2", num_classes=2)
+    trunk = model.get_layer("base_trunk")
+    assert [layer.name for layer in models.freeze_units(trunk) if layer.trainable and layer.weights] == ["c3"]
+    trainable = {w.name.split("/")[0] for w in model.trainable_weights}
+    assert "c3" in trainable and not {"c1", "c2"} & trainable
+    with pytest.raises(UsageError, match="the trunk has 5 layers"):  # input, c1, c2, c3, gap
+        build(base_model=path, drop_layers=1, freeze="6", num_classes=2)

@@ -72,7 +72,8 @@ def test_epochs_set_the_steps(capsys, tmp_path):
     first = math.ceil(1.5 * examples / 16)
     assert [(p["first_step"], p["last_step"]) for p in info["phases"]] == [(0, first), (first, first + -(-examples // 32))]
     assert info["train_steps"] == info["phases"][-1]["last_step"]
-    assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == info["train_steps"]
+    served = json.loads((run / "eval_metrics.json").read_text())  # The last evaluation apart when not the served one.
+    assert served.get("last_evaluation", served)["global_step"] == info["train_steps"]
     assert_error(capsys, "--epochs=2.0 and --train_steps=10 exclude each other", "--data=digits", "--epochs=2",
                  "--train_steps=10", f"--model_dir={tmp_path / 'x'}")
 
@@ -257,3 +258,31 @@ def test_two_phases_under_mirrored_cpu_replicas(capsys, tmp_path):
     assert info["num_replicas"] == 2 and [p["name"] for p in info["phases"]] == ["train", "fine_tune"]
     assert info["phases"][1]["learning_rate"] == pytest.approx(5e-4)
     assert json.loads((run / "eval_metrics.json").read_text())["global_step"] == 40
+
+
+def test_a_class_without_training_examples_is_named_and_keeps_its_evaluation_weight(capsys, tmp_path):
+    """Trial c209: a class whose only images went to validation got no warning, and --class_weight=balanced gave
+    it weight 0, which also dropped its validation examples from the evaluation loss."""
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.repeat([0, 1], 20), np.repeat([0, 1, 2], 5)
+    np.savez(tmp_path / "d.npz", x_train=rng.normal(size=(40, 4, 4)).astype(np.float32), y_train=y_train,
+             x_test=rng.normal(size=(15, 4, 4)).astype(np.float32), y_test=y_test)
+    run = tmp_path / "run"
+    status, errors, err = cli(capsys, f"--data={tmp_path / 'd.npz'}", "--backbone=mlp", "--class_weight=balanced",
+                              "--dry_run", f"--model_dir={run}", whole_stderr=True)
+    assert status == 0 and not errors, err
+    assert "class(es) 2 have no training example" in err
+    assert json.loads((run / "run_info.json").read_text())["class_weights"] == pytest.approx([40 / (3 * 20)] * 2 + [1.0])
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--fine_tune_learning_rate=0.01"], "--fine_tune_learning_rate ignored: there is no fine-tuning phase"),
+    (["--early_stopping_min_delta=0.1"], "--early_stopping_min_delta ignored: early stopping is off"),
+    (["--warmup_steps=1000"], "--warmup_steps=1000 covers the whole train phase (30 steps)"),
+    (["--fine_tune_steps=10", "--fine_tune_freeze=all"], "--fine_tune_freeze=all keeps the whole trunk frozen"),
+])
+def test_flags_this_plan_leaves_without_effect_are_said(capsys, tmp_path, extra, line):
+    """Trial c013/c014/c030/c122/c147: silently ignored or pointless combinations."""
+    status, errors, err = cli(capsys, "--data=digits", "--backbone=small_cnn", "--train_steps=30", "--dry_run",
+                              *extra, f"--model_dir={tmp_path / 'run'}", whole_stderr=True)
+    assert status == 0 and not errors and line in err, err

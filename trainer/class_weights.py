@@ -18,15 +18,18 @@ def resolve(config: Config, dataset) -> Optional[list]:
             raise UsageError("--class_weight=balanced needs the training counts, unknown for TFRecords read with "
                              "--labels_file; give a .json file of weights")
         counts = np.bincount(dataset.train.labels, minlength=len(names)).astype(float)
-        return [float(len(dataset.train) / (len(names) * c)) if c else 0.0 for c in counts]
+        # A class without training examples (trial c209): weight 1, so its validation examples still count in
+        # the evaluation loss (0 dropped them); training never sees it either way.
+        return [float(len(dataset.train) / (len(names) * c)) if c else 1.0 for c in counts]
     try:
         given = files.read_json(config.class_weight)
     except ValueError as e:
         raise UsageError(f"--class_weight={config.class_weight} is not valid JSON ({e})") from None
     if given is None:
         raise UsageError(f"--class_weight={config.class_weight} does not exist")
-    if not isinstance(given, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in given.values()):
-        raise UsageError(f"--class_weight={config.class_weight} must map class names to weights >= 0")
+    if not isinstance(given, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                              0 <= v < float("inf") for v in given.values()):
+        raise UsageError(f"--class_weight={config.class_weight} must map class names to finite weights >= 0")
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise UsageError(f"--class_weight={config.class_weight} names classes absent from the data: "

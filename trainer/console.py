@@ -94,6 +94,11 @@ class _SinkHandler(logging.Handler):
     def emit(self, record):
         try:
             self._sink.write(self.format(record) + "\n")
+        except OSError as e:  # A full or read-only disk: said once on stderr, never a logging traceback per line.
+            if not getattr(self, "_failed", False):
+                self._failed = True
+                sys.stderr.write(f"warning: {LOG_NAME} can no longer be written ({e.strerror or e}); the console "
+                                 "goes on\n")
         except Exception:  # A logging failure must never stop training.
             self.handleError(record)
 

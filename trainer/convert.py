@@ -40,7 +40,8 @@ def _encoded(path: str) -> bytes:
 def _write_atomically(path: str, records: List[bytes]) -> None:
     import tensorflow as tf
 
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    # A hidden temporary name: a half-written shard of a killed run never matches the `train-*` glob.
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     with tf.io.TFRecordWriter(tmp) as writer:
         for record in records:
             writer.write(record)
@@ -66,28 +67,36 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
         raise UsageError(f"--validation_split={validation_split} must be in [0, 1) (0: training shards only)")
     if not tf.io.gfile.isdir(data):
         raise UsageError(f"--data={data} is not a folder of class sub-folders")
+    if "://" not in data + output and os.path.realpath(output).startswith(os.path.realpath(data).rstrip("/") + "/"):
+        # Trial c201/c202: the shards' folder became a class folder of the next training on --data.
+        raise UsageError(f"--output={output} is inside --data={data}: its folder would be taken for a class; "
+                         "write the shards elsewhere")
     dataset = data_lib.load(Config(data=data, validation_split=validation_split, labels_file=labels_file,
                                    max_bad_fraction=max_bad_fraction), require_validation=validation_split > 0)
     odd = [name for name in dataset.class_names if any(c in name for c in "\n\r\x00")]
     if odd:
         raise UsageError(f"--data={data} has a class folder named {odd[0]!r}: labels.txt holds one class name a "
                          "line, so a name with a line break cannot be stored; rename the folder")
+    padded = [name for name in dataset.class_names if name != name.strip()]
+    if padded:  # labels.txt is read back stripped: the records of such a class would match no name.
+        raise UsageError(f"--data={data} has a class folder named {padded[0]!r}, with leading or trailing "
+                         "spaces or tabs, which labels.txt cannot keep; rename the folder")
     files.ensure_dir(output, "output")
     # A killed conversion's half-written shards (`*.tmp-*`) would match the documented train-* glob.
-    for leftover in tf.io.gfile.glob(os.path.join(output, "*.tmp-*")):
+    for leftover in set(tf.io.gfile.glob(os.path.join(output, "*.tmp-*")) +
+                        tf.io.gfile.glob(os.path.join(output, ".*.tmp-*"))):
         tf.io.gfile.remove(leftover)
     written, stale = {}, []
     for split_name, split in (("train", dataset.train), ("validation", dataset.validation)):
         examples = list(zip(split.paths, split.labels))
-        if not examples:
-            continue
-        random.Random(seed).shuffle(examples)  # Mix classes across and within shards.
         count = min(shards, len(examples))
+        random.Random(seed).shuffle(examples)  # Mix classes across and within shards.
         for index in range(count):
             records = [tfrecords.encode_example(_encoded(p), int(y), dataset.class_names[y])
                        for p, y in examples[index::count]]
             _write_atomically(tfrecords.shard_name(output, split_name, index, count), records)
-        written[split_name] = len(examples)
+        if examples:
+            written[split_name] = len(examples)
         # Shards of an earlier conversion with another --shards: the glob would read their examples twice.
         fresh = {tfrecords.shard_name(output, split_name, i, count) for i in range(count)}
         for old in tf.io.gfile.glob(os.path.join(output, f"{split_name}-*-of-*.tfrecord")):
@@ -128,6 +137,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    except Exception as e:  # A full or read-only disk: one line (the rerun removes the temporaries).
+        from trainer.errors import exit_on_disk_failure
+
+        return exit_on_disk_failure(e, "it writes every shard again and removes this attempt's temporaries")
     for split, counts in report["counts"].items():
         sys.stderr.write(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
     if report["skipped_files"]:

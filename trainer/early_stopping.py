@@ -75,12 +75,15 @@ class StopHook(tf.estimator.SessionRunHook):
     """Requests a stop once the watcher has decided (checked every few steps; the file may be remote)."""
 
     def __init__(self, model_dir: str, every_steps: int = 10):
-        self._model_dir, self._every, self._count = model_dir, every_steps, 0
+        self._model_dir, self._every = model_dir, every_steps
 
-    def after_create_session(self, session, coord):
-        self._count = 0
+    def begin(self):
+        self._global_step = tf.compat.v1.train.get_global_step()
+
+    def before_run(self, run_context):
+        return tf.estimator.SessionRunArgs(self._global_step)
 
     def after_run(self, run_context, run_values):
-        self._count += 1
-        if self._count % self._every == 0 and stopped_at(self._model_dir) is not None:
+        # At global steps (not steps since this process started): a restarted run stops where an uninterrupted one does.
+        if int(run_values.results) % self._every == 0 and stopped_at(self._model_dir) is not None:
             run_context.request_stop()

@@ -1,4 +1,6 @@
 """The one exception type for mistakes a user can make."""
+import re
+
 
 
 class UsageError(Exception):
@@ -12,3 +14,50 @@ class UsageError(Exception):
 
 class NumericError(UsageError):
     """Training diverged (NaN or infinite loss): reported like a user error, nothing exported."""
+
+
+_DISK_ERRORS = {28: "no space left on device", 30: "read-only file system", 122: "disk quota exceeded"}
+_DISK_TEXTS = {"No space left on device": 28, "errno = 28": 28, "Read-only file system": 30, "errno = 30": 30,
+               "Disk quota exceeded": 122}
+
+
+RESUMES = "it resumes from the latest checkpoint, and leftovers of this attempt are removed"
+
+
+def disk_failure(error: BaseException, then: str = RESUMES):
+    """One line for a full or read-only disk met anywhere (Python, h5py or TensorFlow I/O), else None.
+    `then`: what the same command does once there is space."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = getattr(error, "errno", None)
+        text = str(error)
+        if code not in _DISK_ERRORS:
+            code = next((c for t, c in _DISK_TEXTS.items() if t in text), None)
+        if code in _DISK_ERRORS:
+            path = getattr(error, "filename", None) or _path_in(text)
+            if path:  # The final name, not our temporary one (`x.json.tmp-1a2b3c4d`).
+                path = re.sub(r"\.tmp-[0-9a-f]{8}$", "", str(path))
+            where = f" writing {path}" if path else ""
+            return (f"{_DISK_ERRORS[code]}{where}: free space (or make the folder writable), then run the same "
+                    f"command again: {then}")
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _path_in(text: str):
+    """The first absolute or gs:// path in an error message."""
+    match = re.search(r"((?:gs://|/)[^\s;:'\"]+)", text)
+    return match.group(1) if match else None
+
+
+def exit_on_disk_failure(error: BaseException, then: str) -> int:
+    """For an entry point's `except Exception`: a full or read-only disk is one `error:` line and exit status 1;
+    anything else is raised again (a bug of ours: its traceback is wanted)."""
+    import sys
+
+    message = disk_failure(error, then)
+    if message is None:
+        raise error
+    sys.stderr.write(f"error: {message}\n")
+    return 1

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import console, events, export, metrics, predictions
+from trainer import console, events, export, files, metrics, predictions
 
 
 class EvaluationReporter(tf.estimator.Exporter):
@@ -41,6 +41,8 @@ class EvaluationReporter(tf.estimator.Exporter):
         step = int(eval_result.get("global_step", 0))
         # This evaluation's per-example results stay in memory with the best one's: the end of the run reports one.
         metrics.keep_collected(self._model_dir, {step, best_step(self._model_dir)})
+        # Every exporter (best export, early stopping, ...) has seen this step: a restart need not evaluate it.
+        files.write_json(os.path.join(self._model_dir, "eval", PROCESSED), {"step": step})
         console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
         matrix = eval_result.get("confusion_matrix")  # Accumulated by the evaluation itself: no second pass.
         if matrix is not None:
@@ -143,26 +145,45 @@ def write_hparams(model_dir: str, flags: dict, metrics: dict) -> None:
     writer.close()
 
 
-def catch_up(estimator, eval_spec, checkpoint_dir: str) -> None:
-    """Evaluates (and exports) the latest checkpoint when no evaluation has seen it yet.
+PROCESSED = "processed.json"  # In eval/: the step whose evaluation went through every exporter.
+
+
+def processed_step(checkpoint_dir: str) -> Optional[int]:
+    """The last step whose evaluation every exporter saw (older runs: the last evaluation event)."""
+    try:
+        record = files.read_json(os.path.join(checkpoint_dir, "eval", PROCESSED))
+    except ValueError:
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("step"), int):
+        return record["step"]
+    evaluated = [s for series in events.evaluations(checkpoint_dir).values() for s, _ in series]
+    return max(evaluated) if evaluated else None
+
+
+def catch_up(estimator, eval_spec, checkpoint_dir: str, first_step: int, every: int,
+             final: bool = False) -> Optional[dict]:
+    """Evaluates and exports the latest checkpoint when the uninterrupted run would have and no evaluation has.
 
     train_and_evaluate skips the checkpoint it starts from ("not trained yet"), so after a restart the
-    checkpoint saved just before the interruption would never be evaluated: its evaluation would be
-    missing from early stopping's patience and from the best-export choice, and the interrupted run would
-    end differently from the run that was never interrupted.
+    checkpoint saved just before the interruption (or whose evaluation or export the interruption cut
+    short) would never be evaluated: early stopping's patience and the best export would miss it, and
+    a kill during the last evaluation would leave the final export undone. Only steps the uninterrupted
+    run evaluates are caught up: first_step + k x every (or the last step, `final`); a preemption
+    checkpoint at another step is not. Returns the evaluation, or None.
     """
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if not latest:
-        return
+        return None
     step = int(latest.rsplit("-", 1)[1])
-    if step == 0:
-        return
-    evaluated = [s for series in events.evaluations(checkpoint_dir).values() for s, _ in series]
-    if evaluated and max(evaluated) >= step:
-        return
-    logging.info("evaluating step %d, saved before the interruption and not evaluated yet", step)
+    done = processed_step(checkpoint_dir)
+    if step == 0 or (done is not None and done >= step):
+        return None
+    if not final and (step - first_step) % every:
+        return None
+    logging.info("evaluating step %d, saved before an interruption and not evaluated yet", step)
     result = estimator.evaluate(eval_spec.input_fn, steps=eval_spec.steps, name=eval_spec.name,
                                 hooks=eval_spec.hooks, checkpoint_path=latest)
     export_base = os.path.join(estimator.model_dir, "export")
     for exporter in eval_spec.exporters or ():
-        exporter.export(estimator, os.path.join(export_base, exporter.name), latest, result, False)
+        exporter.export(estimator, os.path.join(export_base, exporter.name), latest, result, final)
+    return result

@@ -260,6 +260,9 @@ def _run(config: Config) -> dict:
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(config.seed)
     tf.keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    if config.mixed_precision and not tf.config.list_physical_devices("GPU"):  # Trial c193: silent on a CPU.
+        logging.warning("--mixed_precision on a machine without a GPU: float16 compute is slower on CPUs (meant "
+                        "for GPUs with tensor cores); the run goes on")
     image_shape = dataset.image_shape if dataset else None
     model = models.build_model(config, num_classes, image_shape)
     if config.model_fn and image_shape and len(model.inputs) == 1:  # Trial c069/c070: a 77-line traceback.
@@ -297,6 +300,12 @@ def _run(config: Config) -> dict:
             if config.cache_features and latest:
                 feature_cache.check_checkpoint_trunk(model, latest, config.model_dir)
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
+    if dataset and dataset.train.known_size:  # Trial c209: a class with no training example went unsaid.
+        present = dataset.counts().get("train", {})
+        empty = [n for n in dataset.class_names if not present.get(n)]
+        if empty:
+            logging.warning("class(es) %s have no training example (all went to validation): the model cannot "
+                            "learn them; add images or lower --validation_split", ", ".join(empty[:10]))
     estimator_name = "TPUEstimator" if plan.name == "tpu" else "Estimator"
     run_info = {
         "flags": config.to_dict(), "tf_version": tf.__version__, "strategy": plan.name,
@@ -339,9 +348,11 @@ def _run(config: Config) -> dict:
     if not plan.is_chief:
         _wait_for_chief(config.checkpoint_dir)
     if plan.is_chief:
-        files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write.
+        files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write (or by a full disk).
+        if config.checkpoint_dir != config.model_dir:
+            files.remove_temporaries(config.checkpoint_dir)
     started = time.time()
-    # Writes run_info.json early (so a crashed run still says what it was), after reading the previous one.
+    # Reads the phase history; run_info.json is written when each phase starts (phases.start).
     steps = phases.prepare(config, plan, planned, run_info, info_path, train_examples)
     full_model, train_input, eval_input, cache = model, make_input(dataset.train, True), None, None
     if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
@@ -354,10 +365,10 @@ def _run(config: Config) -> dict:
     eval_metrics, estimator = None, None
     built = (planned[0].freeze, False)  # How `model` was built (a cached run's head: the trunk stays frozen).
     for index, step in enumerate(steps):
-        if _stopped_early(config, steps[index:]):  # Decided earlier (this run or one before a restart).
-            break
         if not cache:  # The phase decides the model: its freezing, BatchNorm mode (also after a restart).
             model, built = phases.model_for(config, num_classes, image_shape, step.phase, model, built)
+        if _stopped_early(config, steps[index:]):  # Decided earlier (this run or one before a restart).
+            break
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
         models.compile_model(model, config, schedule, run_info.get("class_weights"))
         estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names,
@@ -378,8 +389,9 @@ def _run(config: Config) -> dict:
                      step.first_step, step.phase.last_step, models.summarize(model)["trainable_params"],
                      step.phase.learning_rate, config.lr_schedule)
         if plan.is_chief and not plan.distributed and plan.name != "tpu":  # As if never interrupted.
-            record_faults.train_skipping_bad_records(
-                lambda: evaluations.catch_up(estimator, eval_spec, config.checkpoint_dir), dataset, config)
+            record_faults.train_skipping_bad_records(lambda: evaluations.catch_up(
+                estimator, eval_spec, config.checkpoint_dir, step.first_step, config.save_checkpoints_steps),
+                dataset, config)
             if _stopped_early(config, steps[index:]):
                 break
         eval_metrics = record_faults.train_skipping_bad_records(  # Resumes without bad TFRecords met in training.
@@ -389,9 +401,18 @@ def _run(config: Config) -> dict:
         _remove_worker_clutter(config.checkpoint_dir, plan)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
 
+    if not steps and not cache:  # Nothing left to train: the model as the last phase built it.
+        model, built = phases.model_for(config, num_classes, image_shape, planned[-1], model, built)
     if estimator is None:  # Nothing left to train (finished, or stopped early before a restart).
         models.compile_model(model, config)
         estimator = _make_any_estimator(config, plan, model, num_classes, image_shape, dataset.class_names)
+    if not eval_metrics and plan.is_chief and not plan.distributed and plan.name != "tpu":
+        # Killed during the final evaluation or export: do them now, as the run that was never interrupted did.
+        final_spec = tf.estimator.EvalSpec(eval_input, steps=config.eval_steps, name=None, exporters=_exporters(
+            config, serving_fn, dataset.class_names, cache))
+        eval_metrics = record_faults.train_skipping_bad_records(lambda: evaluations.catch_up(
+            estimator, final_spec, config.checkpoint_dir, planned[-1].last_step, config.save_checkpoints_steps,
+            final=True), dataset, config)
     if not eval_metrics:  # Distributed (evaluation belongs to the evaluator task), or nothing left to train.
         eval_metrics = estimator.evaluate(eval_input, steps=config.eval_steps, name="chief_final")
     eval_metrics = _to_builtin(eval_metrics)
@@ -516,8 +537,11 @@ def _make_any_estimator(config, plan, model, num_classes, image_shape, class_nam
                                binary=config.label_mode == "binary", label_mode=config.label_mode, top_k=config.top_k)
     if schedule is None:
         return estimator
-    return tf.estimator.Estimator(model_fn=schedules.with_learning_rate_summary(estimator.model_fn, schedule),
-                                  config=estimator.config, warm_start_from=estimator._warm_start_settings)
+    model_fn = schedules.with_learning_rate_summary(estimator.model_fn, schedule)
+    if plan.name == "one_device":  # Checkpoints (and evaluations) on the phase's schedule, also after a restart.
+        model_fn = checkpoints.with_aligned_saver(model_fn, schedule.first_step)
+    return tf.estimator.Estimator(model_fn=model_fn, config=estimator.config,
+                                  warm_start_from=estimator._warm_start_settings)
 
 
 def _remove_worker_clutter(model_dir: str, plan: distribution.Plan) -> None:

@@ -127,7 +127,7 @@ class BestExporter(tf.estimator.Exporter):
         return "best"
 
     def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        record = read_best_record(export_path)
+        record = read_best_record(export_path, self._metric)
         current = {k: int(v) if k == "global_step" else float(v) for k, v in eval_result.items() if np.ndim(v) == 0}
         if record and not _better(record["metrics"], current, self._metric):
             logging.info("not exporting: %s does not beat the best so far (step %d)",
@@ -136,7 +136,7 @@ class BestExporter(tf.estimator.Exporter):
         path = self._exporter.export(estimator, export_path, checkpoint_path, eval_result, is_the_final_export)
         path = path.decode() if isinstance(path, bytes) else path
         # The version folder's name only: the model_dir may be reached by another path after a restart.
-        record = {"metrics": current, "export": os.path.basename(path.rstrip("/"))}
+        record = {"metrics": current, "export": os.path.basename(path.rstrip("/")), "metric": self._metric}
         if eval_result.get("confusion_matrix") is not None:  # For eval_metrics.json's per-class figures.
             record["confusion_matrix"] = np.asarray(eval_result["confusion_matrix"]).round().astype(int).tolist()
         files.write_json(os.path.join(export_path, BEST_RECORD), record)
@@ -157,8 +157,13 @@ def _metric_text(metrics: dict) -> str:
     return f"{key} {metrics.get(key, float('nan')):.4f}"
 
 
-def read_best_record(export_root: str) -> Optional[dict]:
-    """The best.json of an export/best folder, when it names an export that still exists."""
+def read_best_record(export_root: str, metric: Optional[str] = None) -> Optional[dict]:
+    """The best.json of an export/best folder, when it names an export that still exists.
+
+    A damaged record (truncated, not JSON, naming no export that exists) is rebuilt from the run's evaluation
+    events and the exports on disk, and written again: left as it was, the next evaluation, however bad, would
+    be exported as "best" (SRE trial W3). `metric` is the one the best export compares (None: the record's).
+    """
     path = os.path.join(export_root, BEST_RECORD)
     if not tf.io.gfile.exists(path):
         return None
@@ -166,15 +171,47 @@ def read_best_record(export_root: str) -> Optional[dict]:
         with tf.io.gfile.GFile(path) as f:
             record = json.load(f)
         version = os.path.join(export_root, str(record["export"]))
-    except (ValueError, KeyError, TypeError):
-        return None  # Unreadable: the next evaluation exports and rewrites it.
+        if not isinstance(record["metrics"], dict):
+            raise TypeError("metrics")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, tf.errors.OpError):
+        return _rebuilt_best_record(export_root, metric, "not readable")
     if not tf.io.gfile.exists(os.path.join(version, "saved_model.pb")):
-        return None
+        return _rebuilt_best_record(export_root, metric or record.get("metric"), f"its export {record['export']} "
+                                    "is missing")
     try:  # Older records hold it as a float.
         record["metrics"]["global_step"] = int(record["metrics"]["global_step"])
     except (KeyError, TypeError, ValueError):
         pass
     return {**record, "export": version}
+
+
+def _rebuilt_best_record(export_root: str, metric: Optional[str], why: str) -> Optional[dict]:
+    """The best evaluation so far (from eval/ events) and the newest complete best export (a best export is
+    written only when its evaluation beats every earlier one, so the newest is the best so far)."""
+    from trainer import events
+
+    metric = metric or "accuracy"
+    exports = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(export_root) if v.rstrip("/").isdigit()), key=int)
+    exports = [v for v in exports if tf.io.gfile.exists(os.path.join(export_root, v, "saved_model.pb"))]
+    model_dir = os.path.dirname(os.path.dirname(export_root.rstrip("/")))
+    scalars = events.evaluations(model_dir)
+    key = metric if metric in scalars else ("accuracy" if "accuracy" in scalars else "loss")
+    found = events.best(scalars.get(key, []), higher_is_better="loss" not in key)
+    if not exports or found is None:
+        logging.warning("%s is %s and cannot be rebuilt (no best export or no evaluation): the next evaluation "
+                        "starts the best-model record again", os.path.join(export_root, BEST_RECORD), why)
+        return None
+    step = int(found[0])
+    metrics = {tag: float(dict(series)[step]) for tag, series in scalars.items() if step in dict(series)}
+    metrics["global_step"] = step
+    record = {"metrics": metrics, "export": exports[-1], "metric": key, "rebuilt": True}
+    logging.warning("%s is %s: rebuilt from the evaluation events (best so far: %s %.4f at step %d, export %s)",
+                    os.path.join(export_root, BEST_RECORD), why, key, metrics[key], step, exports[-1])
+    try:
+        files.write_json(os.path.join(export_root, BEST_RECORD), record)
+    except Exception as e:  # Read-only: the rebuilt record still serves this process.
+        logging.warning("could not rewrite %s: %s", os.path.join(export_root, BEST_RECORD), e)
+    return {**record, "export": os.path.join(export_root, exports[-1])}
 
 
 def make_exporters(kind: str, serving_input_fn, keep: int, metric: str = "accuracy") -> List[tf.estimator.Exporter]:

@@ -280,6 +280,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    except Exception as e:  # A full or read-only disk: one line.
+        from trainer.errors import exit_on_disk_failure
+
+        return exit_on_disk_failure(e, "it converts the model again")
     print(json.dumps({"model": os.path.join(tflite_dir(args.model_dir), "model.tflite"), "bytes": info["bytes"],
                       "quantize": info["quantize"],
                       "agreement": info.get("agreement_with_keras_model", {}).get("top1")}, sort_keys=True))

@@ -1,6 +1,7 @@
 """Small file helpers that never leave a half-written file under its final name."""
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -13,9 +14,16 @@ def write_json(path: str, obj: Any) -> None:
     Works for local paths and any filesystem TensorFlow knows (gs://).
     """
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n")
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:  # A full disk, a kill: no temporary is left behind where we can help it.
+        try:
+            tf.io.gfile.remove(tmp)
+        except Exception:
+            pass
+        raise
 
 
 def read_json(path: str) -> Any:
@@ -80,15 +88,20 @@ def copy_tree(source: str, destination: str) -> str:
     return destination
 
 
+_TF_TEMPORARY = re.compile(r"\.tmp[0-9a-f]{16,}$")  # TensorFlow's own atomic writes (graph.pbtxt.tmp<hex>).
+
+
 def remove_temporaries(model_dir: str) -> None:
-    """Deletes files a killed run left under temporary names (`*.tmp-*`, export `temp-*`)."""
+    """Deletes files a killed (or disk-full) run left under temporary names: ours (`*.tmp-*`), TensorFlow's
+    (`*.tmp<hex>`), export `temp-*` folders."""
     patterns = [os.path.join(model_dir, "*.tmp-*"), os.path.join(model_dir, "export", "*", "temp-*")]
-    for pattern in patterns:
-        for path in tf.io.gfile.glob(pattern):
-            if tf.io.gfile.isdir(path):
-                tf.io.gfile.rmtree(path)
-            else:
-                tf.io.gfile.remove(path)
+    found = [p for pattern in patterns for p in tf.io.gfile.glob(pattern)]
+    found += [p for p in tf.io.gfile.glob(os.path.join(model_dir, "*.tmp*")) if _TF_TEMPORARY.search(p)]
+    for path in found:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
 
 
 def copy_file(source: str, destination: str) -> None:

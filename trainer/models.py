@@ -228,10 +228,22 @@ def default_freeze(config: Config) -> str:
     return "all" if (config.weights or ("imagenet" if pretrained else "none")) != "none" else "none"
 
 
+def freeze_units(trunk: tf.keras.Model) -> list:
+    """The layers a numeric --freeze/--fine_tune_freeze counts: the trunk's own layers, a nested model's (a
+    --base_model wrapping MobileNetV2, say) by its layers, not as one (trial c146: `-2` unfroze all of it)."""
+    units = []
+    for layer in trunk.layers:
+        if isinstance(layer, tf.keras.Model):
+            units.extend(u for u in freeze_units(layer) if not isinstance(u, tf.keras.layers.InputLayer))
+        else:
+            units.append(layer)
+    return units
+
+
 def freeze(trunk: tf.keras.Model, spec: str) -> bool:
     """Applies --freeze to the trunk's layers; returns True if all of it is frozen."""
     value = parse_freeze(spec)
-    layers = trunk.layers
+    layers = freeze_units(trunk)
     if value == "all":
         trunk.trainable = False
         return True
@@ -240,10 +252,20 @@ def freeze(trunk: tf.keras.Model, spec: str) -> bool:
         return False
     check_freeze_spec(len(layers), spec)
     frozen = layers[:value]  # N: the first N; -N: all but the last N.
-    trunk.trainable = True
+    _set_trainable(trunk, True)
     for layer in frozen:
         layer.trainable = False
     return len(frozen) == len(layers)
+
+
+def _set_trainable(model: tf.keras.Model, trainable: bool) -> None:
+    """Sets a model and every layer of it (nested models' too) to `trainable`."""
+    model.trainable = trainable
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            _set_trainable(layer, trainable)
+        else:
+            layer.trainable = trainable
 
 
 def check_freeze_spec(num_layers: int, spec: str, flag: str = "freeze") -> None:

@@ -124,8 +124,9 @@ def history_of(previous_info: Optional[dict]) -> List[dict]:
     """The phases recorded by the run in model_dir (older runs recorded flags only)."""
     if not previous_info or previous_info.get("dry_run"):
         return []
-    if isinstance(previous_info.get("phases"), list):
-        return [dict(p) for p in previous_info["phases"] if isinstance(p, dict) and "first_step" in p]
+    if isinstance(previous_info.get("phases"), list):  # A hand-edited record without int steps is left out.
+        return [dict(p) for p in previous_info["phases"] if isinstance(p, dict)
+                and isinstance(p.get("first_step"), int) and isinstance(p.get("last_step"), int)]
     flags = previous_info.get("flags") or {}
     if not flags:
         return []
@@ -209,9 +210,13 @@ def resolve(planned: List[Phase], history: List[dict], step: int,
             continue
         if current is not None and base_name(current.get("name")) == phase.name and not differences(current, phase):
             # The phase the checkpoint is in, with the same recipe: go on with its optimizer state and schedule.
+            # At its very first step the checkpoint may still be the previous phase's (a fallback from a damaged
+            # phase.ckpt-N, or a folder of an older version that recorded phases in advance): the rewrite is
+            # done again, which is idempotent there (no step of the phase has trained).
+            first = int(current["first_step"])
             current["last_step"] = phase.last_step
-            todo.append(Step(dataclasses.replace(phase, name=current["name"],
-                                                 first_step=int(current["first_step"])), restart_optimizer=False))
+            todo.append(Step(dataclasses.replace(phase, name=current["name"], first_step=first),
+                             restart_optimizer=0 < first == step))
         elif not has_checkpoint:
             history = [phase.record()]  # A fresh run: recorded before it trains.
             todo.append(Step(phase, restart_optimizer=False))
@@ -238,7 +243,7 @@ def check_freeze(config: Config, planned: List[Phase], model: tf.keras.Model) ->
     if not trunk:
         return
     for phase in planned:
-        models.check_freeze_spec(len(trunk[-1].layers), phase.freeze,
+        models.check_freeze_spec(len(models.freeze_units(trunk[-1])), phase.freeze,
                                  "fine_tune_freeze" if phase.name == "fine_tune" else "freeze")
 
 
@@ -313,7 +318,8 @@ def wait_ready_marker(checkpoint_dir: str, first_step: int, timeout: float = 600
     deadline = time.time() + timeout
     while not tf.io.gfile.exists(path):
         if time.time() > deadline:
-            raise RuntimeError(f"the chief did not start the phase at step {first_step} within {timeout} s")
+            raise UsageError(f"the chief did not start the phase at step {first_step} within {timeout} s (is the "
+                             "chief task running?)")
         time.sleep(0.5)
 
 
@@ -375,6 +381,9 @@ def start(config: Config, dist, estimator, model: tf.keras.Model, train_input_fn
               if int(r["first_step"]) < first]
     run_info["phases"] = before + [step.phase.record(trainable)]
     if dist.is_chief:
+        marker = os.path.join(config.checkpoint_dir, f"phase-{first}.ready")
+        if tf.io.gfile.exists(marker):  # Of an earlier attempt at this boundary: workers must wait for this one.
+            tf.io.gfile.remove(marker)
         faultpoints.reached("phase_before_rewrite")
         restart_optimizer_state(estimator.model_fn, estimator.config, model, train_input_fn,
                                 config.checkpoint_dir, first)
@@ -394,6 +403,9 @@ def warn_unused(config: Config, planned: List[Phase]) -> None:
         if unused:
             logging.warning("%s ignored: there is no fine-tuning phase (give --fine_tune_steps or "
                             "--fine_tune_epochs)", " and ".join(unused))
+    if len(planned) > 1 and planned[-1].freeze == "all" and not config.cache_features:  # Trial c147.
+        logging.warning("--fine_tune_freeze=all keeps the whole trunk frozen: the fine-tune phase trains the head "
+                        "only, like the first (give none, N or -N to fine-tune the trunk)")
     if config.early_stopping_min_delta and not config.early_stopping_patience:
         logging.warning("--early_stopping_min_delta ignored: early stopping is off (give --early_stopping_patience)")
     for phase in planned:

@@ -492,6 +492,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    except Exception as e:  # A full or read-only disk: one line.
+        from trainer.errors import exit_on_disk_failure
+
+        return exit_on_disk_failure(e, "it predicts every input again")
     print(json.dumps(summary, sort_keys=True))
     return 0
 

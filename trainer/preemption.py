@@ -91,7 +91,8 @@ class PreemptionHook(tf.estimator.SessionRunHook):
             if savers:
                 savers[0].save(run_context.session, os.path.join(self._checkpoint_dir, "model.ckpt"),
                                global_step=step)
-                logging.warning("preempted: checkpoint saved at step %d", step)
+                logging.warning("%s: checkpoint saved at step %d", "interrupted" if _signal[0] == signal.SIGINT
+                                else "preempted", step)
         raise Preempted(step)
 
     def end(self, session):

@@ -208,16 +208,30 @@ def _flags_changed(flags: dict) -> dict:
     return changed
 
 
+def _latest_checkpoint_step(model_dir: str):
+    import tensorflow as tf
+
+    try:
+        latest = tf.train.latest_checkpoint(model_dir)
+        return int(latest.rsplit("-", 1)[1]) if latest else None
+    except (tf.errors.OpError, ValueError, IndexError):
+        return None
+
+
 def _run_section(model_dir, info, summary, metrics, training) -> str:
     flags = info.get("flags") or {}
     counts = info.get("counts") or {}
     classes = info.get("class_names") or []
     if metrics is not None:
-        status = f'<span class="good">finished</span> at step {metrics.get("global_step")}'
+        last = (metrics.get("last_evaluation") or metrics).get("global_step")  # The top level: the served model.
+        status = f'<span class="good">finished</span> at step {last}' + (
+            f' (serving the model of step {metrics.get("global_step")})' if last != metrics.get("global_step") else "")
     else:
         steps = [s for series in training.values() for s, _ in series]
+        saved = _latest_checkpoint_step(model_dir)  # Trial c077: summaries lag (every 100 steps) behind it.
         status = f'<span class="bad">running or stopped</span> (no eval_metrics.json yet; last logged step ' \
-                 f'{max(steps) if steps else 0})'
+                 f'{max(steps) if steps else 0}' + (f", latest checkpoint at step {saved}" if saved is not None
+                                                    else "") + ")"
     duration = info.get("train_seconds")
     rows = [
         ("status", status),
@@ -430,6 +444,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    except Exception as e:  # A full or read-only disk: one line.
+        from trainer.errors import exit_on_disk_failure
+
+        return exit_on_disk_failure(e, "it writes the report again")
     print(path)
     return 0
 

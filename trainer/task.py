@@ -216,12 +216,14 @@ def _main(argv) -> None:
         sys.stderr.write(message + "\n")
         console.log_only("%s", message, level="warning")
         sys.exit(e.exit_status)
-    except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run: one line, not a traceback.
+    except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run, a full disk: one line, not a traceback.
         from trainer import preflight
+        from trainer.errors import disk_failure
 
-        if preflight.storage_failure(e) is None:
+        message = disk_failure(e) or preflight.storage_failure(e)
+        if message is None:
             raise
-        _fail(preflight.storage_failure(e))
+        _fail(message)
     sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     sys.stdout.flush()
 
