@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import tensorflow as tf
@@ -249,3 +250,72 @@ def test_history_lists_every_version_when_one_metrics_file_is_damaged(tmp_path, 
     assert champion.main(["history", f"--champion_dir={tmp_path / 'c'}"]) == 0
     out = capsys.readouterr().out
     assert "  v1 (metrics.json unreadable: JSONDecodeError)" in out and '* v2 {"accuracy": 0.5}' in out
+
+
+def test_leftovers_of_failed_promotions_are_removed_at_the_next_once_10_minutes_old(tmp_path):
+    """SRE trial W1: half-copied versions and pointer temporaries of failed promotions stayed for ever."""
+    root = tmp_path / "c"
+    store = champion.open_store(str(root))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "saved_model.pb").write_text("model")
+    (tmp_path / "k.h5").write_text("weights")
+    champion.promote(store, None, "v1", str(export), str(tmp_path / "k.h5"), {"accuracy": 0.5}, "run", None)
+    old, young = time.time() - 11 * 60, time.time() - 9 * 60
+    for name, when in ((".v0.partial", old), (".v9.partial", young), ("CHAMPION.json.tmp-0123abcd", old),
+                       ("CHAMPION.json.tmp-4567ef01", young)):
+        if name.endswith(".partial"):
+            (root / name / "model").mkdir(parents=True)
+            (root / name / "model" / "saved_model.pb").write_text("half")
+            os.utime(root / name / "model" / "saved_model.pb", (when, when))
+        else:
+            (root / name).write_text("{")
+        os.utime(root / name, (when, when))
+    _, token = store.read_pointer()
+    assert champion.promote(store, token, "v2", str(export), str(tmp_path / "k.h5"), {"accuracy": 0.6}, "run", "v1")
+    assert sorted(os.listdir(root)) == [".lock", ".v9.partial", "CHAMPION.json", "CHAMPION.json.tmp-4567ef01",
+                                        "v1", "v2"]
+    assert store.versions() == ["v1", "v2"]
+
+
+def full_disk_on_fsync(monkeypatch):
+    import errno
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def two_versions(tmp_path):
+    store = champion.open_store(str(tmp_path / "c"))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "saved_model.pb").write_text("model")
+    (tmp_path / "k.h5").write_text("weights")
+    for version in ("v1", "v2"):
+        pointer, token = store.read_pointer()
+        champion.promote(store, token, version, str(export), str(tmp_path / "k.h5"), {"accuracy": 0.5}, "run",
+                         pointer["version"] if pointer else None)
+    return store, (tmp_path / "c" / champion.POINTER).read_bytes()
+
+
+def test_a_rollback_that_fails_to_write_leaves_no_temporary(tmp_path, monkeypatch):
+    """Before: each failed rollback left a CHAMPION.json.tmp-* of its own (removed only by a later promotion)."""
+    store, before = two_versions(tmp_path)
+    full_disk_on_fsync(monkeypatch)
+    with pytest.raises(OSError):
+        champion.rollback(str(tmp_path / "c"))
+    assert not [n for n in os.listdir(tmp_path / "c") if ".tmp-" in n]
+    assert (tmp_path / "c" / champion.POINTER).read_bytes() == before
+
+
+def test_a_full_disk_during_rollback_is_one_error_line(tmp_path, monkeypatch, capsys):
+    _, before = two_versions(tmp_path)
+    full_disk_on_fsync(monkeypatch)
+    assert champion.main(["rollback", f"--champion_dir={tmp_path / 'c'}"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    pointer = tmp_path / "c" / champion.POINTER
+    assert len(err) == 1 and err[0].startswith(f"error: no space left on device writing {pointer}: "), err
+    assert err[0].endswith("CHAMPION.json is unchanged and no temporary file of this attempt is left")
+    assert (tmp_path / "c" / champion.POINTER).read_bytes() == before

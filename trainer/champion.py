@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -26,6 +27,8 @@ from typing import List, Optional, Tuple
 from trainer.errors import UsageError
 
 POINTER = "CHAMPION.json"
+# Leftovers of failed promotions are removed at a later promotion once this old (a younger one may be in flight).
+LEFTOVER_AGE_SECS = 600.0
 
 
 def parse_pointer(raw: bytes, where: str) -> dict:
@@ -40,6 +43,40 @@ def parse_pointer(raw: bytes, where: str) -> dict:
         reason = "no \"version\" in it"
     raise UsageError(f"{where} is unreadable ({reason}); repair it with `python -m trainer.champion rollback "
                      f"--champion_dir={os.path.dirname(where)} --to=VERSION` (`history` lists the versions)")
+
+
+class Unreachable(UsageError):
+    """Cloud Storage stopped answering during a promotion; the message says what was left where."""
+
+
+def network_failure(error: BaseException) -> Optional[str]:
+    """`Type: first line` when `error` (or what caused it) is Cloud Storage not answering: a refused or dropped
+    connection, a timeout, retries of 429/5xx replies that ran out. None for anything else."""
+    kinds = [ConnectionError, TimeoutError]
+    try:
+        import requests
+        from google.api_core import exceptions
+        from google.auth import exceptions as auth_exceptions
+
+        kinds += [requests.exceptions.RequestException, exceptions.RetryError, exceptions.ServerError,
+                  exceptions.TooManyRequests, auth_exceptions.TransportError]
+    except ImportError:  # pragma: no cover - google-cloud-storage brings them all.
+        pass
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, tuple(kinds)):
+            text = " ".join(str(error).split())
+            # requests' text is a long repr chain; its end (`[Errno 111] Connection refused`) says it.
+            errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+            host = re.search(r"host='([^']+)', port=(\d+)", text)
+            if errno:
+                text = errno.group(0).strip() + (f" ({host.group(1)}:{host.group(2)})" if host else "")
+            return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+        if isinstance(error, UsageError):
+            return None
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
 
 
 def lower_is_better(metric: str) -> bool:
@@ -93,24 +130,60 @@ class LocalStore:
             if current != token:
                 return False
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "w") as f:
-                f.write(json.dumps(pointer, indent=2, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "w") as f:
+                    f.write(json.dumps(pointer, indent=2, sort_keys=True) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:  # A full disk (promotion or rollback): no temporary left behind.
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
             return True
 
     def put_version(self, version: str, saved_model_dir: str, keras_h5: str, metrics: dict) -> None:
         from trainer import files
 
+        self._remove_leftovers()
         tmp = os.path.join(self.root, f".{version}.partial")
-        files.copy_tree(saved_model_dir, os.path.join(tmp, "model"))
-        files.copy_file(keras_h5, os.path.join(tmp, "keras_model.h5"))
-        files.write_json(os.path.join(tmp, "metrics.json"), metrics)
-        os.replace(tmp, os.path.join(self.root, version))  # The folder appears complete or not at all.
+        try:
+            files.copy_tree(saved_model_dir, os.path.join(tmp, "model"))
+            files.copy_file(keras_h5, os.path.join(tmp, "keras_model.h5"))
+            files.write_json(os.path.join(tmp, "metrics.json"), metrics)
+            os.replace(tmp, os.path.join(self.root, version))  # The folder appears complete or not at all.
+        except Exception:  # Our own half copy (a full disk): removed now; a killed process's, at a later promotion.
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def remove_version(self, version: str) -> None:
+        """Removes a version CHAMPION.json does not name (a lost race's copy): first renamed back to its
+        `.VERSION.partial` name, so it stops being a version at once, even if the removal itself fails."""
+        import shutil
+
+        tmp = os.path.join(self.root, f".{version}.partial")
+        os.replace(os.path.join(self.root, version), tmp)
+        shutil.rmtree(tmp)
 
     def keras_model(self, version: str) -> str:
         return os.path.join(self.root, version, "keras_model.h5")
+
+    def _remove_leftovers(self, age: Optional[float] = None) -> None:
+        """Half-copied versions (`.VERSION.partial`) and pointer temporaries of failed promotions or rollbacks
+        (a full disk): removed once older than `age` seconds (a younger one may be another run's, in flight)."""
+        import glob
+        import shutil
+
+        age = LEFTOVER_AGE_SECS if age is None else age
+        for path in glob.glob(os.path.join(self.root, ".*.partial")) + glob.glob(
+                os.path.join(self.root, f"{POINTER}.tmp-*")):
+            try:
+                if time.time() - os.path.getmtime(path) > age:
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            except OSError:
+                continue
 
     def versions(self) -> List[str]:
         if not os.path.isdir(self.root):
@@ -194,15 +267,80 @@ class GcsStore:
             else:
                 gcs.upload(source, target)
 
-        for dirpath, _, filenames in tf.io.gfile.walk(saved_model_dir):
-            for name in filenames:
-                source = os.path.join(dirpath, name)
-                relative = source[len(saved_model_dir.rstrip("/")):].lstrip("/")
-                put(source, self._name(version, "model", relative))
-        put(keras_h5, self._name(version, "keras_model.h5"))
-        # metrics.json last: a version with metrics.json is complete.
-        self._bucket().blob(self._name(version, "metrics.json")).upload_from_string(
-            json.dumps(metrics, indent=2, sort_keys=True), retry=gcs.retry())
+        self._remove_leftovers()
+        try:
+            for dirpath, _, filenames in tf.io.gfile.walk(saved_model_dir):
+                for name in filenames:
+                    source = os.path.join(dirpath, name)
+                    relative = source[len(saved_model_dir.rstrip("/")):].lstrip("/")
+                    put(source, self._name(version, "model", relative))
+            put(keras_h5, self._name(version, "keras_model.h5"))
+            # metrics.json last: a version with metrics.json is complete.
+            self._bucket().blob(self._name(version, "metrics.json")).upload_from_string(
+                json.dumps(metrics, indent=2, sort_keys=True), retry=gcs.retry())
+        except Exception as e:
+            # Without metrics.json the objects are no version (never listed, used or rolled back to); remove
+            # them now if the bucket still answers, else a later promotion does (_remove_leftovers).
+            removed = self._delete_under(version)
+            detail = network_failure(e)
+            if detail is None:
+                raise
+            left = ("the objects uploaded so far were removed" if removed else
+                    f"the objects uploaded so far under {self.uri}/{version}/ could not be removed (they have no "
+                    "metrics.json, so they are never listed or used; a later promotion removes them)")
+            raise Unreachable(f"--champion_dir={self.uri}: Cloud Storage became unreachable while copying the "
+                              f"challenger to version {version} ({detail}); CHAMPION.json is unchanged and {left}") \
+                from None
+
+    def remove_version(self, version: str) -> None:
+        """Removes a version CHAMPION.json does not name (a lost race's copy), metrics.json first: it stops
+        being a version at once, even if removing the rest fails."""
+        if not self._delete_under(version, deadline=None):
+            raise OSError(f"could not remove {self.uri}/{version}/")
+
+    def _delete_under(self, version: str, deadline: Optional[float] = 10.0) -> bool:
+        """Deletes every object of a version, metrics.json first; False if any remains (best effort)."""
+        from google.api_core import exceptions
+        from trainer import gcs
+
+        retry = gcs.retry() if deadline is None else gcs.retry(deadline)
+        try:
+            prefix = self._name(version) + "/"
+            names = sorted((b.name for b in gcs.client().list_blobs(self.bucket_name, prefix=prefix, retry=retry)),
+                           key=lambda n: not n.endswith("/metrics.json"))
+            for name in names:
+                try:
+                    self._bucket().blob(name).delete(retry=retry)
+                except exceptions.NotFound:
+                    pass
+            return True
+        except Exception:  # noqa: BLE001 - best effort: the bucket may be unreachable.
+            return False
+
+    def _remove_leftovers(self, age: Optional[float] = None) -> None:
+        """Objects of versions that never got their metrics.json (a promotion that failed or was killed while
+        uploading): removed once the newest of them is older than `age` seconds (a younger one may be another
+        run's upload, in flight)."""
+        from trainer import gcs
+
+        age = LEFTOVER_AGE_SECS if age is None else age
+        prefix = self._name("") + "/" if self.prefix else ""
+        newest, complete = {}, set()
+        try:
+            for blob in gcs.client().list_blobs(self.bucket_name, prefix=prefix, retry=gcs.retry()):
+                version, _, rest = blob.name[len(prefix):].partition("/")
+                if not rest:
+                    continue  # CHAMPION.json and other top-level objects.
+                if rest == "metrics.json":
+                    complete.add(version)
+                when = blob.updated or blob.time_created
+                stamp = when.timestamp() if when else time.time()
+                newest[version] = max(newest.get(version, 0.0), stamp)
+        except Exception:  # noqa: BLE001 - housekeeping must not stop a promotion.
+            return
+        for version, stamp in newest.items():
+            if version not in complete and time.time() - stamp > age:
+                self._delete_under(version)
 
     def keras_model(self, version: str) -> str:
         from trainer import gcs
@@ -266,15 +404,45 @@ def decide(metric: str, challenger: float, champion: Optional[float], min_delta:
 
 
 def promote(store, token, version: str, saved_model_dir: str, keras_h5: str, metrics: dict, source: str,
-            previous: Optional[str], chain: Optional[List[str]] = None) -> bool:
-    """Copies the challenger into its version folder, then swaps CHAMPION.json. False if the race was lost.
+            previous: Optional[str], chain: Optional[List[str]] = None, report: Optional[dict] = None) -> bool:
+    """Copies the challenger into its version folder, then swaps CHAMPION.json. False if the race was lost:
+    then the copy is removed again, and `report` (if given) gets `removed` (bool) and `error` (why not).
 
-    `chain`: the versions that were champion before, oldest first (default: `previous` alone)."""
+    `chain`: the versions that were champion before, oldest first (default: `previous` alone).
+
+    Raises:
+        UsageError: Cloud Storage became unreachable (the message says what was left where)."""
     store.put_version(version, saved_model_dir, keras_h5, metrics)
     pointer = {"version": version, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "source_run": source, "previous": previous,
                "chain": list(chain) if chain is not None else ([previous] if previous else [])}
-    return store.write_pointer(pointer, token)
+    try:
+        won = store.write_pointer(pointer, token)
+    except Exception as e:
+        detail = network_failure(e)
+        if detail is None:
+            raise
+        where = getattr(store, "uri", getattr(store, "root", ""))
+        raise Unreachable(f"--champion_dir={where}: Cloud Storage became unreachable while replacing "
+                          f"{POINTER} ({detail}); version {version} was copied, but whether {POINTER} names it is "
+                          f"unknown: check with `python -m trainer.champion show --champion_dir={where}`") from None
+    if won:
+        return True
+    # Lost the race: the copy must not stay behind looking like a version (`history` would list it, `rollback
+    # --to` accept it). Unless CHAMPION.json names it after all (a rollback --to it in between).
+    outcome = {"removed": False, "error": None}
+    try:
+        current, _ = store.read_pointer(strict=False)
+        if current is not None and current.get("version") == version:
+            outcome["error"] = f"{POINTER} names it"
+        else:
+            store.remove_version(version)
+            outcome["removed"] = True
+    except Exception as e:  # noqa: BLE001 - best effort; said on the console by the caller.
+        outcome["error"] = f"{type(e).__name__}: {str(e).strip()[:160]}"
+    if report is not None:
+        report.update(outcome)
+    return False
 
 
 def rollback(champion_dir: str, to: Optional[str] = None) -> dict:
@@ -348,6 +516,23 @@ def main(argv=None) -> int:
         return 0
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
+        return 1
+    except Exception as e:  # A full disk, an unreachable bucket: one line, not a traceback.
+        from trainer.errors import disk_failure
+
+        disk, detail = disk_failure(e), network_failure(e)
+        if disk:  # Its advice speaks of training checkpoints; here the pointer is what was (not) written.
+            what = disk.split(": free space", 1)[0]
+            if " writing " not in what and args.command == "rollback":
+                what += f" writing {args.champion_dir.rstrip('/')}/{POINTER}"
+            message = (f"{what}: free space (or make the folder writable), then run the same command again; "
+                       f"{POINTER} is unchanged and no temporary file of this attempt is left")
+        elif detail:
+            message = (f"--champion_dir={args.champion_dir}: Cloud Storage cannot be reached ({detail}); run the "
+                       "command again when it answers (`show` says which version CHAMPION.json names)")
+        else:
+            raise
+        sys.stderr.write(f"error: {message}\n")
         return 1
 
 

@@ -76,13 +76,80 @@ def check_storage(config: Config) -> None:
 
 
 def check(config: Config) -> None:
-    """Every cheap up-front check of this module: storage reachability, then the champion pointer."""
+    """Every cheap up-front check of this module: storage reachability, then the champion folder."""
     check_storage(config)
     if config.champion_dir:
-        from trainer import champion
+        check_champion(config)
 
-        # An unreadable CHAMPION.json (or one naming a missing version) stops the run now, not after training.
-        champion.read_current(champion.open_store(config.champion_dir), config.champion_dir)
+
+def check_champion(config: Config) -> None:
+    """What would make promotion fail after training, found before it.
+
+    A local --champion_dir that cannot be written, an unreadable CHAMPION.json (or one naming a missing
+    version), a bucket that does not answer: UsageError. A champion whose keras_model.h5 cannot be loaded
+    is no reason to stop (promotion replaces it): a warning now, the decision at promotion.
+    """
+    from absl import logging
+
+    from trainer import champion
+
+    store = champion.open_store(config.champion_dir)
+    if isinstance(store, champion.LocalStore):
+        _check_writable(config.champion_dir, store.root)
+    try:
+        pointer = champion.read_current(store, config.champion_dir)
+        if pointer is None:
+            return
+        from trainer import promotion
+
+        model, broken = promotion.load_champion(store, pointer["version"])
+        del model
+    except UsageError:
+        raise
+    except Exception as e:
+        detail = champion.network_failure(e)
+        if detail is None:
+            raise
+        raise UsageError(f"--champion_dir={config.champion_dir}: Cloud Storage cannot be reached ({detail}); "
+                         "check the network and the credentials, then run the same command again") from None
+    if not broken:
+        return
+    repair = (f"`python -m trainer.champion rollback --champion_dir={config.champion_dir} --to=VERSION` "
+              "(`history` lists the versions)")
+    if config.warm_start_from == "champion":
+        raise UsageError(f"--warm_start_from=champion: the champion version {pointer['version']} cannot be loaded "
+                         f"({broken}); roll back to a sound version with {repair}, or run once without "
+                         "--warm_start_from=champion: its model then replaces the broken one")
+    logging.warning("--champion_dir=%s: the champion version %s cannot be loaded (%s): this run's model will "
+                    "replace it at promotion, without a comparison; to keep an older version instead, stop now and "
+                    "run %s", config.champion_dir, pointer["version"], broken, repair)
+
+
+def _check_writable(flag_value: str, root: str) -> None:
+    """UsageError unless promotion can create files in the local champion folder (or the folder above it)."""
+    import os
+    import tempfile
+
+    path = os.path.abspath(root)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--champion_dir={flag_value} is a file, not a folder")
+    existing = path
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    reason = None
+    if existing == path:  # Ours to write in: try it (root ignores permission bits, not a read-only mount).
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".trainer-preflight-", dir=path)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            reason = e.strerror or str(e)
+    elif not os.access(existing, os.W_OK | os.X_OK):  # Not ours: no probe file in it, ask instead.
+        reason = "Read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "Permission denied"
+        reason += f" at {existing}"
+    if reason:
+        raise UsageError(f"--champion_dir={flag_value} is not writable ({reason}): promotion could not copy this "
+                         "run's model there after training; make it writable or give another folder")
 
 
 def storage_failure(exc: BaseException) -> Optional[str]:

@@ -6,7 +6,7 @@ was trained on older data. Also: `--warm_start_from`, the weights a new run star
 """
 import os
 import tempfile
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -15,8 +15,10 @@ from trainer.config import Config
 from trainer.errors import UsageError
 
 
-def load_keras(path: str) -> tf.keras.Model:
-    """Loads a keras_model.h5 (from any filesystem) as new, uncompiled Keras objects."""
+def load_keras(path) -> tf.keras.Model:
+    """Loads a keras_model.h5 (from any filesystem) as new, uncompiled Keras objects (a Model passes through)."""
+    if isinstance(path, tf.keras.Model):
+        return path
     if "://" in path:  # h5py reads local files only.
         local = os.path.join(tempfile.mkdtemp(), "keras_model.h5")
         tf.io.gfile.copy(path, local, overwrite=True)
@@ -24,9 +26,25 @@ def load_keras(path: str) -> tf.keras.Model:
     return tf.keras.models.load_model(path, compile=False)
 
 
-def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
+def load_champion(store, version: str) -> Tuple[Optional[tf.keras.Model], Optional[str]]:
+    """(the champion's Keras model, None), or (None, why it cannot be loaded: a missing, truncated or garbage
+    keras_model.h5). Cloud Storage not answering is raised, not a broken champion."""
+    try:
+        path = store.keras_model(version)  # On Cloud Storage: downloaded (a missing object is a UsageError).
+    except UsageError as e:
+        return None, str(e)
+    try:
+        return load_keras(path), None
+    except Exception as e:  # noqa: BLE001 - whatever h5py or Keras raise, the file cannot serve as a model.
+        if champion.network_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        return None, f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def evaluate_keras(path, input_fn: Callable, config: Config) -> dict:
     """Loss and accuracy (Keras evaluate), plus the scalar metrics of trainer.metrics for single-output
-    classifiers, so --promote_metric may name any of them."""
+    classifiers, so --promote_metric may name any of them. `path`: a keras_model.h5 or a loaded model."""
     from trainer import metrics
 
     model = load_keras(path)
@@ -42,18 +60,51 @@ def evaluate_keras(path: str, input_fn: Callable, config: Config) -> dict:
     return result
 
 
+def _outputs(model: tf.keras.Model) -> list:
+    """The shape of each output of a model, without the batch dimension: [[10]], [[1]] (binary)."""
+    return [[int(d) if d is not None else None for d in o.shape[1:]] for o in model.outputs]
+
+
+def _flipped(model: tf.keras.Model) -> tf.keras.Model:
+    """A binary model read the other way round: its output is P(its class 1); this gives P(its class 0)."""
+    return tf.keras.Model(model.inputs, tf.keras.layers.Lambda(lambda p: 1.0 - p)(model.outputs[0]))
+
+
 def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callable, class_names=None) -> dict:
     """Decides and, if the challenger wins, promotes it. Returns the record for run_info.json.
 
     Every decision is printed as one `promotion: ...` line saying what was compared. When the champion
     was trained on other classes, both models are scored on the examples of the classes both know, each
-    with its own outputs of those classes (matched by name, never by index).
+    with its own outputs of those classes (matched by name, never by index). When the champion's classes
+    are unknown (an older metrics.json), the models are compared by output index only if they have the
+    same outputs, and the line says so. A champion whose keras_model.h5 cannot be loaded is replaced.
+
+    Raises:
+        UsageError: Cloud Storage stopped answering (one line: what was left where).
     """
+    retry = f"the trained model is kept in {model_dir}: run the same command again to retry the promotion"
+    try:
+        return _run(config, model_dir, export_path, eval_input_fn, class_names)
+    except champion.Unreachable as e:
+        raise UsageError(f"{e}; {retry}") from None
+    except UsageError:
+        raise
+    except Exception as e:
+        detail = champion.network_failure(e)
+        if detail is None:
+            raise
+        raise UsageError(f"--champion_dir={config.champion_dir}: Cloud Storage became unreachable during "
+                         f"promotion ({detail}); nothing was promoted, CHAMPION.json is unchanged; {retry}") \
+            from None
+
+
+def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callable, class_names=None) -> dict:
     metric = config.promote_metric
     store = champion.open_store(config.champion_dir)
     pointer, token = champion.read_current(store, config.champion_dir, token=True)
     keras_h5 = os.path.join(model_dir, "keras_model.h5")
-    challenger = evaluate_keras(keras_h5, eval_input_fn, config)
+    mine_model = load_keras(keras_h5)
+    challenger = evaluate_keras(mine_model, eval_input_fn, config)
     record = {"promoted": False, "metric": metric, "challenger": challenger.get(metric), "champion": None,
               "champion_version": pointer["version"] if pointer else None}
 
@@ -65,52 +116,106 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
     if metric not in challenger:
         return decided(f"the challenger has no metric {metric} (it has {', '.join(sorted(challenger))})")
     promote = True
+    if pointer and pointer.get("source_run") == model_dir and (pointer.get("metrics") or {}).get(metric) == \
+            challenger.get(metric):
+        # This run promoted itself before a restart (killed after the pointer moved, before run_info.json).
+        record.update(promoted=True, version=pointer["version"], champion=None, champion_version=pointer.get(
+            "previous"))
+        return decided(f"already promoted by this run as version {pointer['version']}, before a restart")
     if pointer:
-        champion_h5 = store.keras_model(pointer["version"])
-        theirs = champion_class_names(store, pointer["version"])
-        ours = list(class_names or [])
-        if theirs and ours and theirs != ours and config.label_mode != "binary":
-            shared = [c for c in ours if c in theirs]
-            record.update(champion_classes=theirs, compared_on_classes=shared)
-            if len(shared) < 2:
-                promote = True
-                reason = (f"the champion {pointer['version']} knows the classes {','.join(theirs)}, of which "
-                          f"{len(shared)} are this run's ({','.join(ours)}): it cannot be scored on this data, so "
-                          "the challenger, the only model of this class set, is promoted")
-            else:
-                try:
-                    mine = score_on_classes(keras_h5, ours, ours, shared, eval_input_fn, config)
-                    record["challenger"] = mine.get(metric)
-                    record["champion"] = score_on_classes(champion_h5, theirs, ours, shared,
-                                                          eval_input_fn, config).get(metric)
-                except (ValueError, OSError, tf.errors.OpError) as e:
-                    return decided(_unscorable(pointer["version"], e))
-                if record["challenger"] is None or record["champion"] is None:
-                    return decided(f"--promote_metric={metric} cannot be compared on a subset of the classes; "
-                                   "use accuracy, loss or macro_f1")
-                promote, reason = champion.decide(metric, record["challenger"], record["champion"],
-                                                  config.promote_min_delta)
-                reason += f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
+        version = pointer["version"]
+        champion_model, broken = load_champion(store, version)
+        if broken:
+            # A champion that cannot be loaded cannot be compared, served or warm-started from: keeping it would
+            # block every later retrain. The challenger takes its place, and the record says why.
+            record.update(champion_unloadable=broken, compared_by="none")
+            promote, reason = True, (f"the champion version {version} cannot be loaded ({broken}); replaced "
+                                     "without a comparison")
         else:
-            try:
-                record["champion"] = evaluate_keras(champion_h5, eval_input_fn, config).get(metric)
-            except (ValueError, OSError, tf.errors.OpError) as e:
-                return decided(_unscorable(pointer["version"], e))
-            promote, reason = champion.decide(metric, record["challenger"], record["champion"],
-                                              config.promote_min_delta)
+            outcome = _compare(config, metric, record, store, version, champion_model, mine_model,
+                               list(class_names or []), eval_input_fn)
+            if isinstance(outcome, str):
+                return decided(outcome)
+            promote, reason = outcome
     else:
         promote, reason = champion.decide(metric, record["challenger"], None, config.promote_min_delta)
     if promote:
         version = champion.new_version()
         console.say("promotion: copying the challenger to version %s", version)
+        report = {}
         won = champion.promote(store, token, version, export_path, keras_h5,
                                {**challenger, "metric": metric, "class_names": list(class_names or [])},
                                model_dir, pointer["version"] if pointer else None,
-                               champion.lineage(pointer) + [pointer["version"]] if pointer else [])
+                               champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
         record.update(promoted=won, version=version)
         if not won:
-            reason = "another run replaced CHAMPION.json first (lost the race); not promoted"
+            where = f"{config.champion_dir.rstrip('/')}/{version}"
+            left = (f"its copy {where} was removed" if report.get("removed") else
+                    f"its copy {where} could not be removed ({report.get('error')}): remove it by hand")
+            record.update(version=None, lost_version=version, lost_version_removed=bool(report.get("removed")))
+            reason = f"another run replaced CHAMPION.json first (lost the race); not promoted; {left}"
     return decided(reason)
+
+
+def _compare(config, metric, record, store, version, champion_model, mine_model, ours, eval_input_fn):
+    """(promote, reason) from scoring both models; a str: the decision not to promote, with its reason.
+
+    Sets record["compared_by"]: "name" (the same classes, or matched by name), "index" (classes unknown, the
+    same outputs) or "none" (decided without scoring the champion)."""
+    theirs = champion_class_names(store, version)
+    delta = config.promote_min_delta
+
+    def scored(model, note=""):
+        try:
+            record["champion"] = evaluate_keras(model, eval_input_fn, config).get(metric)
+        except (ValueError, OSError, tf.errors.OpError) as e:
+            return _unscorable(version, e)
+        promote, reason = champion.decide(metric, record["challenger"], record["champion"], delta)
+        return promote, reason + note
+
+    if not theirs or not ours:
+        # Classes unknown (an older champion's metrics.json, or a run without class names): by output index,
+        # and only when the outputs match.
+        whose = ("the champion's classes are unknown (no class_names in its metrics.json)" if not theirs else
+                 "this run's classes are unknown")
+        mine, their = _outputs(mine_model), _outputs(champion_model)
+        record.update(champion_classes=theirs, compared_by="index" if mine == their else "none")
+        if mine != their:
+            return True, (f"{whose}, and the champion {version} has outputs {their} where this run's model has "
+                          f"{mine}: they cannot be compared, so the challenger is promoted")
+        return scored(champion_model, f"; {whose}: compared by output index, both models having outputs {mine}")
+    if theirs == ours:
+        record["compared_by"] = "name"
+        return scored(champion_model)
+    record["champion_classes"] = theirs
+    if config.label_mode == "binary":
+        if len(theirs) == len(ours) == 2 and sorted(theirs) == sorted(ours) and len(champion_model.outputs) == 1 \
+                and _outputs(champion_model) == [[1]]:
+            record["compared_by"] = "name"
+            return scored(_flipped(champion_model),
+                          f"; the champion's classes are this run's in the other order ({','.join(theirs)}): its "
+                          "output is read by class name")
+        record["compared_by"] = "none"
+        return True, (f"the champion {version} is a binary model of other classes ({','.join(theirs)}) than this "
+                      f"run's ({','.join(ours)}): promoted without a champion comparison")
+    shared = [c for c in ours if c in theirs]
+    record.update(compared_on_classes=shared, compared_by="name")
+    if len(shared) < 2:
+        record["compared_by"] = "none"
+        return True, (f"the champion {version} knows the classes {','.join(theirs)}, of which {len(shared)} are this "
+                      f"run's ({','.join(ours)}): it cannot be scored on this data, so the challenger, the only model "
+                      "of this class set, is promoted")
+    try:
+        mine = score_on_classes(mine_model, ours, ours, shared, eval_input_fn, config)
+        record["challenger"] = mine.get(metric)
+        record["champion"] = score_on_classes(champion_model, theirs, ours, shared, eval_input_fn, config).get(metric)
+    except (ValueError, OSError, tf.errors.OpError) as e:
+        return _unscorable(version, e)
+    if record["challenger"] is None or record["champion"] is None:
+        return (f"--promote_metric={metric} cannot be compared on a subset of the classes; use accuracy, loss or "
+                "macro_f1")
+    promote, reason = champion.decide(metric, record["challenger"], record["champion"], delta)
+    return promote, reason + f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
 
 
 def _unscorable(version: str, error: Exception) -> str:
@@ -122,7 +227,9 @@ def _unscorable(version: str, error: Exception) -> str:
 def champion_class_names(store, version: str) -> Optional[list]:
     try:
         names = store.metrics(version).get("class_names")
-    except (OSError, ValueError, AttributeError, tf.errors.OpError):
+    except (OSError, ValueError, AttributeError, tf.errors.OpError) as e:
+        if champion.network_failure(e):  # requests' errors are OSErrors: an outage is no "unknown classes".
+            raise
         return None
     return list(names) if names else None
 
