@@ -319,3 +319,15 @@ def test_a_full_disk_during_rollback_is_one_error_line(tmp_path, monkeypatch, ca
     assert len(err) == 1 and err[0].startswith(f"error: no space left on device writing {pointer}: "), err
     assert err[0].endswith("CHAMPION.json is unchanged and no temporary file of this attempt is left")
     assert (tmp_path / "c" / champion.POINTER).read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, fragment", [(["promote", "--champion_dir=x"], "invalid choice: 'promote'"),
+                                            (["--champion_dir=x"], "the following arguments are required: command")])
+def test_a_bad_or_missing_subcommand_is_one_error_line(capsys, argv, fragment):
+    """Trial c214/c215: argparse's usage block and exit 2, unlike every other tool's `error:` line and exit 1."""
+    from trainer import champion as champion_cli
+
+    with pytest.raises(SystemExit) as raised:
+        champion_cli.main(argv)
+    err = capsys.readouterr().err
+    assert raised.value.code == 1 and err.startswith("error:") and fragment in err and len(err.splitlines()) == 1

@@ -286,3 +286,18 @@ def test_flags_this_plan_leaves_without_effect_are_said(capsys, tmp_path, extra,
     status, errors, err = cli(capsys, "--data=digits", "--backbone=small_cnn", "--train_steps=30", "--dry_run",
                               *extra, f"--model_dir={tmp_path / 'run'}", whole_stderr=True)
     assert status == 0 and not errors and line in err, err
+
+
+def test_the_early_stopping_decision_follows_its_evaluation_on_the_console(tmp_path):
+    """Trial c086: `WARNING: early stopping at step 100` came before the `eval @ step 100` line it refers to."""
+    import restart_cases
+
+    proc = restart_cases.run_to_end(["--data=digits", "--backbone=mlp", "--train_steps=2000", "--learning_rate=1e-7",
+                                     "--save_checkpoints_steps=10", "--eval_throttle_secs=0",
+                                     "--early_stopping_patience=2", "--early_stopping_min_delta=0.05"], tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stop = json.loads((tmp_path / "r" / "run_info.json").read_text())["early_stopped_at_step"]
+    lines = proc.stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if f"early stopping at step {stop}:" in line]
+    evaluated = [i for i, line in enumerate(lines) if re.match(rf"eval @ step {stop}\b", line)]
+    assert len(said) == 1 and len(evaluated) == 1 and evaluated[0] < said[0], proc.stderr

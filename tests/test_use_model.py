@@ -6,6 +6,7 @@ float-input SavedModels.
 """
 import csv
 import json
+import re
 import os
 import shutil
 import signal
@@ -276,6 +277,23 @@ def test_export_tflite_flag_writes_an_int8_model(run):
     run_info = json.loads((run["model_dir"] / "run_info.json").read_text())
     assert run_info["tflite"]["quantize"] == "int8" and run_info["tflite"]["bytes"] == info["bytes"]
     assert tflite_vs_saved_model(run, run["model_dir"]) >= 0.97
+    # Trial c067: the closing lines named every output but the .tflite.
+    import logging
+
+    from trainer import console
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    absl_logger, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl_logger.addHandler(handler)
+    absl_logger.setLevel(logging.INFO)
+    try:
+        console.summary_block({"model_dir": str(run["model_dir"]), "global_step": 30}, 1.0, None, None)
+    finally:
+        absl_logger.removeHandler(handler)
+        absl_logger.setLevel(level)
+    assert any(re.fullmatch(r"\s*tflite:\s+" + re.escape(str(out / "model.tflite")), r) for r in records), records
 
 
 def test_export_tflite_float_modes_agree_with_the_saved_model(run, tmp_path, capsys):

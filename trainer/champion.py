@@ -14,7 +14,6 @@ is told it lost; a reader that follows CHAMPION.json never sees a partial model.
 
     python -m trainer.champion show|history|rollback --champion_dir=DIR [--to=VERSION]
 """
-import argparse
 import contextlib
 import json
 import os
@@ -482,7 +481,9 @@ def lineage(pointer: dict) -> List[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.champion", description=__doc__.split("\n\n")[0])
+    from trainer.errors import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m trainer.champion", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("show", "history", "rollback"))
     parser.add_argument("--champion_dir", required=True)
     parser.add_argument("--to", default=None, help="rollback: the version to make champion [the previous one]")

@@ -373,6 +373,15 @@ def header(model_dir: str, run_info: dict, model_summary: dict, resume_step: Opt
         f"; full log: {log_path()}" if log_path() else "")
 
 
+def tf_exists(path: str) -> bool:
+    """os.path.exists for local paths, TensorFlow's filesystem for gs://."""
+    if "://" not in path:
+        return os.path.exists(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path)
+
+
 def summary_block(summary: dict, seconds: float, best, report_path: Optional[str]) -> None:
     """The closing lines: result, best evaluation, where things are."""
     metrics = ", ".join(f"{k} {summary[k]:.4f}" for k in ("accuracy", "loss") if isinstance(summary.get(k), float))
@@ -380,7 +389,11 @@ def summary_block(summary: dict, seconds: float, best, report_path: Optional[str
     say("done in %s: step %s, %s%s", time.strftime("%H:%M:%S", time.gmtime(seconds)), summary.get("global_step"),
         metrics, best_text)
     model_dir = summary.get("model_dir")
-    for label, value in (("export", summary.get("export")), ("report", report_path), ("log", log_path()),
+    tflite = os.path.join(model_dir, "export", "tflite", "model.tflite") if model_dir else None
+    if tflite and not tf_exists(tflite):  # Trial c067: the closing lines named every output but this one.
+        tflite = None
+    for label, value in (("export", summary.get("export")), ("tflite", tflite), ("report", report_path),
+                         ("log", log_path()),
                          ("tensorboard", f"tensorboard --logdir={model_dir}")):
         if value:
             say("  %-12s %s", label + ":", value)

@@ -9,7 +9,6 @@ written under a temporary name and renamed, so a re-run after a crash never
 leaves a half-written shard under its final name. The last stdout line is a
 JSON report: counts per split and class, and the skipped files.
 """
-import argparse
 import json
 import os
 import random
@@ -19,7 +18,7 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from trainer.errors import UsageError  # noqa: E402
+from trainer.errors import ArgumentParser, UsageError  # noqa: E402
 
 # TensorFlow is imported by the functions that need it, so --help and argument errors answer at once.
 
@@ -112,15 +111,8 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
             "class_names": dataset.class_names, "skipped_files": dataset.skipped_files, "removed_stale_shards": stale}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its mistakes reported as one `error:` line and exit 1, like the trainer's."""
-
-    def error(self, message):
-        self.exit(1, f"error: {message} (see --help)\n")
-
-
 def main(argv=None) -> int:
-    parser = _Parser(prog="python -m trainer.convert", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m trainer.convert", description=__doc__.split("\n\n")[0],
                      fromfile_prefix_chars="@")
     parser.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")

@@ -61,14 +61,21 @@ class Watcher(tf.estimator.Exporter):
         state.update(metric=self._metric, last_step=step, patience=self._patience)
         if state["bad_evaluations"] >= self._patience and not state.get("stopped_at_step"):
             state["stopped_at_step"] = step
-            logging.warning("early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
-                            step, self._metric, state["best"], state["best_step"], self._patience)
+            # Said by the evaluation's reporter, after this evaluation's own line (trial c086: it came before).
+            state["message"] = (f"early stopping at step {step}: {self._metric} has not improved on "
+                                f"{state['best']:.4f} (step {state['best_step']}) for {self._patience} evaluations")
         files.write_json(self._path, state)
         return None
 
 
 def stopped_at(model_dir: str) -> Optional[int]:
     return read_state(model_dir).get("stopped_at_step")
+
+
+def decision_at(model_dir: str, step: int) -> Optional[str]:
+    """The early-stopping decision taken at the evaluation of `step`, as a console line, or None."""
+    state = read_state(model_dir)
+    return state.get("message") if state.get("stopped_at_step") == step else None
 
 
 class StopHook(tf.estimator.SessionRunHook):

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import console, events, export, files, metrics, predictions
+from trainer import console, early_stopping, events, export, files, metrics, predictions
 
 
 class EvaluationReporter(tf.estimator.Exporter):
@@ -44,6 +44,9 @@ class EvaluationReporter(tf.estimator.Exporter):
         # Every exporter (best export, early stopping, ...) has seen this step: a restart need not evaluate it.
         files.write_json(os.path.join(self._model_dir, "eval", PROCESSED), {"step": step})
         console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
+        decision = early_stopping.decision_at(self._model_dir, step)
+        if decision and not is_the_final_export:  # At the run's last evaluation there is nothing to stop.
+            logging.warning("%s", decision)
         matrix = eval_result.get("confusion_matrix")  # Accumulated by the evaluation itself: no second pass.
         if matrix is not None:
             try:

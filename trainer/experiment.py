@@ -520,6 +520,7 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
 
         info = export_tflite.export(config.model_dir, config.export_tflite)
         run_info["tflite"] = {k: info.get(k) for k in ("quantize", "bytes", "agreement_with_keras_model")}
+        run_info["tflite"]["path"] = os.path.join(export_tflite.tflite_dir(config.model_dir), "model.tflite")
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     summary = _summary_line(eval_metrics, config.model_dir, export_path)

@@ -21,7 +21,6 @@ Each file is written under a temporary name and renamed, model_info.json last
 (it carries the sha256 of model.tflite); rerunning the same command redoes the
 export, so a killed export is finished by running it again.
 """
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -39,7 +38,7 @@ from absl import logging  # noqa: E402
 from trainer import data as data_lib  # noqa: E402
 from trainer import files, inputs  # noqa: E402
 from trainer.config import Config  # noqa: E402
-from trainer.errors import UsageError  # noqa: E402
+from trainer.errors import ArgumentParser, UsageError  # noqa: E402
 
 MODES = ("float32", "float16", "int8")
 CALIBRATION_EXAMPLES = 300
@@ -257,14 +256,8 @@ def _write(path: str, content: bytes) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(1)
-
-
 def main(argv=None) -> int:
-    parser = _Parser(prog="python -m trainer.export_tflite", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m trainer.export_tflite", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a finished run's --model_dir (keras_model.h5, run_info.json)")
     parser.add_argument("--quantize", default="float32", help=f"one of: {', '.join(MODES)} [float32]")
     parser.add_argument("--data", default=None, help="the training data, if no longer where run_info.json says")

@@ -16,7 +16,6 @@ carry labels), accuracy is printed and the confusion matrix is written next to t
 output as `<output name>.confusion.csv`. The output is written under a temporary
 name and renamed (uploaded, for gs://) only when complete.
 """
-import argparse
 import collections
 import concurrent.futures
 import csv
@@ -38,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 from trainer import files, gcs, model_source  # noqa: E402
 from trainer.data import IMAGE_EXTENSIONS  # noqa: E402
-from trainer.errors import UsageError  # noqa: E402
+from trainer.errors import ArgumentParser, UsageError  # noqa: E402
 from trainer.inputs import decode_image, to_model_images  # noqa: E402
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
@@ -465,16 +464,8 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
     return summary
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its mistakes as one `error:` line and exit status 1, like the trainer."""
-
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(1)
-
-
 def main(argv=None) -> int:
-    parser = _Parser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model_dir, export folder, champion folder (local or gs://)")
     parser.add_argument("--champion_dir", default=None, help="predict with the current champion of this folder")
     parser.add_argument("--data", default=None, help="folder, file glob, TFRecord glob or .npz")
