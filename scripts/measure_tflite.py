@@ -19,7 +19,10 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import export_tflite, files, inputs, model_source, predict  # noqa: E402
+from trainer import export_tflite, predict  # noqa: E402
+from trainer.util import files
+from trainer.data import inputs
+from trainer.model import model_source
 
 
 def evaluation_set(model_dir: str, serving: predict.Serving, size: int):

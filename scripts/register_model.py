@@ -20,7 +20,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from trainer import gcs, registry  # noqa: E402
+from trainer.cloud import gcs  # noqa: E402
+from trainer.retrain import registry
 from trainer.errors import UsageError  # noqa: E402
 
 

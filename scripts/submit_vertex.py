@@ -21,7 +21,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from trainer import vertex  # noqa: E402
+from trainer.cloud import vertex  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if not request.image_uri and not request.package_uri:
         package_uri = f"{args.bucket.rstrip('/')}/packages/{tag}/trainer-0.1.0.tar.gz"
         if not args.dry_run:
-            from trainer import gcs
+            from trainer.cloud import gcs
 
             with tempfile.TemporaryDirectory() as tmp:
                 sdist = build_sdist(tmp)

@@ -51,7 +51,7 @@ def last_run_log(model_dir) -> str:
 def gcs_server(tmp_path, monkeypatch):
     """A loopback GCS server with a bucket `test-bucket`; yields (server, storage client)."""
     from gcs_server import GcsServer
-    from trainer import gcs as gcs_lib
+    from trainer.cloud import gcs as gcs_lib
 
     server = GcsServer(str(tmp_path / "gcs-data"))
     server.start()

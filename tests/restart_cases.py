@@ -215,7 +215,7 @@ def _scalars(model_dir: Path, tag: str) -> Dict[int, float]:
 
 def _rate(phases: List[dict], global_step: int) -> Optional[float]:
     """The learning rate the recorded phases give a global step (what the training step `global_step` uses)."""
-    from trainer.schedules import PhaseSchedule
+    from trainer.model.schedules import PhaseSchedule
 
     for p in phases:
         if p["first_step"] <= global_step < p["last_step"]:

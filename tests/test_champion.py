@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, run_cli
-from trainer import champion, experiment
+from trainer import champion
+from trainer.run import experiment
 from trainer.config import Config
 
 RUN = dict(data="digits", backbone="mlp", eval_throttle_secs=0, save_checkpoints_steps=100)

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import experiment, gcs, listeners, models
+from trainer.run import experiment
+from trainer.cloud import gcs
+from trainer.engines.estimator import listeners
+from trainer.model import models
 from trainer.config import Config, to_gcs_uri, validate
 from trainer.errors import UsageError
 

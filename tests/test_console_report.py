@@ -146,7 +146,7 @@ def test_tensorboard_gets_confusion_images_and_hparams(digits_run):
             if any(v.tag == "final_accuracy" for v in event.summary.value):
                 assert event.step == 300
     assert "hparams" in plugins
-    from trainer import events
+    from trainer.util import events
 
     assert events.read_scalars(str(model_dir))["learning_rate"][-1][1] == pytest.approx(0.001)
 
@@ -205,7 +205,9 @@ def test_report_cli_refuses_a_folder_without_a_run(tmp_path):
 def test_many_classes_show_the_most_confused_and_per_class_numbers_are_right():
     import numpy as np
 
-    from trainer import plots, predictions, report
+    from trainer import report
+    from trainer.outputs import plots
+    from trainer.outputs import predictions
 
     labels = np.repeat(np.arange(30), 10)
     guess = labels.copy()

@@ -8,7 +8,12 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import make_image_folder
-from trainer import convert, data as data_lib, experiment, inputs, models, tfrecords
+from trainer import convert
+from trainer.data import sources as data_lib
+from trainer.run import experiment
+from trainer.data import inputs
+from trainer.model import models
+from trainer.data import tfrecords
 from trainer.config import Config, parse_augment
 from trainer.errors import UsageError
 

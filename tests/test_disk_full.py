@@ -24,7 +24,7 @@ def small_disk(tmp_path):
 
 
 def test_disk_failure_names_the_file_and_leaves_no_temporary(small_disk):
-    from trainer import files
+    from trainer.util import files
 
     with pytest.raises(Exception) as raised:
         files.write_json(str(small_disk / "big.json"), {"x": "y" * 2**20})

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
-from trainer import distribution, experiment
+from trainer.run import distribution
+from trainer.run import experiment
 from trainer.config import Config
 from trainer.errors import UsageError
 

@@ -81,7 +81,7 @@ def test_folder_names_that_look_like_globs_or_files(capsys, tmp_path):
 
 
 def test_symlink_loop_is_followed_once(tmp_path):
-    from trainer import data
+    from trainer.data import sources as data
     from trainer.config import Config
 
     root = make_image_folder(tmp_path / "images", per_class=6)
@@ -147,7 +147,7 @@ def test_npz_shapes_types_and_values(capsys, tmp_path, npz):
 
 
 def test_non_finite_weights_are_never_exported(tmp_path):
-    from trainer import export
+    from trainer.outputs import export
 
     model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="d")])
     good = export.save_weights_checkpoint(model, str(tmp_path / "good" / "ckpt"))

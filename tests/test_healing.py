@@ -6,7 +6,7 @@ import json
 import pytest
 
 import restart_cases
-from trainer.schedules import PhaseSchedule
+from trainer.model.schedules import PhaseSchedule
 
 ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=10", "--eval_throttle_secs=0",
         "--keep_checkpoint_max=10", "--lr_schedule=cosine"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import models
+from trainer.model import models
 from trainer.config import Config
 from trainer.errors import UsageError
 

@@ -12,7 +12,10 @@ import tensorflow as tf
 
 from test_console_report import report_data
 from test_recipe import scalars
-from trainer import data, experiment, feature_cache, inputs
+from trainer.data import sources as data
+from trainer.run import experiment
+from trainer.engines.estimator import feature_cache
+from trainer.data import inputs
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -166,7 +169,7 @@ def test_report_of_a_cached_run_without_its_evaluation_predictions(capsys, tmp_p
     """When the served model's evaluation ran in another process, the head predicts on the cached features."""
     from test_bad_inputs import cli
     from test_console_report import assert_same_as_a_fresh_report
-    from trainer import metrics
+    from trainer.outputs import metrics
 
     monkeypatch.setattr(metrics, "collected", lambda model_dir, step: None)
     run = tmp_path / "run"

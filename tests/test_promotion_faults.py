@@ -15,7 +15,9 @@ import tensorflow as tf
 from absl import flags
 from absl import logging as absl_logging
 
-from trainer import champion, gcs, promotion, task
+from trainer import champion, task
+from trainer.cloud import gcs
+from trainer.retrain import promotion
 from trainer.config import Config
 
 QUICK = ["--data=digits", "--backbone=mlp", "--train_steps=20", "--eval_throttle_secs=0"]

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import REPO, last_json, run_cli
 from test_bad_inputs import assert_error, cli
-from trainer.schedules import PhaseSchedule
+from trainer.model.schedules import PhaseSchedule
 
 
 def scalars(model_dir, tag):

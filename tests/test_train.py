@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import last_json, last_run_log, run_cli
-from trainer import data as data_lib
-from trainer import experiment
+from trainer.data import sources as data_lib
+from trainer.run import experiment
 from trainer.config import Config
 from trainer.errors import UsageError
 

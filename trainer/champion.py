@@ -142,7 +142,7 @@ class LocalStore:
             return True
 
     def put_version(self, version: str, saved_model_dir: str, keras_h5: str, metrics: dict) -> None:
-        from trainer import files
+        from trainer.util import files
 
         self._remove_leftovers()
         tmp = os.path.join(self.root, f".{version}.partial")
@@ -198,7 +198,7 @@ class GcsStore:
     """A champion folder on Cloud Storage (google-cloud-storage, generation preconditions)."""
 
     def __init__(self, uri: str):
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         self.bucket_name, prefix = gcs.split_uri(uri.rstrip("/"))
         self.prefix = prefix.strip("/")
@@ -208,13 +208,13 @@ class GcsStore:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     def _bucket(self):
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         return gcs.client().bucket(self.bucket_name)
 
     def read_pointer(self, strict: bool = True) -> Tuple[Optional[dict], object]:
         """(pointer or None, generation for write_pointer). Unreadable: UsageError, or (None, gen) if not strict."""
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         blob = self._bucket().get_blob(self._name(POINTER), retry=gcs.retry())
         if blob is None:
@@ -225,7 +225,7 @@ class GcsStore:
     def exists(self) -> bool:
         """Cloud Storage has no folders: the champion folder exists when some object lies under it."""
         from google.api_core import exceptions
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         prefix = self._name("") + "/" if self.prefix else ""
         try:
@@ -235,13 +235,13 @@ class GcsStore:
             return False
 
     def is_complete(self, version: str) -> bool:
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         return self._bucket().get_blob(self._name(version, "metrics.json"), retry=gcs.retry()) is not None
 
     def write_pointer(self, pointer: dict, token) -> bool:
         from google.api_core import exceptions
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         blob = self._bucket().blob(self._name(POINTER))
         body = json.dumps(pointer, indent=2, sort_keys=True) + "\n"
@@ -257,7 +257,7 @@ class GcsStore:
 
     def put_version(self, version: str, saved_model_dir: str, keras_h5: str, metrics: dict) -> None:
         import tensorflow as tf
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         def put(source: str, name: str) -> None:
             target = f"gs://{self.bucket_name}/{name}"
@@ -300,7 +300,7 @@ class GcsStore:
     def _delete_under(self, version: str, deadline: Optional[float] = 10.0) -> bool:
         """Deletes every object of a version, metrics.json first; False if any remains (best effort)."""
         from google.api_core import exceptions
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         retry = gcs.retry() if deadline is None else gcs.retry(deadline)
         try:
@@ -320,7 +320,7 @@ class GcsStore:
         """Objects of versions that never got their metrics.json (a promotion that failed or was killed while
         uploading): removed once the newest of them is older than `age` seconds (a younger one may be another
         run's upload, in flight)."""
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         age = LEFTOVER_AGE_SECS if age is None else age
         prefix = self._name("") + "/" if self.prefix else ""
@@ -342,12 +342,12 @@ class GcsStore:
                 self._delete_under(version)
 
     def keras_model(self, version: str) -> str:
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         return gcs.download(f"gs://{self.bucket_name}/{self._name(version, 'keras_model.h5')}", "champion_dir")
 
     def versions(self) -> List[str]:
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         prefix = self._name("") + "/" if self.prefix else ""
         blobs = gcs.client().list_blobs(self.bucket_name, prefix=prefix, retry=gcs.retry())

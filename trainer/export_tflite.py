@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainer import data as data_lib  # noqa: E402
-from trainer import files, inputs  # noqa: E402
+from trainer.data import sources as data_lib  # noqa: E402
+from trainer.util import files  # noqa: E402
+from trainer.data import inputs
 from trainer.config import Config  # noqa: E402
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
 
@@ -66,7 +67,7 @@ def export(model_dir: str, quantize: str, data: Optional[str] = None,
     """
     if quantize not in MODES:
         raise UsageError(f"--quantize={quantize} is not valid; choose one of: {', '.join(MODES)}")
-    from trainer.promotion import load_keras
+    from trainer.retrain.promotion import load_keras
 
     keras_path = os.path.join(model_dir, "keras_model.h5")
     run_info = files.read_json(os.path.join(model_dir, "run_info.json"))
@@ -136,7 +137,7 @@ def _use_serving_weights(model: tf.keras.Model, model_dir: str, run_info: dict) 
     checkpoint, which can be an earlier one; the .tflite must match what is served. The SavedModel's
     variables carry the Keras weight names (as the Estimator's checkpoints do).
     """
-    from trainer import export
+    from trainer.outputs import export
 
     preferred = run_info.get("flags", {}).get("export") or "best"
     for kind in [preferred] + [k for k in export.EXPORTER_NAMES if k != preferred]:

@@ -35,10 +35,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import files, gcs, model_source  # noqa: E402
-from trainer.data import IMAGE_EXTENSIONS  # noqa: E402
+from trainer.util import files  # noqa: E402
+from trainer.cloud import gcs
+from trainer.model import model_source
+from trainer.data.sources import IMAGE_EXTENSIONS  # noqa: E402
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
-from trainer.inputs import decode_image, to_model_images  # noqa: E402
+from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 PROGRESS_EVERY_SECS = 5.0
@@ -154,7 +156,7 @@ def _folder_label(root: str, path: str) -> Optional[str]:
 
 def _reader(path: str, max_bytes: int = 64 * 2**20) -> Callable[[], bytes]:
     def read() -> bytes:
-        from trainer.data import file_problem
+        from trainer.data.sources import file_problem
 
         problem = file_problem(path, max_bytes)  # A FIFO, /dev/zero or a huge file: an error row, unread.
         if problem:
@@ -204,7 +206,7 @@ def _tfrecord_items(shards: Sequence[str]) -> Iterator[Item]:
 
 
 def _items_after_fault(shard: str, done: int, features: dict) -> Iterator[Item]:
-    from trainer import tfrecords
+    from trainer.data import tfrecords
 
     try:
         frames = list(tfrecords._frames(tfrecords._read_shard(shard)))

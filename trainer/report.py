@@ -60,7 +60,9 @@ def build(model_dir: str, output: Optional[str] = None, predictions=None, datase
     Raises:
         UsageError: model_dir holds no run (no run_info.json).
     """
-    from trainer import events, files, predictions as predictions_lib
+    from trainer.util import events
+    from trainer.util import files
+    from trainer.outputs import predictions as predictions_lib
     from trainer.errors import UsageError
 
     info = files.read_json(os.path.join(model_dir, "run_info.json"))
@@ -106,8 +108,10 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
 
     import tensorflow as tf
 
-    from trainer import console, evaluations, events
-    from trainer import predictions as predictions_lib
+    from trainer.util import console
+    from trainer.outputs import evaluations
+    from trainer.util import events
+    from trainer.outputs import predictions as predictions_lib
 
     path = None
     try:
@@ -142,8 +146,8 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
 
 
 def _compute_predictions(model_dir: str, info: dict):
-    from trainer import data as data_lib
-    from trainer import predictions as predictions_lib
+    from trainer.data import sources as data_lib
+    from trainer.outputs import predictions as predictions_lib
 
     config = predictions_lib.config_from_run_info(info)
     dataset = data_lib.load(config)
@@ -268,7 +272,7 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
 
 
 def _metrics_section(metrics, predictions, num_classes) -> str:
-    from trainer import predictions as predictions_lib
+    from trainer.outputs import predictions as predictions_lib
 
     if metrics is None and predictions is None:
         return ""
@@ -308,7 +312,8 @@ def _phase_marks(info) -> list:
 
 
 def _curves_section(training, evaluation, info) -> str:
-    from trainer import events, plots
+    from trainer.util import events
+    from trainer.outputs import plots
 
     marks = _phase_marks(info)
     charts = []
@@ -327,8 +332,8 @@ def _curves_section(training, evaluation, info) -> str:
 
 
 def _confusion_section(predictions, class_names, note) -> str:
-    from trainer import plots
-    from trainer import predictions as predictions_lib
+    from trainer.outputs import plots
+    from trainer.outputs import predictions as predictions_lib
 
     if predictions is None:
         why = f" ({_esc(note)})" if note else ""
@@ -376,7 +381,7 @@ def _thumbnail(pixels: np.ndarray) -> str:
 
 
 def _images_section(predictions, dataset, info, class_names) -> str:
-    from trainer import predictions as predictions_lib
+    from trainer.outputs import predictions as predictions_lib
 
     input_fn = getattr(predictions, "input_fn", None)
     flags = info.get("flags") or {}
@@ -437,7 +442,7 @@ def main(argv=None) -> int:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Deprecation notices of the event reader.
     try:
         if args.output:
-            from trainer import files
+            from trainer.util import files
 
             files.check_output_file(args.output)
         path = build(args.model_dir.rstrip("/"), args.output)

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import config as config_lib  # noqa: E402
-from trainer import console  # noqa: E402
+from trainer.util import console  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -199,7 +199,8 @@ def main(argv, own_process: bool = False) -> None:
 def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
-    from trainer import experiment, preemption  # Import TensorFlow: after flag parsing, so --help is fast.
+    from trainer.run import experiment  # Import TensorFlow: after flag parsing, so --help is fast.
+    from trainer.run import preemption
 
     preemption.install()
     config = None
@@ -217,7 +218,7 @@ def _main(argv) -> None:
         console.log_only("%s", message, level="warning")
         sys.exit(e.exit_status)
     except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run, a full disk: one line, not a traceback.
-        from trainer import preflight
+        from trainer.run import preflight
         from trainer.errors import disk_failure
 
         message = disk_failure(e) or preflight.storage_failure(e)

@@ -12,9 +12,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer import tfrecords
-from trainer.augment import augment_batch
-from trainer.data import Split
+from trainer.data import tfrecords
+from trainer.data.augment import augment_batch
+from trainer.data.sources import Split
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000

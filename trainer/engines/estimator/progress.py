@@ -3,7 +3,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import console
+from trainer.util import console
 
 
 class ProgressHook(tf.estimator.SessionRunHook):

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import files
-from trainer.inputs import decode_image
+from trainer.util import files
+from trainer.data.inputs import decode_image
 
 EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
 
@@ -188,7 +188,7 @@ def read_best_record(export_root: str, metric: Optional[str] = None) -> Optional
 def _rebuilt_best_record(export_root: str, metric: Optional[str], why: str) -> Optional[dict]:
     """The best evaluation so far (from eval/ events) and the newest complete best export (a best export is
     written only when its evaluation beats every earlier one, so the newest is the best so far)."""
-    from trainer import events
+    from trainer.util import events
 
     metric = metric or "accuracy"
     exports = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(export_root) if v.rstrip("/").isdigit()), key=int)

@@ -106,7 +106,7 @@ class _CollectHook(tf.compat.v1.train.SessionRunHook):
 
 def collected(model_dir: str, step: int):
     """The evaluation at `step` of this process, as `trainer.predictions.Predictions` (None when none ran)."""
-    from trainer.predictions import Predictions
+    from trainer.outputs.predictions import Predictions
 
     found = _COLLECTED.get((str(model_dir).rstrip("/"), int(step)))
     if found is None:

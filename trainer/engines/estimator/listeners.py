@@ -82,7 +82,7 @@ class CheckpointSync(tf.estimator.CheckpointSaverListener):
 
     def sync(self) -> bool:
         """Uploads pending checkpoint files, then the state file; True if all went up."""
-        from trainer import gcs
+        from trainer.cloud import gcs
 
         try:
             for path in sorted(self._pending):

@@ -22,7 +22,9 @@ from typing import Callable, List, TypeVar
 import tensorflow as tf
 from absl import logging
 
-from trainer import files, metrics, tfrecords
+from trainer.util import files
+from trainer.outputs import metrics
+from trainer.data import tfrecords
 from trainer.errors import UsageError
 
 T = TypeVar("T")

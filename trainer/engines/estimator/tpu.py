@@ -18,7 +18,7 @@ from trainer.config import Config
 
 def save_initial_weights(model: tf.keras.Model, model_dir: str) -> str:
     """Writes the Keras weights as a name-keyed checkpoint; returns its path."""
-    from trainer import export
+    from trainer.outputs import export
 
     path = os.path.join(model_dir, "keras", "tpu_initial.ckpt")
     if not tf.io.gfile.exists(path + ".index"):

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from trainer import gcs
+from trainer.cloud import gcs
 from trainer.config import Config, parse_freeze
 from trainer.errors import UsageError
 

@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import export
-from trainer.predictions import in_eager_thread
+from trainer.outputs import export
+from trainer.outputs.predictions import in_eager_thread
 from trainer.errors import UsageError
-from trainer.inputs import PREFETCH_BATCHES, pipeline_options
+from trainer.data.inputs import PREFETCH_BATCHES, pipeline_options
 
 MEMORY_LIMIT_BYTES = 2 << 30  # Features up to this size are cached in memory after the first read.
 

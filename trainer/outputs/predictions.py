@@ -13,8 +13,10 @@ from typing import Callable, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer import data as data_lib
-from trainer import export, inputs, models
+from trainer.data import sources as data_lib
+from trainer.outputs import export
+from trainer.data import inputs
+from trainer.model import models
 from trainer.config import Config
 
 
@@ -146,7 +148,7 @@ def config_from_run_info(info: dict) -> Config:
 
 def load_run_model(model_dir: str, config: Config, num_classes: int, image_shape) -> Optional[tf.keras.Model]:
     """The run's model: keras_model.h5 when the run finished, else rebuilt from its latest checkpoint."""
-    from trainer import promotion
+    from trainer.retrain import promotion
 
     keras_h5 = os.path.join(model_dir, "keras_model.h5")
     if tf.io.gfile.exists(keras_h5):

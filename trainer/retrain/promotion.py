@@ -10,7 +10,9 @@ from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
-from trainer import champion, console, models
+from trainer import champion
+from trainer.util import console
+from trainer.model import models
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -45,7 +47,7 @@ def load_champion(store, version: str) -> Tuple[Optional[tf.keras.Model], Option
 def evaluate_keras(path, input_fn: Callable, config: Config) -> dict:
     """Loss and accuracy (Keras evaluate), plus the scalar metrics of trainer.metrics for single-output
     classifiers, so --promote_metric may name any of them. `path`: a keras_model.h5 or a loaded model."""
-    from trainer import metrics
+    from trainer.outputs import metrics
 
     model = load_keras(path)
     models.compile_model(model, config)
@@ -240,7 +242,7 @@ def score_on_classes(path: str, model_classes, run_classes, shared, input_fn: Ca
     `run_classes` names the label ids of `input_fn`."""
     import numpy as np
 
-    from trainer import metrics
+    from trainer.outputs import metrics
 
     model = load_keras(path)
     probabilities, ids = metrics.predict_split(model, input_fn, config.label_mode)
@@ -278,7 +280,7 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
     in both are copied by class name, new classes keep their fresh initialisation and retired ones
     are dropped; the trunk and hidden head layers carry over as they are.
     """
-    from trainer import gcs
+    from trainer.cloud import gcs
 
     path = warm_start_path(config)
     if path is None:

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
-from trainer import gcs
+from trainer.cloud import gcs
 from trainer.errors import UsageError
 
 PREBUILT_TF_CPU_SERVING = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"

@@ -29,7 +29,10 @@ from typing import Callable, List, Optional, Tuple
 import tensorflow as tf
 from absl import logging
 
-from trainer import console, faultpoints, files, models
+from trainer.util import console
+from trainer.util import faultpoints
+from trainer.util import files
+from trainer.model import models
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -249,7 +252,7 @@ def check_freeze(config: Config, planned: List[Phase], model: tf.keras.Model) ->
 
 def schedule(config: Config, learning_rate: float, first_step: int, last_step: int):
     """The phase's learning rate as a function of the global step (trainer.schedules)."""
-    from trainer.schedules import PhaseSchedule
+    from trainer.model.schedules import PhaseSchedule
 
     return PhaseSchedule(learning_rate, first_step, last_step, config.lr_schedule, config.warmup_steps,
                          config.min_learning_rate, config.lr_decay_rate, config.lr_decay_steps)

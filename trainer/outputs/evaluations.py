@@ -14,7 +14,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import console, early_stopping, events, export, files, metrics, predictions
+from trainer.util import console
+from trainer.run import early_stopping
+from trainer.util import events
+from trainer.outputs import export
+from trainer.util import files
+from trainer.outputs import metrics
+from trainer.outputs import predictions
 
 
 class EvaluationReporter(tf.estimator.Exporter):

@@ -17,11 +17,32 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import data as data_lib
-from trainer import (checkpoints, class_weights, console, distribution, early_stopping, evaluations, export,
-                     feature_cache, files, hypertune, inputs, listeners, metrics, models, phases, predictions,
-                     preemption, preflight, progress, promotion, record_faults, report, schedules, tpu)
-from trainer import run_lock
+from trainer.data import sources as data_lib
+from trainer import report
+from trainer.run import checkpoints
+from trainer.model import class_weights
+from trainer.util import console
+from trainer.run import distribution
+from trainer.run import early_stopping
+from trainer.outputs import evaluations
+from trainer.outputs import export
+from trainer.engines.estimator import feature_cache
+from trainer.util import files
+from trainer.cloud import hypertune
+from trainer.data import inputs
+from trainer.engines.estimator import listeners
+from trainer.outputs import metrics
+from trainer.model import models
+from trainer.run import phases
+from trainer.outputs import predictions
+from trainer.run import preemption
+from trainer.run import preflight
+from trainer.engines.estimator import progress
+from trainer.retrain import promotion
+from trainer.data import record_faults
+from trainer.model import schedules
+from trainer.engines.estimator import tpu
+from trainer.run import run_lock
 from trainer.config import DEFAULT_LOSS, Config, validate
 from trainer.errors import NumericError, UsageError
 

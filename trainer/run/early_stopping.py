@@ -14,7 +14,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from trainer import files
+from trainer.util import files
 
 STATE_FILE = "early_stopping.json"
 

@@ -3,7 +3,7 @@ from typing import Optional
 
 import numpy as np
 
-from trainer import files
+from trainer.util import files
 from trainer.config import Config
 from trainer.errors import UsageError
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-from trainer import gcs
+from trainer.cloud import gcs
 from trainer.config import to_gcs_uri
 from trainer.errors import UsageError
 

@@ -100,7 +100,7 @@ def check_champion(config: Config) -> None:
         pointer = champion.read_current(store, config.champion_dir)
         if pointer is None:
             return
-        from trainer import promotion
+        from trainer.retrain import promotion
 
         model, broken = promotion.load_champion(store, pointer["version"])
         del model
