@@ -143,3 +143,101 @@ def localize(path: Optional[str], flag: str) -> Optional[str]:
     if flag == "base_model" and not path.endswith((".h5", ".hdf5", ".keras")):
         return path
     return download(path, flag)
+
+
+# --- Small objects and bounded background uploads (the gs:// run lock, checkpoint mirroring). ---
+
+_THREAD_CLIENTS = None
+
+
+def thread_client():
+    """A storage client of the calling thread's own, with client()'s credentials.
+
+    Background threads (the run lock's renewal, checkpoint mirroring) use this one, so that no
+    HTTP session is shared between threads.
+    """
+    import threading
+
+    global _THREAD_CLIENTS
+    if threading.current_thread() is threading.main_thread():
+        return client()
+    main = client()
+    if _THREAD_CLIENTS is None:
+        _THREAD_CLIENTS = threading.local()
+    own = getattr(_THREAD_CLIENTS, "client", None)
+    if own is None or getattr(own, "_emulator", None) != main._emulator:
+        from google.cloud import storage
+
+        own = storage.Client(project=main.project, credentials=main._credentials)
+        own._emulator = main._emulator
+        _THREAD_CLIENTS.client = own
+    return own
+
+
+def bounded_retry(deadline: float, max_sleep: float = 8.0):
+    """retry(deadline) with sleeps of at most `max_sleep` s (small objects; see upload_once for files)."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=1.0, maximum=max_sleep, multiplier=2.0)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether google-cloud-storage's own retry policy would retry this error (429, 5xx, dropped connections)."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return bool(DEFAULT_RETRY._predicate(error))
+
+
+def upload_once(local: str, uri: str, timeout=(10, 120)) -> int:
+    """One upload attempt, without retries (the caller retries on is_transient errors, on its own terms:
+    the library's retries cannot be interrupted, and for files over 8 MB ignore a custom predicate)."""
+    bucket_name, name = split_uri(uri)
+    blob = thread_client().bucket(bucket_name).blob(name)
+    blob.upload_from_filename(local, checksum="crc32c", retry=None, timeout=timeout)
+    return blob.generation
+
+
+def upload_text(text: str, uri: str, if_generation_match: Optional[int] = None, deadline: float = 30.0,
+                timeout=(5, 30), content_type: str = "text/plain") -> int:
+    """Writes a small object from a string (conditionally); returns the new generation.
+
+    Raises google.api_core.exceptions.PreconditionFailed when `if_generation_match` does not hold.
+    `deadline=0`: one attempt, no retries.
+    """
+    bucket_name, name = split_uri(uri)
+    blob = thread_client().bucket(bucket_name).blob(name)
+    blob.upload_from_string(text, content_type=content_type, if_generation_match=if_generation_match,
+                            retry=bounded_retry(deadline) if deadline else None, timeout=timeout)
+    return blob.generation
+
+
+def read_text(uri: str, deadline: float = 30.0, timeout=(5, 30)):
+    """(text, generation, updated datetime) of a small object, or None when there is none."""
+    from google.api_core import exceptions
+
+    bucket_name, name = split_uri(uri)
+    for attempt in range(5):
+        blob = thread_client().bucket(bucket_name).get_blob(name, retry=bounded_retry(deadline), timeout=timeout)
+        if blob is None:
+            return None
+        try:  # That generation exactly: a newer write in between must not be read as this one.
+            data = blob.download_as_bytes(if_generation_match=blob.generation, retry=bounded_retry(deadline),
+                                          timeout=timeout)
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            if attempt == 4:
+                raise
+            continue  # Replaced or deleted meanwhile: read the current one.
+        return data.decode("utf-8", errors="replace"), blob.generation, blob.updated
+
+
+def delete_if_generation(uri: str, generation: int, deadline: float = 30.0, timeout=(5, 30)) -> bool:
+    """Deletes an object only if it is still at `generation`; False when it was not (or is gone)."""
+    from google.api_core import exceptions
+
+    bucket_name, name = split_uri(uri)
+    try:
+        thread_client().bucket(bucket_name).blob(name).delete(if_generation_match=generation,
+                                                               retry=bounded_retry(deadline), timeout=timeout)
+        return True
+    except (exceptions.NotFound, exceptions.PreconditionFailed):
+        return False

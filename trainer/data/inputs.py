@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import tfrecords
+from trainer.data.sources import tfrecords
 from trainer.data.augment import augment_batch
 from trainer.data.sources import Split
 
@@ -79,7 +79,7 @@ def decode_image(encoded, size: int):
 def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names: List[str],
                   output_names: List[str], label_mode: str, num_classes: int,
                   image_size: Optional[int], seed: int = 42, augment: Sequence[Tuple[str, float]] = (),
-                  class_names: Sequence[str] = ()) -> Callable:
+                  class_names: Sequence[str] = (), resume_step: Optional[Callable[[], int]] = None) -> Callable:
     """Returns an Estimator input_fn over one split.
 
     Args:
@@ -95,6 +95,10 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
         seed: shuffling and augmentation seed.
         augment: ((op, amount), ...), applied only when training.
         class_names: the vocabulary TFRecord class texts are matched against.
+        resume_step: training only: the global step training starts from (read when the input_fn is
+            called). The shuffled stream then goes on where the run that saved that step was, instead of
+            starting its order again: a restarted run trains on the batches an uninterrupted one would
+            (in-memory arrays and image files; TFRecord shards are read in a nondeterministic order anyway).
     """
     augment = tuple(augment) if training else ()
 
@@ -113,12 +117,16 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
         cache = training and encoded and split.known_size and len(split) * image_size ** 2 * 12 <= CACHE_BYTES
         if cache:
             ds = ds.map(decode, num_parallel_calls=PARALLEL_CALLS).cache()
+        start = 0
         if training:
             buffer = min(len(split), SHUFFLE_BUFFER) if split.known_size else SHUFFLE_BUFFER
             ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True).repeat()
+            if resume_step is not None and split.shards is None:
+                start = int(resume_step() or 0)  # Skipped before decoding: paths or cached arrays, cheap.
+                ds = ds.skip(start * batch)
         if encoded and not cache:
             ds = ds.map(decode, num_parallel_calls=PARALLEL_CALLS, deterministic=not training)
-        ds = ds.batch(batch, drop_remainder=drop_remainder).enumerate()
+        ds = ds.batch(batch, drop_remainder=drop_remainder).enumerate(start=start)
         pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
         ds = ds.map(lambda i, batch: _finish_batch(*batch, label_mode, num_classes, image_size, output_names,
                                                    augment, tf.stack([tf.cast(seed, tf.int64) * 1000 + pipeline_id, i])),

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.data import sources as data_lib
+from trainer.data.sources import sources as data_lib
 from trainer import report
 from trainer.run import checkpoints
 from trainer.model import class_weights
@@ -29,7 +29,7 @@ from trainer.outputs import export
 from trainer.engines.estimator import feature_cache
 from trainer.util import files
 from trainer.cloud import hypertune
-from trainer.data import inputs
+from trainer.data.sources import inputs
 from trainer.engines.estimator import listeners
 from trainer.outputs import metrics
 from trainer.model import models
@@ -39,7 +39,7 @@ from trainer.run import preemption
 from trainer.run import preflight
 from trainer.engines.estimator import progress
 from trainer.retrain import promotion
-from trainer.data import record_faults
+from trainer.data.sources import record_faults
 from trainer.model import schedules
 from trainer.engines.estimator import tpu
 from trainer.run import run_lock
@@ -353,11 +353,14 @@ def _run(config: Config) -> dict:
     input_names, output_names = model.input_names, model.output_names  # The full model's (images in).
 
     def make_input(split, training):
+        # One device: after a restart the shuffled stream goes on where it was (not from its start again).
+        resume = (lambda: _checkpoint_step(config.checkpoint_dir)) if training and plan.name == "one_device" \
+            else None
         return inputs.make_input_fn(
             split, training=training, batch_size=per_replica_batch if training else config.batch_size,
             input_names=input_names, output_names=output_names, label_mode=config.label_mode,
             num_classes=num_classes, image_size=size, seed=config.seed, augment=config.augment,
-            class_names=dataset.class_names)
+            class_names=dataset.class_names, resume_step=resume)
 
     if dataset.kind in ("files", "tfrecord") and not config.model_fn:
         serving_fn = export.make_image_bytes_serving_input_fn(model.input_names[0], size)
@@ -564,6 +567,15 @@ def _make_any_estimator(config, plan, model, num_classes, image_shape, class_nam
         model_fn = checkpoints.with_aligned_saver(model_fn, schedule.first_step)
     return tf.estimator.Estimator(model_fn=model_fn, config=estimator.config,
                                   warm_start_from=estimator._warm_start_settings)
+
+
+def _checkpoint_step(checkpoint_dir: str) -> int:
+    """The global step of the latest checkpoint (0 without one): where training starts from."""
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    try:
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
+    except ValueError:
+        return 0
 
 
 def _remove_worker_clutter(model_dir: str, plan: distribution.Plan) -> None:
