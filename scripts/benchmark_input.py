@@ -23,8 +23,8 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from trainer import convert  # noqa: E402
-from trainer.data.sources import sources as data_lib
-from trainer.data.sources import inputs
+from trainer.data import sources as data_lib
+from trainer.data import inputs
 from trainer.config import Config  # noqa: E402
 
 

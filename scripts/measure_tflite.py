@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 from trainer import export_tflite, predict  # noqa: E402
 from trainer.util import files
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.model import model_source
 
 

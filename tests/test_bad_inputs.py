@@ -86,7 +86,7 @@ def test_truncated_jpeg_is_skipped_and_counted(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
     raw = good.read_bytes()
     (root / "cats" / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
-    from trainer.data.sources import sources as data
+    from trainer.data import sources as data
     dataset = data.load(Config(data=str(root)))
     assert [p.split("/")[-1] for p in dataset.skipped_files] == ["truncated.jpg"]
 

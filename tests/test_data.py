@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder
-from trainer.data.sources import sources as data
+from trainer.data import sources as data
 from trainer.config import Config
 from trainer.errors import UsageError
 

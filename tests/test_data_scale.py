@@ -9,11 +9,11 @@ from PIL import Image
 
 from conftest import make_image_folder
 from trainer import convert
-from trainer.data.sources import sources as data_lib
+from trainer.data import sources as data_lib
 from trainer.run import experiment
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.model import models
-from trainer.data.sources import tfrecords
+from trainer.data import tfrecords
 from trainer.config import Config, parse_augment
 from trainer.errors import UsageError
 

@@ -141,7 +141,7 @@ def write_shards(folder, prefix, shards=2, per_shard=40, bad_image_at=()):
     import numpy as np
     from PIL import Image
 
-    from trainer.data.sources import tfrecords
+    from trainer.data import tfrecords
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -179,7 +179,7 @@ def damage(path, at: float, length=64):
 
 
 def test_the_scanner_skips_corrupt_and_truncated_records_and_resynchronizes(tmp_path):
-    from trainer.data.sources import tfrecords
+    from trainer.data import tfrecords
 
     (path,) = write_shards(tmp_path, "train", shards=1, per_shard=50)
     size = path.stat().st_size
@@ -200,7 +200,7 @@ def test_the_scanner_skips_corrupt_and_truncated_records_and_resynchronizes(tmp_
 
 
 def test_corrupt_shards_are_skipped_counted_or_refused_when_scanned_up_front(tmp_path):
-    from trainer.data.sources import sources as data_lib
+    from trainer.data import sources as data_lib
     from trainer.config import Config
     from trainer.errors import UsageError
 
@@ -209,7 +209,7 @@ def test_corrupt_shards_are_skipped_counted_or_refused_when_scanned_up_front(tmp
     offset = damage(shards[1], 0.5, length=8)
     dataset = data_lib.load(Config(data=str(tmp_path / "records" / "train-*"), validation_split=0.25))
     assert len(dataset.train) + len(dataset.validation) == len(clean.train) + len(clean.validation) - 1
-    from trainer.data.sources import record_faults
+    from trainer.data import record_faults
 
     (entry,) = record_faults.skipped(dataset)
     assert entry["shard"] == str(shards[1]) and entry["offset"] <= offset and entry["index"] >= 0

@@ -81,7 +81,7 @@ def test_folder_names_that_look_like_globs_or_files(capsys, tmp_path):
 
 
 def test_symlink_loop_is_followed_once(tmp_path):
-    from trainer.data.sources import sources as data
+    from trainer.data import sources as data
     from trainer.config import Config
 
     root = make_image_folder(tmp_path / "images", per_class=6)

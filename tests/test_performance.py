@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from test_console_report import report_data
 from test_recipe import scalars
-from trainer.data.sources import sources as data
+from trainer.data import sources as data
 from trainer.run import experiment
 from trainer.engines.estimator import feature_cache
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.config import Config
 from trainer.errors import UsageError
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 from conftest import REPO, make_image_folder
 from trainer import champion, export_tflite, predict, task
-from trainer.data.sources import sources as data
+from trainer.data import sources as data
 from trainer.run import experiment
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.config import Config
 
 CLASSES = ("cats", "dogs", "fish")
@@ -142,7 +142,7 @@ def test_predict_globs_npz_tfrecords_and_the_champion(run, tmp_path, capsys):
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     # TFRecords in the trainer's schema (class text), and a shard that is not TFRecords at all.
-    from trainer.data.sources import tfrecords
+    from trainer.data import tfrecords
 
     shard = tmp_path / "new-00000-of-00001.tfrecord"
     with tf.io.TFRecordWriter(str(shard)) as w:

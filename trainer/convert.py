@@ -56,9 +56,9 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
     """
     import tensorflow as tf
 
-    from trainer.data.sources import sources as data_lib
+    from trainer.data import sources as data_lib
     from trainer.util import files
-    from trainer.data.sources import tfrecords
+    from trainer.data import tfrecords
     from trainer.config import Config
 
     if shards < 1:

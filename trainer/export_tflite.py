@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainer.data.sources import sources as data_lib  # noqa: E402
+from trainer.data import sources as data_lib  # noqa: E402
 from trainer.util import files  # noqa: E402
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.config import Config  # noqa: E402
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
 

@@ -206,7 +206,7 @@ def _tfrecord_items(shards: Sequence[str]) -> Iterator[Item]:
 
 
 def _items_after_fault(shard: str, done: int, features: dict) -> Iterator[Item]:
-    from trainer.data.sources import tfrecords
+    from trainer.data import tfrecords
 
     try:
         frames = list(tfrecords._frames(tfrecords._read_shard(shard)))

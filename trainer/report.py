@@ -146,7 +146,7 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
 
 
 def _compute_predictions(model_dir: str, info: dict):
-    from trainer.data.sources import sources as data_lib
+    from trainer.data import sources as data_lib
     from trainer.outputs import predictions as predictions_lib
 
     config = predictions_lib.config_from_run_info(info)

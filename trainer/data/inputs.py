@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer.data.sources import tfrecords
+from trainer.data import tfrecords
 from trainer.data.augment import augment_batch
 from trainer.data.sources import Split
 

@@ -24,7 +24,7 @@ from absl import logging
 
 from trainer.util import files
 from trainer.outputs import metrics
-from trainer.data.sources import tfrecords
+from trainer.data import tfrecords
 from trainer.errors import UsageError
 
 T = TypeVar("T")

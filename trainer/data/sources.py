@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.data.sources import tfrecords
+from trainer.data import tfrecords
 from trainer.config import Config
 from trainer.errors import UsageError
 

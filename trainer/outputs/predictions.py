@@ -13,9 +13,9 @@ from typing import Callable, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer.data.sources import sources as data_lib
+from trainer.data import sources as data_lib
 from trainer.outputs import export
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.model import models
 from trainer.config import Config
 

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.data.sources import sources as data_lib
+from trainer.data import sources as data_lib
 from trainer import report
 from trainer.run import checkpoints
 from trainer.model import class_weights
@@ -29,7 +29,7 @@ from trainer.outputs import export
 from trainer.engines.estimator import feature_cache
 from trainer.util import files
 from trainer.cloud import hypertune
-from trainer.data.sources import inputs
+from trainer.data import inputs
 from trainer.engines.estimator import listeners
 from trainer.outputs import metrics
 from trainer.model import models
@@ -39,7 +39,7 @@ from trainer.run import preemption
 from trainer.run import preflight
 from trainer.engines.estimator import progress
 from trainer.retrain import promotion
-from trainer.data.sources import record_faults
+from trainer.data import record_faults
 from trainer.model import schedules
 from trainer.engines.estimator import tpu
 from trainer.run import run_lock
