@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from trainer import convert  # noqa: E402
+from trainer.data import conversion as convert  # noqa: E402
 from trainer.data import sources as data_lib
 from trainer.data import inputs
 from trainer.config import Config  # noqa: E402

@@ -19,7 +19,8 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import export_tflite, predict  # noqa: E402
+from trainer.outputs import batch_predict as predict  # noqa: E402
+from trainer.outputs import tflite as export_tflite  # noqa: E402
 from trainer.util import files
 from trainer.data import inputs
 from trainer.model import model_source

@@ -30,7 +30,7 @@ done
 # The champion's model folder, if CHAMPION.json names a version promoted by this very run.
 artifact=$("$PYTHON" - "$(tail -n 1 "$out")" "$champion_dir" <<'EOF'
 import json, sys
-from trainer import champion
+from trainer.retrain import champion_store as champion
 from trainer.config import to_gcs_uri
 summary, root = json.loads(sys.argv[1]), to_gcs_uri(sys.argv[2]).rstrip("/")
 pointer, _ = champion.open_store(root).read_pointer()

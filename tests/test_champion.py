@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, run_cli
-from trainer import champion
+from trainer import champion as champion_cli
+from trainer.retrain import champion_store as champion
 from trainer.run import experiment
 from trainer.config import Config
 
@@ -248,7 +249,7 @@ def test_history_lists_every_version_when_one_metrics_file_is_damaged(tmp_path, 
         champion.promote(store, token, version, str(export), str(tmp_path / "k.h5"), {"accuracy": 0.5}, "run",
                          pointer["version"] if pointer else None)
     (tmp_path / "c" / "v1" / "metrics.json").write_text('{"accura')
-    assert champion.main(["history", f"--champion_dir={tmp_path / 'c'}"]) == 0
+    assert champion_cli.main(["history", f"--champion_dir={tmp_path / 'c'}"]) == 0
     out = capsys.readouterr().out
     assert "  v1 (metrics.json unreadable: JSONDecodeError)" in out and '* v2 {"accuracy": 0.5}' in out
 
@@ -314,7 +315,7 @@ def test_a_rollback_that_fails_to_write_leaves_no_temporary(tmp_path, monkeypatc
 def test_a_full_disk_during_rollback_is_one_error_line(tmp_path, monkeypatch, capsys):
     _, before = two_versions(tmp_path)
     full_disk_on_fsync(monkeypatch)
-    assert champion.main(["rollback", f"--champion_dir={tmp_path / 'c'}"]) == 1
+    assert champion_cli.main(["rollback", f"--champion_dir={tmp_path / 'c'}"]) == 1
     err = capsys.readouterr().err.splitlines()
     pointer = tmp_path / "c" / champion.POINTER
     assert len(err) == 1 and err[0].startswith(f"error: no space left on device writing {pointer}: "), err
@@ -326,8 +327,6 @@ def test_a_full_disk_during_rollback_is_one_error_line(tmp_path, monkeypatch, ca
                                             (["--champion_dir=x"], "the following arguments are required: command")])
 def test_a_bad_or_missing_subcommand_is_one_error_line(capsys, argv, fragment):
     """Trial c214/c215: argparse's usage block and exit 2, unlike every other tool's `error:` line and exit 1."""
-    from trainer import champion as champion_cli
-
     with pytest.raises(SystemExit) as raised:
         champion_cli.main(argv)
     err = capsys.readouterr().err

@@ -102,7 +102,7 @@ def test_report_html_of_a_finished_run(digits_run):
 def assert_same_as_a_fresh_report(model_dir, with_images=True):
     """The report written at the end of the run equals one `python -m trainer.report` computes afresh (in this
     process: its CLI is run by test_killed_run_gets_a_report...) by running keras_model.h5 over the split."""
-    from trainer import report
+    from trainer.outputs import report
 
     fresh = model_dir.parent / f"{model_dir.name}-fresh.html"
     report.build(str(model_dir), output=str(fresh))
@@ -205,7 +205,7 @@ def test_report_cli_refuses_a_folder_without_a_run(tmp_path):
 def test_many_classes_show_the_most_confused_and_per_class_numbers_are_right():
     import numpy as np
 
-    from trainer import report
+    from trainer.outputs import report
     from trainer.outputs import plots
     from trainer.outputs import predictions
 

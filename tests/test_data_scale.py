@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import make_image_folder
-from trainer import convert
+from trainer.data import conversion as convert
 from trainer.data import sources as data_lib
 from trainer.run import experiment
 from trainer.data import inputs

@@ -15,7 +15,8 @@ import tensorflow as tf
 from absl import flags
 from absl import logging as absl_logging
 
-from trainer import champion, task
+from trainer import task
+from trainer.retrain import champion_store as champion
 from trainer.cloud import gcs
 from trainer.retrain import promotion
 from trainer.config import Config

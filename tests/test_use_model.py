@@ -21,7 +21,9 @@ from absl import flags
 from PIL import Image
 
 from conftest import REPO, make_image_folder
-from trainer import champion, export_tflite, predict, task
+from trainer import export_tflite, predict, task
+from trainer.outputs import tflite
+from trainer.retrain import champion_store as champion
 from trainer.data import sources as data
 from trainer.run import experiment
 from trainer.data import inputs
@@ -262,7 +264,7 @@ def tflite_vs_saved_model(run, model_dir) -> float:
     """Top-1 agreement of export/tflite/model.tflite with the SavedModel on the evaluation split."""
     paths = data.load(Config(data=str(run["images"]))).validation.paths
     reference = serving_probabilities(run["export"], paths).argmax(-1)
-    runner = export_tflite.Runner((model_dir / "export" / "tflite" / "model.tflite").read_bytes())
+    runner = tflite.Runner((model_dir / "export" / "tflite" / "model.tflite").read_bytes())
     lite = [runner(inputs.decode_image(open(p, "rb").read(), SIZE).numpy()).argmax() for p in paths]
     return float(np.mean(reference == np.array(lite)))
 

@@ -148,11 +148,11 @@ def config_from_run_info(info: dict) -> Config:
 
 def load_run_model(model_dir: str, config: Config, num_classes: int, image_shape) -> Optional[tf.keras.Model]:
     """The run's model: keras_model.h5 when the run finished, else rebuilt from its latest checkpoint."""
-    from trainer.retrain import promotion
+    from trainer.model.keras_files import load_keras
 
     keras_h5 = os.path.join(model_dir, "keras_model.h5")
     if tf.io.gfile.exists(keras_h5):
-        return promotion.load_keras(keras_h5)
+        return load_keras(keras_h5)
     checkpoint = tf.train.latest_checkpoint(config.checkpoint_dir or model_dir)
     if not checkpoint or config.cache_features:
         return None

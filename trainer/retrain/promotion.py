@@ -5,27 +5,16 @@ run's evaluation input pipeline), so the comparison is fair even when the champi
 was trained on older data. Also: `--warm_start_from`, the weights a new run starts from.
 """
 import os
-import tempfile
 from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
-from trainer import champion
+from trainer.retrain import champion_store as champion
 from trainer.util import console
 from trainer.model import models
+from trainer.model.keras_files import load_keras
 from trainer.config import Config
 from trainer.errors import UsageError
-
-
-def load_keras(path) -> tf.keras.Model:
-    """Loads a keras_model.h5 (from any filesystem) as new, uncompiled Keras objects (a Model passes through)."""
-    if isinstance(path, tf.keras.Model):
-        return path
-    if "://" in path:  # h5py reads local files only.
-        local = os.path.join(tempfile.mkdtemp(), "keras_model.h5")
-        tf.io.gfile.copy(path, local, overwrite=True)
-        path = local
-    return tf.keras.models.load_model(path, compile=False)
 
 
 def load_champion(store, version: str) -> Tuple[Optional[tf.keras.Model], Optional[str]]:

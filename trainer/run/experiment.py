@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.data import sources as data_lib
-from trainer import report
+from trainer.outputs import report
 from trainer.run import checkpoints
 from trainer.model import class_weights
 from trainer.util import console
@@ -540,7 +540,7 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn,
                                               run_info.get("class_names"))
     if config.export_tflite != "none":
-        from trainer import export_tflite
+        from trainer.outputs import tflite as export_tflite
 
         info = export_tflite.export(config.model_dir, config.export_tflite)
         run_info["tflite"] = {k: info.get(k) for k in ("quantize", "bytes", "agreement_with_keras_model")}

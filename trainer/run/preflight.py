@@ -91,7 +91,7 @@ def check_champion(config: Config) -> None:
     """
     from absl import logging
 
-    from trainer import champion
+    from trainer.retrain import champion_store as champion
 
     store = champion.open_store(config.champion_dir)
     if isinstance(store, champion.LocalStore):
