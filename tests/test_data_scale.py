@@ -10,6 +10,7 @@ from PIL import Image
 from conftest import make_image_folder
 from trainer.data import conversion as convert
 from trainer.data import sources as data_lib
+from trainer.engines.estimator import estimator as estimator_lib
 from trainer.run import experiment
 from trainer.data import inputs
 from trainer.model import models
@@ -161,7 +162,7 @@ def test_saved_model_takes_jpeg_bytes_and_agrees_with_estimator_predict(tmp_path
     tf.keras.backend.clear_session()
     model = models.build_model(config, 2)
     models.compile_model(model, config)
-    estimator = experiment.make_estimator(model, experiment.make_run_config(config), dataset.class_names)
+    estimator = estimator_lib.make_estimator(model, estimator_lib.make_run_config(config), dataset.class_names)
     input_fn = inputs.make_input_fn(jpeg_split, training=False, batch_size=8, input_names=model.input_names,
                                     output_names=model.output_names, label_mode="sparse", num_classes=2,
                                     image_size=16)

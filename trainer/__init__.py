@@ -1,7 +1,8 @@
-"""trainer: Keras transfer learning trained through tf.estimator.
+"""trainer: Keras transfer learning as a distributed, restartable training job.
 
 Entry point: `python -m trainer.task` (console script `trainer`). The work is in
-`trainer.experiment.train_and_evaluate(config)`, which tests call directly.
+`trainer.run.experiment.train_and_evaluate(config)`, which tests call directly; the
+README's "How the code is laid out" maps the folders.
 """
 
 __version__ = "0.1.0"

@@ -149,8 +149,8 @@ flags.DEFINE_integer("num_gpus", None, "GPUs for --strategy=mirrored. Default: a
 flags.DEFINE_integer("num_cpu_replicas", 0, "Split the host CPU into N mirrored replicas (testing without GPUs).")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local' on TPU VMs).")
 flags.DEFINE_integer("tpu_iterations_per_loop", _DEFAULTS.tpu_iterations_per_loop,
-                     "Training steps per TPU loop (TPUEstimator's iterations_per_loop).")
-flags.DEFINE_bool("use_tpu", True, "With --strategy=tpu: false runs the identical TPUEstimator path on CPU/GPU.")
+                     "Training steps per TPU loop (iterations_per_loop).")
+flags.DEFINE_bool("use_tpu", True, "With --strategy=tpu: false runs the identical TPU path on CPU/GPU.")
 # Console.
 flags.DEFINE_bool("verbose", False, "Show the full log (TensorFlow's included) on the console too; it is always "
                   "in <model_dir>/train.log.")

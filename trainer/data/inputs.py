@@ -103,7 +103,7 @@ def make_input_fn(split: Split, *, training: bool, batch_size: int, input_names:
     augment = tuple(augment) if training else ()
 
     def input_fn(params=None, input_context=None):
-        # TPUEstimator passes the per-shard batch in params and needs static shapes.
+        # The TPU engine passes the per-shard batch in params and needs static shapes.
         tpu_batch = (params or {}).get("batch_size")
         batch, drop_remainder = (tpu_batch, True) if tpu_batch else (batch_size, training)
         ds = _examples(split, input_names, output_names, training, class_names, input_context, num_classes)

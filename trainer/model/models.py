@@ -373,7 +373,7 @@ def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
 
 def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
                   class_weights: Optional[Sequence[float]] = None) -> None:
-    """Compiles with a legacy optimizer, which model_to_estimator requires.
+    """Compiles with a legacy optimizer, which the Estimator engine's Keras conversion requires.
 
     Args:
         model: the model to compile (its trainable kernels get --weight_decay).

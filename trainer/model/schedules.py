@@ -1,11 +1,11 @@
 """Learning-rate schedules: a function of the global step, one per training phase.
 
 The schedule is a Keras `LearningRateSchedule`, so the legacy optimizer that
-model_to_estimator clones evaluates it at `optimizer.iterations`, which the
+the Estimator engine's Keras conversion clones evaluates it at `optimizer.iterations`, which the
 Estimator sets to the global step. Nothing of it is a checkpointed variable:
 after a resume the rate is the schedule's value at the restored step (a changed
 --learning_rate is never silently overridden by the checkpoint), and it is the
-same under every strategy and under TPUEstimator.
+same under every strategy and on TPUs.
 
 Within a phase `[first_step, last_step)`: linear warmup from 0 over
 `warmup_steps`, then `constant`, `cosine` (to `min_learning_rate` at the last
@@ -79,13 +79,3 @@ class PhaseSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
                 "decay_rate": self.decay_rate, "decay_steps": self.decay_steps}
 
 
-def with_learning_rate_summary(model_fn, schedule: PhaseSchedule):
-    """Wraps a model_fn: training writes the `learning_rate` scalar (every summary step) to TensorBoard."""
-
-    def wrapped(features, labels, mode, config):
-        spec = model_fn(features, labels, mode, config)
-        if mode == tf.estimator.ModeKeys.TRAIN:
-            tf.compat.v1.summary.scalar("learning_rate", schedule(tf.compat.v1.train.get_global_step()))
-        return spec
-
-    return wrapped

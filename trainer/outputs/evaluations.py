@@ -1,70 +1,17 @@
-"""After each evaluation: the run's exporters, one console line, the confusion matrix in TensorBoard.
-
-`EvaluationReporter` is the one Exporter the EvalSpec sees for the model exports: it
-runs the real exporters (so it knows whether this evaluation was exported), prints
-`eval @ step N: accuracy A, loss L (best B at step S), exported ...`, writes the
-confusion matrix as an image summary into `eval/`, and refreshes a gs:// train.log.
-Also: `write_hparams`, the HParams summary of a run.
-"""
+"""What an evaluation says, engine-neutral: its console line (`eval @ step N: accuracy A, loss L (best B at
+step S), exported ...`), the confusion matrix as a TensorBoard image, which step every exporter has seen
+(`eval/processed.json`), the best export's step, and `write_hparams`, the HParams summary of a run. The
+engine calls them after each evaluation (trainer.engines.estimator.exporters)."""
 import io
 import os
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from trainer.util import console
-from trainer.run import early_stopping
 from trainer.util import events
 from trainer.outputs import export
 from trainer.util import files
-from trainer.outputs import metrics
-from trainer.outputs import predictions
-
-
-class EvaluationReporter(tf.estimator.Exporter):
-    """Wraps `exporters`; draws the evaluation's `confusion_matrix` (trainer.metrics) when it reports one."""
-
-    def __init__(self, exporters: List[tf.estimator.Exporter], model_dir: str, class_names=()):
-        self._exporters = exporters
-        self._model_dir = model_dir
-        self._class_names = list(class_names)
-        self._warned = False
-
-    @property
-    def name(self) -> str:
-        return "evaluation_reporter"  # Never written to: the wrapped exporters use their own names.
-
-    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        exported = None
-        for exporter in self._exporters:
-            result = exporter.export(estimator, os.path.join(os.path.dirname(export_path), exporter.name),
-                                     checkpoint_path, eval_result, is_the_final_export)
-            exported = result or exported
-        if isinstance(exported, bytes):
-            exported = exported.decode()
-        step = int(eval_result.get("global_step", 0))
-        # This evaluation's per-example results stay in memory with the best one's: the end of the run reports one.
-        metrics.keep_collected(self._model_dir, {step, best_step(self._model_dir)})
-        # Every exporter (best export, early stopping, ...) has seen this step: a restart need not evaluate it.
-        files.write_json(os.path.join(self._model_dir, "eval", PROCESSED), {"step": step})
-        console.say("%s", evaluation_line(self._model_dir, eval_result, exported))
-        decision = early_stopping.decision_at(self._model_dir, step)
-        if decision and not is_the_final_export:  # At the run's last evaluation there is nothing to stop.
-            logging.warning("%s", decision)
-        matrix = eval_result.get("confusion_matrix")  # Accumulated by the evaluation itself: no second pass.
-        if matrix is not None:
-            try:
-                predictions.in_eager_thread(write_confusion_image, os.path.join(self._model_dir, "eval"),
-                                            matrix, self._class_names, step)
-            except Exception as e:  # noqa: BLE001 - a picture must never stop training.
-                # Said once on the console; the log has every occurrence.
-                (console.log_only if self._warned else logging.warning)(
-                    "no confusion matrix image for step %d: %s: %s", step, type(e).__name__, str(e)[:300])
-                self._warned = True
-        console.sync()
-        return exported
 
 
 def best_step(model_dir: str) -> Optional[int]:
@@ -169,30 +116,3 @@ def processed_step(checkpoint_dir: str) -> Optional[int]:
     return max(evaluated) if evaluated else None
 
 
-def catch_up(estimator, eval_spec, checkpoint_dir: str, first_step: int, every: int,
-             final: bool = False) -> Optional[dict]:
-    """Evaluates and exports the latest checkpoint when the uninterrupted run would have and no evaluation has.
-
-    train_and_evaluate skips the checkpoint it starts from ("not trained yet"), so after a restart the
-    checkpoint saved just before the interruption (or whose evaluation or export the interruption cut
-    short) would never be evaluated: early stopping's patience and the best export would miss it, and
-    a kill during the last evaluation would leave the final export undone. Only steps the uninterrupted
-    run evaluates are caught up: first_step + k x every (or the last step, `final`); a preemption
-    checkpoint at another step is not. Returns the evaluation, or None.
-    """
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if not latest:
-        return None
-    step = int(latest.rsplit("-", 1)[1])
-    done = processed_step(checkpoint_dir)
-    if step == 0 or (done is not None and done >= step):
-        return None
-    if not final and (step - first_step) % every:
-        return None
-    logging.info("evaluating step %d, saved before an interruption and not evaluated yet", step)
-    result = estimator.evaluate(eval_spec.input_fn, steps=eval_spec.steps, name=eval_spec.name,
-                                hooks=eval_spec.hooks, checkpoint_path=latest)
-    export_base = os.path.join(estimator.model_dir, "export")
-    for exporter in eval_spec.exporters or ():
-        exporter.export(estimator, os.path.join(export_base, exporter.name), latest, result, final)
-    return result

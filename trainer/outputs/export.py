@@ -10,73 +10,15 @@ import os
 import tempfile
 import uuid
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from trainer.util import files
-from trainer.data.inputs import decode_image
 
 EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
-
-
-def make_serving_input_fn(input_shapes: Dict[str, tuple]):
-    """A receiver that takes the model's named inputs as float32 batches."""
-
-    def serving_input_fn():
-        tensors = {name: tf.compat.v1.placeholder(tf.float32, [None, *shape], name=name)
-                   for name, shape in input_shapes.items()}
-        return tf.estimator.export.ServingInputReceiver(tensors, tensors)
-
-    return serving_input_fn
-
-
-def make_image_bytes_serving_input_fn(input_name: str, size: int):
-    """A receiver for encoded images: `image_bytes`, a batch of JPEG/PNG strings.
-
-    The name ends in `_bytes`, so TF Serving (and Vertex AI prediction) accepts
-    `{"instances": [{"image_bytes": {"b64": "..."}}]}` and decodes the base64 itself.
-    Decoding and resizing are the training pipeline's own (`inputs.decode_image`).
-    """
-
-    def serving_input_fn():
-        encoded = tf.compat.v1.placeholder(tf.string, [None], name="image_bytes")
-        images = tf.map_fn(lambda b: decode_image(b, size), encoded, fn_output_signature=tf.float32)
-        return tf.estimator.export.ServingInputReceiver({input_name: images}, {"image_bytes": encoded})
-
-    return serving_input_fn
-
-
-def with_class_names(model_fn, class_names: Sequence[str], binary: bool):
-    """Wraps a single-output classifier's model_fn so predictions carry class names.
-
-    Predictions (and the serving signature) become `probabilities` [batch, classes] and
-    `classes` (the most likely class name); a binary sigmoid unit p becomes [1 - p, p].
-    """
-    names = list(class_names)
-
-    def wrapped(features, labels, mode, config):
-        spec = model_fn(features, labels, mode, config)
-        if mode != tf.estimator.ModeKeys.PREDICT:
-            return spec
-        (probabilities,) = spec.predictions.values()
-        if binary:
-            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
-        classes = tf.gather(tf.constant(names), tf.argmax(probabilities, axis=-1))
-        predictions = {"probabilities": probabilities, "classes": classes}
-        key = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-        return spec._replace(predictions=predictions,
-                             export_outputs={key: tf.estimator.export.PredictOutput(predictions)})
-
-    return wrapped
-
-
-def _higher_accuracy(best_eval_result, current_eval_result) -> bool:
-    if "accuracy" in current_eval_result:
-        return best_eval_result is None or current_eval_result["accuracy"] > best_eval_result["accuracy"]
-    return best_eval_result is None or current_eval_result["loss"] < best_eval_result["loss"]
 
 
 BEST_RECORD = "best.json"  # export/best/best.json: the best evaluation so far and its export.
@@ -89,72 +31,6 @@ def checkpoint_is_finite(checkpoint: str) -> bool:
         if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))):
             return False
     return True
-
-
-class _GuardedExporter(tf.estimator.Exporter):
-    """Exports only checkpoints whose weights are all finite: a diverged model is never served."""
-
-    def __init__(self, inner: tf.estimator.Exporter):
-        self._inner = inner
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        if checkpoint_path and not checkpoint_is_finite(checkpoint_path):
-            logging.warning("not exporting %s: its weights are not all finite", checkpoint_path)
-            return None
-        return self._inner.export(estimator, export_path, checkpoint_path, eval_result, is_the_final_export)
-
-
-class BestExporter(tf.estimator.Exporter):
-    """Exports when an evaluation beats every earlier one, across restarts.
-
-    Estimator's own BestExporter exports unconditionally on its first call in a process
-    (tensorflow#47396), so after a preemption a worse model became "best". Here the best
-    result so far is kept in `export/best/best.json` (written after its export, atomically)
-    and every process compares against it.
-    """
-
-    def __init__(self, serving_input_fn, keep: int, metric: str = "accuracy"):
-        self._metric = metric
-        self._exporter = tf.estimator.LatestExporter(name="best", serving_input_receiver_fn=serving_input_fn,
-                                                     exports_to_keep=keep)
-
-    @property
-    def name(self) -> str:
-        return "best"
-
-    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        record = read_best_record(export_path, self._metric)
-        current = {k: int(v) if k == "global_step" else float(v) for k, v in eval_result.items() if np.ndim(v) == 0}
-        if record and not _better(record["metrics"], current, self._metric):
-            logging.info("not exporting: %s does not beat the best so far (step %d)",
-                         _metric_text(current), record["metrics"].get("global_step", -1))
-            return None
-        path = self._exporter.export(estimator, export_path, checkpoint_path, eval_result, is_the_final_export)
-        path = path.decode() if isinstance(path, bytes) else path
-        # The version folder's name only: the model_dir may be reached by another path after a restart.
-        record = {"metrics": current, "export": os.path.basename(path.rstrip("/")), "metric": self._metric}
-        if eval_result.get("confusion_matrix") is not None:  # For eval_metrics.json's per-class figures.
-            record["confusion_matrix"] = np.asarray(eval_result["confusion_matrix"]).round().astype(int).tolist()
-        files.write_json(os.path.join(export_path, BEST_RECORD), record)
-        logging.info("best so far: %s, exported to %s", _metric_text(current), path)
-        return path
-
-
-def _better(best: dict, current: dict, metric: str) -> bool:
-    if metric not in current or metric not in best:
-        return _higher_accuracy(best, current)
-    if "loss" in metric:
-        return current[metric] < best[metric]
-    return current[metric] > best[metric]
-
-
-def _metric_text(metrics: dict) -> str:
-    key = "accuracy" if "accuracy" in metrics else "loss"
-    return f"{key} {metrics.get(key, float('nan')):.4f}"
 
 
 def read_best_record(export_root: str, metric: Optional[str] = None) -> Optional[dict]:
@@ -214,18 +90,6 @@ def _rebuilt_best_record(export_root: str, metric: Optional[str], why: str) -> O
     return {**record, "export": os.path.join(export_root, exports[-1])}
 
 
-def make_exporters(kind: str, serving_input_fn, keep: int, metric: str = "accuracy") -> List[tf.estimator.Exporter]:
-    """The exporter for --export: best (on `metric`, across restarts), latest, or final."""
-    if kind == "best":
-        exporter = BestExporter(serving_input_fn, keep, metric)
-    elif kind == "latest":
-        exporter = tf.estimator.LatestExporter(name="latest", serving_input_receiver_fn=serving_input_fn,
-                                               exports_to_keep=keep)
-    else:
-        exporter = tf.estimator.FinalExporter(name="final", serving_input_receiver_fn=serving_input_fn)
-    return [_GuardedExporter(exporter)]
-
-
 def latest_export(model_dir: str, kind: str) -> Optional[str]:
     """For best: the export best.json names; else the newest export/<kind>/<version> with a saved_model.pb."""
     root = os.path.join(model_dir, "export", kind)
@@ -245,7 +109,7 @@ def latest_export(model_dir: str, kind: str) -> Optional[str]:
 def save_weights_checkpoint(model: tf.keras.Model, path: str) -> str:
     """Saves the model's weights as a name-keyed (saver format) checkpoint at `path`.
 
-    A `global_step` of 0 goes with them, as in model_to_estimator's own first checkpoint:
+    A `global_step` of 0 goes with them, as in the Estimator engine's own first checkpoint:
     an Estimator exporting straight from its warm-start checkpoint restores it.
     """
     tf.io.gfile.makedirs(os.path.dirname(path))

@@ -113,7 +113,7 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
             result.input_fn = eval_input_fn  # The images, for the thumbnails.
         elif dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
             absl_logging.info("report.html: predicting the evaluation split with keras_model.h5")
-            # A fresh copy: the run's own Keras model cannot be called after model_to_estimator.
+            # A fresh copy: the run's own Keras model cannot be called once the Estimator engine converted it.
             model = predictions_lib.load_run_model(config.model_dir, config, dataset.num_classes, None)
             result = predictions_lib.predict(model, eval_input_fn, config.label_mode, config.eval_steps)
             if result is not None:

@@ -97,39 +97,3 @@ def recover(checkpoint_dir: str) -> Optional[str]:
     return prefix
 
 
-class AlignedSaverHook(tf.compat.v1.train.CheckpointSaverHook):
-    """The Estimator's checkpoint saver, with its schedule counted from the phase's first step.
-
-    A preemption checkpoint (SIGTERM) lands at any step S; the Estimator's own saver would then save at S + N,
-    S + 2N, ... and evaluate there, where the uninterrupted run saved and evaluated at first_step + kN: early
-    stopping and the best export would see other evaluations. After the restore, this saver's next save is
-    the next step of the uninterrupted schedule.
-    """
-
-    def __init__(self, checkpoint_dir: str, save_steps: int, first_step: int, **kwargs):
-        super().__init__(checkpoint_dir, save_steps=save_steps, **kwargs)
-        self._first_step, self._every = first_step, save_steps
-
-    def after_create_session(self, session, coord):
-        super().after_create_session(session, coord)
-        step = int(session.run(self._global_step_tensor))
-        self._timer.update_last_triggered_step(scheduled_before(step, self._first_step, self._every))
-
-
-def scheduled_before(step: int, first_step: int, every: int) -> int:
-    """The last step at or before `step` on the schedule first_step + k x every."""
-    return first_step + max(0, (step - first_step) // every) * every
-
-
-def with_aligned_saver(model_fn, first_step: int):
-    """Wraps a model_fn: training (on the chief) saves with an AlignedSaverHook instead of the Estimator's own."""
-
-    def wrapped(features, labels, mode, config):
-        spec = model_fn(features, labels, mode, config)
-        if mode != tf.estimator.ModeKeys.TRAIN or not config.save_checkpoints_steps:
-            return spec
-        hook = AlignedSaverHook(config.model_dir, config.save_checkpoints_steps, first_step, scaffold=spec.scaffold,
-                                save_graph_def=config.checkpoint_save_graph_def)
-        return spec._replace(training_chief_hooks=list(spec.training_chief_hooks) + [hook])
-
-    return wrapped

@@ -7,7 +7,7 @@ Strategies and where they come from:
 - multi_worker: MultiWorkerMirroredStrategy over TF_CONFIG (chief + workers, as Vertex
   AI sets it for multi-replica jobs). An evaluator task builds no strategy.
 - parameter_server: tf.compat.v1 ParameterServerStrategy, for Vertex's parameter-server pool.
-- tpu: TPUEstimator (see `trainer.tpu`); with --use_tpu=false the same path runs on CPU/GPU.
+- tpu: the TPU path (trainer.engines.estimator.tpu); with --use_tpu=false the same path runs on CPU/GPU.
 - auto: multi_worker when TF_CONFIG names several workers, else mirrored with more than one
   GPU, else one_device.
 """

@@ -1,17 +1,14 @@
 """Early stopping on an evaluation metric, with a memory that survives restarts.
 
-`Watcher` is an Estimator exporter (exporters are what train_and_evaluate calls
-with each evaluation's results, on whichever task evaluates). It keeps the
-history in `<model_dir>/early_stopping.json` (best value, its step, evaluations
-without improvement, and the step it stopped at), so a restarted run neither
-forgets its patience nor trains past a stop. `StopHook` ends training once the
-watcher has decided. Evaluations follow checkpoints (`--save_checkpoints_steps`,
+`record` counts each evaluation (an engine calls it with every evaluation's results, on whichever task
+evaluates) into `<model_dir>/early_stopping.json` (best value, its step, evaluations without improvement,
+and the step it stopped at), so a restarted run neither forgets its patience nor trains past a stop; the
+engine ends training once `stopped_at` says so. Evaluations follow checkpoints (`--save_checkpoints_steps`,
 at most one per `--eval_throttle_secs`): patience counts evaluations, not steps.
 """
 import os
 from typing import Optional
 
-import tensorflow as tf
 from absl import logging
 
 from trainer.util import files
@@ -31,41 +28,30 @@ def read_state(model_dir: str) -> dict:
     return state if isinstance(state, dict) else {}  # A JSON value that is not an object: the same.
 
 
-class Watcher(tf.estimator.Exporter):
-    """Counts evaluations without improvement; decides to stop after `patience` of them."""
-
-    def __init__(self, model_dir: str, metric: str, patience: int, min_delta: float):
-        self._path = os.path.join(model_dir, STATE_FILE)
-        self._model_dir = model_dir
-        self._metric, self._patience, self._min_delta = metric, patience, min_delta
-
-    @property
-    def name(self) -> str:
-        return "early_stopping"
-
-    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        if self._metric not in eval_result:
-            logging.warning("early stopping: no metric %s in this evaluation (%s)", self._metric, sorted(eval_result))
-            return None
-        state = read_state(self._model_dir)
-        value, step = float(eval_result[self._metric]), int(eval_result.get("global_step", 0))
-        if step <= state.get("last_step", -1):
-            return None  # The same evaluation again (a restart re-evaluates its first checkpoint).
-        best = state.get("best")
-        better = best is None or (value < best - self._min_delta if lower_is_better(self._metric)
-                                  else value > best + self._min_delta)
-        if better:
-            state.update(best=value, best_step=step, bad_evaluations=0)
-        else:
-            state["bad_evaluations"] = state.get("bad_evaluations", 0) + 1
-        state.update(metric=self._metric, last_step=step, patience=self._patience)
-        if state["bad_evaluations"] >= self._patience and not state.get("stopped_at_step"):
-            state["stopped_at_step"] = step
-            # Said by the evaluation's reporter, after this evaluation's own line (trial c086: it came before).
-            state["message"] = (f"early stopping at step {step}: {self._metric} has not improved on "
-                                f"{state['best']:.4f} (step {state['best_step']}) for {self._patience} evaluations")
-        files.write_json(self._path, state)
-        return None
+def record(model_dir: str, metric: str, patience: int, min_delta: float, eval_result: dict) -> None:
+    """Counts one evaluation: better than the best by more than `min_delta`, or not; decides to stop after
+    `patience` evaluations in a row without improvement. The same evaluation seen again (a restart
+    re-evaluates its first checkpoint) counts once."""
+    if metric not in eval_result:
+        logging.warning("early stopping: no metric %s in this evaluation (%s)", metric, sorted(eval_result))
+        return
+    state = read_state(model_dir)
+    value, step = float(eval_result[metric]), int(eval_result.get("global_step", 0))
+    if step <= state.get("last_step", -1):
+        return
+    best = state.get("best")
+    better = best is None or (value < best - min_delta if lower_is_better(metric) else value > best + min_delta)
+    if better:
+        state.update(best=value, best_step=step, bad_evaluations=0)
+    else:
+        state["bad_evaluations"] = state.get("bad_evaluations", 0) + 1
+    state.update(metric=metric, last_step=step, patience=patience)
+    if state["bad_evaluations"] >= patience and not state.get("stopped_at_step"):
+        state["stopped_at_step"] = step
+        # Said by the evaluation's reporter, after this evaluation's own line (trial c086: it came before).
+        state["message"] = (f"early stopping at step {step}: {metric} has not improved on {state['best']:.4f} "
+                            f"(step {state['best_step']}) for {patience} evaluations")
+    files.write_json(os.path.join(model_dir, STATE_FILE), state)
 
 
 def stopped_at(model_dir: str) -> Optional[int]:
@@ -78,19 +64,3 @@ def decision_at(model_dir: str, step: int) -> Optional[str]:
     return state.get("message") if state.get("stopped_at_step") == step else None
 
 
-class StopHook(tf.estimator.SessionRunHook):
-    """Requests a stop once the watcher has decided (checked every few steps; the file may be remote)."""
-
-    def __init__(self, model_dir: str, every_steps: int = 10):
-        self._model_dir, self._every = model_dir, every_steps
-
-    def begin(self):
-        self._global_step = tf.compat.v1.train.get_global_step()
-
-    def before_run(self, run_context):
-        return tf.estimator.SessionRunArgs(self._global_step)
-
-    def after_run(self, run_context, run_values):
-        # At global steps (not steps since this process started): a restarted run stops where an uninterrupted one does.
-        if int(run_values.results) % self._every == 0 and stopped_at(self._model_dir) is not None:
-            run_context.request_stop()

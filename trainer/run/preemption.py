@@ -7,13 +7,10 @@ hook saves a checkpoint and raises `Preempted`. Outside training (loading data,
 evaluating, exporting) the run stops at once; every file it writes is written
 under a temporary name and renamed, so nothing half-written is left behind.
 """
-import os
 import signal
 import threading
 from typing import Optional
 
-import tensorflow as tf
-from absl import logging
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a process ended by it.
 EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C).
@@ -62,38 +59,3 @@ def uninstall() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-class PreemptionHook(tf.estimator.SessionRunHook):
-    """Saves a checkpoint and raises Preempted after the step during which SIGTERM arrived."""
-
-    def __init__(self, checkpoint_dir: str, is_chief: bool = True):
-        self._checkpoint_dir = checkpoint_dir
-        self._is_chief = is_chief
-
-    def begin(self):
-        self._global_step = tf.compat.v1.train.get_or_create_global_step()
-
-    def after_create_session(self, session, coord):
-        _training.set()
-        if _requested.is_set():  # Signalled while the graph was being built.
-            raise Preempted(int(session.run(self._global_step)))
-
-    def before_run(self, run_context):
-        return tf.estimator.SessionRunArgs(self._global_step)
-
-    def after_run(self, run_context, run_values):
-        if not _requested.is_set():
-            return
-        step = int(run_context.session.run(self._global_step))
-        logging.warning("%s received: saving a checkpoint at step %d, then stopping",
-                        "SIGINT" if _signal[0] == signal.SIGINT else "SIGTERM", step)
-        if self._is_chief:
-            savers = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
-            if savers:
-                savers[0].save(run_context.session, os.path.join(self._checkpoint_dir, "model.ckpt"),
-                               global_step=step)
-                logging.warning("%s: checkpoint saved at step %d", "interrupted" if _signal[0] == signal.SIGINT
-                                else "preempted", step)
-        raise Preempted(step)
-
-    def end(self, session):
-        _training.clear()

@@ -47,3 +47,15 @@ def best(series: Series, higher_is_better: bool = True):
     values = np.array([v for _, v in series])
     i = int(values.argmax() if higher_is_better else values.argmin())
     return series[i]
+
+
+def copy_event_files(source: str, destination: str) -> int:
+    """Copies TensorBoard event files (source/ and its eval*/ folders) to `destination`."""
+    copied = 0
+    for pattern in ("events.out.tfevents.*", "eval*/events.out.tfevents.*"):
+        for path in tf.io.gfile.glob(os.path.join(source, pattern)):
+            target = os.path.join(destination, os.path.relpath(path, source))
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(path, target, overwrite=True)
+            copied += 1
+    return copied

@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.config import Config
+from trainer.util.events import copy_event_files
 
 
 class CheckpointLogger(tf.estimator.CheckpointSaverListener):
@@ -247,18 +248,6 @@ def _short(error: BaseException) -> str:
     text = str(error)
     reason = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out|timed out|Name or service not known", text)
     return f"{type(error).__name__}: {reason.group(0) if reason else text.splitlines()[0][:200] if text else ''}"
-
-
-def copy_event_files(source: str, destination: str) -> int:
-    """Copies TensorBoard event files (source/ and its eval*/ folders) to `destination`."""
-    copied = 0
-    for pattern in ("events.out.tfevents.*", "eval*/events.out.tfevents.*"):
-        for path in tf.io.gfile.glob(os.path.join(source, pattern)):
-            target = os.path.join(destination, os.path.relpath(path, source))
-            tf.io.gfile.makedirs(os.path.dirname(target))
-            tf.io.gfile.copy(path, target, overwrite=True)
-            copied += 1
-    return copied
 
 
 class TensorBoardCopy(tf.estimator.CheckpointSaverListener):

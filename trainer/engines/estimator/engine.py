@@ -1,0 +1,148 @@
+"""The Estimator engine: the Keras model through model_to_estimator, each phase one train_and_evaluate.
+
+The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine through these methods only:
+
+    check_supported(model), trained_part(model), check_checkpoint(model, latest), describe()   (prepare)
+    prepare_inputs(run)                           the training and evaluation input, the feature cache
+    start_phase(run, step, schedule)              build for the phase, enter it (a boundary: fresh optimizer
+                                                  state), evaluate what an interruption left unevaluated
+    train_phase(run, step, schedule)              train to the phase's last step, evaluating as it goes
+    final_evaluation(run, eval_metrics)           the run's last evaluation, if the phase loop gave none
+    export(run, checkpoint)                       a SavedModel, when no evaluation exported one
+    predictions(run, checkpoint)                  the served model's predictions for report.html, or None
+    worker_done(run)                              a non-chief task's clean-up
+"""
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from trainer.config import Config
+from trainer.data import record_faults
+from trainer.engines.estimator import boundary, estimator, exporters, feature_cache, hooks, listeners, progress
+from trainer.engines.estimator import predict as estimator_predict
+from trainer.engines.estimator import serving
+from trainer.model import models
+from trainer.run import distribution, phases
+from trainer.util import console
+
+
+class Engine:
+    def __init__(self, config: Config, plan: distribution.Plan):
+        self.config, self.plan = config, plan
+        self.estimator = None
+        self._serving_fn = None
+        self._specs = None
+
+    # ---- prepare ----------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return "TPUEstimator" if self.plan.name == "tpu" else "Estimator"
+
+    def check_supported(self, model: tf.keras.Model) -> None:
+        if self.config.cache_features:
+            feature_cache.check_supported(self.config, self.plan, model)
+
+    def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
+        """What the checkpoints hold: with --cache_features the head only."""
+        return feature_cache.split(model)[1] if self.config.cache_features else model
+
+    def check_checkpoint(self, model: tf.keras.Model, latest: str) -> None:
+        if self.config.cache_features:
+            feature_cache.check_checkpoint_trunk(model, latest, self.config.model_dir)
+
+    def prepare_inputs(self, run) -> None:
+        config, dataset, model = self.config, run.dataset, run.model
+        if dataset.kind in ("files", "tfrecord") and not config.model_fn:
+            self._serving_fn = serving.make_image_bytes_serving_input_fn(model.input_names[0], model.input_shape[1])
+        else:
+            self._serving_fn = serving.make_serving_input_fn(
+                {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
+        if not self.plan.is_chief:
+            estimator.wait_for_chief(config.checkpoint_dir)
+        run.train_input = run.make_input(dataset.train, True)
+        if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
+            run.cache = record_faults.train_skipping_bad_records(lambda: feature_cache.build(  # Bad TFRecords skipped.
+                config, model, dataset, run.make_input, lambda m, rc: estimator.make_estimator(
+                    m, rc, dataset.class_names, binary=config.label_mode == "binary"), run.run_info), dataset, config)
+            run.model, run.train_input, run.eval_input = run.cache.head, run.cache.train_input, run.cache.eval_input
+        else:
+            run.eval_input = run.make_input(dataset.validation, False)
+
+    # ---- phases -----------------------------------------------------------------------------------------
+    def _build(self, run, schedule=None):
+        return estimator.make_any(self.config, self.plan, run.model, run.num_classes, run.image_shape,
+                                  run.dataset.class_names, schedule)
+
+    @property
+    def _single(self) -> bool:
+        """One process evaluating its own checkpoints (what an interrupted run can catch up on)."""
+        return self.plan.is_chief and not self.plan.distributed and self.plan.name != "tpu"
+
+    def start_phase(self, run, step: phases.Step, schedule) -> None:
+        config, plan = self.config, self.plan
+        self.estimator = est = self._build(run, schedule)
+
+        def rewrite(first_step: int) -> str:
+            return boundary.restart_optimizer_state(est.model_fn, est.config, run.model, run.train_input,
+                                                    config.checkpoint_dir, first_step)
+
+        phases.start(config, plan, rewrite, run.model, step, run.run_info, run.info_path)
+        progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
+                                              learning_rate=schedule)
+        train_hooks = [progress_hook, hooks.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
+        if config.early_stopping_patience:
+            train_hooks.append(hooks.StopHook(config.model_dir))
+        train_spec = tf.estimator.TrainSpec(run.train_input, max_steps=step.phase.last_step, hooks=train_hooks,
+                                            saving_listeners=listeners.make_listeners(config, plan))
+        eval_spec = tf.estimator.EvalSpec(
+            run.eval_input, steps=config.eval_steps, name=None,
+            exporters=estimator.make_exporters(config, self._serving_fn, run.dataset.class_names, run.cache),
+            start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
+        self._specs = (train_spec, eval_spec, progress_hook)
+        console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
+                    step.first_step, step.phase.last_step, models.summarize(run.model)["trainable_params"],
+                    step.phase.learning_rate, config.lr_schedule)
+        if self._single:  # As if never interrupted.
+            record_faults.train_skipping_bad_records(lambda: exporters.catch_up(
+                est, eval_spec, config.checkpoint_dir, step.first_step, config.save_checkpoints_steps),
+                run.dataset, config)
+
+    def train_phase(self, run, step: phases.Step, schedule) -> Optional[dict]:
+        """train_and_evaluate to the phase's last step; the final evaluation (None when another task evaluates)."""
+        train_spec, eval_spec, progress_hook = self._specs
+        return record_faults.train_skipping_bad_records(  # Resumes without bad TFRecords met in training.
+            lambda: estimator.train(self.estimator, train_spec, eval_spec, progress_hook), run.dataset, self.config)
+
+    # ---- finish -----------------------------------------------------------------------------------------
+    def final_evaluation(self, run, eval_metrics: Optional[dict]) -> dict:
+        config = self.config
+        if self.estimator is None:  # Nothing left to train (finished, or stopped early before a restart).
+            models.compile_model(run.model, config)
+            self.estimator = self._build(run)
+        if not eval_metrics and self._single:
+            # Killed during the final evaluation or export: do them now, as the run that was never interrupted did.
+            final_spec = tf.estimator.EvalSpec(run.eval_input, steps=config.eval_steps, name=None,
+                                               exporters=estimator.make_exporters(
+                                                   config, self._serving_fn, run.dataset.class_names, run.cache))
+            eval_metrics = record_faults.train_skipping_bad_records(lambda: exporters.catch_up(
+                self.estimator, final_spec, config.checkpoint_dir, run.planned[-1].last_step,
+                config.save_checkpoints_steps, final=True), run.dataset, config)
+        if not eval_metrics:  # Distributed (evaluation belongs to the evaluator task), or nothing left to train.
+            eval_metrics = self.estimator.evaluate(run.eval_input, steps=config.eval_steps, name="chief_final")
+        return eval_metrics
+
+    def export(self, run, checkpoint: str) -> str:
+        """A SavedModel of `checkpoint` (no exporter ran here: distributed without an evaluator)."""
+        return (run.cache.exporter if run.cache else self.estimator).export_saved_model(
+            os.path.join(self.config.checkpoint_dir, "export", self.config.export), self._serving_fn,
+            checkpoint_path=checkpoint).decode()
+
+    def predictions(self, run, checkpoint: str):
+        """A cached run's head on the cached validation features; None elsewhere (the report predicts)."""
+        if not run.cache:
+            return None
+        return estimator_predict.predict_with_estimator(self.estimator, run.eval_input, self.config.label_mode,
+                                                        checkpoint, self.config.eval_steps)
+
+    def worker_done(self, run) -> None:
+        estimator.remove_worker_clutter(self.config.checkpoint_dir, self.plan)

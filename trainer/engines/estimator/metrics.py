@@ -1,0 +1,93 @@
+"""The Estimator's evaluation metrics beyond accuracy and loss (streaming v1 metrics: top-k accuracy, macro F1,
+AUC, the confusion matrix), and the hook that keeps each example's result for the report
+(trainer.outputs.metrics.collected)."""
+import numpy as np
+import tensorflow as tf
+
+from trainer.outputs.metrics import keep_evaluation
+
+
+def _true_ids(labels, num_classes: int, label_mode: str):
+    if label_mode == "categorical":
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.reshape(labels, [-1]), tf.int32)
+
+
+
+def _streaming_confusion(true_ids, predicted_ids, num_classes: int):
+    """(value, update) of a confusion matrix accumulated over an evaluation (a local variable)."""
+    total = tf.compat.v1.get_local_variable(
+        "trainer_confusion_matrix", shape=[num_classes, num_classes], dtype=tf.float64,
+        initializer=tf.compat.v1.zeros_initializer(), collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES,
+                                                                  tf.compat.v1.GraphKeys.METRIC_VARIABLES])
+    batch = tf.math.confusion_matrix(true_ids, predicted_ids, num_classes=num_classes, dtype=tf.float64)
+    return total, tf.compat.v1.assign_add(total, batch)
+
+
+
+def _macro_f1_tensor(matrix):
+    tp = tf.linalg.diag_part(matrix)
+    precision = tf.math.divide_no_nan(tp, tf.reduce_sum(matrix, axis=0))
+    recall = tf.math.divide_no_nan(tp, tf.reduce_sum(matrix, axis=1))
+    f1 = tf.math.divide_no_nan(2.0 * precision * recall, precision + recall)
+    present = tf.cast(tf.reduce_sum(matrix, axis=1) > 0, tf.float64)  # Classes absent from the split: skipped.
+    return tf.math.divide_no_nan(tf.reduce_sum(f1 * present), tf.reduce_sum(present))
+
+
+
+def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
+    """Wraps a single-output classifier's model_fn: evaluations also report the extra scalars."""
+
+    def wrapped(features, labels, mode, config):
+        spec = model_fn(features, labels, mode, config)
+        if mode != tf.estimator.ModeKeys.EVAL:
+            return spec
+        (probabilities,) = spec.predictions.values()
+        (label,) = labels.values() if isinstance(labels, dict) else (labels,)
+        true_ids = _true_ids(label, num_classes, label_mode)
+        if label_mode == "binary":
+            scores = tf.reshape(probabilities, [-1])
+            predicted = tf.cast(scores > 0.5, tf.int32)
+        else:
+            predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        ops = dict(spec.eval_metric_ops or {})
+        matrix, update = _streaming_confusion(true_ids, predicted, num_classes)
+        ops["macro_f1"] = (_macro_f1_tensor(matrix), update)
+        # The matrix itself: exporters draw it and eval_metrics.json reports it, with no second pass.
+        ops["confusion_matrix"] = (tf.identity(matrix), tf.no_op())
+        if label_mode == "binary":
+            ops["auc"] = tf.compat.v1.metrics.auc(true_ids, scores, num_thresholds=500)
+        elif num_classes > top_k:
+            hits = tf.cast(tf.math.in_top_k(true_ids, probabilities, top_k), tf.float32)
+            ops["top_k_accuracy"] = tf.compat.v1.metrics.mean(hits)
+        confidence = tf.where(predicted > 0, scores, 1.0 - scores) if label_mode == "binary" \
+            else tf.reduce_max(probabilities, axis=-1)
+        hook = _CollectHook(config.model_dir, (true_ids, predicted, tf.cast(confidence, tf.float32)))
+        return spec._replace(eval_metric_ops=ops, evaluation_hooks=list(spec.evaluation_hooks or ()) + [hook])
+
+    return wrapped
+
+
+
+class _CollectHook(tf.compat.v1.train.SessionRunHook):
+    """Keeps every evaluation batch's true class, predicted class and its probability (12 bytes an example)."""
+
+    def __init__(self, model_dir: str, tensors):
+        self._key_dir, self._tensors = str(model_dir).rstrip("/"), tensors
+
+    def begin(self):
+        self._step_tensor, self._rows = tf.compat.v1.train.get_global_step(), []
+
+    def after_create_session(self, session, coord):
+        self._step = int(session.run(self._step_tensor))
+
+    def before_run(self, run_context):
+        return tf.compat.v1.train.SessionRunArgs(self._tensors)
+
+    def after_run(self, run_context, run_values):
+        self._rows.append(run_values.results)
+
+    def end(self, session):
+        if self._rows:
+            keep_evaluation(self._key_dir, self._step, *(
+                np.concatenate([np.asarray(r[i]).reshape(-1) for r in self._rows]) for i in range(3)))
