@@ -29,7 +29,7 @@ from typing import Optional
 
 from absl import logging as absl_logging
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # trainer/, this file in trainer/util/
 for _function in ("say", "header", "summary_block", "show", "log_only"):  # The log names their callers.
     absl_logging.ABSLLogger.register_frame_to_skip(__file__, _function)
 _CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")
