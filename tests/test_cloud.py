@@ -11,7 +11,7 @@ import tensorflow as tf
 from trainer.run import experiment
 from trainer.cloud import gcs
 from trainer.engines.estimator import listeners
-from trainer.model import models
+from trainer.model import backbones
 from trainer.config import Config, to_gcs_uri, validate
 from trainer.errors import UsageError
 
@@ -37,7 +37,7 @@ def test_base_model_and_weights_from_gcs_train(gcs_server, tmp_path):
 
     # --weights=gs://: the trunk starts from (and, frozen, keeps) exactly the uploaded weights.
     tf.keras.backend.clear_session()
-    trunk = models.BACKBONES["small_cnn"].build((8, 8, 3), None)
+    trunk = backbones.BACKBONES["small_cnn"].build((8, 8, 3), None)
     for w in trunk.weights:
         w.assign(np.random.default_rng(0).normal(size=w.shape).astype(np.float32))
     trunk.save_weights(tmp_path / "trunk.h5")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.model import models
+from trainer.model import backbones, models
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -20,10 +20,10 @@ def counts(model):
 
 
 def test_registry_lists_every_advertised_backbone():
-    assert set(models.BACKBONES) == {"mlp", "small_cnn", "mobilenet_v2", "inception_v3", "vgg16", "vgg19",
+    assert set(backbones.BACKBONES) == {"mlp", "small_cnn", "mobilenet_v2", "inception_v3", "vgg16", "vgg19",
                                      "resnet50", "xception", "densenet121", "efficientnet_b0"}
     with pytest.raises(UsageError, match="--backbone=alexnet.*mobilenet_v2"):
-        models.get_backbone("alexnet")
+        backbones.get_backbone("alexnet")
 
 
 @pytest.mark.parametrize("freeze, expected", [

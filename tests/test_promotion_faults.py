@@ -17,6 +17,7 @@ from absl import logging as absl_logging
 
 from trainer import task
 from trainer.retrain import champion_store as champion
+from trainer.retrain import stores
 from trainer.cloud import gcs
 from trainer.retrain import promotion
 from trainer.config import Config
@@ -210,7 +211,7 @@ def test_a_bucket_that_stops_answering_mid_promotion_is_one_error_line(capsys, t
     assert status == 0 and "promotion: promoted (no champion yet)" in lines, lines[-20:]
     (again,) = store.versions()
     assert len(names()) == 1
-    monkeypatch.setattr(champion, "LEFTOVER_AGE_SECS", 0.0)
+    monkeypatch.setattr(stores, "LEFTOVER_AGE_SECS", 0.0)
     make_champion(tmp_path, champion_dir, tiny_model(tmp_path / "m.h5", PERFECT), ["a", "b"], version="v2")
     assert names() == [] and store.versions() == sorted([again, "v2"])
 

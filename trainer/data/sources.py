@@ -20,7 +20,6 @@ by the input pipeline (`trainer.inputs`).
 import dataclasses
 import hashlib
 import os
-import stat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,8 +29,9 @@ from absl import logging
 from trainer.data import tfrecords
 from trainer.config import Config
 from trainer.errors import UsageError
+from trainer.data.image_files import (IMAGE_EXTENSIONS, _image_files, _real, file_problem,  # noqa: F401
+                                       find_unreadable, is_hidden)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -268,12 +268,6 @@ def _load_npz(path: str, images: bool = True) -> Dataset:
     return Dataset("arrays", [str(i) for i in range(num_classes)], splits[0], splits[1])
 
 
-def is_hidden(name: str) -> bool:
-    """Entries no one means as data: dot files and folders (.git, .ipynb_checkpoints, macOS ._x.jpg
-    resource forks) and the __MACOSX folder of zip archives."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
 def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Optional[List[str]]) -> Dataset:
     folders = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
                      if not is_hidden(d.rstrip("/")) and tf.io.gfile.isdir(os.path.join(root, d)))
@@ -304,10 +298,6 @@ def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Opti
                         ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in sorted(ignored.items())))
     train, val = (Split(np.array(labels, np.int64), paths=paths) for paths, labels in split_files)
     return Dataset("files", class_names, train, val, ignored_files=ignored)
-
-
-def _real(path: str) -> str:
-    return os.path.realpath(path) if "://" not in path else path
 
 
 def _add_counts(a: Dict[str, int], b: Dict[str, int]) -> Dict[str, int]:
@@ -349,40 +339,27 @@ def _load_tfrecords(flag: str, pattern: str, validation_split: float,
     return Dataset("tfrecord", names, splits[0], splits[1])
 
 
-def find_unreadable(paths: Sequence[str]) -> List[str]:
-    """Files TensorFlow cannot decode as an image, found by one parallel decode pass."""
-    if not paths:
-        return []
+def _keep_classes(dataset: Dataset, classes: Sequence[str]) -> Dataset:
+    """Keeps only `classes`, relabelled 0..k-1 in the order given."""
+    if dataset.kind == "tfrecord":
+        raise UsageError("--classes does not apply to TFRecord data; use --labels_file")
+    absent = [c for c in classes if c not in dataset.class_names]
+    if absent:
+        raise UsageError(f"--classes names {', '.join(absent)}, absent from --data; "
+                         f"its classes are: {', '.join(dataset.class_names)}")
+    old_to_new = {dataset.class_names.index(c): i for i, c in enumerate(classes)}
 
-    def probe(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return path, tf.shape(image)[0]
+    def subset(split: Split) -> Split:
+        keep = np.isin(split.labels, list(old_to_new))
+        labels = np.array([old_to_new[int(v)] for v in split.labels[keep]], np.int64)
+        return Split(
+            labels,
+            x={k: v[keep] for k, v in split.x.items()} if split.x is not None else None,
+            y={k: v[keep] for k, v in split.y.items()} if split.y is not None else None,
+            paths=[p for p, k in zip(split.paths, keep) if k] if split.paths is not None else None)
 
-    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(probe, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors()
-    readable = {p.decode() for p, height in ds.as_numpy_iterator() if height > 0}
-    return [p for p in paths if p not in readable]
-
-
-def file_problem(path: str, max_bytes: int) -> Optional[str]:
-    """Why an input file must not be read (a FIFO would block forever, a link to /dev/zero never end, a huge
-    file fill the memory), or None. Only regular files up to `max_bytes` are read."""
-    if "://" in path:
-        try:
-            size = tf.io.gfile.stat(path).length
-        except tf.errors.OpError:
-            return "cannot be read"
-    else:
-        try:
-            status = os.stat(path)
-        except OSError as e:
-            return f"cannot be read ({e.strerror})"
-        if not stat.S_ISREG(status.st_mode):
-            return "not a regular file"
-        size = status.st_size
-    if size > max_bytes:
-        return f"{size / 2**20:.0f} MB, above --max_image_mb={max_bytes // 2**20}"
-    return None
+    return Dataset(dataset.kind, list(classes), subset(dataset.train), subset(dataset.validation),
+                   ignored_files=dataset.ignored_files)
 
 
 def _drop_unreadable(dataset: Dataset, max_bad_fraction: float, source: str, max_bytes: int) -> Dataset:
@@ -408,63 +385,3 @@ def _drop_unreadable(dataset: Dataset, max_bad_fraction: float, source: str, max
 
     return dataclasses.replace(dataset, train=keep(dataset.train), validation=keep(dataset.validation),
                                skipped_files=names)
-
-
-def _image_files(folder: str, ignored: Dict[str, int], seen: set) -> List[str]:
-    """Image files under `folder` (recursively), relative to it.
-
-    Hidden entries are skipped; other files are counted by extension in `ignored`. Each real
-    folder is walked once (`seen`): symlinks are followed, loops are not.
-    """
-    found = []
-    if "://" in folder:
-        walk = tf.io.gfile.walk(folder)
-    else:
-        walk = os.walk(folder, followlinks=True)
-    for dirpath, dirnames, filenames in walk:
-        if "://" not in folder:
-            keep = []
-            for d in dirnames:
-                real = _real(os.path.join(dirpath, d))
-                if is_hidden(d) or real in seen:
-                    if not is_hidden(d):
-                        logging.warning("not following %s: it leads to %s, already read", os.path.join(dirpath, d),
-                                        real)
-                    continue
-                seen.add(real)
-                keep.append(d)
-            dirnames[:] = keep
-        elif any(is_hidden(part) for part in os.path.relpath(dirpath, folder).split(os.sep) if part != "."):
-            continue
-        for f in filenames:
-            if is_hidden(f):
-                continue
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(dirpath, f), folder))
-            else:
-                ext = os.path.splitext(f)[1].lower()
-                ignored[ext] = ignored.get(ext, 0) + 1
-    return found
-
-
-def _keep_classes(dataset: Dataset, classes: Sequence[str]) -> Dataset:
-    """Keeps only `classes`, relabelled 0..k-1 in the order given."""
-    if dataset.kind == "tfrecord":
-        raise UsageError("--classes does not apply to TFRecord data; use --labels_file")
-    absent = [c for c in classes if c not in dataset.class_names]
-    if absent:
-        raise UsageError(f"--classes names {', '.join(absent)}, absent from --data; "
-                         f"its classes are: {', '.join(dataset.class_names)}")
-    old_to_new = {dataset.class_names.index(c): i for i, c in enumerate(classes)}
-
-    def subset(split: Split) -> Split:
-        keep = np.isin(split.labels, list(old_to_new))
-        labels = np.array([old_to_new[int(v)] for v in split.labels[keep]], np.int64)
-        return Split(
-            labels,
-            x={k: v[keep] for k, v in split.x.items()} if split.x is not None else None,
-            y={k: v[keep] for k, v in split.y.items()} if split.y is not None else None,
-            paths=[p for p, k in zip(split.paths, keep) if k] if split.paths is not None else None)
-
-    return Dataset(dataset.kind, list(classes), subset(dataset.train), subset(dataset.validation),
-                   ignored_files=dataset.ignored_files)
