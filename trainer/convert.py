@@ -3,7 +3,7 @@
     python -m trainer.convert --data=<folder> --output=<dir or gs://...> --shards=N
 
 Writes `train-0000i-of-0000N.tfrecord` and `validation-...` shards in the schema
-of `trainer.tfrecords` (the same hash split as training on the folder would use),
+of `trainer.data.tfrecords` (the same hash split as training on the folder would use),
 plus `labels.txt`. Unreadable files are skipped and reported. Every file is
 written under a temporary name and renamed, so a re-run after a crash never
 leaves a half-written shard under its final name. The last stdout line is a

@@ -16,7 +16,7 @@ import os
 import sys
 
 # Quieten TensorFlow's C++ start-up chatter before it is imported; users can override. `run` lowers it to 0:
-# the command line captures the C++ log into train.log (trainer.console).
+# the command line captures the C++ log into train.log (trainer.util.console).
 _CPP_LOG_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 

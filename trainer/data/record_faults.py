@@ -15,7 +15,6 @@ record again.
 Both stop with one `UsageError` when more than `--max_bad_fraction` of the records
 are bad, or when a shard cannot be read at all.
 """
-import os
 import re
 from typing import Callable, List, TypeVar
 
@@ -23,7 +22,6 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.util import files
-from trainer.outputs import metrics
 from trainer.data import tfrecords
 from trainer.errors import UsageError
 
@@ -65,6 +63,15 @@ def restore(dataset, model_dir: str) -> List[dict]:
     return skipped(dataset)
 
 
+_ON_SKIP = []  # Called once bad records are left out (the input order changed): trainer.outputs.metrics registers.
+
+
+def on_skip(callback) -> None:
+    """Registers `callback()` to run whenever training starts skipping newly found bad records."""
+    if callback not in _ON_SKIP:
+        _ON_SKIP.append(callback)
+
+
 def train_skipping_bad_records(train: Callable[[], T], dataset, config) -> T:
     """Calls `train()`; when a bad record stops it, finds every bad record once and calls it again (it resumes).
 
@@ -94,7 +101,8 @@ def train_skipping_bad_records(train: Callable[[], T], dataset, config) -> T:
                 raise
             # Shards with faults are read in another order from now on: per-example results of earlier
             # evaluations no longer line up with the evaluation input (the report would mislabel images).
-            metrics.forget_collected()
+            for callback in _ON_SKIP:
+                callback()
 
 
 def skip_undecodable(shards: List[str], source: str, max_bad_fraction: float) -> List[dict]:

@@ -9,13 +9,13 @@ Four kinds of source:
   validation by a hash of each file's relative path, so the same file always
   lands in the same split on any machine. Unreadable files are found by one
   parallel decode pass, skipped and reported.
-- a glob of TFRecord shards (local or gs://) in the schema of `trainer.tfrecords`.
+- a glob of TFRecord shards (local or gs://) in the schema of `trainer.data.tfrecords`.
 
 `--eval_data` names a separate evaluation source (folder or glob); `--labels_file`
 fixes the class vocabulary and its order.
 
 Only file names and arrays are held here; pixels of folder images are decoded
-by the input pipeline (`trainer.inputs`).
+by the input pipeline (`trainer.data.inputs`).
 """
 import dataclasses
 import hashlib

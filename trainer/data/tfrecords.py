@@ -16,7 +16,7 @@ every record's framing and checksums as TensorFlow does, and remembers the fault
 (per process, in `_FAULTS`; `remember` restores them after a restart); from then on `records` reads a shard with known
 faults through a reader that skips them and resynchronizes after them, while
 clean shards keep TensorFlow's fast reader. `skip_records` does the same for
-records found undecodable later (`trainer.record_faults`); `skipped` reports all
+records found undecodable later (`trainer.data.record_faults`); `skipped` reports all
 of them (shard, byte offset, record index, reason).
 """
 import dataclasses

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from trainer.data import record_faults
+
 
 # Each evaluation's per-example results in this process, {(model_dir, global_step): (labels, predicted,
 # confidence)}: the report of the served model's evaluation needs no second pass over the validation split.
@@ -23,7 +25,7 @@ _COLLECTED: Dict[Tuple[str, int], Tuple[np.ndarray, np.ndarray, np.ndarray]] = {
 
 
 def collected(model_dir: str, step: int):
-    """The evaluation at `step` of this process, as `trainer.predictions.Predictions` (None when none ran)."""
+    """The evaluation at `step` of this process, as `trainer.outputs.predictions.Predictions` (None when none ran)."""
     from trainer.outputs.predictions import Predictions
 
     found = _COLLECTED.get((str(model_dir).rstrip("/"), int(step)))
@@ -133,3 +135,7 @@ def predict_split(model: tf.keras.Model, input_fn, label_mode: str):
     if not probabilities:
         return np.zeros((0, 1)), np.zeros(0, int)
     return np.concatenate(probabilities), np.concatenate(ids).astype(int)
+
+
+# Bad records left out reorder the evaluation input: the kept per-example results no longer line up with it.
+record_faults.on_skip(forget_collected)

@@ -34,7 +34,7 @@ def load_champion(store, version: str) -> Tuple[Optional[tf.keras.Model], Option
 
 
 def evaluate_keras(path, input_fn: Callable, config: Config) -> dict:
-    """Loss and accuracy (Keras evaluate), plus the scalar metrics of trainer.metrics for single-output
+    """Loss and accuracy (Keras evaluate), plus the scalar metrics of trainer.outputs.metrics for single-output
     classifiers, so --promote_metric may name any of them. `path`: a keras_model.h5 or a loaded model."""
     from trainer.outputs import metrics
 

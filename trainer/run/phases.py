@@ -251,7 +251,7 @@ def check_freeze(config: Config, planned: List[Phase], model: tf.keras.Model) ->
 
 
 def schedule(config: Config, learning_rate: float, first_step: int, last_step: int):
-    """The phase's learning rate as a function of the global step (trainer.schedules)."""
+    """The phase's learning rate as a function of the global step (trainer.model.schedules)."""
     from trainer.model.schedules import PhaseSchedule
 
     return PhaseSchedule(learning_rate, first_step, last_step, config.lr_schedule, config.warmup_steps,

@@ -343,7 +343,7 @@ def task_role() -> str:
     try:
         task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
     except (ValueError, AttributeError):
-        return ""  # trainer.distribution reports a bad TF_CONFIG as an error.
+        return ""  # trainer.run.distribution reports a bad TF_CONFIG as an error.
     kind = task.get("type") if isinstance(task, dict) else None
     return "" if kind in (None, "chief", "master") else f"{kind}{task.get('index', 0)}"
 

@@ -23,7 +23,7 @@ _KERAS_CKPT_WAIT_SECS = 600
 
 
 def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) -> tf.estimator.RunConfig:
-    """The one RunConfig of a run (TPUEstimator builds its own in `trainer.tpu`)."""
+    """The one RunConfig of a run (TPUEstimator builds its own in `trainer.engines.estimator.tpu`)."""
     session_config = plan.session_config if plan else None
     if config.jit:
         session_config = session_config or tf.compat.v1.ConfigProto(allow_soft_placement=True)
@@ -65,7 +65,7 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
     model_fn = keras_estimator.model_fn
     if class_names and len(model.outputs) == 1:
         model_fn = with_class_names(model_fn, class_names, binary)
-        if label_mode:  # Evaluations also report top-k accuracy, macro F1, AUC (trainer.metrics).
+        if label_mode:  # Evaluations also report top-k accuracy, macro F1, AUC (trainer.outputs.metrics).
             model_fn = with_eval_metrics(model_fn, len(class_names), label_mode, top_k)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 

@@ -108,7 +108,7 @@ def make_exporters(kind: str, serving_input_fn, keep: int, metric: str = "accura
 
 
 class EvaluationReporter(tf.estimator.Exporter):
-    """Wraps `exporters`; draws the evaluation's `confusion_matrix` (trainer.metrics) when it reports one."""
+    """Wraps `exporters`; draws the evaluation's `confusion_matrix` (trainer.outputs.metrics) when it reports one."""
 
     def __init__(self, exporters: List[tf.estimator.Exporter], model_dir: str, class_names=()):
         self._exporters = exporters
