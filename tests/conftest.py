@@ -1,4 +1,5 @@
 """Shared fixtures: tiny real data made on the spot, and a way to run the CLI."""
+import contextlib
 import json
 import os
 import subprocess
@@ -61,3 +62,18 @@ def gcs_server(tmp_path, monkeypatch):
     client.create_bucket("test-bucket")
     yield server, client
     server.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A real tmpfs mounted at `path` (e.g. options "size=700k", "size=1m,ro"), for full or read-only disks;
+    the test is skipped where mounting is not allowed (it needs root, as on the project's machines and CI)."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

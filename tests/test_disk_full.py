@@ -8,19 +8,14 @@ import subprocess
 import pytest
 
 import restart_cases
+from conftest import tmpfs
 from trainer.errors import disk_failure
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "size=700k") as mount:
+        yield mount
 
 
 def test_disk_failure_names_the_file_and_leaves_no_temporary(small_disk):

@@ -7,7 +7,6 @@ console of a real run (an `error:` line before training, a warning at the start)
 """
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import tensorflow as tf
 from absl import flags
 from absl import logging as absl_logging
 
+from conftest import tmpfs
 from trainer import task
 from trainer.retrain import champion_store as champion
 from trainer.retrain import stores
@@ -106,14 +106,8 @@ def promote_with(tmp_path, champion_dir, class_names, kernel=COIN, units=1, labe
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
+        yield mount
 
 
 def test_a_read_only_champion_dir_is_one_error_line_before_training(capsys, tmp_path, read_only_dir):
