@@ -296,6 +296,33 @@ def test_a_killed_worker_is_named_in_one_line_and_the_same_command_resumes(tmp_p
         (model_dir / "train.log").read_text().split("===== run started")[-1]
 
 
+
+def test_after_a_worker_died_the_chief_still_ends_on_sigterm(tmp_path):
+    """SRE trial W7: with a worker gone, the chief waits in a collective op where a Python signal handler never
+    runs, so SIGTERM did nothing until the SIGKILL that follows it (here: launch_local's, after its grace)."""
+    model_dir, logs = tmp_path / "mw", tmp_path / "logs"
+    command = [sys.executable, "-m", "trainer.launch_local", "--workers=1", f"--log_dir={logs}", "--grace_secs=60",
+               "--timeout=240", "--", "--data=digits", "--backbone=mlp", f"--model_dir={model_dir}",
+               "--train_steps=20000", "--save_checkpoints_steps=20"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TRAINER_SIGTERM_GRACE_SECS="3"))
+    started = proc.stderr.readline()
+    worker_pid = int(started.split("worker0 (pid ")[1].split(")")[0])
+    deadline = time.time() + 200
+    while not (model_dir / "model.ckpt-20.index").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the cluster must still be training"
+    os.kill(worker_pid, signal.SIGKILL)  # launch_local then sends the chief SIGTERM.
+    killed = time.time()
+    _, err = proc.communicate(timeout=120)
+    waited = time.time() - killed
+    stopped = [line for line in err.splitlines() if line.startswith("launch_local: stopped chief (")]
+    assert stopped and stopped[0].startswith("launch_local: stopped chief (status 143)"), err[-3000:]
+    assert waited < 40, waited  # Well before launch_local's 60 s SIGKILL.
+    said = "error: SIGTERM received 3 s ago, but TensorFlow still holds the main thread"
+    assert said in (logs / "chief.log").read_text() and said in (model_dir / "train.log").read_text()
+
+
 def test_a_cloud_storage_failure_mid_run_is_one_line():
     import tensorflow as tf
 

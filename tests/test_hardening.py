@@ -147,6 +147,7 @@ def test_npz_shapes_types_and_values(capsys, tmp_path, npz):
 
 
 def test_non_finite_weights_are_never_exported(tmp_path):
+    from trainer.engines.estimator import exporters
     from trainer.outputs import export
 
     model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="d")])
@@ -164,7 +165,7 @@ def test_non_finite_weights_are_never_exported(tmp_path):
             self.calls.append(args)
             return "exported"
 
-    guarded = export._GuardedExporter(Recorder())
+    guarded = exporters._GuardedExporter(Recorder())
     assert guarded.export(None, str(tmp_path), bad, {}, False) is None and not Recorder.calls
     assert guarded.export(None, str(tmp_path), good, {}, False) == "exported"
 

@@ -6,9 +6,17 @@ checkpoint. While training, the signal is noticed after the current step: the
 hook saves a checkpoint and raises `Preempted`. Outside training (loading data,
 evaluating, exporting) the run stops at once; every file it writes is written
 under a temporary name and renamed, so nothing half-written is left behind.
+
+A signal handler in Python runs only when the main thread comes back to the interpreter. In a multi-worker
+run whose peer died, the chief's main thread waits inside a collective op in TensorFlow's C++ runtime and never
+comes back: a watchdog thread, woken by the C-level handler (`signal.set_wakeup_fd`), then ends the process
+after `TRAINER_SIGTERM_GRACE_SECS` [20] with the same exit status and one line, rather than leave it to be
+killed (SRE trial W7). The rerun resumes from the latest periodic checkpoint.
 """
+import os
 import signal
 import threading
+import time
 from typing import Optional
 
 
@@ -46,10 +54,71 @@ def _on_signal(signum, frame):
 
 
 def install() -> None:
-    """Installs the SIGTERM and SIGINT handlers (main thread only; the entry point calls it)."""
+    """Installs the SIGTERM and SIGINT handlers (main thread only; the entry point calls it), and the watchdog."""
     _requested.clear()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _start_watchdog()
+
+
+def reclaim() -> None:
+    """Installs the handlers again (main thread only). In multi-worker runs TensorFlow's own preemption notifier
+    takes SIGTERM over at the C level when its coordination service starts; Python would then never see it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+
+
+_watchdog = []  # The one watchdog thread of this process (install may be called again, in tests).
+
+
+def _start_watchdog() -> None:
+    if _watchdog or threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    thread = threading.Thread(target=_watch, args=(read_fd,), name="preemption-watchdog", daemon=True)
+    thread.start()
+    _watchdog.append(thread)
+
+
+def _watch(read_fd: int) -> None:
+    """Ends the process when a SIGTERM or SIGINT has not ended it within the grace period."""
+    grace = float(os.environ.get("TRAINER_SIGTERM_GRACE_SECS", "20"))
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        wanted = [s for s in data if s in (signal.SIGTERM, signal.SIGINT)]
+        if not wanted:
+            continue
+        time.sleep(grace)  # A run that honours the signal has exited by now (measured: about 1 s).
+        name = "SIGINT" if wanted[-1] == signal.SIGINT else "SIGTERM"
+        line = (f"error: {name} received {grace:g} s ago, but TensorFlow still holds the main thread (in a "
+                "multi-worker run: a task of the cluster is gone, and a collective op waits for it); exiting "
+                "without a preemption checkpoint: run the same command again to resume from the latest "
+                "checkpoint\n").encode()
+        import sys
+
+        # The console (sys.stderr, the real one once fd 2 is captured) and train.log (fd 2's drain).
+        for fd in {2, _fileno(sys.stderr)} - {None}:
+            try:
+                os.write(fd, line)
+            except OSError:
+                pass
+        time.sleep(0.5)  # For the drain thread to copy the line into train.log.
+        os._exit(EXIT_INTERRUPTED if name == "SIGINT" else EXIT_PREEMPTED)
+
+
+def _fileno(stream) -> Optional[int]:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def uninstall() -> None:

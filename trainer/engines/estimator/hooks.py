@@ -8,7 +8,7 @@ from absl import logging
 
 from trainer.model.schedules import PhaseSchedule
 from trainer.run.early_stopping import stopped_at
-from trainer.run.preemption import Preempted, _requested, _signal, _training
+from trainer.run.preemption import Preempted, _requested, _signal, _training, reclaim
 
 
 class PreemptionHook(tf.estimator.SessionRunHook):
@@ -22,6 +22,7 @@ class PreemptionHook(tf.estimator.SessionRunHook):
         self._global_step = tf.compat.v1.train.get_or_create_global_step()
 
     def after_create_session(self, session, coord):
+        reclaim()  # After TensorFlow's coordination service (multi-worker) took SIGTERM for itself.
         _training.set()
         if _requested.is_set():  # Signalled while the graph was being built.
             raise Preempted(int(session.run(self._global_step)))
