@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || { \
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# A few minutes, for iterating: flags, data, models, the champion store, recipe checks; no multi-process runs.
+FAST := tests/test_cli.py tests/test_models.py tests/test_data.py tests/test_champion.py tests/test_resume_flags.py \
+	tests/test_promotion_faults.py tests/test_gcs_lock.py tests/test_disk_full.py
+test-fast: $(STAMP)
+	$(PY) -m pytest -q $(FAST)
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

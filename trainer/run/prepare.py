@@ -104,6 +104,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     if warm_start is not None:
         run_info["warm_start"], run_info["warm_start_from"] = warm_start, warm_start.get("path")
     run.make_input = _input_maker(config, plan, dataset, model, num_classes, per_replica_batch)
+    if not plan.is_chief:  # Before reading the phase history: the chief starts the run's files.
+        engine.wait_for_chief()
     if plan.is_chief:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write (or by a full disk).
         if config.checkpoint_dir != config.model_dir:

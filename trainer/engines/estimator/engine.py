@@ -2,7 +2,8 @@
 
 The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine through these methods only:
 
-    check_supported(model), trained_part(model), check_checkpoint(model, latest), describe()   (prepare)
+    check_supported(model), trained_part(model), check_checkpoint(model, latest), describe(),
+    wait_for_chief()                              (prepare)
     prepare_inputs(run)                           the training and evaluation input, the feature cache
     start_phase(run, step, schedule)              build for the phase, enter it (a boundary: fresh optimizer
                                                   state), evaluate what an interruption left unevaluated
@@ -50,6 +51,10 @@ class Engine:
         if self.config.cache_features:
             feature_cache.check_checkpoint_trunk(model, latest, self.config.model_dir)
 
+    def wait_for_chief(self) -> None:
+        """A non-chief task starts from the Keras checkpoint only the chief writes."""
+        estimator.wait_for_chief(self.config.checkpoint_dir)
+
     def prepare_inputs(self, run) -> None:
         config, dataset, model = self.config, run.dataset, run.model
         if dataset.kind in ("files", "tfrecord") and not config.model_fn:
@@ -57,8 +62,6 @@ class Engine:
         else:
             self._serving_fn = serving.make_serving_input_fn(
                 {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-        if not self.plan.is_chief:
-            estimator.wait_for_chief(config.checkpoint_dir)
         run.train_input = run.make_input(dataset.train, True)
         if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
             run.cache = record_faults.train_skipping_bad_records(lambda: feature_cache.build(  # Bad TFRecords skipped.
