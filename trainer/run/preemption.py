@@ -53,27 +53,41 @@ def _on_signal(signum, frame):
     # second write from the handler fails ("reentrant call"). The hook logs it after the current step.
 
 
+_installed = threading.Event()  # install() ran: the entry point owns this process's signals.
+_honouring = threading.Event()  # The run has begun to act on the signal (saving its checkpoint, stopping).
+
+
 def install() -> None:
-    """Installs the SIGTERM and SIGINT handlers (main thread only; the entry point calls it), and the watchdog."""
+    """Installs the SIGTERM and SIGINT handlers (main thread only; the entry point calls it)."""
     _requested.clear()
+    _honouring.clear()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    _start_watchdog()
+    _installed.set()
 
 
-def reclaim() -> None:
-    """Installs the handlers again (main thread only). In multi-worker runs TensorFlow's own preemption notifier
-    takes SIGTERM over at the C level when its coordination service starts; Python would then never see it."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+def reclaim(multi_process: bool) -> None:
+    """After a training session starts (main thread): the handlers installed again, since in multi-worker runs
+    TensorFlow's own preemption notifier takes SIGTERM over at the C level and Python would never see it; and
+    in multi-process runs the watchdog armed. Nothing without install() (a library caller's own handlers)."""
+    if not _installed.is_set() or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    if multi_process:
+        _start_watchdog()
 
 
-_watchdog = []  # The one watchdog thread of this process (install may be called again, in tests).
+def honouring() -> None:
+    """Called when the run acts on the signal: the watchdog then leaves it to finish."""
+    _honouring.set()
+
+
+_watchdog = []  # The one watchdog thread of this process.
 
 
 def _start_watchdog() -> None:
-    if _watchdog or threading.current_thread() is not threading.main_thread():
+    if _watchdog:
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
@@ -84,8 +98,11 @@ def _start_watchdog() -> None:
 
 
 def _watch(read_fd: int) -> None:
-    """Ends the process when a SIGTERM or SIGINT has not ended it within the grace period."""
-    grace = float(os.environ.get("TRAINER_SIGTERM_GRACE_SECS", "20"))
+    """Ends the process when a SIGTERM or SIGINT has not begun to end it within the grace period."""
+    try:
+        grace = max(float(os.environ.get("TRAINER_SIGTERM_GRACE_SECS", "20")), 0.0)
+    except ValueError:
+        grace = 20.0
     while True:
         try:
             data = os.read(read_fd, 64)
@@ -96,7 +113,9 @@ def _watch(read_fd: int) -> None:
         wanted = [s for s in data if s in (signal.SIGTERM, signal.SIGINT)]
         if not wanted:
             continue
-        time.sleep(grace)  # A run that honours the signal has exited by now (measured: about 1 s).
+        time.sleep(grace)  # A run that honours the signal has begun to by now (measured: exit in about 1 s).
+        if _honouring.is_set():
+            continue
         name = "SIGINT" if wanted[-1] == signal.SIGINT else "SIGTERM"
         line = (f"error: {name} received {grace:g} s ago, but TensorFlow still holds the main thread (in a "
                 "multi-worker run: a task of the cluster is gone, and a collective op waits for it); exiting "

@@ -92,7 +92,7 @@ class Engine:
         phases.start(config, plan, rewrite, run.model, step, run.run_info, run.info_path)
         progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
                                               learning_rate=schedule)
-        train_hooks = [progress_hook, hooks.PreemptionHook(config.checkpoint_dir, plan.is_chief)]
+        train_hooks = [progress_hook, hooks.PreemptionHook(config.checkpoint_dir, plan.is_chief, plan.distributed)]
         if config.early_stopping_patience:
             train_hooks.append(hooks.StopHook(config.model_dir))
         train_spec = tf.estimator.TrainSpec(run.train_input, max_steps=step.phase.last_step, hooks=train_hooks,

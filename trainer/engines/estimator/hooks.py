@@ -8,21 +8,22 @@ from absl import logging
 
 from trainer.model.schedules import PhaseSchedule
 from trainer.run.early_stopping import stopped_at
-from trainer.run.preemption import Preempted, _requested, _signal, _training, reclaim
+from trainer.run.preemption import Preempted, _requested, _signal, _training, honouring, reclaim
 
 
 class PreemptionHook(tf.estimator.SessionRunHook):
     """Saves a checkpoint and raises Preempted after the step during which SIGTERM arrived."""
 
-    def __init__(self, checkpoint_dir: str, is_chief: bool = True):
+    def __init__(self, checkpoint_dir: str, is_chief: bool = True, multi_process: bool = False):
         self._checkpoint_dir = checkpoint_dir
         self._is_chief = is_chief
+        self._multi_process = multi_process
 
     def begin(self):
         self._global_step = tf.compat.v1.train.get_or_create_global_step()
 
     def after_create_session(self, session, coord):
-        reclaim()  # After TensorFlow's coordination service (multi-worker) took SIGTERM for itself.
+        reclaim(self._multi_process)  # After TensorFlow's coordination service (multi-worker) took SIGTERM.
         _training.set()
         if _requested.is_set():  # Signalled while the graph was being built.
             raise Preempted(int(session.run(self._global_step)))
@@ -33,6 +34,7 @@ class PreemptionHook(tf.estimator.SessionRunHook):
     def after_run(self, run_context, run_values):
         if not _requested.is_set():
             return
+        honouring()
         step = int(run_context.session.run(self._global_step))
         logging.warning("%s received: saving a checkpoint at step %d, then stopping",
                         "SIGINT" if _signal[0] == signal.SIGINT else "SIGTERM", step)
