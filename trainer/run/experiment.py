@@ -65,8 +65,8 @@ def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
             break
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
         models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"))
-        engine.start_phase(run, step, schedule)
-        if _stopped_early(config, run.steps[index:]):  # Decided by an evaluation an interruption had cut short.
+        caught_up = engine.start_phase(run, step, schedule)
+        if caught_up and _stopped_early(config, run.steps[index:]):  # By an evaluation an interruption cut short.
             break
         eval_metrics = engine.train_phase(run, step, schedule)
     return eval_metrics

@@ -7,6 +7,7 @@ The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine t
     prepare_inputs(run)                           the training and evaluation input, the feature cache
     start_phase(run, step, schedule)              build for the phase, enter it (a boundary: fresh optimizer
                                                   state), evaluate what an interruption left unevaluated
+                                                  (True if it did: early stopping may have decided)
     train_phase(run, step, schedule)              train to the phase's last step, evaluating as it goes
     final_evaluation(run, eval_metrics)           the run's last evaluation, if the phase loop gave none
     export(run, checkpoint)                       a SavedModel, when no evaluation exported one
@@ -81,7 +82,9 @@ class Engine:
         """One process evaluating its own checkpoints (what an interrupted run can catch up on)."""
         return self.plan.is_chief and not self.plan.distributed and self.plan.name != "tpu"
 
-    def start_phase(self, run, step: phases.Step, schedule) -> None:
+    def start_phase(self, run, step: phases.Step, schedule) -> bool:
+        """Enters the phase; True when it evaluated what an interruption had left unevaluated (one process
+        evaluating its own checkpoints), so early stopping may have decided."""
         config, plan = self.config, self.plan
         self.estimator = est = self._build(run, schedule)
 
@@ -105,10 +108,12 @@ class Engine:
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                     step.first_step, step.phase.last_step, models.summarize(run.model)["trainable_params"],
                     step.phase.learning_rate, config.lr_schedule)
-        if self._single:  # As if never interrupted.
-            record_faults.train_skipping_bad_records(lambda: exporters.catch_up(
-                est, eval_spec, config.checkpoint_dir, step.first_step, config.save_checkpoints_steps),
-                run.dataset, config)
+        if not self._single:
+            return False
+        record_faults.train_skipping_bad_records(lambda: exporters.catch_up(  # As if never interrupted.
+            est, eval_spec, config.checkpoint_dir, step.first_step, config.save_checkpoints_steps),
+            run.dataset, config)
+        return True
 
     def train_phase(self, run, step: phases.Step, schedule) -> Optional[dict]:
         """train_and_evaluate to the phase's last step; the final evaluation (None when another task evaluates)."""
