@@ -239,15 +239,7 @@ def test_a_lost_reply_to_the_pointer_write_is_recognised_as_a_win(gcs_server, tm
 
 def test_history_lists_every_version_when_one_metrics_file_is_damaged(tmp_path, capsys):
     """SRE trial (with B12): `champion history`, the repair tool, died in a JSONDecodeError."""
-    store = champion.open_store(str(tmp_path / "c"))
-    export = tmp_path / "export"
-    export.mkdir()
-    (export / "saved_model.pb").write_text("model")
-    (tmp_path / "k.h5").write_text("weights")
-    for version in ("v1", "v2"):
-        pointer, token = store.read_pointer()
-        champion.promote(store, token, version, str(export), str(tmp_path / "k.h5"), {"accuracy": 0.5}, "run",
-                         pointer["version"] if pointer else None)
+    two_versions(tmp_path)
     (tmp_path / "c" / "v1" / "metrics.json").write_text('{"accura')
     assert champion_cli.main(["history", f"--champion_dir={tmp_path / 'c'}"]) == 0
     out = capsys.readouterr().out
