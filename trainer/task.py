@@ -142,6 +142,9 @@ flags.DEFINE_string("warm_start_from", None, "Start from these weights instead o
 flags.DEFINE_bool("unique_run_dir", False, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "
                   "timestamp): each scheduled run gets its own folder.")
 # Distribution.
+flags.DEFINE_string("engine", None, "estimator (tf.estimator, TensorFlow 2.15 only) or keras (Model.fit, TensorFlow "
+                    "2.15 or 2.21 with tf-keras): the same flags, files and strategies. Default: estimator where "
+                    "tf.estimator imports, else keras.")
 flags.DEFINE_string("strategy", _DEFAULTS.strategy, "auto, one_device, mirrored, multi_worker, parameter_server "
                     "or tpu. auto: multi_worker when TF_CONFIG names several workers, mirrored with more than one "
                     "GPU, else one_device.")
@@ -171,7 +174,7 @@ def config_from_flags() -> config_lib.Config:
         "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
         "export_tflite",
         "cache_features", "mixed_precision", "jit",
-        "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
+        "engine", "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
         "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
         "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir",
         "epochs", "lr_schedule", "warmup_steps", "min_learning_rate", "lr_decay_rate", "lr_decay_steps",

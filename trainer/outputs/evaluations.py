@@ -116,3 +116,19 @@ def processed_step(checkpoint_dir: str) -> Optional[int]:
     return max(evaluated) if evaluated else None
 
 
+
+
+def better(best: dict, current: dict, metric: str) -> bool:
+    """True when the evaluation `current` beats `best` on `metric` (loss: lower), else on accuracy (or loss)."""
+    if metric not in current or metric not in best:
+        if "accuracy" in current:
+            return best is None or current["accuracy"] > best["accuracy"]
+        return best is None or current["loss"] < best["loss"]
+    if "loss" in metric:
+        return current[metric] < best[metric]
+    return current[metric] > best[metric]
+
+
+def metric_text(metrics: dict) -> str:
+    key = "accuracy" if "accuracy" in metrics else "loss"
+    return f"{key} {metrics.get(key, float('nan')):.4f}"

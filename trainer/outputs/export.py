@@ -22,6 +22,14 @@ EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
 
 
 BEST_RECORD = "best.json"  # export/best/best.json: the best evaluation so far and its export.
+EXPORT_WEIGHTS = os.path.join("keras_weights", "weights")  # In a Keras-engine export: the weights by Keras name.
+
+
+def export_weights(export_dir: str) -> str:
+    """The name-keyed checkpoint of an export version: the Keras engine writes one beside its SavedModel
+    (keras_weights/); the Estimator's SavedModel variables are themselves named as the Keras weights."""
+    ours = os.path.join(export_dir, EXPORT_WEIGHTS)
+    return ours if tf.io.gfile.exists(ours + ".index") else os.path.join(export_dir, "variables", "variables")
 
 
 def checkpoint_is_finite(checkpoint: str) -> bool:

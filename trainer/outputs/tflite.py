@@ -121,7 +121,7 @@ def _use_serving_weights(model: tf.keras.Model, model_dir: str, run_info: dict) 
         saved_model = export.latest_export(model_dir, kind)
         if saved_model:
             try:
-                export.restore_from_checkpoint(model, os.path.join(saved_model, "variables", "variables"))
+                export.restore_from_checkpoint(model, export.export_weights(saved_model))
                 return saved_model
             except (ValueError, tf.errors.OpError) as e:
                 logging.warning("tflite: keeping keras_model.h5's weights, %s does not match it (%s)",

@@ -96,7 +96,8 @@ def choose(name: str, tf_config: dict, num_gpus: int) -> str:
 
 
 def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 0,
-             tf_config_raw: Optional[str] = None, tpu: Optional[str] = None, use_tpu: bool = True) -> Plan:
+             tf_config_raw: Optional[str] = None, tpu: Optional[str] = None, use_tpu: bool = True,
+             split_cpu: bool = False) -> Plan:
     """Maps --strategy (and TF_CONFIG, devices) to a Plan. Builds the strategy object.
 
     Raises:
@@ -127,6 +128,8 @@ def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 
     if resolved == "mirrored":
         if num_cpu_replicas:
             devices = [f"/cpu:{i}" for i in range(num_cpu_replicas)]
+            if split_cpu:  # Eager Keras places replicas on logical devices (the Estimator's session on device_count).
+                _split_cpu(num_cpu_replicas)
             session = tf.compat.v1.ConfigProto(device_count={"CPU": num_cpu_replicas},
                                                allow_soft_placement=True)
             return Plan(resolved, tf.distribute.MirroredStrategy(devices), num_cpu_replicas, session,
@@ -144,6 +147,19 @@ def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 
         raise UsageError("--strategy=parameter_server needs 'ps' tasks in TF_CONFIG's cluster")
     strategy = tf.compat.v1.distribute.experimental.ParameterServerStrategy()
     return Plan(resolved, strategy, strategy.num_replicas_in_sync, None, task_type, task_index)
+
+
+def _split_cpu(replicas: int) -> None:
+    """The host CPU as `replicas` logical devices; possible only before TensorFlow's runtime starts."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    existing = tf.config.get_logical_device_configuration(cpu)
+    if existing and len(existing) >= replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:
+        raise UsageError(f"--num_cpu_replicas={replicas}: TensorFlow had already started in this process with "
+                         f"{len(existing or [cpu])} CPU device(s); run the trainer in its own process") from None
 
 
 def _tpu_resolver(tpu: Optional[str]):

@@ -1,15 +1,16 @@
 """A run, as stages: prepare (trainer.run.prepare) -> the phases -> finish (trainer.run.finish).
 
 `train_and_evaluate(config)` is the whole run, callable from tests and other programs. Everything a user
-can get wrong is checked in `prepare`, before the engine builds anything. The engine (today the Estimator's,
-trainer.engines.estimator) is reached through the methods its module lists. Under a multi-process strategy
+can get wrong is checked in `prepare`, before the engine builds anything. The engine (--engine: the Estimator's,
+trainer.engines.estimator, or Model.fit's, trainer.engines.keras) is reached through the methods
+trainer.engines.estimator.engine lists. Under a multi-process strategy
 only the chief writes the files of the output contract; workers and the evaluator leave nothing else.
 """
 from typing import Optional
 
 from trainer.config import Config, validate
 from trainer.data import record_faults
-from trainer.engines.estimator.engine import Engine
+from trainer import engines
 from trainer.model import models
 from trainer.run import distribution, early_stopping, finish, phases, preemption, preflight, prepare, run_lock
 from trainer.util import console, files
@@ -38,10 +39,10 @@ def train_and_evaluate(config: Config) -> dict:
 def _run(config: Config) -> dict:
     console.attach(config.model_dir)  # The full log: <model_dir>/train.log (command line only).
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
-                                 tpu=config.tpu, use_tpu=config.use_tpu)
+                                 tpu=config.tpu, use_tpu=config.use_tpu, split_cpu=config.engine == "keras")
     if plan.task_type == "ps":
         preemption.uninstall()
-    engine = Engine(config, plan)
+    engine = engines.make(config, plan)
     run = prepare.prepare(config, plan, engine)
     if run.dry_run_summary:
         return run.dry_run_summary
@@ -59,12 +60,14 @@ def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
     config, eval_metrics = run.config, None
     for index, step in enumerate(run.steps):
         if not run.cache:  # The phase decides the model: its freezing, BatchNorm mode (also after a restart).
-            run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, step.phase,
-                                                    run.model, run.built)
+            with engine.scope():
+                run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, step.phase,
+                                                        run.model, run.built)
         if _stopped_early(config, run.steps[index:]):  # Decided earlier (this run or one before a restart).
             break
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
-        models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"))
+        with engine.scope():
+            models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"))
         caught_up = engine.start_phase(run, step, schedule)
         if caught_up and _stopped_early(config, run.steps[index:]):  # By an evaluation an interruption cut short.
             break

@@ -19,8 +19,9 @@ from trainer.util import events, files
 def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     config, run_info = run.config, run.run_info
     if not run.steps and not run.cache:  # Nothing left to train: the model as the last phase built it.
-        run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
-                                                run.model, run.built)
+        with engine.scope():
+            run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
+                                                    run.model, run.built)
     eval_metrics = _to_builtin(engine.final_evaluation(run, eval_metrics))
     checkpoint = _finite_checkpoint(config)
     matrix = eval_metrics.pop("confusion_matrix", None)  # Of the final evaluation (trainer.outputs.metrics).
@@ -31,7 +32,7 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     if config.export == "best" and best:
         # keras_model.h5 (and so promotion, which evaluates it) and the per-class figures describe the model
         # that is served: the best evaluation's, whose export holds its weights under the same names.
-        checkpoint = os.path.join(best["export"], "variables", "variables")
+        checkpoint = export.export_weights(best["export"])
         served = dict(best["metrics"], served_model="best", export_metrics=best["metrics"])
         if best["metrics"].get("global_step") != eval_metrics.get("global_step"):
             served["last_evaluation"] = dict(eval_metrics)

@@ -51,7 +51,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     dataset, num_classes = _load_data(config)
     _check_metric_names(config, num_classes)
     per_replica_batch = _per_replica_batch(config, plan)
-    model, image_shape = _build_model(config, dataset, num_classes)
+    with engine.scope():  # The Keras engine's strategy owns the model's variables.
+        model, image_shape = _build_model(config, dataset, num_classes)
     summary = models.summarize(model)
     engine.check_supported(model)
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
@@ -80,7 +81,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
     _warn_empty_classes(dataset)
     run_info = {
-        "flags": config.to_dict(), "tf_version": tf.__version__, "strategy": plan.name,
+        "flags": config.to_dict(), "engine": config.engine, "tf_version": tf.__version__,
+        "keras_version": keras_version(), "strategy": plan.name,
         "num_replicas": plan.num_replicas, "per_replica_batch_size": per_replica_batch,
         "estimator": engine.describe(), "num_classes": num_classes,
         "class_names": class_names,
@@ -103,7 +105,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
         return run
     if warm_start is not None:
         run_info["warm_start"], run_info["warm_start_from"] = warm_start, warm_start.get("path")
-    run.make_input = _input_maker(config, plan, dataset, model, num_classes, per_replica_batch)
+    run.make_input = _input_maker(config, plan, dataset, model, num_classes, engine.input_batch_size(per_replica_batch))
     if not plan.is_chief:  # Before reading the phase history: the chief starts the run's files.
         engine.wait_for_chief()
     if plan.is_chief:
@@ -145,16 +147,29 @@ def _warn_empty_classes(dataset) -> None:
                             "learn them; add images or lower --validation_split", ", ".join(empty[:10]))
 
 
-def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, per_replica_batch: int):
+def keras_version() -> str:
+    """The Keras 2 that tf.keras is here: TensorFlow 2.15's bundled keras, or tf-keras (TF_USE_LEGACY_KERAS)."""
+    from importlib import metadata
+
+    for name in ("tf-keras", "keras") if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else ("keras", "tf-keras"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return getattr(tf.keras, "__version__", "unknown")
+
+
+def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, train_batch: int):
     size = None if config.model_fn else model.input_shape[1]
     input_names, output_names = model.input_names, model.output_names  # The full model's (images in).
 
     def make_input(split, training):
         # One device: after a restart the shuffled stream goes on where it was (not from its start again).
-        resume = (lambda: checkpoint_step(config.checkpoint_dir)) if training and plan.name == "one_device" \
-            else None
+        # So does Model.fit's under MirroredStrategy: it splits each global batch in order over the replicas.
+        resume = (lambda: checkpoint_step(config.checkpoint_dir)) if training and (
+            plan.name == "one_device" or (config.engine == "keras" and plan.name == "mirrored")) else None
         return inputs.make_input_fn(
-            split, training=training, batch_size=per_replica_batch if training else config.batch_size,
+            split, training=training, batch_size=train_batch if training else config.batch_size,
             input_names=input_names, output_names=output_names, label_mode=config.label_mode,
             num_classes=num_classes, image_size=size, seed=config.seed, augment=config.augment,
             class_names=dataset.class_names, resume_step=resume)

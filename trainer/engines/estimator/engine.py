@@ -3,7 +3,7 @@
 The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine through these methods only:
 
     check_supported(model), trained_part(model), check_checkpoint(model, latest), describe(),
-    wait_for_chief()                              (prepare)
+    wait_for_chief(), scope(), input_batch_size(per_replica)   (prepare; scope(): where the model is built)
     prepare_inputs(run)                           the training and evaluation input, the feature cache
     start_phase(run, step, schedule)              build for the phase, enter it (a boundary: fresh optimizer
                                                   state), evaluate what an interruption left unevaluated
@@ -14,6 +14,7 @@ The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine t
     predictions(run, checkpoint)                  the served model's predictions for report.html, or None
     worker_done(run)                              a non-chief task's clean-up
 """
+import contextlib
 import os
 from typing import Optional
 
@@ -39,6 +40,15 @@ class Engine:
     # ---- prepare ----------------------------------------------------------------------------------------
     def describe(self) -> str:
         return "TPUEstimator" if self.plan.name == "tpu" else "Estimator"
+
+    def scope(self):
+        """Where the stages build and compile the Keras model: eagerly, outside any strategy (the Estimator
+        clones it into its own graph, under the strategy)."""
+        return contextlib.nullcontext()
+
+    def input_batch_size(self, per_replica: int) -> int:
+        """The Estimator calls the training input_fn once per replica: it yields per-replica batches."""
+        return per_replica
 
     def check_supported(self, model: tf.keras.Model) -> None:
         if self.config.cache_features:

@@ -11,18 +11,11 @@ from absl import logging
 from trainer.cloud import hypertune
 from trainer.config import Config
 from trainer.outputs import metrics, predictions
-from trainer.outputs.evaluations import (PROCESSED, best_step, evaluation_line, processed_step,
-                                         write_confusion_image)
+from trainer.outputs.evaluations import (PROCESSED, best_step, better as _better, evaluation_line,
+                                         metric_text as _metric_text, processed_step, write_confusion_image)
 from trainer.outputs.export import BEST_RECORD, checkpoint_is_finite, read_best_record
 from trainer.run import early_stopping
 from trainer.util import console, files
-
-
-def _higher_accuracy(best_eval_result, current_eval_result) -> bool:
-    if "accuracy" in current_eval_result:
-        return best_eval_result is None or current_eval_result["accuracy"] > best_eval_result["accuracy"]
-    return best_eval_result is None or current_eval_result["loss"] < best_eval_result["loss"]
-
 
 
 class _GuardedExporter(tf.estimator.Exporter):
@@ -77,21 +70,6 @@ class BestExporter(tf.estimator.Exporter):
         files.write_json(os.path.join(export_path, BEST_RECORD), record)
         logging.info("best so far: %s, exported to %s", _metric_text(current), path)
         return path
-
-
-
-def _better(best: dict, current: dict, metric: str) -> bool:
-    if metric not in current or metric not in best:
-        return _higher_accuracy(best, current)
-    if "loss" in metric:
-        return current[metric] < best[metric]
-    return current[metric] > best[metric]
-
-
-
-def _metric_text(metrics: dict) -> str:
-    key = "accuracy" if "accuracy" in metrics else "loss"
-    return f"{key} {metrics.get(key, float('nan')):.4f}"
 
 
 

@@ -1,0 +1,130 @@
+"""Model.fit callbacks of the Keras engine: the progress line, the training scalars for TensorBoard, and the
+loop of the run's contract at each step: SIGTERM saves and stops, checkpoints on the phase's schedule (counted
+from its first step, as the Estimator engine's aligned saver), each followed by its evaluation, and early
+stopping's stop."""
+import signal
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from trainer.run import early_stopping, preemption
+from trainer.run.preemption import Preempted
+from trainer.util import console
+
+
+def global_step(model: tf.keras.Model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+class Progress(tf.keras.callbacks.Callback):
+    """`step N/M (p%), x steps/s, y examples/s, lr L, loss X, ETA h:mm:ss`, as the Estimator engine's line; the
+    loss is the step's own (recovered from fit's running mean)."""
+
+    def __init__(self, max_steps: int, batch_size: int, schedule=None, every_secs: float = 10.0):
+        super().__init__()
+        self._max, self._batch, self._schedule, self._every = max_steps, batch_size, schedule, every_secs
+        self.last_loss = None
+
+    def on_train_begin(self, logs=None):
+        self._progress, self._last, self._mean = console.Progress(self._every), None, (0, 0.0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, now = global_step(self.model), time.time()
+        count, mean = batch + 1, float((logs or {}).get("loss", float("nan")))
+        self.last_loss = count * mean - self._mean[0] * self._mean[1]
+        self._mean = (count, mean)
+        if self._last is None:
+            self._last = (step, now)  # The first step includes tracing: not timed.
+            return
+        final = step >= self._max
+        if not (self._progress.due(final) or final):
+            return
+        last_step, last_time = self._last
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        eta = (self._max - step) / rate if rate > 0 else 0.0
+        parts = [f"step {step}/{self._max} ({100.0 * step / self._max:.0f}%)", f"{rate:.1f} steps/s",
+                 f"{rate * self._batch:.0f} examples/s"]
+        if self._schedule is not None:
+            parts.append(f"lr {self._schedule.value(step - 1):.3g}")
+        parts += [f"loss {self.last_loss:.4f}", f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"]
+        self._progress.show(step, self._max, ", ".join(parts), final=final)
+        if now - last_time >= self._every / 2:
+            self._last = (step, now)
+
+
+class Summaries(tf.keras.callbacks.Callback):
+    """`loss`, `learning_rate` and `global_step/sec` every `every` steps, in the checkpoint folder (the
+    Estimator's scalar names and place)."""
+
+    def __init__(self, folder: str, progress: Progress, schedule=None, every: int = 100):
+        super().__init__()
+        self._folder, self._progress, self._schedule, self._every = folder, progress, schedule, every
+        self._writer, self._last = None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if step % self._every and step != 1:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self._folder)
+        now = time.time()
+        with self._writer.as_default():
+            if self._progress.last_loss is not None:
+                tf.summary.scalar("loss", self._progress.last_loss, step=step)
+            if self._schedule is not None:
+                tf.summary.scalar("learning_rate", self._schedule.value(step - 1), step=step)
+            if self._last is not None and step > self._last[0]:
+                tf.summary.scalar("global_step/sec", (step - self._last[0]) / max(now - self._last[1], 1e-9),
+                                  step=step)
+        self._last = (step, now)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class RunContract(tf.keras.callbacks.Callback):
+    """After each step: SIGTERM (or Ctrl-C) saves a checkpoint and raises Preempted; on the schedule
+    first_step + k x every (and at the phase's last step) `save(step)`, then `evaluate(step)` unless throttled;
+    a stop once early stopping has decided."""
+
+    def __init__(self, engine, first_step: int, last_step: int, every: int, throttle_secs: float,
+                 stops: bool, is_chief: bool, multi_process: bool):
+        super().__init__()
+        self._engine, self._first, self._last_step, self._every = engine, first_step, last_step, every
+        self._throttle, self._stops, self._is_chief, self._multi = throttle_secs, stops, is_chief, multi_process
+        self._evaluated_at = None
+
+    def on_train_begin(self, logs=None):
+        preemption.reclaim(self._multi)
+        preemption._training.set()
+        if preemption._requested.is_set():  # Signalled while the model was being built.
+            raise Preempted(global_step(self.model))
+
+    def on_train_end(self, logs=None):
+        preemption._training.clear()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if preemption._requested.is_set():
+            self._preempted(step)
+        if step == self._last_step or (self._every and (step - self._first) % self._every == 0):
+            self._engine.save(step)
+            now = time.time()
+            if step == self._last_step or self._evaluated_at is None or now - self._evaluated_at >= self._throttle:
+                self._evaluated_at = now
+                self._engine.evaluate(step)
+                if self._stops and early_stopping.stopped_at(self._engine.config.model_dir) is not None:
+                    self.model.stop_training = True
+
+    def _preempted(self, step: int) -> None:
+        preemption.honouring()
+        name = "SIGINT" if preemption._signal[0] == signal.SIGINT else "SIGTERM"
+        logging.warning("%s received: saving a checkpoint at step %d, then stopping", name, step)
+        if self._is_chief:
+            self._engine.save(step)
+            logging.warning("%s: checkpoint saved at step %d", "interrupted" if name == "SIGINT" else "preempted",
+                            step)
+        raise Preempted(step)

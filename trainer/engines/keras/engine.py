@@ -1,0 +1,252 @@
+"""The Keras engine: each phase one Model.fit under the run's tf.distribute strategy, with the Estimator engine's
+contract: name-keyed `model.ckpt-<step>` checkpoints on the phase's schedule (trainer.engines.keras.saving), an
+evaluation after each (the same eval/ scalars), the best/latest exports with the same serving signature, early
+stopping, SIGTERM, and resumption from the last saved step, not the last epoch. The methods are those
+trainer.engines.estimator.engine lists."""
+import contextlib
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from trainer.cloud import checkpoint_sync, hypertune
+from trainer.config import Config
+from trainer.data import record_faults
+from trainer.engines.keras import callbacks, saving, serving
+from trainer.errors import NumericError, UsageError
+from trainer.engines.keras.evaluation import Evaluator
+from trainer.model import models
+from trainer.outputs import evaluations, export, metrics, predictions
+from trainer.run import distribution, early_stopping, phases
+from trainer.util import console, files
+
+_NOT_YET = {"cache_features": "--cache_features", "tpu": "--strategy=tpu", "multi_worker": "--strategy=multi_worker",
+            "parameter_server": "--strategy=parameter_server"}
+
+
+class Engine:
+    def __init__(self, config: Config, plan: distribution.Plan):
+        self.config, self.plan = config, plan
+        self._run = self._evaluator = self._signature = None
+        self._hypertune = hypertune.Reporter(config.hypertune_metric) if config.hypertune_metric else None
+        self._listeners = []
+        self._last_eval: Optional[dict] = None
+        self._warned_image = False
+
+    # ---- prepare ----------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return "Keras Model.fit"
+
+    def scope(self):
+        """Where the model and its optimizer are built: the strategy's scope (variables mirrored per replica)."""
+        return self.plan.strategy.scope() if self.plan.strategy is not None else contextlib.nullcontext()
+
+    def input_batch_size(self, per_replica: int) -> int:
+        """Model.fit splits each batch over the replicas: the training input yields global batches."""
+        return per_replica * self.plan.num_replicas
+
+    def check_supported(self, model: tf.keras.Model) -> None:
+        for flag in ("cache_features",):
+            if getattr(self.config, flag):
+                raise UsageError(f"{_NOT_YET[flag]} is not supported by --engine=keras yet; leave it out (the Keras "
+                                 "engine trains the frozen trunk's forward pass each step), or use --engine=estimator "
+                                 "on TensorFlow 2.15")
+        if self.plan.name in _NOT_YET:
+            raise UsageError(f"{_NOT_YET[self.plan.name]} is not supported by --engine=keras yet; use "
+                             "--strategy=one_device or mirrored, or --engine=estimator on TensorFlow 2.15")
+
+    def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
+        return model
+
+    def check_checkpoint(self, model: tf.keras.Model, latest: str) -> None:
+        pass
+
+    def wait_for_chief(self) -> None:
+        pass
+
+    def prepare_inputs(self, run) -> None:
+        run.train_input = run.make_input(run.dataset.train, True)
+        run.eval_input = run.make_input(run.dataset.validation, False)
+        self._run = run
+
+    # ---- phases -----------------------------------------------------------------------------------------
+    @property
+    def _single(self) -> bool:
+        return self.plan.is_chief and not self.plan.distributed
+
+    def _attach(self, run) -> None:
+        """The phase's model: its serving signature and evaluator (rebuilt when the phase rebuilt the model)."""
+        config = self.config
+        if config.jit:
+            run.model.jit_compile = True
+        image_bytes = run.dataset.kind in ("files", "tfrecord") and not config.model_fn
+        self._signature = serving.make_signature(run.model, run.dataset.class_names, config.label_mode == "binary",
+                                                 image_bytes) if len(run.model.outputs) == 1 else None
+        if self._evaluator is not None:
+            self._evaluator.close()
+        self._evaluator = Evaluator(run.model, run.eval_input, config.eval_steps, config.label_mode,
+                                    run.dataset.class_names, config.top_k, config.checkpoint_dir)
+
+    def start_phase(self, run, step: phases.Step, schedule) -> bool:
+        config, plan = self.config, self.plan
+        self._attach(run)
+
+        def rewrite(first_step: int) -> str:
+            return saving.fresh_phase(config.checkpoint_dir, run.model, first_step, config.keep_checkpoint_max)
+
+        phases.start(config, plan, rewrite, run.model, step, run.run_info, run.info_path)
+        latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+        with self.scope():
+            if latest:
+                saving.restore(run.model, latest)
+            else:
+                saving.build_optimizer(run.model)
+                run.model.optimizer.iterations.assign(0)
+        self._schedule = schedule
+        console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
+                    step.first_step, step.phase.last_step, models.summarize(run.model)["trainable_params"],
+                    step.phase.learning_rate, config.lr_schedule)
+        if not self._single or not latest:
+            return False
+        at = saving.checkpoint_step(latest)
+        done = evaluations.processed_step(config.checkpoint_dir)
+        if at and (done is None or done < at) and not (at - step.first_step) % config.save_checkpoints_steps:
+            logging.info("evaluating step %d, saved before an interruption and not evaluated yet", at)
+            self.evaluate(at, final=at == run.planned[-1].last_step)
+        return True
+
+    def train_phase(self, run, step: phases.Step, schedule) -> Optional[dict]:
+        config, plan = self.config, self.plan
+        first = callbacks.global_step(run.model)
+        remaining = step.phase.last_step - first
+        self._last_eval = None
+        if remaining <= 0:
+            return None
+        progress = callbacks.Progress(step.phase.last_step, config.batch_size, schedule)
+        contract = callbacks.RunContract(self, step.first_step, step.phase.last_step, config.save_checkpoints_steps,
+                                         config.eval_throttle_secs, bool(config.early_stopping_patience),
+                                         plan.is_chief, plan.distributed)
+        self._listeners = self._make_listeners()
+        terminate = tf.keras.callbacks.TerminateOnNaN()
+        try:
+            record_faults.train_skipping_bad_records(lambda: run.model.fit(
+                run.train_input(), epochs=1, steps_per_epoch=remaining, verbose=0,
+                callbacks=[progress, callbacks.Summaries(config.checkpoint_dir, progress, schedule), terminate,
+                           contract]), run.dataset, config)
+        finally:
+            for listener in self._listeners:
+                if hasattr(listener, "end"):
+                    listener.end(None, callbacks.global_step(run.model))
+        if run.model.stop_training and progress.last_loss is not None and not np.isfinite(progress.last_loss):
+            raise NumericError(f"the training loss became NaN or infinite at step {callbacks.global_step(run.model)}; "
+                               "nothing more was exported or written (try a lower --learning_rate)")
+        return self._last_eval
+
+    def _make_listeners(self):
+        config = self.config
+        made = [checkpoint_sync.CheckpointLogger(config.batch_size)]
+        if config.tensorboard_dir:
+            made.append(checkpoint_sync.TensorBoardCopy(config.checkpoint_dir, config.tensorboard_dir))
+        if config.sync_checkpoints_to:
+            made.append(checkpoint_sync.CheckpointSync(config.checkpoint_dir, config.sync_checkpoints_to,
+                                                       background=True))
+        return made
+
+    # ---- what each checkpoint and evaluation does (called by callbacks.RunContract) -------------------------
+    def save(self, step: int) -> None:
+        if not self.plan.is_chief:
+            return
+        saving.save(self._run.model, step, self.config.checkpoint_dir, self.config.keep_checkpoint_max)
+        for listener in self._listeners:
+            listener.after_save(None, step)
+
+    def evaluate(self, step: int, final: bool = False) -> dict:
+        """Evaluates the model as it is (the weights of `step`), then what follows each evaluation under the
+        Estimator engine: the export, early stopping's count, processed.json, the console line, the confusion
+        image, hyperparameter tuning's report."""
+        config, run = self.config, self._run
+        result = record_faults.train_skipping_bad_records(lambda: self._evaluator.evaluate(step), run.dataset, config)
+        final = final or step == run.planned[-1].last_step
+        exported = self._export_after(result, final)
+        if config.early_stopping_patience:
+            early_stopping.record(config.model_dir, config.early_stopping_metric, config.early_stopping_patience,
+                                  config.early_stopping_min_delta, result)
+        metrics.keep_collected(config.checkpoint_dir, {step, evaluations.best_step(config.checkpoint_dir)})
+        files.write_json(os.path.join(config.checkpoint_dir, "eval", evaluations.PROCESSED), {"step": step})
+        console.say("%s", evaluations.evaluation_line(config.checkpoint_dir, result, exported))
+        decision = early_stopping.decision_at(config.model_dir, step)
+        if decision and not final:
+            logging.warning("%s", decision)
+        if result.get("confusion_matrix") is not None:
+            try:
+                predictions.in_eager_thread(evaluations.write_confusion_image, os.path.join(
+                    config.checkpoint_dir, "eval"), result["confusion_matrix"], run.dataset.class_names, step)
+            except Exception as e:  # noqa: BLE001 - a picture must never stop training.
+                (console.log_only if self._warned_image else logging.warning)(
+                    "no confusion matrix image for step %d: %s: %s", step, type(e).__name__, str(e)[:300])
+                self._warned_image = True
+        if self._hypertune:
+            self._hypertune.report(result, os.path.join(config.checkpoint_dir, f"model.ckpt-{step}"))
+        console.sync()
+        self._last_eval = result
+        return result
+
+    def _export_after(self, result: dict, final: bool) -> Optional[str]:
+        config = self.config
+        if self._signature is None:
+            return None
+        if not all(np.all(np.isfinite(w.numpy())) for w in self._run.model.weights):
+            logging.warning("not exporting step %d: its weights are not all finite", result["global_step"])
+            return None
+        root = os.path.join(config.checkpoint_dir, "export", config.export)
+        if config.export == "final" and not final:
+            return None
+        if config.export != "best":
+            return serving.export(self._run.model, self._signature, root,
+                                  config.keep_checkpoint_max if config.export == "latest" else None)
+        metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
+        record = export.read_best_record(root, metric) if tf.io.gfile.isdir(root) else None
+        current = {k: int(v) if k == "global_step" else float(v) for k, v in result.items() if np.ndim(v) == 0}
+        if record and not evaluations.better(record["metrics"], current, metric):
+            logging.info("not exporting: %s does not beat the best so far (step %d)", evaluations.metric_text(current),
+                         record["metrics"].get("global_step", -1))
+            return None
+        path = serving.export(self._run.model, self._signature, root, config.keep_checkpoint_max)
+        best = {"metrics": current, "export": os.path.basename(path), "metric": metric}
+        if result.get("confusion_matrix") is not None:
+            best["confusion_matrix"] = np.asarray(result["confusion_matrix"]).round().astype(int).tolist()
+        files.write_json(os.path.join(root, export.BEST_RECORD), best)
+        logging.info("best so far: %s, exported to %s", evaluations.metric_text(current), path)
+        return path
+
+    # ---- finish -----------------------------------------------------------------------------------------
+    def final_evaluation(self, run, eval_metrics: Optional[dict]) -> dict:
+        if eval_metrics:
+            return eval_metrics
+        config = self.config
+        self._run = run
+        latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+        with self.scope():
+            models.compile_model(run.model, config)
+        self._attach(run)
+        at = saving.restore(run.model, latest, with_optimizer=False)
+        done = evaluations.processed_step(config.checkpoint_dir)
+        if self._single and (done is None or done < at):  # Killed during the final evaluation or export.
+            return self.evaluate(at, final=True)
+        return self._evaluator.evaluate(at, name="chief_final")
+
+    def export(self, run, checkpoint: str) -> str:
+        """A SavedModel of `checkpoint` (no evaluation exported one)."""
+        export.restore_from_checkpoint(run.model, checkpoint)
+        if self._signature is None:
+            self._attach(run)
+        return serving.export(run.model, self._signature, os.path.join(self.config.checkpoint_dir, "export",
+                                                                       self.config.export))
+
+    def predictions(self, run, checkpoint: str):
+        return None
+
+    def worker_done(self, run) -> None:
+        pass

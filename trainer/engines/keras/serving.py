@@ -1,0 +1,66 @@
+"""The Keras engine's SavedModel exports: `serving_default` with the Estimator engine's inputs and outputs
+(`image_bytes`, a batch of JPEG/PNG strings, for folders and TFRecords, else the model's named float32 inputs;
+`probabilities` and `classes`, the class names gathered from a constant), written under a temporary name and
+renamed, with a name-keyed copy of the weights beside it (`keras_weights/`, read by keras_model.h5)."""
+import os
+import time
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from trainer.data.inputs import decode_image
+from trainer.engines.keras import saving
+from trainer.outputs.export import EXPORT_WEIGHTS
+
+
+
+def make_signature(model: tf.keras.Model, class_names: Sequence[str], binary: bool, image_bytes: bool):
+    """The `serving_default` concrete function of `model`."""
+    names = [str(n) for n in class_names]
+    input_names = list(model.input_names)
+
+    def outputs(probabilities):
+        probabilities = tf.cast(probabilities, tf.float32)
+        if binary:
+            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
+        classes = tf.gather(tf.constant(names), tf.argmax(probabilities, axis=-1))
+        return {"probabilities": probabilities, "classes": classes}
+
+    if image_bytes:
+        size = model.input_shape[1]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(image_bytes):
+            images = tf.map_fn(lambda b: decode_image(b, size), image_bytes, fn_output_signature=tf.float32)
+            return outputs(model({input_names[0]: images}, training=False))
+
+        return serve_bytes.get_concrete_function()
+    specs = {name: tf.TensorSpec([None, *t.shape[1:]], tf.float32, name=name)
+             for name, t in zip(input_names, model.inputs)}
+
+    @tf.function(input_signature=[specs])
+    def serve(features):
+        return outputs(model(features, training=False))
+
+    return serve.get_concrete_function()
+
+
+def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = None) -> str:
+    """Writes `root/<unix time>/` (saved_model.pb, variables/, keras_weights/); keeps the newest `keep`."""
+    tf.io.gfile.makedirs(root)
+    version = int(time.time())
+    while tf.io.gfile.exists(os.path.join(root, str(version))):
+        version += 1
+    temporary = os.path.join(root, f"temp-{version}")
+    holder = tf.Module()
+    holder.weights = list(model.variables)  # The signature's variables, tracked without Keras's own tracing.
+    tf.saved_model.save(holder, temporary, signatures={"serving_default": signature})
+    saving.write_bundle(os.path.join(temporary, EXPORT_WEIGHTS), {**saving.model_variables(model),
+                                                           "global_step": tf.constant(0, tf.int64)})
+    path = os.path.join(root, str(version))
+    tf.io.gfile.rename(temporary, path)
+    if keep:
+        versions = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(root) if v.rstrip("/").isdigit()), key=int)
+        for old in versions[:-keep]:
+            tf.io.gfile.rmtree(os.path.join(root, old))
+    return path
