@@ -10,7 +10,8 @@ from setuptools import find_packages, setup
 
 # What only TensorFlow 2.15 needs. protobuf<5: TF 2.15 breaks with protobuf 5+, which google-cloud-* would pull in.
 TF215 = ["tensorflow-estimator==2.15.*", "numpy<2", "protobuf<5"]
-TF221 = ["tf-keras==2.21.*"]  # tf.keras as the Keras 2 API (trainer sets TF_USE_LEGACY_KERAS=1).
+# tf.keras as the Keras 2 API (trainer sets TF_USE_LEGACY_KERAS=1); TensorFlow 2.21 no longer pulls TensorBoard in.
+TF221 = ["tf-keras==2.21.*", "tensorboard>=2.19"]
 
 INSTALL_REQUIRES = [
     "absl-py>=1.0",

@@ -1,7 +1,7 @@
 """Draw many recipes x interruptions and check that each interrupted run ends as the uninterrupted one
 (see tests/restart_cases.py).
 
-    python scripts/restart_fuzz.py --draws=50 [--start=0]
+    python scripts/restart_fuzz.py --draws=50 [--start=0] [--engine=keras]
 
 Each draw is reproducible from its seed. Prints one line per violation and a closing 'N passed, M failed'
 count of draws; exits 1 if any draw broke the property.
@@ -24,6 +24,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", type=int, default=50)
     parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--engine", choices=("estimator", "keras"), help="--engine of every draw (default: the "
+                        "trainer's default)")
     parser.add_argument("--keep", help="keep each draw's folders under this directory (default: a temporary one)")
     args = parser.parse_args()
     failed, kinds = 0, {}
@@ -32,8 +34,8 @@ def main() -> int:
         root = Path(args.keep or tmp)
         for seed in range(args.start, args.start + args.draws):
             t = time.time()
-            problems = restart_cases.run_case(seed, root / str(seed))
-            case = restart_cases.draw(seed, root / str(seed))
+            problems = restart_cases.run_case(seed, root / str(seed), args.engine)
+            case = restart_cases.draw(seed, root / str(seed), args.engine)
             kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
             for problem in problems:
                 print(problem, flush=True)
