@@ -5,8 +5,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.10 || echo python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The Keras engine's second runtime: TensorFlow 2.21 + tf-keras 2.21 on Python 3.12 (or 3.13), found on PATH or
+# under pyenv (~/.pyenv/versions/3.12.*), where it may be the only copy.
+KERAS_PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.12.*/bin/python3.12 \
+	$$HOME/.pyenv/versions/3.13.*/bin/python3.13; do $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+KERAS_VENV := .venv-keras
+KPY := $(KERAS_VENV)/bin/python
+KERAS_STAMP := $(KERAS_VENV)/.installed
+# What the TensorFlow 2.21 leg runs: the Keras engine's tests (the rest needs tf.estimator).
+KERAS_TESTS := tests/test_keras_engine.py
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast test-keras install install-keras clean
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || { \
@@ -16,13 +25,28 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[cpu,test]"
 	touch $(STAMP)
 
+$(KERAS_STAMP): setup.py
+	@test -x $(KPY) || test -n "$(KERAS_PYTHON)" || { echo "error: the Keras engine's tests need Python 3.12 or 3.13 (TensorFlow 2.21), none found on PATH or under ~/.pyenv/versions; install one (e.g. 'pyenv install 3.12' or 'uv python install 3.12') or run: make KERAS_PYTHON=/path/to/python3.12" >&2; exit 1; }
+	test -x $(KPY) || $(KERAS_PYTHON) -m venv $(KERAS_VENV)
+	$(KPY) -m pip install --quiet --upgrade pip
+	$(KPY) -m pip install --quiet -e ".[keras-cpu,test]"
+	touch $(KERAS_STAMP)
+
 install: $(STAMP)
+
+install-keras: $(KERAS_STAMP)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
 
-test: $(STAMP)
+# Both runtimes: the whole suite on TensorFlow 2.15 (both engines), then the Keras engine on TensorFlow 2.21.
+test: $(STAMP) $(KERAS_STAMP)
 	$(PY) -m pytest -q tests
+	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q $(KERAS_TESTS)
+
+test-keras: $(STAMP) $(KERAS_STAMP)
+	$(PY) -m pytest -q $(KERAS_TESTS)
+	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q $(KERAS_TESTS)
 
 # A few minutes, for iterating: flags, data, models, the champion store, recipe checks; no multi-process runs.
 FAST := tests/test_cli.py tests/test_models.py tests/test_data.py tests/test_champion.py tests/test_resume_flags.py \
@@ -31,4 +55,4 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q $(FAST)
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info
+	rm -rf $(VENV) $(KERAS_VENV) runs build dist *.egg-info

@@ -40,6 +40,9 @@ def parse(argv):
     images = parser.add_mutually_exclusive_group()
     images.add_argument("--image_uri", default=None, help="custom container (see Dockerfile)")
     images.add_argument("--executor_image_uri", default=None, help="prebuilt image for the python package")
+    parser.add_argument("--engine", choices=("estimator", "keras"), default=None,
+                        help="keras: the Keras engine on TensorFlow 2.21, in the Dockerfile's keras image "
+                        "(docker build --target keras); needs --image_uri. Passed to the trainer as --engine.")
     parser.add_argument("--service_account", default=None)
     parser.add_argument("--package_uri", default=None, help="an already uploaded sdist (skips build and upload)")
     parser.add_argument("--package_tag", default=None, help="folder under gs://B/packages/ [timestamp]")
@@ -80,6 +83,16 @@ def check_trainer_args(trainer_args) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.engine:
+        if args.engine == "keras" and not args.image_uri:
+            sys.stderr.write("error: --engine=keras runs TensorFlow 2.21, which no prebuilt Vertex AI training image "
+                             "has: build the Dockerfile's keras image (docker build --target keras -t IMAGE .), push "
+                             "it and pass --image_uri=IMAGE\n")
+            return 1
+        if any(a.startswith("--engine") for a in args.trainer_args):
+            sys.stderr.write("error: give --engine once: before the -- (for the job) or after it, not both\n")
+            return 1
+        args.trainer_args = [*args.trainer_args, f"--engine={args.engine}"]
     tag = args.package_tag or time.strftime("%Y%m%d-%H%M%S")
     request = vertex.JobRequest(
         project=args.project, region=args.region, bucket=args.bucket, trainer_args=tuple(args.trainer_args),

@@ -129,3 +129,26 @@ def test_cloudbuild_parses_and_references_what_it_runs():
     assert 'ENTRYPOINT ["python", "-m", "trainer.task"]' in dockerfile and "ARG BASE_IMAGE" in dockerfile
     tuning = yaml.safe_load(open(os.path.join(REPO, "scripts", "hptuning_job.yaml")))
     assert tuning["studySpec"]["metrics"][0]["metricId"] == "accuracy"
+
+
+def test_dry_run_keras_engine_job_uses_the_keras_image():
+    proc = submit("--dry_run", "--engine=keras", "--", "--data=digits")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --engine=keras") and "--target keras" in proc.stderr
+    proc = submit("--dry_run", "--engine=keras", "--image_uri=us-central1-docker.pkg.dev/proj/trainer/keras:abc",
+                  "--", "--data=digits")
+    assert proc.returncode == 0, proc.stderr
+    (pool,) = parse_job(proc.stdout).job_spec.worker_pool_specs
+    assert pool.container_spec.image_uri.endswith("keras:abc")
+    assert list(pool.container_spec.args) == ["--data=digits", "--engine=keras"]
+    dockerfile = open(os.path.join(REPO, "Dockerfile")).read()
+    assert "AS keras" in dockerfile and "python:3.12" in dockerfile and "[${KERAS_EXTRA}]" in dockerfile
+
+
+def test_the_tf215_only_requirements_live_in_its_extras():
+    import re
+
+    text = open(os.path.join(REPO, "setup.py")).read()
+    base = text[text.index("INSTALL_REQUIRES = ["):text.index("]", text.index("INSTALL_REQUIRES = ["))]
+    assert not re.search(r"tensorflow-estimator|numpy<2|protobuf<5", base)
+    assert '"keras-cpu": ["tensorflow-cpu==2.21.*"' in text and '"cpu": ["tensorflow-cpu==2.15.*", *TF215]' in text
+    assert 'TF215 = ["tensorflow-estimator==2.15.*", "numpy<2", "protobuf<5"]' in text

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from trainer.util import files  # noqa: E402
+from trainer.outputs.export import CLASS_NAMES  # noqa: E402
 from trainer.cloud import gcs
 from trainer.model import model_source
 from trainer.outputs.predict_inputs import Item, _InputError, list_inputs  # noqa: E402
@@ -25,6 +26,7 @@ from trainer.errors import UsageError  # noqa: E402
 from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
+
 PROGRESS_EVERY_SECS = 5.0
 
 
@@ -58,11 +60,21 @@ class Serving:
 def _class_names(fn, saved_model_dir: str, num_classes: int) -> List[str]:
     """The names the model's `classes` output is gathered from (export.with_class_names).
 
-    They are a constant in the serving graph; a model exported without them falls back
-    to the run's run_info.json when it is nearby, else to "0".."n-1".
+    They are a constant in the Estimator engine's serving graph, and in assets.extra/class_names.json of the
+    Keras engine's exports (its TF2 signature calls the model's function, where the constant is out of reach);
+    a model exported without them falls back to the run's run_info.json when it is nearby, else to "0".."n-1".
     """
+    extra = os.path.join(saved_model_dir, "assets.extra", CLASS_NAMES)
+    if tf.io.gfile.exists(extra):
+        try:
+            with tf.io.gfile.GFile(extra) as f:
+                names = json.load(f)
+            if isinstance(names, list) and len(names) == num_classes:
+                return [str(n) for n in names]
+        except (ValueError, tf.errors.OpError):
+            pass
     classes = fn.structured_outputs.get("classes")
-    op = classes.op if classes is not None else None
+    op = getattr(classes, "op", None)
     while op is not None and op.type == "Identity":
         op = op.inputs[0].op
     if op is not None and op.type in ("GatherV2", "Gather") and op.inputs[0].op.type == "Const":

@@ -22,6 +22,7 @@ EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
 
 
 BEST_RECORD = "best.json"  # export/best/best.json: the best evaluation so far and its export.
+CLASS_NAMES = "class_names.json"  # In a SavedModel's assets.extra/: the names its `classes` output gathers from.
 EXPORT_WEIGHTS = os.path.join("keras_weights", "weights")  # In a Keras-engine export: the weights by Keras name.
 
 

@@ -60,9 +60,8 @@ def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
     config, eval_metrics = run.config, None
     for index, step in enumerate(run.steps):
         if not run.cache:  # The phase decides the model: its freezing, BatchNorm mode (also after a restart).
-            with engine.scope():
-                run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, step.phase,
-                                                        run.model, run.built)
+            run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, step.phase,
+                                                    run.model, run.built, engine.scope)
         if _stopped_early(config, run.steps[index:]):  # Decided earlier (this run or one before a restart).
             break
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)

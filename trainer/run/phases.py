@@ -20,6 +20,7 @@ A resume whose flags give another recipe than the recorded phase starts a new, r
 the checkpoint's step (with a console line); flags that define the model itself are refused by
 `experiment.check_model_dir`.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -299,7 +300,7 @@ def prepare(config: Config, dist, planned: List[Phase], run_info: dict, info_pat
 
 
 def model_for(config: Config, num_classes: int, image_shape, phase: Phase, model: tf.keras.Model,
-              built: tuple) -> Tuple[tf.keras.Model, tuple]:
+              built: tuple, scope=contextlib.nullcontext) -> Tuple[tf.keras.Model, tuple]:
     """The model as `phase` trains it: its freezing, BatchNorm in inference mode when fine-tuning.
 
     `built` is (freeze, trunk_inference) of `model`; the model is rebuilt only when the phase wants others.
@@ -309,8 +310,9 @@ def model_for(config: Config, num_classes: int, image_shape, phase: Phase, model
         return model, built
     tf.keras.backend.clear_session()  # The same variable names as the first phase's model.
     tf.keras.utils.set_random_seed(config.seed)
-    return models.build_model(config, num_classes, image_shape, freeze_spec=phase.freeze,
-                              trunk_inference=phase.trunk_inference), wanted
+    with scope():  # After clear_session, which resets it: the engine's strategy owns the variables.
+        return models.build_model(config, num_classes, image_shape, freeze_spec=phase.freeze,
+                                  trunk_inference=phase.trunk_inference), wanted
 
 
 def start(config: Config, dist, rewrite: Callable[[int], str], model: tf.keras.Model, step: Step,

@@ -2,6 +2,7 @@
 flags and the checkpoint, run_info.json's fields, the console header. Everything a user can get wrong is
 refused here, before an engine builds anything and before any file is written (a refused run leaves its
 folder as it was)."""
+import contextlib
 import dataclasses
 import os
 import time
@@ -51,8 +52,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     dataset, num_classes = _load_data(config)
     _check_metric_names(config, num_classes)
     per_replica_batch = _per_replica_batch(config, plan)
-    with engine.scope():  # The Keras engine's strategy owns the model's variables.
-        model, image_shape = _build_model(config, dataset, num_classes)
+    model, image_shape = _build_model(config, dataset, num_classes, engine.scope)
     summary = models.summarize(model)
     engine.check_supported(model)
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
@@ -118,7 +118,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     return run
 
 
-def _build_model(config: Config, dataset, num_classes: int):
+def _build_model(config: Config, dataset, num_classes: int, scope=contextlib.nullcontext):
     # Fresh Keras name counters: checkpoints name variables after layers, so the same
     # flags must give the same names in every process and every call.
     tf.keras.backend.clear_session()
@@ -128,13 +128,15 @@ def _build_model(config: Config, dataset, num_classes: int):
         logging.warning("--mixed_precision on a machine without a GPU: float16 compute is slower on CPUs (meant "
                         "for GPUs with tensor cores); the run goes on")
     image_shape = dataset.image_shape if dataset else None
-    model = models.build_model(config, num_classes, image_shape)
+    with scope():  # Entered after clear_session, which resets it. The Keras engine's strategy owns the variables.
+        model = models.build_model(config, num_classes, image_shape)
     if config.model_fn and image_shape and len(model.inputs) == 1:  # Trial c069/c070: a 77-line traceback.
         expected = tuple(model.input_shape[1:])
         if len(expected) == len(image_shape) and any(e not in (None, d) for e, d in zip(expected, image_shape)):
             raise UsageError(f"--model_fn={config.model_fn} takes inputs of shape {expected}, but --data={config.data} "
                              f"holds {tuple(image_shape)}: make the model's Input shape {tuple(image_shape)}")
-    models.compile_model(model, config)
+    with scope():
+        models.compile_model(model, config)
     return model, image_shape
 
 
@@ -188,7 +190,7 @@ def checkpoint_step(checkpoint_dir: str) -> int:
 
 # Flags that define the model, its inputs or its outputs: a checkpoint cannot be resumed with others
 # (the variables may even match, e.g. another --image_size under global pooling, and mean other things).
-MODEL_FLAGS = ("label_mode", "loss", "backbone", "base_model", "model_fn", "cut_layer", "drop_layers", "head_pooling",
+MODEL_FLAGS = ("engine", "label_mode", "loss", "backbone", "base_model", "model_fn", "cut_layer", "drop_layers", "head_pooling",
                "mixed_precision")
 
 

@@ -205,7 +205,8 @@ class Engine:
             return None
         if config.export != "best":
             return serving.export(self._run.model, self._signature, root,
-                                  config.keep_checkpoint_max if config.export == "latest" else None)
+                                  config.keep_checkpoint_max if config.export == "latest" else None,
+                                  self._run.dataset.class_names)
         metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
         record = export.read_best_record(root, metric) if tf.io.gfile.isdir(root) else None
         current = {k: int(v) if k == "global_step" else float(v) for k, v in result.items() if np.ndim(v) == 0}
@@ -213,7 +214,8 @@ class Engine:
             logging.info("not exporting: %s does not beat the best so far (step %d)", evaluations.metric_text(current),
                          record["metrics"].get("global_step", -1))
             return None
-        path = serving.export(self._run.model, self._signature, root, config.keep_checkpoint_max)
+        path = serving.export(self._run.model, self._signature, root, config.keep_checkpoint_max,
+                              self._run.dataset.class_names)
         best = {"metrics": current, "export": os.path.basename(path), "metric": metric}
         if result.get("confusion_matrix") is not None:
             best["confusion_matrix"] = np.asarray(result["confusion_matrix"]).round().astype(int).tolist()
@@ -243,7 +245,8 @@ class Engine:
         if self._signature is None:
             self._attach(run)
         return serving.export(run.model, self._signature, os.path.join(self.config.checkpoint_dir, "export",
-                                                                       self.config.export))
+                                                                       self.config.export),
+                              class_names=run.dataset.class_names)
 
     def predictions(self, run, checkpoint: str):
         return None

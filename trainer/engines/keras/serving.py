@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from trainer.data.inputs import decode_image
 from trainer.engines.keras import saving
-from trainer.outputs.export import EXPORT_WEIGHTS
+from trainer.outputs.export import CLASS_NAMES, EXPORT_WEIGHTS
+from trainer.util import files
 
 
 
@@ -45,8 +46,9 @@ def make_signature(model: tf.keras.Model, class_names: Sequence[str], binary: bo
     return serve.get_concrete_function()
 
 
-def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = None) -> str:
-    """Writes `root/<unix time>/` (saved_model.pb, variables/, keras_weights/); keeps the newest `keep`."""
+def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = None, class_names=None) -> str:
+    """Writes `root/<unix time>/` (saved_model.pb, variables/, keras_weights/, assets.extra/class_names.json);
+    keeps the newest `keep`."""
     tf.io.gfile.makedirs(root)
     version = int(time.time())
     while tf.io.gfile.exists(os.path.join(root, str(version))):
@@ -57,6 +59,9 @@ def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = No
     tf.saved_model.save(holder, temporary, signatures={"serving_default": signature})
     saving.write_bundle(os.path.join(temporary, EXPORT_WEIGHTS), {**saving.model_variables(model),
                                                            "global_step": tf.constant(0, tf.int64)})
+    if class_names is not None:
+        tf.io.gfile.makedirs(os.path.join(temporary, "assets.extra"))
+        files.write_json(os.path.join(temporary, "assets.extra", CLASS_NAMES), [str(n) for n in class_names])
     path = os.path.join(root, str(version))
     tf.io.gfile.rename(temporary, path)
     if keep:

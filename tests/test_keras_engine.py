@@ -1,0 +1,218 @@
+"""The Keras engine (--engine=keras): the Estimator engine's contract through Model.fit, on TensorFlow 2.15 (beside
+the Estimator, for parity) and on TensorFlow 2.21 + tf-keras (`make test` runs this file in both venvs).
+
+Real runs on tiny real data: digits and a small image folder, in this process where one TensorFlow runtime
+suffices, in subprocesses for CPU replicas (logical devices are fixed when TensorFlow starts), kills and the
+other venv."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import restart_cases
+from conftest import REPO, make_image_folder
+from trainer.config import Config, resolve_engine
+from trainer.errors import UsageError
+from trainer.run import experiment
+
+HAS_ESTIMATOR = resolve_engine(None) == "estimator"
+needs_estimator = pytest.mark.skipif(not HAS_ESTIMATOR, reason="tf.estimator needs TensorFlow 2.15")
+FAST = dict(save_checkpoints_steps=20, eval_throttle_secs=0, batch_size=32, keep_checkpoint_max=100)
+SCALARS = {"accuracy", "loss", "macro_f1", "top_k_accuracy"}
+
+
+def read(path):
+    return json.loads(Path(path).read_text())
+
+
+def signature(export_dir):
+    fn = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    inputs = {k: (v.dtype.name, v.shape.as_list()) for k, v in fn.structured_input_signature[1].items()}
+    outputs = {k: (v.dtype.name, v.shape.as_list()) for k, v in fn.structured_outputs.items()}
+    return inputs, outputs
+
+
+def eval_tags(model_dir):
+    from trainer.util import events
+
+    return set(events.evaluations(str(model_dir)))
+
+
+def train(engine, model_dir, **flags):
+    values = dict(data="digits", backbone="small_cnn", train_steps=60, **FAST)
+    values.update(flags)
+    return experiment.train_and_evaluate(Config(engine=engine, model_dir=str(model_dir), **values))
+
+
+def test_the_default_engine_follows_the_tensorflow():
+    major, minor = (int(p) for p in tf.__version__.split(".")[:2])
+    assert resolve_engine(None) == ("estimator" if (major, minor) <= (2, 15) else "keras")
+    with pytest.raises(UsageError, match="--engine=turbo is not valid; choose one of: estimator, keras"):
+        resolve_engine("turbo")
+
+
+@pytest.mark.skipif(HAS_ESTIMATOR, reason="this TensorFlow has tf.estimator")
+def test_engine_estimator_on_a_tensorflow_without_it_is_one_error_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer.task", "--data=digits", "--engine=estimator",
+                             f"--model_dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr
+    assert "removed in TensorFlow 2.16" in errors[0] and "--engine=keras" in errors[0]
+    assert not (tmp_path / "run" / "run_info.json").exists()
+
+
+def test_a_keras_run_writes_the_output_contract(tmp_path):
+    """Files, run_info's engine fields, the eval scalars, the image-bytes export served by trainer.predict and
+    converted by --export_tflite, on an image folder."""
+    images = make_image_folder(tmp_path / "images", classes=("cats", "dogs", "owls"), per_class=10)
+    run = tmp_path / "run"
+    summary = train("keras", run, data=str(images), backbone="small_cnn", image_size=16, train_steps=40,
+                    export_tflite="float32", batch_size=8, save_checkpoints_steps=10)
+    assert summary["global_step"] == 40 and summary["accuracy"] > 0.6
+    info = read(run / "run_info.json")
+    assert info["engine"] == "keras" and info["estimator"] == "Keras Model.fit"
+    assert info["tf_version"] == tf.__version__ and info["keras_version"].startswith("2.")
+    for name in ("eval_metrics.json", "model_summary.json", "keras_model.h5", "report.html",  # train.log: CLI runs.
+                 "export/tflite/model.tflite"):
+        assert (run / name).exists(), name
+    metrics = read(run / "eval_metrics.json")
+    assert metrics["served_model"] == "best" and set(metrics["per_class"]) == {"cats", "dogs", "owls"}
+    assert {"accuracy", "loss", "macro_f1"} <= eval_tags(run)
+    from trainer.util import events
+
+    assert {"loss", "learning_rate"} <= set(events.read_scalars(str(run)))
+    inputs, outputs = signature(summary["export"])
+    assert inputs == {"image_bytes": ("string", [None])}
+    assert outputs == {"probabilities": ("float32", [None, 3]), "classes": ("string", [None])}
+    out = tmp_path / "predictions.csv"
+    result = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={images}",
+                             f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = out.read_text().splitlines()
+    assert len(rows) == 31 and sum(r.split(",")[1] in r.split(",")[0] for r in rows[1:]) >= 20  # Path has the class.
+    assert read(run / "run_info.json")["tflite"]["agreement_with_keras_model"]["top1"] >= 0.9
+
+
+@needs_estimator
+def test_both_engines_reach_the_same_accuracy_with_the_same_signature(tmp_path):
+    """Parity on the digits transfer task: a frozen 'pretrained' base model, then fine-tuning (two phases)."""
+    base = restart_cases._base_model(tmp_path)
+    flags = dict(base_model=base, classes=tuple("012345"), freeze="all", train_steps=40, fine_tune_steps=20,
+                 fine_tune_freeze="none", lr_schedule="cosine", warmup_steps=5, batch_size=16,
+                 save_checkpoints_steps=10)
+    estimator = train("estimator", tmp_path / "estimator", **flags)
+    keras = train("keras", tmp_path / "keras", **flags)
+    assert estimator["global_step"] == keras["global_step"] == 60
+    assert abs(estimator["accuracy"] - keras["accuracy"]) <= 0.02, (estimator, keras)
+    assert signature(estimator["export"]) == signature(keras["export"])
+    assert eval_tags(tmp_path / "keras") == eval_tags(tmp_path / "estimator")
+    phases = [read(tmp_path / e / "run_info.json")["phases"] for e in ("estimator", "keras")]
+    assert [(p["name"], p["first_step"], p["last_step"], p["trainable_params"]) for p in phases[0]] == \
+        [(p["name"], p["first_step"], p["last_step"], p["trainable_params"]) for p in phases[1]]
+    assert set(read(tmp_path / "keras" / "eval_metrics.json")) == set(read(tmp_path / "estimator" / "eval_metrics.json"))
+
+
+@needs_estimator
+def test_a_champion_of_one_engine_is_challenged_by_the_other_on_the_same_numbers(tmp_path):
+    champion = tmp_path / "champion"
+    first = train("estimator", tmp_path / "a", champion_dir=str(champion), train_steps=40)
+    second = train("keras", tmp_path / "b", champion_dir=str(champion), train_steps=20, learning_rate=1e-4)
+    third = train("estimator", tmp_path / "c", champion_dir=str(champion), train_steps=60)
+    records = [read(tmp_path / r / "run_info.json")["promotion"] for r in ("a", "b", "c")]
+    assert records[0]["promoted"] is True
+    # The keras run scores the estimator's champion exactly as that run scored itself (same data, same model).
+    assert records[1]["champion"] == pytest.approx(records[0]["challenger"], abs=1e-6)
+    assert records[1]["promoted"] is False and records[1]["challenger"] < records[1]["champion"]
+    assert records[2]["champion"] == pytest.approx(records[0]["challenger"], abs=1e-6)
+    assert first["accuracy"] and second["accuracy"] and third["accuracy"]
+
+
+def test_unsupported_flags_are_one_error_line_naming_the_flag(tmp_path):
+    with pytest.raises(UsageError, match="--cache_features is not supported by --engine=keras"):
+        train("keras", tmp_path / "run", cache_features=True, freeze="all")
+    assert not (tmp_path / "run" / "run_info.json").exists()
+
+
+def test_a_resume_with_the_other_engine_is_refused(tmp_path):
+    train("keras", tmp_path / "run", train_steps=20)
+    other = "estimator" if HAS_ESTIMATOR else "keras"
+    if other == "keras":
+        pytest.skip("one engine on this TensorFlow")
+    with pytest.raises(UsageError, match="--engine=estimator differs from the --engine=keras"):
+        train(other, tmp_path / "run", train_steps=40)
+
+
+def _subprocess_run(args, model_dir, env=None):
+    return subprocess.run([sys.executable, "-m", "trainer.task", *args, f"--model_dir={model_dir}"], cwd=REPO,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})), capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_two_cpu_replicas_reach_the_accuracy_of_one_device(tmp_path):
+    """The check that would have caught keras#19891 (MirroredStrategy gradients aggregated wrongly)."""
+    args = ["--engine=keras", "--data=digits", "--backbone=small_cnn", "--train_steps=80", "--batch_size=32",
+            "--save_checkpoints_steps=40", "--eval_throttle_secs=0"]
+    one = _subprocess_run(args, tmp_path / "one")
+    two = _subprocess_run(args + ["--strategy=mirrored", "--num_cpu_replicas=2"], tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    one, two = json.loads(one.stdout.splitlines()[-1]), json.loads(two.stdout.splitlines()[-1])
+    info = read(tmp_path / "two" / "run_info.json")
+    assert info["num_replicas"] == 2 and info["per_replica_batch_size"] == 16
+    assert two["global_step"] == 80 and abs(one["accuracy"] - two["accuracy"]) <= 0.02, (one, two)
+
+
+TWO_PHASES = ["--engine=keras", "--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn",
+              "--save_checkpoints_steps=10", "--eval_throttle_secs=0", "--keep_checkpoint_max=1000", "--batch_size=16"]
+
+
+@pytest.mark.parametrize("how,step", [("kill", 20), ("term", 50)])
+def test_killed_in_either_phase_a_keras_run_resumes_and_ends_as_uninterrupted(tmp_path, how, step):
+    """SIGKILL in phase 1 or SIGTERM in phase 2, then the same command: the restart-equivalence property
+    (tests/restart_cases.py: same phases, same schedule, same trained weights per phase, same end)."""
+    args = TWO_PHASES + ["--freeze=all", "--fine_tune_freeze=none", "--train_steps=30", "--fine_tune_steps=30",
+                         "--lr_schedule=cosine", "--warmup_steps=4"]
+    case = {"args": args, "interruptions": [{"how": how, "step": step}], "early_stopping": False}
+    assert restart_cases.check_case(case, tmp_path) == []
+    run = tmp_path / "interrupted"
+    stderr = (tmp_path / "interrupted-0.stderr").read_text()
+    if how == "term":
+        assert "preempted: checkpoint saved at step" in stderr
+    late, end = (tf.train.load_checkpoint(str(run / f"model.ckpt-{s}")) for s in (40, 60))
+    assert not np.array_equal(late.get_tensor("conv1/kernel"), end.get_tensor("conv1/kernel"))  # Phase 2 trains it.
+
+
+def test_sigterm_saves_and_exits_143(tmp_path):
+    code, stderr, what = restart_cases.interrupted_run(TWO_PHASES + ["--train_steps=400"], tmp_path / "run",
+                                                       {"how": "term", "step": 10})
+    assert what == "signal sent" and code == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    saved = restart_cases._latest_step(tmp_path / "run")
+    assert 10 <= saved < 400
+
+
+@pytest.mark.parametrize("seed", (3, 7))
+def test_a_drawn_keras_recipe_interrupted_ends_as_uninterrupted(tmp_path, seed):
+    assert restart_cases.run_case(seed, tmp_path, engine="keras") == []
+
+
+@pytest.mark.skipif(HAS_ESTIMATOR or not os.environ.get("TRAINER_TF215_PYTHON"),
+                    reason="TensorFlow 2.21 leg, with the TensorFlow 2.15 venv beside it (make test)")
+def test_a_model_exported_on_tf221_serves_on_tf215(tmp_path):
+    """What Vertex AI's prebuilt TF 2.15 prediction images (until 2027-01-14) would do with the Keras engine's
+    exports: load the SavedModel and call serving_default, here through trainer.predict in the 2.15 venv."""
+    images = make_image_folder(tmp_path / "images", classes=("cats", "dogs"), per_class=8)
+    summary = train("keras", tmp_path / "run", data=str(images), image_size=16, train_steps=30, batch_size=8,
+                    save_checkpoints_steps=10)
+    out = tmp_path / "p.jsonl"
+    result = subprocess.run([os.environ["TRAINER_TF215_PYTHON"], "-m", "trainer.predict",
+                             f"--model={summary['export']}", f"--data={images}", f"--output={out}"], cwd=REPO,
+                            env={k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 16 and all(r["predicted"] in ("cats", "dogs") for r in rows)
