@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trainer  # noqa: F401 - first: on TensorFlow 2.16+ it makes tf.keras the Keras 2 API (tf-keras).
 import numpy as np
 import pytest
 from PIL import Image

@@ -153,6 +153,10 @@ def resolve_engine(name: Optional[str]) -> str:
 
     import tensorflow as tf
 
+    if str(getattr(tf.keras, "__version__", "2")).startswith("3"):
+        raise UsageError("tf.keras is Keras 3 in this process, but trainer is written for the Keras 2 API: set "
+                         "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported (importing trainer first does it) "
+                         "and install tf-keras (trainer[keras-cpu])")
     major_minor = tuple(int(p) for p in tf.__version__.split(".")[:2])
     has_estimator = major_minor <= (2, 15) and importlib.util.find_spec("tensorflow_estimator") is not None
     if name is None:
