@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py [--runs=3] [--cases=keras300,trainer300,trainer600,cached600,floor]
                                 [--images=4000] [--image_size=96] [--log_dir=DIR] [--skip_input]
+                                [--tf221_python=.venv-keras/bin/python]
 
 Every figure is the wall time of a whole process (start to exit: imports, data,
 graph building, training, evaluation, SavedModel export), all measured in this
@@ -14,6 +15,8 @@ so drifts in machine load hit every case alike:
   cached600    the same with --cache_features
   floor        scripts/benchmark_floor.py: TF import + one forward pass of the trunk over every image,
                what no cached run can avoid
+  kengine300   trainer300 with --engine=keras (Model.fit; this Python's TensorFlow)
+  keras300@221, kengine300@221   keras300 and kengine300 with --tf221_python (TensorFlow 2.21 + tf-keras)
 
 Every run is printed (with the longest silence in its log, which is where a stall
 shows), then a markdown table per case: every run's time, median, min, max and
@@ -34,7 +37,9 @@ from typing import List, NamedTuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-CASES = ("keras300", "trainer300", "trainer600", "cached600", "floor")
+CASES = ("keras300", "trainer300", "trainer600", "cached600", "floor", "kengine300", "keras300@221",
+         "kengine300@221")
+DEFAULT_CASES = CASES[:5]
 OUTLIER = 1.3  # A run slower than this times its case's median is flagged.
 
 
@@ -45,13 +50,13 @@ class Run(NamedTuple):
     pause_after: str  # The line that preceded it.
 
 
-def timed(cmd: List[str], log_path: str) -> Run:
+def timed(cmd: List[str], log_path: str, env=None) -> Run:
     """Runs `cmd` to completion; every output line is timestamped on arrival into `log_path`."""
     start = time.perf_counter()
     last, pause, pause_after, previous = start, 0.0, "", "(start)"
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace")
+                                   errors="replace", env=env)
         for line in process.stdout:
             now = time.perf_counter()
             if now - last > pause:
@@ -87,6 +92,12 @@ def ratios(times: dict) -> List[str]:
     if {"keras300", "trainer300"} <= set(median):
         lines.append(f"- trainer300 / keras300: {median['trainer300'] / median['keras300']:.2f} "
                      "(below 1 means the trainer is faster)")
+    for engine, keras in (("kengine300", "keras300"), ("kengine300@221", "keras300@221")):
+        if {engine, keras} <= set(median):
+            lines.append(f"- {engine} / {keras}: {median[engine] / median[keras]:.2f}")
+    if {"kengine300", "trainer300"} <= set(median):
+        lines.append(f"- kengine300 / trainer300 (Keras engine / Estimator engine): "
+                     f"{median['kengine300'] / median['trainer300']:.2f}")
     if {"trainer600", "cached600"} <= set(median):
         lines.append(f"- cached600 is {median['trainer600'] / median['cached600']:.2f}x faster than trainer600")
     if {"floor", "cached600"} <= set(median):
@@ -108,7 +119,8 @@ def outliers(times: dict) -> List[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument("--tf221_python", help="the Python of a TensorFlow 2.21 + tf-keras venv, for the @221 cases")
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--image_size", type=int, default=96)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -119,6 +131,8 @@ def main() -> None:
     unknown = set(selected) - set(CASES)
     if unknown:
         parser.error(f"unknown --cases {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
+    if any(c.endswith("@221") for c in selected) and not args.tf221_python:
+        parser.error("the @221 cases need --tf221_python (e.g. .venv-keras/bin/python, from make install-keras)")
     from benchmark_input import make_folder
 
     tmp = tempfile.mkdtemp(prefix="bench-")
@@ -138,12 +152,18 @@ def main() -> None:
         "cached600": lambda out: trainer + ["--train_steps=600", "--cache_features", f"--model_dir={out}"],
         "floor": lambda out: [py, "scripts/benchmark_floor.py", f"--data={folder}", size, batch],
     }
+    py221 = args.tf221_python
+    commands["kengine300"] = lambda out: trainer + ["--train_steps=300", "--engine=keras", f"--model_dir={out}"]
+    commands["keras300@221"] = lambda out: [py221] + commands["keras300"](out)[1:]
+    commands["kengine300@221"] = lambda out: [py221] + commands["kengine300"](out)[1:]
+    env221 = dict(os.environ, TF_USE_LEGACY_KERAS="1")  # keras_baseline.py imports TensorFlow itself.
     times = {name: [] for name in selected}
     started = time.time()
     for run in range(args.runs):
         for name in selected:
             out = os.path.join(tmp, f"{name}_{run}")
-            r = timed(commands[name](out), os.path.join(log_dir, f"{name}_{run}.log"))
+            r = timed(commands[name](out), os.path.join(log_dir, f"{name.replace('@', '_tf')}_{run}.log"),
+                      env221 if name.endswith("@221") else None)
             times[name].append(r)
             shutil.rmtree(out, ignore_errors=True)
             print(f"run {run} {name}: {r.seconds:.1f} s, {r.cpu:.1f} CPU s (longest silence {r.pause:.1f} s after: "

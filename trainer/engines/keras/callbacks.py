@@ -64,7 +64,7 @@ class Summaries(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
-        if step % self._every and step != 1:
+        if self._folder is None or (step % self._every and step != 1):
             return
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self._folder)
@@ -87,14 +87,20 @@ class Summaries(tf.keras.callbacks.Callback):
 
 class RunContract(tf.keras.callbacks.Callback):
     """After each step: SIGTERM (or Ctrl-C) saves a checkpoint and raises Preempted; on the schedule
-    first_step + k x every (and at the phase's last step) `save(step)`, then `evaluate(step)` unless throttled;
-    a stop once early stopping has decided."""
+    first_step + k x every (and at the phase's last step) `save(step)`, then (`evaluates`) `evaluate(step)`
+    unless throttled; a stop once early stopping has decided.
+
+    Under MultiWorkerMirroredStrategy (`strategy`) every task must stop at the same step, or the others wait
+    in the next step's all-reduce forever: each step, the tasks sum their stop requests (a signal received,
+    early stopping decided, read every 10 steps as the Estimator engine's StopHook does) in one all-reduce.
+    """
 
     def __init__(self, engine, first_step: int, last_step: int, every: int, throttle_secs: float,
-                 stops: bool, is_chief: bool, multi_process: bool):
+                 stops: bool, is_chief: bool, multi_process: bool, evaluates: bool = True, strategy=None):
         super().__init__()
         self._engine, self._first, self._last_step, self._every = engine, first_step, last_step, every
         self._throttle, self._stops, self._is_chief, self._multi = throttle_secs, stops, is_chief, multi_process
+        self._evaluates, self._strategy = evaluates, strategy
         self._evaluated_at = None
 
     def on_train_begin(self, logs=None):
@@ -108,16 +114,38 @@ class RunContract(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
+        if self._strategy is not None:
+            self._multi_worker_step(step)
+            return
         if preemption._requested.is_set():
             self._preempted(step)
         if step == self._last_step or (self._every and (step - self._first) % self._every == 0):
             self._engine.save(step)
             now = time.time()
-            if step == self._last_step or self._evaluated_at is None or now - self._evaluated_at >= self._throttle:
+            if self._evaluates and (step == self._last_step or self._evaluated_at is None or
+                                    now - self._evaluated_at >= self._throttle):
                 self._evaluated_at = now
                 self._engine.evaluate(step)
                 if self._stops and early_stopping.stopped_at(self._engine.config.model_dir) is not None:
                     self.model.stop_training = True
+
+    def _multi_worker_step(self, step: int) -> None:
+        stop = bool(self._stops and step % 10 == 0 and early_stopping.stopped_at(self._engine.config.model_dir)
+                    is not None)
+        preempt, stop = self._all_tasks(float(preemption._requested.is_set()), float(stop))
+        if preempt:
+            self._preempted(step)
+        if step == self._last_step or (self._every and (step - self._first) % self._every == 0):
+            self._engine.save(step)  # The chief only.
+        if stop:
+            self.model.stop_training = True
+
+    def _all_tasks(self, *flags):
+        """Each flag summed over every task of the cluster: one all-reduce."""
+        strategy = self._strategy
+        mine = tf.constant(flags, tf.float32)
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: mine), axis=None)
+        return [bool(v > 0) for v in total.numpy()]
 
     def _preempted(self, step: int) -> None:
         preemption.honouring()

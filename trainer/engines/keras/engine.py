@@ -5,6 +5,7 @@ stopping, SIGTERM, and resumption from the last saved step, not the last epoch. 
 trainer.engines.estimator.engine lists."""
 import contextlib
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -22,8 +23,10 @@ from trainer.outputs import evaluations, export, metrics, predictions
 from trainer.run import distribution, early_stopping, phases
 from trainer.util import console, files
 
-_NOT_YET = {"cache_features": "--cache_features", "tpu": "--strategy=tpu", "multi_worker": "--strategy=multi_worker",
+_NOT_YET = {"cache_features": "--cache_features", "tpu": "--strategy=tpu",
             "parameter_server": "--strategy=parameter_server"}
+_CHIEF_WAIT_SECS = 600
+_EVALUATOR_POLL_SECS = 1.0
 
 
 class Engine:
@@ -64,7 +67,13 @@ class Engine:
         pass
 
     def wait_for_chief(self) -> None:
-        pass
+        """A non-chief task reads the phase history the chief records (run_info.json) when it enters a phase."""
+        path = os.path.join(self.config.model_dir, "run_info.json")
+        deadline = time.time() + _CHIEF_WAIT_SECS
+        while not (files.read_run_info(self.config.model_dir) or {}).get("phases"):
+            if time.time() > deadline:
+                raise RuntimeError(f"the chief wrote no {path} within {_CHIEF_WAIT_SECS} s")
+            time.sleep(0.5)
 
     def prepare_inputs(self, run) -> None:
         run.train_input = run.make_input(run.dataset.train, True)
@@ -119,22 +128,26 @@ class Engine:
 
     def train_phase(self, run, step: phases.Step, schedule) -> Optional[dict]:
         config, plan = self.config, self.plan
+        if plan.is_evaluator:
+            return self._evaluate_checkpoints(run, step)
         first = callbacks.global_step(run.model)
         remaining = step.phase.last_step - first
         self._last_eval = None
         if remaining <= 0:
             return None
         progress = callbacks.Progress(step.phase.last_step, config.batch_size, schedule)
+        # Evaluations run here on one process; in a cluster, on its evaluator task (as under the Estimator).
         contract = callbacks.RunContract(self, step.first_step, step.phase.last_step, config.save_checkpoints_steps,
                                          config.eval_throttle_secs, bool(config.early_stopping_patience),
-                                         plan.is_chief, plan.distributed)
+                                         plan.is_chief, plan.distributed, evaluates=self._single,
+                                         strategy=plan.strategy if plan.name == "multi_worker" else None)
         self._listeners = self._make_listeners()
         terminate = tf.keras.callbacks.TerminateOnNaN()
         try:
             record_faults.train_skipping_bad_records(lambda: run.model.fit(
                 run.train_input(), epochs=1, steps_per_epoch=remaining, verbose=0,
-                callbacks=[progress, callbacks.Summaries(config.checkpoint_dir, progress, schedule), terminate,
-                           contract]), run.dataset, config)
+                callbacks=[progress, callbacks.Summaries(config.checkpoint_dir if plan.is_chief else None, progress,
+                                                         schedule), terminate, contract]), run.dataset, config)
         finally:
             for listener in self._listeners:
                 if hasattr(listener, "end"):
@@ -144,8 +157,27 @@ class Engine:
                                "nothing more was exported or written (try a lower --learning_rate)")
         return self._last_eval
 
+    def _evaluate_checkpoints(self, run, step: phases.Step) -> Optional[dict]:
+        """The evaluator task: each new checkpoint of the phase, restored and evaluated (then exported, counted
+        by early stopping, ...), until the phase's last step or early stopping's decision."""
+        config, evaluated = self.config, None
+        self._last_eval = None
+        while True:
+            latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+            at = saving.checkpoint_step(latest) if latest else -1
+            if latest and at > step.first_step and at != evaluated and at <= step.phase.last_step:
+                saving.restore(run.model, latest, with_optimizer=False)
+                self.evaluate(at, final=at == run.planned[-1].last_step)
+                evaluated = at
+            if at >= step.phase.last_step or (config.early_stopping_patience and
+                                              early_stopping.stopped_at(config.model_dir) is not None):
+                return self._last_eval
+            time.sleep(_EVALUATOR_POLL_SECS)
+
     def _make_listeners(self):
         config = self.config
+        if not self.plan.is_chief:
+            return []
         made = [checkpoint_sync.CheckpointLogger(config.batch_size)]
         if config.tensorboard_dir:
             made.append(checkpoint_sync.TensorBoardCopy(config.checkpoint_dir, config.tensorboard_dir))
