@@ -216,3 +216,130 @@ def test_a_model_exported_on_tf221_serves_on_tf215(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 16 and all(r["predicted"] in ("cats", "dogs") for r in rows)
+
+
+@needs_estimator
+def test_a_run_moves_to_the_other_engine_by_warm_start(tmp_path):
+    """The README's way from one engine to the other: a new --model_dir warm-started from the old run."""
+    old = train("estimator", tmp_path / "old", train_steps=60)
+    moved = train("keras", tmp_path / "new", warm_start_from=str(tmp_path / "old"), train_steps=1,
+                  learning_rate=1e-9, save_checkpoints_steps=1)
+    assert moved["accuracy"] == pytest.approx(old["accuracy"], abs=0.005)
+    assert read(tmp_path / "new" / "run_info.json")["warm_start_from"] == str(tmp_path / "old")
+
+
+@pytest.mark.skipif(HAS_ESTIMATOR or not os.environ.get("TRAINER_TF215_PYTHON"),
+                    reason="TensorFlow 2.21 leg, with the TensorFlow 2.15 venv beside it (make test)")
+def test_an_estimator_run_on_tf215_continues_on_tf221(tmp_path):
+    """The migration: a model trained by the Estimator engine on TensorFlow 2.15 warm-starts a Keras-engine run
+    on TensorFlow 2.21 with its weights intact."""
+    old = tmp_path / "old"
+    result = subprocess.run([os.environ["TRAINER_TF215_PYTHON"], "-m", "trainer.task", "--data=digits",
+                             "--backbone=small_cnn", "--engine=estimator", "--train_steps=60", "--batch_size=32",
+                             "--save_checkpoints_steps=60", f"--model_dir={old}"], cwd=REPO,
+                            env={k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before = json.loads(result.stdout.splitlines()[-1])
+    moved = train("keras", tmp_path / "new", warm_start_from=str(old), train_steps=1, learning_rate=1e-9,
+                  save_checkpoints_steps=1)
+    assert moved["accuracy"] == pytest.approx(before["accuracy"], abs=0.005)
+
+
+def test_a_keras_cluster_trains_through_launch_local(tmp_path):
+    """Chief + worker under MultiWorkerMirroredStrategy (Model.fit) and an evaluator task, as Vertex AI runs
+    them, through trainer.launch_local; two phases, so the tasks also cross a boundary together."""
+    model_dir = tmp_path / "mw"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=400", "--",
+         "--engine=keras", "--data=digits", "--backbone=small_cnn", f"--model_dir={model_dir}", "--train_steps=40",
+         "--fine_tune_steps=20", "--freeze=all", "--save_checkpoints_steps=20", "--eval_throttle_secs=0",
+         "--batch_size=32"], cwd=REPO, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["global_step"] == 60 and summary["accuracy"] > 0.5
+    info = read(model_dir / "run_info.json")
+    assert info["engine"] == "keras" and info["strategy"] == "multi_worker" and info["num_replicas"] == 2
+    assert [p["name"] for p in info["phases"]] == ["train", "fine_tune"]
+    assert "[evaluator]" in proc.stderr and "[worker0]" in proc.stderr
+    from trainer.util import events
+
+    evaluated = [s for s, _ in events.evaluations(str(model_dir)).get("accuracy", [])]
+    assert evaluated and max(evaluated) <= 60, evaluated  # The evaluator evaluated the chief's checkpoints.
+    assert (model_dir / "keras_model.h5").exists() and summary["export"]
+    assert signature(summary["export"])[1]["probabilities"] == ("float32", [None, 10])
+
+
+def _tfrecords(tmp_path):
+    from trainer.data import conversion
+
+    images = make_image_folder(tmp_path / "images", classes=("cats", "dogs"), per_class=12)
+    conversion.convert(str(images), str(tmp_path / "records"), shards=2, validation_split=0.0)
+    return str(tmp_path / "records" / "train-*")
+
+
+def _npz(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.repeat(digits.images[..., None] / 16.0, 3, axis=-1).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x[:1400], y_train=digits.target[:1400], x_test=x[1400:],
+             y_test=digits.target[1400:])
+    return str(tmp_path / "d.npz")
+
+
+# Each flag of a run under the Keras engine, end to end: (flags, a check of what it must change).
+FLAG_CASES = {
+    "mixed_precision_jit": (dict(mixed_precision=True, jit=True),
+                            lambda run, s, m: signature(s["export"])[1]["probabilities"][0] == "float32"),
+    "export_latest": (dict(export="latest", keep_checkpoint_max=2, train_steps=60),
+                      lambda run, s, m: len(list((run / "export" / "latest").glob("1*"))) == 2),
+    "export_final": (dict(export="final"),
+                     lambda run, s, m: len(list((run / "export" / "final").glob("1*"))) == 1),
+    "recipe": (dict(label_smoothing=0.1, class_weight="balanced", weight_decay=1e-4, clip_norm=1.0, top_k=3,
+                    optimizer="rmsprop", lr_schedule="exponential", lr_decay_steps=10, lr_decay_rate=0.5),
+               lambda run, s, m: "top_k_accuracy" in m and "per_class" in m),
+    "early_stopping": (dict(early_stopping_patience=1, early_stopping_min_delta=0.9, train_steps=100,
+                            save_checkpoints_steps=10),
+                       lambda run, s, m: read(run / "run_info.json")["early_stopped_at_step"] == 20 and
+                       s["global_step"] < 100),
+    "binary_augment": (dict(classes=("0", "1"), label_mode="binary", augment=(("flip", 0.0), ("zoom", 0.1))),
+                       lambda run, s, m: "auc" in m and signature(s["export"])[1]["probabilities"][1] == [None, 2]),
+    "tfrecords": (dict(data=_tfrecords, validation_split=0.25, image_size=16, batch_size=6),
+                  lambda run, s, m: signature(s["export"])[0] == {"image_bytes": ("string", [None])}),
+    "npz_mlp_categorical": (dict(data=_npz, backbone="mlp", label_mode="categorical"),
+                            lambda run, s, m: s["accuracy"] > 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAG_CASES))
+def test_each_flag_runs_end_to_end_on_the_keras_engine(tmp_path, name):
+    flags, check = FLAG_CASES[name]
+    flags = {k: (v(tmp_path) if callable(v) else v) for k, v in flags.items()}
+    flags.setdefault("train_steps", 40)
+    run = tmp_path / "run"
+    summary = train("keras", run, **flags)
+    metrics = read(run / "eval_metrics.json")
+    assert summary["export"] and (run / "keras_model.h5").exists()
+    assert check(run, summary, metrics), (name, summary, metrics)
+
+
+def test_vertex_dirs_hypertune_tensorboard_and_checkpoint_sync(tmp_path, monkeypatch, gcs_server):
+    _, client = gcs_server
+    monkeypatch.setenv("AIP_MODEL_DIR", str(tmp_path / "model"))
+    monkeypatch.setenv("AIP_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", str(tmp_path / "tb"))
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(tmp_path / "hp" / "output.metrics"))
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_TAG", "accuracy")
+    summary = experiment.train_and_evaluate(Config(
+        engine="keras", data="digits", backbone="mlp", train_steps=40, sync_checkpoints_to="gs://test-bucket/mirror",
+        **FAST))
+    assert summary["model_dir"] == str(tmp_path / "model")
+    assert (tmp_path / "checkpoints" / "model.ckpt-40.index").exists()
+    assert not list((tmp_path / "model").glob("model.ckpt-*"))
+    assert summary["export"].startswith(str(tmp_path / "model" / "export" / "best"))
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*")) and list((tmp_path / "tb").glob("eval/events*"))
+    lines = [json.loads(line) for line in (tmp_path / "hp" / "output.metrics").read_text().splitlines()]
+    assert [int(line["global_step"]) for line in lines] == [20, 40]
+    mirrored = client.bucket("test-bucket").blob("mirror/model.ckpt-40.index").download_as_bytes()
+    assert mirrored == (tmp_path / "checkpoints" / "model.ckpt-40.index").read_bytes()

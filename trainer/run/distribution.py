@@ -97,8 +97,11 @@ def choose(name: str, tf_config: dict, num_gpus: int) -> str:
 
 def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 0,
              tf_config_raw: Optional[str] = None, tpu: Optional[str] = None, use_tpu: bool = True,
-             split_cpu: bool = False) -> Plan:
+             eager: bool = False) -> Plan:
     """Maps --strategy (and TF_CONFIG, devices) to a Plan. Builds the strategy object.
+
+    `eager`: for an engine that runs the strategy eagerly (the Keras engine): CPU replicas as logical
+    devices, --strategy=tpu as a TPUStrategy (the Estimator engine builds TPUEstimator from the resolver).
 
     Raises:
         UsageError: unknown name, bad TF_CONFIG, or a strategy the cluster cannot run.
@@ -121,14 +124,20 @@ def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 
         # (its cluster has no 'evaluator' key).
         return Plan(resolved, None, 1, task_type=task_type, task_index=task_index)
     if resolved == "tpu":
-        return Plan(resolved, task_type=task_type, task_index=task_index,
-                    tpu_resolver=_tpu_resolver(tpu) if use_tpu else None)
+        resolver = _tpu_resolver(tpu) if use_tpu else None
+        if eager and resolver is not None:  # Not run here (no TPU): see the README's "Which engine".
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            strategy = tf.distribute.TPUStrategy(resolver)
+            return Plan(resolved, strategy, strategy.num_replicas_in_sync, task_type=task_type,
+                        task_index=task_index, tpu_resolver=resolver)
+        return Plan(resolved, task_type=task_type, task_index=task_index, tpu_resolver=resolver)
     if resolved == "one_device":
         return Plan(resolved, task_type=task_type, task_index=task_index)
     if resolved == "mirrored":
         if num_cpu_replicas:
             devices = [f"/cpu:{i}" for i in range(num_cpu_replicas)]
-            if split_cpu:  # Eager Keras places replicas on logical devices (the Estimator's session on device_count).
+            if eager:  # Eager Keras places replicas on logical devices (the Estimator's session on device_count).
                 _split_cpu(num_cpu_replicas)
             session = tf.compat.v1.ConfigProto(device_count={"CPU": num_cpu_replicas},
                                                allow_soft_placement=True)

@@ -39,7 +39,7 @@ def train_and_evaluate(config: Config) -> dict:
 def _run(config: Config) -> dict:
     console.attach(config.model_dir)  # The full log: <model_dir>/train.log (command line only).
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
-                                 tpu=config.tpu, use_tpu=config.use_tpu, split_cpu=config.engine == "keras")
+                                 tpu=config.tpu, use_tpu=config.use_tpu, eager=config.engine == "keras")
     if plan.task_type == "ps":
         preemption.uninstall()
     engine = engines.make(config, plan)

@@ -289,7 +289,7 @@ def prepare(config: Config, dist, planned: List[Phase], run_info: dict, info_pat
     latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     step = int(latest.rsplit("-", 1)[1]) if latest else 0
     steps, history = resolve(planned, history_of(previous), step, bool(latest))
-    if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and dist.name == "tpu":
+    if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and dist.name == "tpu" and config.engine != "keras":
         raise UsageError("training phases (--fine_tune_steps, or resuming with another recipe) are not "
                          "supported with --strategy=tpu yet")
     run_info["phases"] = history

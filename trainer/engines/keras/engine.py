@@ -23,8 +23,7 @@ from trainer.outputs import evaluations, export, metrics, predictions
 from trainer.run import distribution, early_stopping, phases
 from trainer.util import console, files
 
-_NOT_YET = {"cache_features": "--cache_features", "tpu": "--strategy=tpu",
-            "parameter_server": "--strategy=parameter_server"}
+_NOT_YET = {"cache_features": "--cache_features", "parameter_server": "--strategy=parameter_server"}
 _CHIEF_WAIT_SECS = 600
 _EVALUATOR_POLL_SECS = 1.0
 
@@ -40,7 +39,8 @@ class Engine:
 
     # ---- prepare ----------------------------------------------------------------------------------------
     def describe(self) -> str:
-        return "Keras Model.fit"
+        return "Keras Model.fit" + (" (TPUStrategy)" if self.plan.strategy is not None and self.plan.name == "tpu"
+                                    else "")
 
     def scope(self):
         """Where the model and its optimizer are built: the strategy's scope (variables mirrored per replica)."""
@@ -57,8 +57,9 @@ class Engine:
                                  "engine trains the frozen trunk's forward pass each step), or use --engine=estimator "
                                  "on TensorFlow 2.15")
         if self.plan.name in _NOT_YET:
-            raise UsageError(f"{_NOT_YET[self.plan.name]} is not supported by --engine=keras yet; use "
-                             "--strategy=one_device or mirrored, or --engine=estimator on TensorFlow 2.15")
+            raise UsageError(f"{_NOT_YET[self.plan.name]} is not supported by --engine=keras yet (Model.fit needs a "
+                             "ClusterCoordinator for it); use --strategy=multi_worker, or --engine=estimator on "
+                             "TensorFlow 2.15")
 
     def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
         return model
