@@ -96,6 +96,12 @@ def test_a_keras_run_writes_the_output_contract(tmp_path):
     rows = out.read_text().splitlines()
     assert len(rows) == 31 and sum(r.split(",")[1] in r.split(",")[0] for r in rows[1:]) >= 20  # Path has the class.
     assert read(run / "run_info.json")["tflite"]["agreement_with_keras_model"]["top1"] >= 0.9
+    for tool, extra in (("trainer.report", [f"--output={tmp_path / 'again.html'}"]),
+                        ("trainer.export_tflite", ["--quantize=float16"])):
+        result = subprocess.run([sys.executable, "-m", tool, str(run), *extra], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (tool, result.stderr[-2000:])
+    assert "accuracy" in (tmp_path / "again.html").read_text()
 
 
 @needs_estimator

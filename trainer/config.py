@@ -103,7 +103,7 @@ class Config:
     warm_start_from: Optional[str] = None  # "champion", a keras_model.h5, or a checkpoint folder.
     unique_run_dir: bool = False
     # Distribution.
-    engine: Optional[str] = None  # estimator, keras; None: estimator where tf.estimator imports, else keras.
+    engine: Optional[str] = None  # estimator, keras; None: estimator where tensorflow_estimator imports, else keras.
     strategy: str = "auto"
     num_gpus: Optional[int] = None  # None: all visible GPUs.
     num_cpu_replicas: int = 0
@@ -148,7 +148,7 @@ ENGINES = ("estimator", "keras")
 
 
 def resolve_engine(name: Optional[str]) -> str:
-    """--engine, checked against this TensorFlow; None: estimator where tf.estimator exists (TF <= 2.15), else keras."""
+    """--engine, checked against this TensorFlow; None: estimator where the Estimator API exists (TF <= 2.15), else keras."""
     import importlib.util
 
     import tensorflow as tf
@@ -163,7 +163,7 @@ def resolve_engine(name: Optional[str]) -> str:
         return "estimator" if has_estimator else "keras"
     _choice("engine", name, ENGINES)
     if name == "estimator" and not has_estimator:
-        raise UsageError(f"--engine=estimator needs TensorFlow 2.15 with tensorflow-estimator (tf.estimator was "
+        raise UsageError(f"--engine=estimator needs TensorFlow 2.15 with tensorflow-estimator (the Estimator API was "
                          f"removed in TensorFlow 2.16); this is TensorFlow {tf.__version__}: use --engine=keras "
                          "(the same flags and files), or install trainer[cpu] on Python 3.10/3.11")
     return name

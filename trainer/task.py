@@ -142,9 +142,9 @@ flags.DEFINE_string("warm_start_from", None, "Start from these weights instead o
 flags.DEFINE_bool("unique_run_dir", False, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "
                   "timestamp): each scheduled run gets its own folder.")
 # Distribution.
-flags.DEFINE_string("engine", None, "estimator (tf.estimator, TensorFlow 2.15 only) or keras (Model.fit, TensorFlow "
+flags.DEFINE_string("engine", None, "estimator (the Estimator API, TensorFlow 2.15 only) or keras (Model.fit, TensorFlow "
                     "2.15 or 2.21 with tf-keras): the same flags, files and strategies. Default: estimator where "
-                    "tf.estimator imports, else keras.")
+                    "the Estimator API imports, else keras.")
 flags.DEFINE_string("strategy", _DEFAULTS.strategy, "auto, one_device, mirrored, multi_worker, parameter_server "
                     "or tpu. auto: multi_worker when TF_CONFIG names several workers, mirrored with more than one "
                     "GPU, else one_device.")

@@ -1,7 +1,7 @@
 """What runs each time a checkpoint is saved, under either engine: a log line with the throughput since the
 last one, the mirror of each new checkpoint to Cloud Storage (--sync_checkpoints_to), and the copy of the event
 files to a TensorBoard folder (--tensorboard_dir). Each is called as `after_save(session, step)` and, at the end
-of training, `end(session, step)` (the Estimator's CheckpointSaverListener protocol; `session` is unused)."""
+of training, `end(session, step)` (the Estimator's saving-listener protocol; `session` is unused)."""
 import os
 import re
 import threading

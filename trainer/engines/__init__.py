@@ -1,6 +1,6 @@
 """Engines: what trains the run's Keras model. The stages of a run (trainer.run) reach one only through the
 methods `trainer.engines.estimator.engine` lists; `make` picks it by --engine, importing only that one (the
-Estimator's needs tf.estimator, which TensorFlow 2.16+ does not have)."""
+Estimator's needs tensorflow_estimator, which TensorFlow 2.16+ does not have)."""
 
 
 def make(config, plan):

@@ -101,7 +101,7 @@ def get_plan(name: str, num_gpus: Optional[int] = None, num_cpu_replicas: int = 
     """Maps --strategy (and TF_CONFIG, devices) to a Plan. Builds the strategy object.
 
     `eager`: for an engine that runs the strategy eagerly (the Keras engine): CPU replicas as logical
-    devices, --strategy=tpu as a TPUStrategy (the Estimator engine builds TPUEstimator from the resolver).
+    devices, --strategy=tpu as a TPUStrategy (the Estimator engine builds its TPU estimator from the resolver).
 
     Raises:
         UsageError: unknown name, bad TF_CONFIG, or a strategy the cluster cannot run.

@@ -211,7 +211,7 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names, full_mod
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
-    if config.strategy == "tpu" and config.engine != "keras":  # TPUEstimator; elsewhere a new phase starts.
+    if config.strategy == "tpu" and config.engine != "keras":  # The TPU estimator; elsewhere a new phase starts.
         _check_same_recipe(config, previous)
     before = previous.get("class_names") if previous else None
     if before and list(before) != list(class_names):

@@ -93,7 +93,7 @@ class Engine:
             run.model.jit_compile = True
         image_bytes = run.dataset.kind in ("files", "tfrecord") and not config.model_fn
         self._signature = serving.make_signature(run.model, run.dataset.class_names, config.label_mode == "binary",
-                                                 image_bytes) if len(run.model.outputs) == 1 else None
+                                                 image_bytes and len(run.model.outputs) == 1)
         if self._evaluator is not None:
             self._evaluator.close()
         self._evaluator = Evaluator(run.model, run.eval_input, config.eval_steps, config.label_mode,
@@ -228,8 +228,6 @@ class Engine:
 
     def _export_after(self, result: dict, final: bool) -> Optional[str]:
         config = self.config
-        if self._signature is None:
-            return None
         if not all(np.all(np.isfinite(w.numpy())) for w in self._run.model.weights):
             logging.warning("not exporting step %d: its weights are not all finite", result["global_step"])
             return None
@@ -275,7 +273,7 @@ class Engine:
     def export(self, run, checkpoint: str) -> str:
         """A SavedModel of `checkpoint` (no evaluation exported one)."""
         export.restore_from_checkpoint(run.model, checkpoint)
-        if self._signature is None:
+        if self._signature is None:  # Nothing trained in this process.
             self._attach(run)
         return serving.export(run.model, self._signature, os.path.join(self.config.checkpoint_dir, "export",
                                                                        self.config.export),

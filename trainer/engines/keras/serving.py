@@ -16,7 +16,8 @@ from trainer.util import files
 
 
 def make_signature(model: tf.keras.Model, class_names: Sequence[str], binary: bool, image_bytes: bool):
-    """The `serving_default` concrete function of `model`."""
+    """The `serving_default` concrete function of `model` (a single-output classifier: `probabilities` and
+    `classes`; several outputs: each by its name)."""
     names = [str(n) for n in class_names]
     input_names = list(model.input_names)
 
@@ -38,10 +39,16 @@ def make_signature(model: tf.keras.Model, class_names: Sequence[str], binary: bo
         return serve_bytes.get_concrete_function()
     specs = {name: tf.TensorSpec([None, *t.shape[1:]], tf.float32, name=name)
              for name, t in zip(input_names, model.inputs)}
+    output_names = list(model.output_names)
 
     @tf.function(input_signature=[specs])
     def serve(features):
-        return outputs(model(features, training=False))
+        result = model(features, training=False)
+        if len(output_names) == 1:
+            return outputs(result)
+        # Several outputs (a --model_fn): each under its name, as the Estimator engine exports them.
+        values = result.values() if isinstance(result, dict) else result
+        return {name: tf.cast(value, tf.float32) for name, value in zip(output_names, values)}
 
     return serve.get_concrete_function()
 
@@ -59,7 +66,7 @@ def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = No
     tf.saved_model.save(holder, temporary, signatures={"serving_default": signature})
     saving.write_bundle(os.path.join(temporary, EXPORT_WEIGHTS), {**saving.model_variables(model),
                                                            "global_step": tf.constant(0, tf.int64)})
-    if class_names is not None:
+    if class_names is not None and len(model.outputs) == 1:
         tf.io.gfile.makedirs(os.path.join(temporary, "assets.extra"))
         files.write_json(os.path.join(temporary, "assets.extra", CLASS_NAMES), [str(n) for n in class_names])
     path = os.path.join(root, str(version))
