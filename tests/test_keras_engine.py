@@ -313,7 +313,7 @@ FLAG_CASES = {
                        lambda run, s, m: "auc" in m and signature(s["export"])[1]["probabilities"][1] == [None, 2]),
     "tfrecords": (dict(data=_tfrecords, validation_split=0.25, image_size=16, batch_size=6),
                   lambda run, s, m: signature(s["export"])[0] == {"image_bytes": ("string", [None])}),
-    "npz_mlp_categorical": (dict(data=_npz, backbone="mlp", label_mode="categorical"),
+    "npz_categorical": (dict(data=_npz, label_mode="categorical", train_steps=60),
                             lambda run, s, m: s["accuracy"] > 0.5),
 }
 

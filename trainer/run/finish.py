@@ -20,7 +20,7 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     config, run_info = run.config, run.run_info
     if not run.steps and not run.cache:  # Nothing left to train: the model as the last phase built it.
         run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
-                                                run.model, run.built, engine.scope)
+                                                run.model, run.built, lambda: engine.scope(finishing=True))
     eval_metrics = _to_builtin(engine.final_evaluation(run, eval_metrics))
     checkpoint = _finite_checkpoint(config)
     matrix = eval_metrics.pop("confusion_matrix", None)  # Of the final evaluation (trainer.outputs.metrics).

@@ -41,7 +41,7 @@ class Engine:
     def describe(self) -> str:
         return "TPUEstimator" if self.plan.name == "tpu" else "Estimator"
 
-    def scope(self):
+    def scope(self, finishing: bool = False):
         """Where the stages build and compile the Keras model: eagerly, outside any strategy (the Estimator
         clones it into its own graph, under the strategy)."""
         return contextlib.nullcontext()

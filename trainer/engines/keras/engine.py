@@ -4,6 +4,7 @@ evaluation after each (the same eval/ scalars), the best/latest exports with the
 stopping, SIGTERM, and resumption from the last saved step, not the last epoch. The methods are those
 trainer.engines.estimator.engine lists."""
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -24,7 +25,6 @@ from trainer.run import distribution, early_stopping, phases
 from trainer.util import console, files
 
 _NOT_YET = {"cache_features": "--cache_features", "parameter_server": "--strategy=parameter_server"}
-_CHIEF_WAIT_SECS = 600
 _EVALUATOR_POLL_SECS = 1.0
 
 
@@ -42,9 +42,12 @@ class Engine:
         return "Keras Model.fit" + (" (TPUStrategy)" if self.plan.strategy is not None and self.plan.name == "tpu"
                                     else "")
 
-    def scope(self):
-        """Where the model and its optimizer are built: the strategy's scope (variables mirrored per replica)."""
-        return self.plan.strategy.scope() if self.plan.strategy is not None else contextlib.nullcontext()
+    def scope(self, finishing: bool = False):
+        """Where the model and its optimizer are built: the strategy's scope (variables mirrored per replica).
+        `finishing`: for the chief's last steps, when the other tasks of a cluster are gone (no strategy)."""
+        if self.plan.strategy is None or (finishing and self.plan.name == "multi_worker"):
+            return contextlib.nullcontext()
+        return self.plan.strategy.scope()
 
     def input_batch_size(self, per_replica: int) -> int:
         """Model.fit splits each batch over the replicas: the training input yields global batches."""
@@ -68,13 +71,9 @@ class Engine:
         pass
 
     def wait_for_chief(self) -> None:
-        """A non-chief task reads the phase history the chief records (run_info.json) when it enters a phase."""
-        path = os.path.join(self.config.model_dir, "run_info.json")
-        deadline = time.time() + _CHIEF_WAIT_SECS
-        while not (files.read_run_info(self.config.model_dir) or {}).get("phases"):
-            if time.time() > deadline:
-                raise RuntimeError(f"the chief wrote no {path} within {_CHIEF_WAIT_SECS} s")
-            time.sleep(0.5)
+        """Nothing to wait for: the tasks of a cluster build the model together (MultiWorkerMirroredStrategy
+        creates each variable in one collective op), so a task waiting here would hold the chief up forever.
+        The phase history is read as the chief left it; at a boundary phases.start waits for its marker."""
 
     def prepare_inputs(self, run) -> None:
         run.train_input = run.make_input(run.dataset.train, True)
@@ -261,6 +260,12 @@ class Engine:
         config = self.config
         self._run = run
         latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+        if self.plan.name == "multi_worker":
+            # The other tasks are gone: the model of the cluster's strategy would wait for them in every read of
+            # a sync-on-read variable. From here on, the chief's model is a plain one, with the trained weights.
+            run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
+                                                    run.model, None)
+            self.plan = dataclasses.replace(self.plan, strategy=None)
         with self.scope():
             models.compile_model(run.model, config)
         self._attach(run)

@@ -26,11 +26,25 @@ def optimizer_variables(optimizer) -> Dict[str, tf.Variable]:
             if v.name.split(":")[0].rsplit("/", 1)[-1] not in hyper}
 
 
+def local_value(variable):
+    """A variable's value on this task, without a collective op: a distributed variable's first local component.
+
+    Reading a sync-on-read variable (BatchNormalization's moving statistics) across replicas is an all-reduce; under
+    MultiWorkerMirroredStrategy every task would have to join it, and only the chief saves. Its own replica's
+    statistics are what the chief saves and every task restores.
+    """
+    variable = getattr(variable, "_variable", variable)  # An AutoCastVariable (mixed precision) wraps it.
+    components = getattr(variable, "values", None)
+    if isinstance(components, tuple) and components:
+        variable = components[0]
+    return tf.convert_to_tensor(variable)
+
+
 def write_bundle(prefix: str, tensors: Dict[str, object]) -> str:
     tf.io.gfile.makedirs(os.path.dirname(prefix))
     names = sorted(tensors)
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.convert_to_tensor(tensors[n]) for n in names])
+                      tensors=[local_value(tensors[n]) for n in names])
     return prefix
 
 
