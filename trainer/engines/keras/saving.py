@@ -33,10 +33,12 @@ def local_value(variable):
     MultiWorkerMirroredStrategy every task would have to join it, and only the chief saves. Its own replica's
     statistics are what the chief saves and every task restores.
     """
-    variable = getattr(variable, "_variable", variable)  # An AutoCastVariable (mixed precision) wraps it.
-    components = getattr(variable, "values", None)
-    if isinstance(components, tuple) and components:
-        variable = components[0]
+    # Careful: a distributed variable answers any attribute it lacks by reading itself (an all-reduce for a
+    # sync-on-read one), so nothing is looked up on it but `values`.
+    if not isinstance(variable, tf.distribute.DistributedValues) and type(variable).__name__ == "AutoCastVariable":
+        variable = variable._variable  # Mixed precision wraps the float32 variable.
+    if isinstance(variable, tf.distribute.DistributedValues):
+        variable = variable.values[0]
     return tf.convert_to_tensor(variable)
 
 
