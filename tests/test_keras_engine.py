@@ -259,7 +259,7 @@ def test_a_keras_cluster_trains_through_launch_local(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=400", "--",
          "--engine=keras", "--data=digits", "--backbone=small_cnn", f"--model_dir={model_dir}", "--train_steps=40",
-         "--fine_tune_steps=20", "--freeze=all", "--save_checkpoints_steps=20", "--eval_throttle_secs=0",
+         "--fine_tune_steps=20", "--save_checkpoints_steps=20", "--eval_throttle_secs=0",
          "--batch_size=32"], cwd=REPO, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -349,3 +349,36 @@ def test_vertex_dirs_hypertune_tensorboard_and_checkpoint_sync(tmp_path, monkeyp
     assert [int(line["global_step"]) for line in lines] == [20, 40]
     mirrored = client.bucket("test-bucket").blob("mirror/model.ckpt-40.index").download_as_bytes()
     assert mirrored == (tmp_path / "checkpoints" / "model.ckpt-40.index").read_bytes()
+
+
+def test_a_keras_cluster_preempted_by_sigterm_resumes(tmp_path):
+    """Vertex AI sends SIGTERM to every task: chief and worker agree on the step (one all-reduce), the chief saves
+    there, the tasks exit 143; the same command then resumes from that step and finishes."""
+    import re
+    import signal
+    import time
+
+    model_dir = tmp_path / "mw"
+    command = [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--timeout=300", "--", "--engine=keras",
+               "--data=digits", "--backbone=small_cnn", f"--model_dir={model_dir}", "--train_steps=300",
+               "--save_checkpoints_steps=20", "--eval_throttle_secs=0", "--batch_size=32"]
+    log = tmp_path / "first.stderr"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.time() + 240
+        while restart_cases._latest_step(model_dir) < 40 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", log.read_text())]
+        assert len(pids) == 2, log.read_text()[-2000:]
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 143, text[-3000:]
+    saved = restart_cases._latest_step(model_dir)
+    assert 40 <= saved < 300 and "preempted: checkpoint saved at step" in text, text[-3000:]
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["global_step"] == 300
+    assert f"[chief] model_dir: {model_dir} (300 steps, resuming from step {saved})" in again.stderr, again.stderr[-2000:]
