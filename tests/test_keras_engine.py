@@ -382,3 +382,34 @@ def test_a_keras_cluster_preempted_by_sigterm_resumes(tmp_path):
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["global_step"] == 300
     assert f"[chief] model_dir: {model_dir} (300 steps, resuming from step {saved})" in again.stderr, again.stderr[-2000:]
+
+
+def test_a_nan_loss_stops_with_one_error_line_and_exports_nothing(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "trainer.task", "--engine=keras", "--data=digits", "--backbone=mlp",
+                             "--optimizer=sgd", "--learning_rate=1e30", "--train_steps=50", "--eval_throttle_secs=0",
+                             f"--model_dir={run}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "NaN or infinite at step" in line
+    assert not (run / "keras_model.h5").exists() and not (run / "eval_metrics.json").exists()
+    assert not (run / "export").exists()
+
+
+@pytest.mark.parametrize("replicas", [[], ["--strategy=mirrored", "--num_cpu_replicas=2"]], ids=["one_device", "mirrored"])
+def test_a_keras_restart_trains_on_the_batches_the_uninterrupted_run_did(tmp_path, replicas):
+    """After a SIGKILL the Keras engine restores the weights and the optimizer's slots of the last checkpoint and
+    the data stream goes on where it was: on one device and on 2 CPU replicas, the interrupted run's weights are
+    the uninterrupted run's at every later checkpoint."""
+    args = ["--engine=keras", "--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn", "--train_steps=26",
+            "--fine_tune_steps=12", "--fine_tune_freeze=all", "--optimizer=sgd", "--learning_rate=0.05",
+            "--warmup_steps=2", "--save_checkpoints_steps=8", "--eval_throttle_secs=0", "--keep_checkpoint_max=1000",
+            "--batch_size=16", "--seed=34", *replicas]
+    case = {"args": args, "interruptions": [{"how": "kill", "step": 17}], "early_stopping": False}
+    assert restart_cases.check_case(case, tmp_path) == []
+    for step in (24, 26, 38):
+        plain, cut = (tf.train.load_checkpoint(str(tmp_path / run / f"model.ckpt-{step}"))
+                      for run in ("plain", "interrupted"))
+        for name in ("conv1/kernel", "bn2/moving_mean", "probabilities/kernel"):
+            np.testing.assert_allclose(cut.get_tensor(name), plain.get_tensor(name), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} at step {step}")

@@ -2,6 +2,7 @@
 loop of the run's contract at each step: SIGTERM saves and stops, checkpoints on the phase's schedule (counted
 from its first step, as the Estimator engine's aligned saver), each followed by its evaluation, and early
 stopping's stop."""
+import math
 import signal
 import time
 
@@ -114,6 +115,9 @@ class RunContract(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return  # TerminateOnNaN stops; the last checkpoint stays the last finite one (as under the Estimator).
         if self._strategy is not None:
             self._multi_worker_step(step)
             return

@@ -24,7 +24,6 @@ from trainer.outputs import evaluations, export, metrics, predictions
 from trainer.run import distribution, early_stopping, phases
 from trainer.util import console, files
 
-_NOT_YET = {"cache_features": "--cache_features", "parameter_server": "--strategy=parameter_server"}
 _EVALUATOR_POLL_SECS = 1.0
 
 
@@ -54,13 +53,12 @@ class Engine:
         return per_replica * self.plan.num_replicas
 
     def check_supported(self, model: tf.keras.Model) -> None:
-        for flag in ("cache_features",):
-            if getattr(self.config, flag):
-                raise UsageError(f"{_NOT_YET[flag]} is not supported by --engine=keras yet; leave it out (the Keras "
-                                 "engine trains the frozen trunk's forward pass each step), or use --engine=estimator "
-                                 "on TensorFlow 2.15")
-        if self.plan.name in _NOT_YET:
-            raise UsageError(f"{_NOT_YET[self.plan.name]} is not supported by --engine=keras yet (Model.fit needs a "
+        if self.config.cache_features:
+            raise UsageError("--cache_features is not supported by --engine=keras yet; leave it out (the Keras "
+                             "engine runs the frozen trunk's forward pass each step), or use --engine=estimator on "
+                             "TensorFlow 2.15")
+        if self.plan.name == "parameter_server":
+            raise UsageError("--strategy=parameter_server is not supported by --engine=keras yet (Model.fit needs a "
                              "ClusterCoordinator for it); use --strategy=multi_worker, or --engine=estimator on "
                              "TensorFlow 2.15")
 
@@ -113,7 +111,6 @@ class Engine:
             else:
                 saving.build_optimizer(run.model)
                 run.model.optimizer.iterations.assign(0)
-        self._schedule = schedule
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                     step.first_step, step.phase.last_step, models.summarize(run.model)["trainable_params"],
                     step.phase.learning_rate, config.lr_schedule)
