@@ -21,7 +21,7 @@ from trainer.errors import NumericError, UsageError
 from trainer.engines.keras.evaluation import Evaluator
 from trainer.model import models
 from trainer.outputs import evaluations, export, metrics, predictions
-from trainer.run import distribution, early_stopping, phases
+from trainer.run import distribution, early_stopping, phases, preemption
 from trainer.util import console, files
 
 _EVALUATOR_POLL_SECS = 1.0
@@ -140,12 +140,16 @@ class Engine:
                                          strategy=plan.strategy if plan.name == "multi_worker" else None)
         self._listeners = self._make_listeners()
         terminate = tf.keras.callbacks.TerminateOnNaN()
+        # From here a signal waits for the end of a step (RunContract), as in training: raised at once, it could land
+        # inside Model.fit's C++-called Python (seen: a SIGTERM turned into an AttributeError in nest.flatten).
+        preemption._training.set()
         try:
             record_faults.train_skipping_bad_records(lambda: run.model.fit(
                 run.train_input(), epochs=1, steps_per_epoch=remaining, verbose=0,
                 callbacks=[progress, callbacks.Summaries(config.checkpoint_dir if plan.is_chief else None, progress,
                                                          schedule), terminate, contract]), run.dataset, config)
         finally:
+            preemption._training.clear()
             for listener in self._listeners:
                 if hasattr(listener, "end"):
                     listener.end(None, callbacks.global_step(run.model))
