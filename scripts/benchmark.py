@@ -152,7 +152,7 @@ def main() -> None:
         "cached600": lambda out: trainer + ["--train_steps=600", "--cache_features", f"--model_dir={out}"],
         "floor": lambda out: [py, "scripts/benchmark_floor.py", f"--data={folder}", size, batch],
     }
-    py221 = args.tf221_python
+    py221 = os.path.abspath(args.tf221_python) if args.tf221_python else None
     commands["kengine300"] = lambda out: trainer + ["--train_steps=300", "--engine=keras", f"--model_dir={out}"]
     commands["keras300@221"] = lambda out: [py221] + commands["keras300"](out)[1:]
     commands["kengine300@221"] = lambda out: [py221] + commands["kengine300"](out)[1:]
