@@ -313,6 +313,8 @@ FLAG_CASES = {
                        lambda run, s, m: "auc" in m and signature(s["export"])[1]["probabilities"][1] == [None, 2]),
     "tfrecords": (dict(data=_tfrecords, validation_split=0.25, image_size=16, batch_size=6),
                   lambda run, s, m: signature(s["export"])[0] == {"image_bytes": ("string", [None])}),
+    "tpu_path_off": (dict(strategy="tpu", use_tpu=False, fine_tune_steps=20),  # No TPU here: the path without it.
+                     lambda run, s, m: read(run / "run_info.json")["strategy"] == "tpu" and s["global_step"] == 60),
     "npz_categorical": (dict(data=_npz, label_mode="categorical", train_steps=60),
                             lambda run, s, m: s["accuracy"] > 0.5),
 }
@@ -413,3 +415,27 @@ def test_a_keras_restart_trains_on_the_batches_the_uninterrupted_run_did(tmp_pat
         for name in ("conv1/kernel", "bn2/moving_mean", "probabilities/kernel"):
             np.testing.assert_allclose(cut.get_tensor(name), plain.get_tensor(name), rtol=1e-5, atol=1e-6,
                                        err_msg=f"{name} at step {step}")
+
+
+def test_a_resume_with_changed_recipe_flags_starts_a_recorded_phase(capsys, tmp_path):
+    """As under the Estimator engine (tests/test_resume_flags.py): the history is kept, a new phase is recorded
+    with a console line, and it trains on its own schedule."""
+    from test_bad_inputs import cli
+    from test_recipe import scalars
+
+    run = tmp_path / "run"
+    common = ["--engine=keras", "--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=20",
+              f"--model_dir={run}"]
+    assert cli(capsys, *common, "--train_steps=20") == (0, [])
+    first = read(run / "run_info.json")["phases"]
+    status, errors, err = cli(capsys, *common, "--train_steps=40", "--lr_schedule=cosine", "--warmup_steps=10",
+                              whole_stderr=True)
+    assert (status, errors) == (0, []), err[-2000:]
+    assert "resuming at step 20 with another recipe" in err and "--lr_schedule=cosine (was constant)" in err
+    phases = read(run / "run_info.json")["phases"]
+    assert phases[0] == first[0]
+    assert [(p["name"], p["first_step"], p["last_step"]) for p in phases] == [
+        ("train", 0, 20), ("train (flags changed at step 20)", 20, 40)]
+    rates = scalars(run, "learning_rate")
+    assert rates[1] == pytest.approx(1e-3)
+    assert rates[21] == pytest.approx(1e-4)  # The new phase's first step: warmup 1/10 of the rate.

@@ -65,7 +65,8 @@ class Summaries(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
-        if self._folder is None or (step % self._every and step != 1):
+        # Also at the first step of each fit (each phase, each restart), as the Estimator's summary saver does.
+        if self._folder is None or (step % self._every and batch != 0):
             return
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self._folder)
