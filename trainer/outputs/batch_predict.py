@@ -26,7 +26,6 @@ from trainer.errors import UsageError  # noqa: E402
 from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
-
 PROGRESS_EVERY_SECS = 5.0
 
 

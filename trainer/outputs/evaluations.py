@@ -116,8 +116,6 @@ def processed_step(checkpoint_dir: str) -> Optional[int]:
     return max(evaluated) if evaluated else None
 
 
-
-
 def better(best: dict, current: dict, metric: str) -> bool:
     """True when the evaluation `current` beats `best` on `metric` (loss: lower), else on accuracy (or loss)."""
     if metric not in current or metric not in best:
