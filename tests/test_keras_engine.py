@@ -144,6 +144,19 @@ def test_unsupported_flags_are_one_error_line_naming_the_flag(tmp_path):
     assert not (tmp_path / "run" / "run_info.json").exists()
 
 
+def test_a_parameter_server_cluster_is_refused_in_one_line_before_any_work(tmp_path):
+    tf_config = {"cluster": {"chief": ["127.0.0.1:45611"], "worker": ["127.0.0.1:45612"], "ps": ["127.0.0.1:45613"]},
+                 "task": {"type": "chief", "index": 0}}
+    result = subprocess.run([sys.executable, "-m", "trainer.task", "--engine=keras", "--data=digits",
+                             "--backbone=mlp", f"--model_dir={tmp_path / 'run'}"], cwd=REPO,
+                            env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)), capture_output=True, text=True,
+                            timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert errors[0].startswith("error: --strategy=parameter_server is not supported by --engine=keras")
+    assert not (tmp_path / "run" / "run_info.json").exists()
+
+
 def test_a_resume_with_the_other_engine_is_refused(tmp_path):
     train("keras", tmp_path / "run", train_steps=20)
     other = "estimator" if HAS_ESTIMATOR else "keras"

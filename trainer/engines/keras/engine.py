@@ -27,8 +27,21 @@ from trainer.util import console, files
 _EVALUATOR_POLL_SECS = 1.0
 
 
+def _refuse_unsupported(config: Config, plan: distribution.Plan) -> None:
+    """One error line for what the Keras engine cannot do, before any data is read or model built."""
+    if config.cache_features:
+        raise UsageError("--cache_features is not supported by --engine=keras yet; leave it out (the Keras engine "
+                         "runs the frozen trunk's forward pass each step), or use --engine=estimator on TensorFlow "
+                         "2.15")
+    if plan.name == "parameter_server":
+        raise UsageError("--strategy=parameter_server is not supported by --engine=keras yet (Model.fit needs a "
+                         "ClusterCoordinator for it); use --strategy=multi_worker, or --engine=estimator on "
+                         "TensorFlow 2.15")
+
+
 class Engine:
     def __init__(self, config: Config, plan: distribution.Plan):
+        _refuse_unsupported(config, plan)
         self.config, self.plan = config, plan
         self._run = self._evaluator = self._signature = None
         self._hypertune = hypertune.Reporter(config.hypertune_metric) if config.hypertune_metric else None
@@ -53,14 +66,7 @@ class Engine:
         return per_replica * self.plan.num_replicas
 
     def check_supported(self, model: tf.keras.Model) -> None:
-        if self.config.cache_features:
-            raise UsageError("--cache_features is not supported by --engine=keras yet; leave it out (the Keras "
-                             "engine runs the frozen trunk's forward pass each step), or use --engine=estimator on "
-                             "TensorFlow 2.15")
-        if self.plan.name == "parameter_server":
-            raise UsageError("--strategy=parameter_server is not supported by --engine=keras yet (Model.fit needs a "
-                             "ClusterCoordinator for it); use --strategy=multi_worker, or --engine=estimator on "
-                             "TensorFlow 2.15")
+        pass  # What this engine cannot do is refused from the flags alone, when it is made (_refuse_unsupported).
 
     def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
         return model
