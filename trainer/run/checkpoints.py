@@ -39,22 +39,31 @@ def readable(prefix: str) -> Optional[str]:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - OpError, ValueError, IndexError ("Read less bytes"): all unreadable.
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
     return None
 
 
-def _named_in_state(checkpoint_dir: str) -> Tuple[Optional[str], bool]:
-    """(the checkpoint the state file names, whether the state file is damaged)."""
+def _named_in_state(checkpoint_dir: str) -> Tuple[Optional[str], str]:
+    """(the checkpoint the state file names, what is wrong with the state file: "" when nothing, else
+    "missing", "damaged" or "names a missing checkpoint")."""
     if not tf.io.gfile.exists(os.path.join(checkpoint_dir, "checkpoint")):
-        return None, False
+        return None, "missing"
     try:
         state = tf.train.get_checkpoint_state(checkpoint_dir)
     except Exception:  # noqa: BLE001 - a text-proto parse error of any kind: the file is damaged.
-        return None, True
+        return None, "damaged"
     if state is None or not state.model_checkpoint_path:
-        return None, True
-    return _normal(state.model_checkpoint_path), False  # Made relative to the folder by TensorFlow already.
+        return None, "damaged"
+    named = _normal(state.model_checkpoint_path)  # Joined to the folder by TensorFlow when relative.
+    if not tf.io.gfile.exists(named + ".index"):
+        # A folder moved or copied after an older version (or the Estimator's Saver) recorded absolute paths:
+        # the same name in this folder is the checkpoint meant.
+        here = _normal(os.path.join(checkpoint_dir, os.path.basename(named)))
+        if tf.io.gfile.exists(here + ".index"):
+            return here, "moved"
+        return named, "names a missing checkpoint"
+    return named, ""
 
 
 def _normal(path: str) -> str:
@@ -67,7 +76,7 @@ def recover(checkpoint_dir: str) -> Optional[str]:
     Raises:
         UsageError: checkpoints exist but none of them can be read.
     """
-    named, damaged_state = _named_in_state(checkpoint_dir)
+    named, state_problem = _named_in_state(checkpoint_dir)
     candidates = _candidates(checkpoint_dir)
     if not candidates:
         return None
@@ -84,16 +93,35 @@ def recover(checkpoint_dir: str) -> Optional[str]:
     else:
         raise UsageError(f"no checkpoint in {checkpoint_dir} can be read ({'; '.join(skipped)}); move the "
                          "model.ckpt-* files away to start over, or use a new --model_dir")
-    if prefix == named and not damaged_state:
+    if prefix == named and not state_problem:
         return prefix
     if skipped:
         logging.warning("resuming from %s: skipped the damaged %s", os.path.basename(prefix), ", ".join(skipped))
+    elif state_problem == "moved":
+        logging.info("the checkpoint state file in %s names %s in another folder (moved or copied): resuming from "
+                     "the same name here", checkpoint_dir, os.path.basename(prefix))
     else:
-        logging.warning("the checkpoint state file in %s is %s: resuming from the newest checkpoint found, %s",
-                        checkpoint_dir, "damaged" if damaged_state else "missing", os.path.basename(prefix))
+        problem = state_problem if state_problem.startswith("names") else f"is {state_problem}"
+        logging.warning("the checkpoint state file in %s %s: resuming from the newest checkpoint found, %s",
+                        checkpoint_dir, problem, os.path.basename(prefix))
     keep = [p for p in reversed([c for _, _, c in candidates]) if p != prefix and not any(
         s.startswith(os.path.basename(p) + " ") for s in skipped)]
-    tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, prefix, all_model_checkpoint_paths=keep + [prefix])
+    write_state(checkpoint_dir, prefix, keep + [prefix])
     return prefix
+
+
+def write_state(checkpoint_dir: str, latest: str, all_checkpoints: List[str]) -> None:
+    """Writes the `checkpoint` state file (one atomic write) with bare file names, whatever form the folder's path
+    takes (relative, absolute, gs://): the folder can be moved or copied and still resume.
+
+    TensorFlow stores the names it is given when the folder's path is absolute, and rewrites them relative to the
+    folder when it is not (a bare name given with `runs/x` became `../../model.ckpt-N`, new-user trial #1): so
+    bare names are given in the first case and the joined path in the second, and both store the bare name."""
+    def given(path: str) -> str:
+        name = os.path.basename(path)
+        return name if os.path.isabs(checkpoint_dir) else os.path.join(checkpoint_dir, name)
+
+    tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, given(latest),
+                                               all_model_checkpoint_paths=[given(p) for p in all_checkpoints])
 
 

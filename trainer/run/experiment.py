@@ -71,6 +71,8 @@ def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
         if caught_up and _stopped_early(config, run.steps[index:]):  # By an evaluation an interruption cut short.
             break
         eval_metrics = engine.train_phase(run, step, schedule)
+        # A signal during the phase's last checkpoint or evaluation: stop here, not after the rest of the run.
+        preemption.stop_if_requested((eval_metrics or {}).get("global_step"))
     return eval_metrics
 
 
@@ -79,6 +81,18 @@ def _stopped_early(config: Config, remaining) -> bool:
     stopped = early_stopping.stopped_at(config.model_dir) if config.early_stopping_patience else None
     if stopped is None:
         return False
-    console.say("early stopping at step %s: %s not trained", stopped, ", ".join(
-        f"{s.phase.name} (steps {s.first_step}..{s.phase.last_step})" for s in remaining))
+    console.say("%s", early_stop_line(stopped, remaining))
     return True
+
+
+def early_stop_line(stopped: int, remaining) -> str:
+    """`stopped early at step 50 (fine_tune, 20..50 of 20..100)`, naming the phases left untrained (new-user #7:
+    a phase that trained until the stop was called untrained)."""
+    parts, untrained = [], []
+    for s in remaining:
+        if s.first_step < stopped:
+            parts.append(f"{s.phase.name}, {s.first_step}..{stopped} of {s.first_step}..{s.phase.last_step}")
+        else:
+            untrained.append(f"{s.phase.name} (steps {s.first_step}..{s.phase.last_step})")
+    line = f"stopped early at step {stopped}" + (f" ({'; '.join(parts)})" if parts else "")
+    return line + (f"; not trained: {', '.join(untrained)}" if untrained else "")

@@ -53,6 +53,14 @@ def _on_signal(signum, frame):
     # second write from the handler fails ("reentrant call"). The hook logs it after the current step.
 
 
+def stop_if_requested(step: Optional[int] = None) -> None:
+    """Raises Preempted if a signal arrived while training and nothing has acted on it yet: one that landed during
+    the last step's checkpoint, evaluation or export only set the flag (new-user trial #3)."""
+    if _requested.is_set():
+        honouring()
+        raise Preempted(step)
+
+
 _installed = threading.Event()  # install() ran: the entry point owns this process's signals.
 _honouring = threading.Event()  # The run has begun to act on the signal (saving its checkpoint, stopping).
 

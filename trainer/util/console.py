@@ -32,7 +32,13 @@ from absl import logging as absl_logging
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # trainer/, this file in trainer/util/
 for _function in ("say", "header", "summary_block", "show", "log_only"):  # The log names their callers.
     absl_logging.ABSLLogger.register_frame_to_skip(__file__, _function)
-_CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")
+# TensorFlow's C++ log: `2024-01-01 12:00:00.123: E ...` (TF 2.15), `E0000 00:00:1796.. 4296 file.cc:52] ...`
+# (absl's format, TF 2.16+).
+_CPP_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ "
+                       r"\S+:\d+\] )")
+# Start-up lines that are errors only in form: no GPU driver on a CPU machine, absl's note before its logging starts.
+_CPP_BENIGN = re.compile(r"failed call to cuInit|Could not find cuda drivers|^WARNING: All log messages before "
+                         r"absl::InitializeLog\(\)")
 _BUFFER_LIMIT = 20_000  # Lines kept before the log file is known.
 LOG_NAME = "train.log"
 
@@ -227,7 +233,9 @@ def _capture_fd2(sink: _Sink, console: _ConsoleHandler) -> None:
                     sink.write(line)
                     match = _CPP_LINE.match(line)
                     if match:  # A C++ log line; the lines after it without a prefix continue its message.
-                        shown = match.group(1) in "EF"
+                        shown = (match.group(1) or match.group(2)) in "EF" and not _CPP_BENIGN.search(line)
+                    elif _CPP_BENIGN.search(line):
+                        shown = False
                     if shown or console.verbose:
                         with console.lock:  # The handler's own lock: lines never interleave with a bar.
                             console.write_line(line.rstrip("\n"))

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 import tensorflow as tf
 from absl import logging
 
+from trainer.run import checkpoints
+
 OPTIMIZER_PREFIX = "training/"
 
 
@@ -71,7 +73,7 @@ def make_latest(checkpoint_dir: str, prefix: str, keep: int) -> None:
     name = os.path.basename(prefix)
     paths = [p for p in before if p != name] + [name]
     dropped, paths = (paths[:-keep], paths[-keep:]) if keep and len(paths) > keep else ([], paths)
-    tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, name, all_model_checkpoint_paths=paths)
+    checkpoints.write_state(checkpoint_dir, name, paths)
     for old in dropped:
         for path in tf.io.gfile.glob(os.path.join(checkpoint_dir, old + ".*")):
             try:
