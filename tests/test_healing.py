@@ -89,7 +89,7 @@ def test_a_damaged_run_info_keeps_the_phase_and_its_schedule(finished, tmp_path,
     assert rate == pytest.approx(PhaseSchedule(1e-3, 0, 50, "cosine").value(30), rel=1e-4)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "missing_export"])
+@pytest.mark.parametrize("damage", ["garbage", "missing_export", "non_numeric", "no_metric"])
 def test_a_damaged_best_record_is_rebuilt_so_a_worse_evaluation_is_not_served(finished, tmp_path, damage):
     """SRE trial W3: a damaged export/best/best.json made the next evaluation, however bad, the "best" export.
     The resume trains at a rate of 1e-12 (a new phase): its evaluation at step 40 equals step 30's, so it beats
@@ -100,6 +100,10 @@ def test_a_damaged_best_record_is_rebuilt_so_a_worse_evaluation_is_not_served(fi
     record = json.loads((best_dir / "best.json").read_text())
     if damage == "garbage":
         (best_dir / "best.json").write_text('{"metrics": {"accur')
+    elif damage == "non_numeric":  # SRE trial 2026-12-04 B1: a TypeError on every rerun.
+        (best_dir / "best.json").write_text(json.dumps(dict(record, metrics=dict(record["metrics"], accuracy="high"))))
+    elif damage == "no_metric":
+        (best_dir / "best.json").write_text(json.dumps(dict(record, metrics={"global_step": 30})))
     else:
         (best_dir / "best.json").write_text(json.dumps(dict(record, export="1234")))
     accuracy = dict(restart_cases._scalars(run / "eval", "accuracy"))

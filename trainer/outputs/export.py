@@ -30,7 +30,35 @@ def export_weights(export_dir: str) -> str:
     """The name-keyed checkpoint of an export version: the Keras engine writes one beside its SavedModel
     (keras_weights/); the Estimator's SavedModel variables are themselves named as the Keras weights."""
     ours = os.path.join(export_dir, EXPORT_WEIGHTS)
-    return ours if tf.io.gfile.exists(ours + ".index") else os.path.join(export_dir, "variables", "variables")
+    if tf.io.gfile.exists(ours + ".index"):
+        return ours
+    variables = os.path.join(export_dir, "variables", "variables")
+    try:
+        names = tf.train.load_checkpoint(variables).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        return variables
+    if not any(n.startswith("weights/") and n.endswith("/.ATTRIBUTES/VARIABLE_VALUE") for n in names):
+        return variables  # An Estimator export: its variables are named as the Keras weights.
+    return _rebuild_keras_weights(export_dir, ours)
+
+
+def _rebuild_keras_weights(export_dir: str, path: str) -> str:
+    """A Keras-engine export whose keras_weights/ is gone (SRE trial B2): the name-keyed copy made again from the
+    SavedModel's own variables (restored under their Keras names), written back into the export atomically."""
+    loaded = tf.saved_model.load(export_dir)
+    tensors = {v.name.split(":")[0]: v for v in getattr(loaded, "weights", [])}
+    if not tensors:
+        raise ValueError(f"the export {export_dir} has no keras_weights/ and no weights to rebuild it from")
+    temporary = os.path.join(export_dir, f"temp-keras-weights-{uuid.uuid4().hex[:8]}")
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=os.path.join(temporary, "weights"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=[tf.convert_to_tensor(tensors[n]) for n in names])
+    try:
+        tf.io.gfile.rename(temporary, os.path.dirname(path))
+    except tf.errors.OpError:  # Made meanwhile (another process): use that one.
+        tf.io.gfile.rmtree(temporary)
+    logging.warning("the export %s had no keras_weights/: rebuilt it from the SavedModel's variables", export_dir)
+    return path
 
 
 def checkpoint_is_finite(checkpoint: str) -> bool:
@@ -60,6 +88,12 @@ def read_best_record(export_root: str, metric: Optional[str] = None) -> Optional
             raise TypeError("metrics")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, tf.errors.OpError):
         return _rebuilt_best_record(export_root, metric, "not readable")
+    compared = metric or record.get("metric") or "accuracy"
+    wrong = [k for k, v in record["metrics"].items() if isinstance(v, bool) or not isinstance(v, (int, float))
+             or not np.isfinite(v)]
+    if wrong or compared not in record["metrics"]:  # SRE trial B1: "high" compared with a float, on every rerun.
+        why = f"unusable (non-numeric {', '.join(sorted(wrong))})" if wrong else f"unusable (no {compared})"
+        return _rebuilt_best_record(export_root, metric or record.get("metric"), why)
     if not tf.io.gfile.exists(os.path.join(version, "saved_model.pb")):
         return _rebuilt_best_record(export_root, metric or record.get("metric"), f"its export {record['export']} "
                                     "is missing")
@@ -157,12 +191,18 @@ def save_keras_model(model: tf.keras.Model, checkpoint: str, path: str,
     warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\(\)`.*")
     restore_from_checkpoint(model, checkpoint)
     model = full_model or model
+    from trainer.model.keras_files import neutralize
+
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.h5"
+    # neutralize: without the config keys a newer Keras adds at their default (TF 2.21's InputLayer `optional`),
+    # so the file loads on both runtimes (a champion or --base_model moves between them).
     if "://" in path:  # h5py writes local files only: stage it, then copy.
         with tempfile.TemporaryDirectory() as local:
             staged = os.path.join(local, "keras_model.h5")
             model.save(staged, include_optimizer=False, save_format="h5")
+            neutralize(staged)
             tf.io.gfile.copy(staged, tmp, overwrite=True)
     else:
         model.save(tmp, include_optimizer=False, save_format="h5")
+        neutralize(tmp)
     tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -128,9 +128,15 @@ def history_of(previous_info: Optional[dict]) -> List[dict]:
     """The phases recorded by the run in model_dir (older runs recorded flags only)."""
     if not previous_info or previous_info.get("dry_run"):
         return []
-    if isinstance(previous_info.get("phases"), list):  # A hand-edited record without int steps is left out.
-        return [dict(p) for p in previous_info["phases"] if isinstance(p, dict)
-                and isinstance(p.get("first_step"), int) and isinstance(p.get("last_step"), int)]
+    if "phases" in previous_info:
+        # All or nothing (SRE trial 2026-12-04 B3): a history with one record garbled or left out would make the
+        # checkpoint's phase look new (optimizer state and schedule restarted); none at all is rebuilt from the plan.
+        records = previous_info["phases"]
+        if isinstance(records, list) and all(
+                isinstance(p, dict) and type(p.get("first_step")) is int and type(p.get("last_step")) is int
+                and isinstance(p.get("name"), str) for p in records):
+            return [dict(p) for p in records]
+        return []
     flags = previous_info.get("flags") or {}
     if not flags:
         return []
@@ -198,6 +204,10 @@ def resolve(planned: List[Phase], history: List[dict], step: int,
         history = []  # Nothing trained: whatever was recorded has no weights behind it.
     # A record past the checkpoint (one fell back to an older checkpoint) describes steps that are gone.
     history = [dict(h) for h in history if int(h["first_step"]) <= step]
+    if has_checkpoint and history and not _accounts_for(history, step):
+        logging.warning("the phase history in run_info.json (%s) does not account for the checkpoint at step %d",
+                        ", ".join(f"{h['name']} {h['first_step']}..{h['last_step']}" for h in history), step)
+        history = []
     if has_checkpoint and not history:
         # A checkpoint without its history (run_info.json deleted or damaged): the flags' plan is the best
         # account of how the checkpoint was made. Past a planned boundary, that boundary happened.
@@ -232,6 +242,12 @@ def resolve(planned: List[Phase], history: List[dict], step: int,
             todo.append(Step(dataclasses.replace(phase, name=name, first_step=step), restart_optimizer=True,
                              changes=changes))
     return todo, history
+
+
+def _accounts_for(history: List[dict], step: int) -> bool:
+    """A history that can describe a checkpoint at `step`: from step 0, in order, the last record reaching it."""
+    firsts = [int(h["first_step"]) for h in history]
+    return firsts[0] == 0 and firsts == sorted(set(firsts)) and int(history[-1]["last_step"]) >= step
 
 
 def check_freeze(config: Config, planned: List[Phase], model: tf.keras.Model) -> None:
