@@ -151,3 +151,18 @@ def test_download_survives_a_server_restart_and_never_leaves_a_partial_file(gcs_
     local = gcs.download(uri, "weights")
     assert open(local, "rb").read() == payload
     assert [f for f in os.listdir(os.path.dirname(local))] == ["big.h5"]
+
+
+def test_a_champion_dir_on_a_missing_bucket_is_one_error_line_before_training(gcs_server, tmp_path):
+    """SRE trial 2026-12-04 B4: it trained to the end, then two tracebacks, on every rerun. The loopback server
+    answers 404 for an unknown bucket as Cloud Storage does."""
+    config = Config(backbone="mlp", model_dir=str(tmp_path / "run"), train_steps=20,
+                    champion_dir="gs://no-such-bucket/champions/c", **FAST)
+    with pytest.raises(UsageError, match=r"^--champion_dir=gs://no-such-bucket/champions/c: no such bucket "
+                                         r"gs://no-such-bucket \(promotion could not"):
+        experiment.train_and_evaluate(config)
+    assert not (tmp_path / "run" / "checkpoint").exists()  # Nothing trained.
+    # The bucket that exists, with no champion yet: no error (the first run promotes).
+    experiment.train_and_evaluate(Config(backbone="mlp", model_dir=str(tmp_path / "ok"), train_steps=20,
+                                         champion_dir="gs://test-bucket/champions/c", **FAST))
+    assert (tmp_path / "ok" / "run_info.json").exists()

@@ -220,6 +220,18 @@ class GcsStore:
         except exceptions.NotFound:  # No such bucket.
             return False
 
+    def bucket_exists(self) -> bool:
+        """False when the bucket itself is missing (get_blob answers None for it, as for a missing object)."""
+        from google.api_core import exceptions
+        from trainer.cloud import gcs
+
+        try:
+            for _ in gcs.client().list_blobs(self.bucket_name, max_results=1, retry=gcs.retry()):
+                break
+            return True
+        except exceptions.NotFound:
+            return False
+
     def is_complete(self, version: str) -> bool:
         from trainer.cloud import gcs
 

@@ -99,6 +99,10 @@ def check_champion(config: Config) -> None:
     try:
         pointer = champion.read_current(store, config.champion_dir)
         if pointer is None:
+            if hasattr(store, "bucket_exists") and not store.bucket_exists():  # SRE trial 2026-12-04 B4.
+                raise UsageError(f"--champion_dir={config.champion_dir}: no such bucket gs://{store.bucket_name} "
+                                 "(promotion could not copy this run's model there after training); create it "
+                                 f"(gcloud storage buckets create gs://{store.bucket_name}) or fix the name")
             return
         from trainer.retrain import promotion
 
