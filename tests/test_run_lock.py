@@ -40,3 +40,23 @@ def test_unique_run_dirs_started_in_the_same_second_differ(monkeypatch):
     monkeypatch.delenv("AIP_MODEL_DIR", raising=False)
     dirs = {validate(Config(data="digits", model_dir="rt", unique_run_dir=True)).model_dir for _ in range(20)}
     assert len(dirs) == 20 and all(os.path.dirname(d) == "rt" for d in dirs)
+
+
+def test_unique_runs_with_a_checkpoint_dir_each_train_in_their_own(tmp_path):
+    """Wrappers trial B2 (silent): the second --unique_run_dir run resumed the first's --checkpoint_dir, trained
+    nothing, exited 0 and reported the first run's model as its own. Run from a working folder, relative paths."""
+    args = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--train_steps=20", "--eval_throttle_secs=0",
+            "--unique_run_dir", "--model_dir=runs", "--checkpoint_dir=ckpts"]
+    import sys
+
+    made = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "trainer.task", *args], cwd=tmp_path, env=restart_cases._env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "nothing to train" not in proc.stderr, proc.stderr[-2000:]
+        made.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert made[0]["model_dir"] != made[1]["model_dir"] and all(m["global_step"] == 20 for m in made)
+    ids = [os.path.basename(m["model_dir"]) for m in made]
+    assert sorted(os.listdir(tmp_path / "ckpts")) == sorted(ids)  # <checkpoint_dir>/<run id>, one each.
+    for run_id in ids:
+        assert (tmp_path / "ckpts" / run_id / "model.ckpt-20.index").exists()

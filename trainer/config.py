@@ -267,6 +267,8 @@ def validate(config: Config) -> Config:
     changes["model_dir"] = to_gcs_uri(os.path.join(model_dir, run_id) if run_id else model_dir)
     changes["unique_run_dir"] = False  # Applied: validating again must not add another level.
     checkpoint_dir = config.checkpoint_dir
+    if checkpoint_dir and run_id:  # Each unique run its own checkpoints too (wrappers trial B2: it resumed the last's).
+        checkpoint_dir = os.path.join(checkpoint_dir, run_id)
     if not checkpoint_dir and not config.model_dir and os.environ.get("AIP_CHECKPOINT_DIR"):
         checkpoint_dir = os.path.join(os.environ["AIP_CHECKPOINT_DIR"], run_id) if run_id else \
             os.environ["AIP_CHECKPOINT_DIR"]

@@ -240,7 +240,8 @@ def _resume_hint(config) -> str:
     if named and (not FLAGS.unique_run_dir or os.environ.get("CLOUD_ML_JOB_ID")):
         return "run the same command again to resume"
     extra = " without --unique_run_dir" if FLAGS.unique_run_dir else ""
-    return f"to resume, run the same command{extra} with --model_dir={config.model_dir}"
+    also = f" --checkpoint_dir={config.checkpoint_dir}" if FLAGS.checkpoint_dir and FLAGS.unique_run_dir else ""
+    return f"to resume, run the same command{extra} with --model_dir={config.model_dir}{also}"
 
 
 def _fail(message: str) -> None:
