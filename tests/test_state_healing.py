@@ -103,3 +103,14 @@ def test_a_keras_export_without_its_keras_weights_is_rebuilt(finished, tmp_path,
     name = list(serve.structured_input_signature[1])[0]
     probabilities = serve(**{name: x})["probabilities"].numpy()
     assert abs(probabilities - model(x).numpy()).max() < 1e-5
+
+
+def test_a_dry_run_in_a_finished_folder_leaves_its_record_alone(finished, tmp_path):
+    """SRE trial W2: `--dry_run` replaced a finished run's run_info.json (phases, export, train_seconds gone)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished["keras"], run)
+    before = (run / "run_info.json").read_bytes()
+    proc = restart_cases.run_to_end(ARGS + ["--fine_tune_steps=20", "--engine=keras", "--dry_run"], run)
+    assert proc.returncode == 0 and "belongs to a run" in proc.stderr, proc.stderr[-2000:]
+    assert (run / "run_info.json").read_bytes() == before
+    assert json.loads((run / "dry_run.json").read_text())["dry_run"] is True

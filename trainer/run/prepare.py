@@ -4,6 +4,7 @@ refused here, before an engine builds anything and before any file is written (a
 folder as it was)."""
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from typing import Callable, List, Optional
@@ -99,7 +100,11 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     if config.dry_run:  # What the flags plan, resolved (--epochs included).
         run_info.update(train_steps=planned[-1].last_step, plan=[
             {"name": p.name, "first_step": p.first_step, "last_step": p.last_step} for p in planned])
-        files.write_json(run.info_path, run_info)
+        path = run.info_path
+        if _holds_a_run(path):  # SRE trial W2: a dry run replaced a finished (or live) run's record.
+            path = os.path.join(config.model_dir, "dry_run.json")
+            console.say("dry run: %s belongs to a run; the plan is written to %s", run.info_path, path)
+        files.write_json(path, run_info)
         run.dry_run_summary = {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
             "total_params", "trainable_params", "non_trainable_params")}}
         return run
@@ -322,3 +327,13 @@ def _per_replica_batch(config: Config, plan: distribution.Plan) -> int:
     logging.info("strategy %s: %d replica(s), global batch %d, per-replica batch %d", plan.name,
                  plan.num_replicas, config.batch_size, per_replica)
     return per_replica
+
+
+def _holds_a_run(info_path: str) -> bool:
+    """True when run_info.json is a training run's record (not a dry run's, not missing or unreadable)."""
+    try:
+        with tf.io.gfile.GFile(info_path) as f:
+            previous = json.load(f)
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError):
+        return False
+    return isinstance(previous, dict) and not previous.get("dry_run")
