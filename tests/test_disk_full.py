@@ -9,6 +9,7 @@ import pytest
 
 import restart_cases
 from conftest import tmpfs
+from trainer.config import resolve_engine
 from trainer.errors import disk_failure
 
 
@@ -32,14 +33,18 @@ def test_disk_failure_names_the_file_and_leaves_no_temporary(small_disk):
     assert disk_failure(raised.value).startswith("no space left on device")
 
 
-def test_a_full_disk_is_one_line_and_the_rerun_resumes_without_leftovers(small_disk):
+@pytest.mark.parametrize("engine", ["keras"] + (["estimator"] if resolve_engine(None) == "estimator" else []))
+def test_a_full_disk_is_one_line_and_the_rerun_resumes_without_leftovers(small_disk, engine):
     run = small_disk / "run"
     args = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--train_steps=60", "--save_checkpoints_steps=10",
-            "--eval_throttle_secs=0"]
+            "--eval_throttle_secs=0", f"--engine={engine}"]
     full = restart_cases.run_to_end(args, run)
     assert full.returncode == 1, full.stderr[-2000:]
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no space left on device" in errors[0], full.stderr[-3000:]
+    assert "writing /job" not in errors[0], errors  # SRE trial 2026-12-04 W1: a device name, not the file.
+    if engine == "keras":
+        assert f"writing {run}" in errors[0], errors
     assert "Traceback" not in full.stderr and "Logging error" not in full.stderr
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = restart_cases.run_to_end(args, run)

@@ -48,8 +48,11 @@ def disk_failure(error: BaseException, then: str = RESUMES):
 
 def _path_in(text: str):
     """The first absolute or gs:// path in an error message."""
-    match = re.search(r"((?:gs://|/)[^\s;:'\"]+)", text)
-    return match.group(1) if match else None
+    for match in re.finditer(r"((?:gs://|/)[^\s;:'\"]+)", text):
+        # Not a TensorFlow device name (`..._device_/job:localhost/replica:0/...`, SRE trial W1).
+        if not re.fullmatch(r"/(job|replica|task|device)", match.group(1)):
+            return match.group(1)
+    return None
 
 
 def exit_on_disk_failure(error: BaseException, then: str) -> int:

@@ -47,8 +47,11 @@ def local_value(variable):
 def write_bundle(prefix: str, tensors: Dict[str, object]) -> str:
     tf.io.gfile.makedirs(os.path.dirname(prefix))
     names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[local_value(tensors[n]) for n in names])
+    try:
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=[local_value(tensors[n]) for n in names])
+    except tf.errors.OpError as e:  # Its message names a device, not the file (SRE trial W1): add the file.
+        raise type(e)(e.node_def, e.op, f"{e.message} (writing {prefix})") from None
     return prefix
 
 
