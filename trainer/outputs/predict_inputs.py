@@ -25,6 +25,8 @@ def list_inputs(data: str, max_bytes: int = 64 * 2**20) -> tuple:
     """(key column name, items, count or None) for --data; image files above `max_bytes` become error rows."""
     if data.endswith(".npz"):
         return ("index", *_npz_items(data))
+    if data == "digits" and not tf.io.gfile.exists(data):  # The trainer's built-in source (wrappers trial U12).
+        return ("index", *_digits_items())
     if tf.io.gfile.isdir(data):
         paths = sorted(_image_files(data))
         if not paths:
@@ -102,6 +104,17 @@ def _npz_items(path: str):
     items = [Item(i, None if y is None else int(y[i]), (lambda a=x[i]: a)) for i in range(len(x))]
     return items, len(items)
 
+
+
+def _digits_items():
+    """The validation split of `--data=digits` (the trainer's default split), labelled by class id."""
+    from trainer.config import Config
+    from trainer.data.sources import _load_digits
+
+    split = _load_digits(Config().validation_split).validation
+    x, y = split.x["x"], split.labels
+    items = [Item(i, int(y[i]), (lambda a=x[i]: a)) for i in range(len(x))]
+    return items, len(items)
 
 
 def _tfrecord_items(shards: Sequence[str]) -> Iterator[Item]:
