@@ -13,9 +13,10 @@ KERAS_VENV := .venv-keras
 KPY := $(KERAS_VENV)/bin/python
 KERAS_STAMP := $(KERAS_VENV)/.installed
 # What the TensorFlow 2.21 leg runs: the Keras engine's tests (the rest needs tf.estimator).
-KERAS_TESTS := tests/test_keras_engine.py
+KERAS_TESTS := tests/test_keras_engine.py tests/test_path_forms.py tests/test_state_healing.py tests/test_readme.py \
+	tests/test_run_lock.py tests/test_disk_full.py
 
-.PHONY: demo test test-fast test-keras install install-keras clean
+.PHONY: demo test test-slow test-fast test-keras install install-keras clean
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || { \
@@ -41,8 +42,13 @@ demo: $(STAMP)
 
 # Both runtimes: the whole suite on TensorFlow 2.15 (both engines), then the Keras engine on TensorFlow 2.21.
 test: $(STAMP) $(KERAS_STAMP)
-	$(PY) -m pytest -q tests
-	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q $(KERAS_TESTS)
+	$(PY) -m pytest -q -m "not slow" tests
+	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q -m "not slow" $(KERAS_TESTS)
+
+# The slow suites (path-form matrices, the README's commands), both runtimes; CI runs them after `make test`.
+test-slow: $(STAMP) $(KERAS_STAMP)
+	$(PY) -m pytest -q -m slow tests
+	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q -m slow $(KERAS_TESTS)
 
 test-keras: $(STAMP) $(KERAS_STAMP)
 	$(PY) -m pytest -q $(KERAS_TESTS)

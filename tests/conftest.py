@@ -78,3 +78,8 @@ def tmpfs(path: Path, options: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: matrices and README runs; `make test-slow` (and CI) runs them, "
+                                       "`make test` does not")

@@ -117,7 +117,8 @@ def _layout(form: str, tmp: Path):
     raise ValueError(form)
 
 
-FORMS = ["relative", "dot", "dotdot", "absolute", "symlink", "spaces", "checkpoint_dir"]
+FORMS = ["relative"] + [pytest.param(f, marks=pytest.mark.slow) for f in
+                        ("dot", "dotdot", "absolute", "symlink", "spaces", "checkpoint_dir")]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -134,6 +135,7 @@ def test_a_path_form_killed_in_phase_2_resumes_to_the_uninterrupted_run(tmp_path
     assert (model_dir / "keras_model.h5").exists() and (model_dir / "eval_metrics.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_default_model_dir_runs_and_its_hint_resumes(tmp_path, reference, engine):
     """No --model_dir: runs/<timestamp> in the working folder; SIGTERM's line names it, and that command resumes."""

@@ -89,6 +89,7 @@ def project(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("section,cmds", MINE, ids=[f"{i}-{s.replace(' ', '_')}" for i, (s, _) in enumerate(MINE)])
 def test_a_readme_block_runs_as_written(project, section, cmds):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
