@@ -13,8 +13,42 @@ here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python}
 export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"  # This checkout's trainer package.
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-"$PYTHON" -m trainer.task --unique_run_dir --warm_start_from=champion "$@" | tee "$out"
+fifo=$(mktemp -u)
+trap 'rm -f "$out" "$fifo"' EXIT
+# SIGTERM (a preemption, `docker stop`, this script as a container's PID 1) and SIGINT (Ctrl-C) are passed on to
+# the trainer, which saves a checkpoint and exits 143 (130); the script waits for it and exits with its status.
+# Nothing is registered after a signal or a failure.
+trainer="" got="" signalled=""
+forward() {
+  got=$1 signalled=$1
+  [ -z "$trainer" ] || kill -s "$1" "$trainer" 2>/dev/null || true
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+mkfifo "$fifo"
+(trap '' TERM INT; exec tee "$out" <"$fifo") &  # Ignoring the signals, it passes on the trainer's last lines.
+tee_pid=$!
+set -m  # The trainer in its own process group: a terminal's Ctrl-C reaches it once, through forward().
+"$PYTHON" -m trainer.task --unique_run_dir --warm_start_from=champion "$@" >"$fifo" &
+trainer=$!
+set +m
+[ -z "$got" ] || kill -s "$got" "$trainer" 2>/dev/null || true  # A signal before $trainer was set.
+status=""
+while :; do  # wait returns early when a signal's trap ran; the trainer is then still saving.
+  got="" rc=0
+  wait "$trainer" || rc=$?
+  [ "$rc" -eq 127 ] && [ -n "$status" ] && break  # Already reported: the signal came as the trainer ended.
+  status=$rc
+  [ -n "$got" ] || break
+done
+wait "$tee_pid" || true  # The trainer's summary is in "$out".
+[ "$status" -eq 0 ] || exit "$status"
+if [ -n "$signalled" ]; then
+  echo "retrain: SIG$signalled received as the trainer finished; nothing registered" >&2
+  exit $((128 + $(kill -l "$signalled")))
+fi
+trap 'exit $((128 + $(kill -l TERM)))' TERM  # From here on a signal ends the script: no registration after it.
+trap 'exit $((128 + $(kill -l INT)))' INT
 [ -n "${PROJECT:-}" ] || exit 0
 
 champion_dir=""
@@ -46,5 +80,6 @@ args=(--project="$PROJECT" --region="${REGION:-us-central1}" --artifact_uri="$ar
       --display_name="${DISPLAY_NAME:-$(basename "$champion_dir")}" --version_aliases=champion)
 [ -n "${PARENT_MODEL:-}" ] && args+=(--parent_model="$PARENT_MODEL")
 [ "${REGISTER_DRY_RUN:-0}" = 1 ] && args+=(--dry_run)
+rm -f "$out" "$fifo"  # exec skips the EXIT trap.
 # shellcheck disable=SC2086
 exec "$PYTHON" "$here/register_model.py" "${args[@]}" ${REGISTER_ARGS:-}

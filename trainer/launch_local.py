@@ -12,10 +12,21 @@ As soon as a task fails, the launcher says in one line which task and how
 stops the others (SIGTERM, then SIGKILL after a grace period), and prints one
 summary line per stopped task instead of its console noise (a multi-worker cluster
 that lost a member fills pages with errors and tracebacks; they stay in the log
-files). Exit status: 0 when every task succeeded; the failed task's own status
+files). A traceback that a task prints is held back a few seconds before it reaches the
+console: a peer's death is noticed by then, and the survivor's traceback goes to its
+log file only (counted in its summary line).
+
+SIGTERM or SIGINT (Ctrl-C) sent to the launcher is passed on to every task (each
+saves a checkpoint and exits 143, or 130), the launcher waits for them (at most
+`--grace_secs`, then SIGKILL), prints one summary line per task and exits 143 (130).
+The tasks run in their own sessions, so a Ctrl-C in the terminal reaches them once,
+through the launcher.
+
+Exit status: 0 when every task succeeded; the failed task's own status
 (1 for an `error:` line, 143 when it was preempted); 128 + N when it was killed by
-signal N (137 for SIGKILL), as a shell reports it; 124 after `--timeout`. Running
-the same command again resumes from the latest checkpoint.
+signal N (137 for SIGKILL), as a shell reports it; 124 after `--timeout`; 143 (130)
+after a SIGTERM (SIGINT) to the launcher. Running the same command again resumes
+from the latest checkpoint.
 """
 import argparse
 import json
@@ -31,6 +42,10 @@ from typing import Dict, List, Optional
 
 # How long stopped tasks get to exit on SIGTERM before they are killed.
 STOP_GRACE_SECS = 15.0
+# How long a task's traceback is held back from the console: long enough for the launcher to notice that a peer
+# died (it polls every 0.2 s), which is what the survivors' tracebacks are about.
+HOLD_SECS = 5.0
+TRACEBACK = "Traceback (most recent call last):"
 
 
 def free_ports(count: int) -> List[int]:
@@ -69,14 +84,23 @@ def task_configs(workers: int, evaluator: bool, ps: int = 0) -> Dict[str, dict]:
 
 
 class _Console:
-    """Every task's lines go to its log file; to the console too, unless the launcher is stopping that task."""
+    """Every task's lines go to its log file; to the console too, unless the launcher is stopping that task.
+
+    A traceback, and every line of the task after it, is held back (`held`) until the launcher releases it: shown
+    when the task failed first or nothing failed within HOLD_SECS; dropped (counted) when the task is one of the
+    survivors of a failure, or is being stopped by a signal, so the console is not filled with their dying words.
+    """
 
     def __init__(self):
         self.quiet = set()  # Tasks being stopped: their dying words go to their log files only.
+        self.stopping = False  # The cluster is being stopped: held tracebacks are dropped, not shown.
         self.lock = threading.Lock()
         self.hidden: Dict[str, int] = {}  # Task -> lines kept out of the console.
         self.tracebacks: Dict[str, int] = {}
         self.last_lines: Dict[str, str] = {}
+        self.held: Dict[str, List[str]] = {}  # Task -> lines held back, from a traceback's first line on.
+        self.held_since: Dict[str, float] = {}
+        self.ended: Dict[str, float] = {}  # Task -> when its output ended (the order in which tasks died).
 
     def stream(self, name: str, proc: subprocess.Popen, log_path: str) -> None:
         with open(log_path, "a") as log:
@@ -85,13 +109,36 @@ class _Console:
                 log.flush()
                 with self.lock:
                     if name in self.quiet:
-                        self.hidden[name] = self.hidden.get(name, 0) + 1
-                        if line.startswith("Traceback"):
-                            self.tracebacks[name] = self.tracebacks.get(name, 0) + 1
+                        self._hide(name, [line])
+                    elif name in self.held or line.startswith(TRACEBACK):
+                        self.held.setdefault(name, []).append(line)
+                        self.held_since.setdefault(name, time.monotonic())
                     else:
                         sys.stderr.write(f"[{name}] {line}")
                 if line.strip():
                     self.last_lines[name] = line.rstrip("\n")
+        with self.lock:
+            self.ended[name] = time.monotonic()
+
+    def _hide(self, name: str, lines: List[str]) -> None:
+        self.hidden[name] = self.hidden.get(name, 0) + len(lines)
+        self.tracebacks[name] = self.tracebacks.get(name, 0) + sum(line.startswith(TRACEBACK) for line in lines)
+
+    def release(self, names=None, force: bool = False, final: bool = False) -> None:
+        """Held lines of `names` [every task]: dropped (counted) for a quiet task, or while stopping unless
+        `force`; shown when `force`, `final` or held for HOLD_SECS; else kept."""
+        with self.lock:
+            for name in list(self.held if names is None else names):
+                lines = self.held.get(name)
+                if not lines:
+                    continue
+                if name in self.quiet or (self.stopping and not force):
+                    self._hide(name, lines)
+                elif force or final or time.monotonic() - self.held_since[name] >= HOLD_SECS:
+                    sys.stderr.write("".join(f"[{name}] {line}" for line in lines))
+                else:
+                    continue
+                del self.held[name], self.held_since[name]
 
 
 def describe_status(returncode: int) -> str:
@@ -120,13 +167,29 @@ def launch(workers: int, evaluator: bool, trainer_args: List[str], timeout: floa
 
     Parameter servers serve until stopped: they are terminated once every other task is done.
     """
+    received: List[int] = []  # SIGTERM/SIGINT sent to the launcher, in order; acted on by the loops below.
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            handlers[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
+    try:
+        return _launch(workers, evaluator, trainer_args, timeout, ps, log_dir, grace_secs, received)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _launch(workers, evaluator, trainer_args, timeout, ps, log_dir, grace_secs, received: List[int]) -> int:
     log_dir = log_dir or tempfile.mkdtemp(prefix="launch_local-")
     os.makedirs(log_dir, exist_ok=True)
     procs, threads, console = {}, {}, _Console()
     for name, tf_config in task_configs(workers, evaluator, ps).items():
         env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
+        # Its own session: a Ctrl-C in the terminal reaches the task once, passed on by the launcher (a second
+        # SIGINT would make the task stop at once, without its checkpoint).
         procs[name] = subprocess.Popen([sys.executable, "-m", "trainer.task", *trainer_args], env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True)
         thread = threading.Thread(target=console.stream, daemon=True,
                                   args=(name, procs[name], os.path.join(log_dir, f"{name}.log")))
         thread.start()
@@ -134,38 +197,68 @@ def launch(workers: int, evaluator: bool, trainer_args: List[str], timeout: floa
     sys.stderr.write("launch_local: started " + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())
                      + f"; full logs in {log_dir}/<task>.log\n")
     deadline = time.time() + timeout if timeout else None
-    status, stopped = 0, []
+    status, stopped, forwarded = 0, [], 0
     while any(p.poll() is None for n, p in procs.items() if not n.startswith("ps")):
+        if received:  # SIGTERM/SIGINT to the launcher: every task gets it, saves and stops.
+            forwarded = len(received)
+            signum = received[0]
+            status = 128 + signum
+            # Parameter servers hold the variables the chief saves: they are stopped after the others, below.
+            stopped = [n for n, p in procs.items() if p.poll() is None and not n.startswith("ps")]
+            with console.lock:
+                console.stopping = True
+            sys.stderr.write(f"launch_local: {signal.Signals(signum).name} received; passing it on to "
+                             f"{', '.join(stopped)} and waiting up to {grace_secs:g} s for them to save and stop "
+                             f"(exit status {status})\n")
+            for name in stopped:
+                procs[name].send_signal(signum)
+            break
         failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
         if failed or (deadline and time.time() > deadline):
-            stopped = [n for n, p in procs.items() if p.poll() is None]
+            running = [n for n, p in procs.items() if p.poll() is None]
+            for name in failed:
+                threads[name].join(timeout=2)  # Its last words (an `error:` line) come first.
+            # The task that died first: the others that failed too were most likely its victims.
+            failed.sort(key=lambda n: console.ended.get(n, float("inf")))
+            stopped = running + failed[1:]
             with console.lock:
                 console.quiet.update(stopped)
             if failed:
-                threads[failed[0]].join(timeout=2)  # Its last words (an `error:` line) come first.
+                console.release([failed[0]], force=True)
                 status = exit_status(procs[failed[0]].returncode)
                 sys.stderr.write(f"{_failure_line(failed[0], procs[failed[0]].returncode)}; stopping the "
                                  f"others (exit status {status})\n")
             else:
                 status = 124
                 sys.stderr.write(f"launch_local: timed out after {timeout:g} s; stopping every task\n")
-            for name in stopped:
+            with console.lock:
+                console.stopping = True
+            for name in running:
                 procs[name].terminate()
             break
+        console.release()
         time.sleep(0.2)
     grace = time.time() + grace_secs
-    for name, p in procs.items():
-        if name.startswith("ps") and p.poll() is None and not stopped:
+    # Workers before parameter servers: a parameter server must serve until the chief's last save.
+    for name in sorted(procs, key=lambda n: n.startswith("ps")):
+        p = procs[name]
+        if name.startswith("ps") and p.poll() is None and name not in stopped:
             p.kill()  # A parameter server holds no state of its own; it blocks in C++ and ignores SIGTERM.
             p.wait(timeout=30)
             p.returncode = 0  # Stopped by us, as parameter servers are meant to be.
-        try:
-            p.wait(timeout=max(grace - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
+        while p.poll() is None and time.time() < grace:
+            for signum in received[forwarded:]:  # Another Ctrl-C: passed on too (the tasks then stop at once).
+                for other in stopped:
+                    if procs[other].poll() is None:
+                        procs[other].send_signal(signum)
+            forwarded = len(received)
+            time.sleep(0.1)
+        if p.poll() is None:
             p.kill()  # Stuck in a collective op with a dead peer: SIGTERM cannot reach Python.
             p.wait(timeout=30)
     for thread in threads.values():
         thread.join(timeout=5)
+    console.release(final=True)
     for name in stopped:
         tracebacks = console.tracebacks.get(name, 0)
         sys.stderr.write(f"launch_local: stopped {name} ({describe_status(procs[name].returncode)}); "
