@@ -13,7 +13,7 @@ from trainer.errors import NumericError
 from trainer.outputs import export, metrics, report
 from trainer.retrain import promotion
 from trainer.run import early_stopping, phases
-from trainer.util import events, files
+from trainer.util import events, faultpoints, files
 
 
 def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
@@ -21,6 +21,7 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     if not run.steps and not run.cache:  # Nothing left to train: the model as the last phase built it.
         run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
                                                 run.model, run.built, lambda: engine.scope(finishing=True))
+    faultpoints.reached("finish_evaluation")
     eval_metrics = _to_builtin(engine.final_evaluation(run, eval_metrics))
     checkpoint = _finite_checkpoint(config)
     matrix = eval_metrics.pop("confusion_matrix", None)  # Of the final evaluation (trainer.outputs.metrics).
@@ -46,6 +47,7 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     if matrix is not None:
         served.update(metrics.from_confusion(matrix, run.dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), served)
+    faultpoints.reached("finish_export")
     export_path = export.latest_export(config.checkpoint_dir, config.export) or engine.export(run, checkpoint)
     if config.checkpoint_dir != config.model_dir:  # Vertex imports models from AIP_MODEL_DIR.
         export_path = files.copy_tree(export_path, os.path.join(
@@ -93,6 +95,7 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
             dataset=None, predict=None) -> dict:
     """Promotion (with --champion_dir), the final run_info.json, report.html, and the summary line."""
     if config.champion_dir:
+        faultpoints.reached("finish_promotion")
         run_info["promotion"] = promotion.run(config, config.model_dir, export_path, eval_input_fn,
                                               run_info.get("class_names"))
     if config.export_tflite != "none":
@@ -104,6 +107,7 @@ def _finish(config, run_info, info_path, eval_metrics, export_path, eval_input_f
     run_info.update(train_seconds=round(time.time() - started, 1), export=export_path)
     files.write_json(info_path, run_info)
     summary = _summary_line(eval_metrics, config.model_dir, export_path)
+    faultpoints.reached("finish_report")
     report.at_end(config, model, dataset, eval_input_fn, eval_metrics, summary, time.time() - started, predict)
     metrics.forget_collected(config.checkpoint_dir)  # Their one use; a long-lived process keeps nothing.
     return summary

@@ -22,7 +22,7 @@ from trainer.engines.keras.evaluation import Evaluator
 from trainer.model import models
 from trainer.outputs import evaluations, export, metrics, predictions
 from trainer.run import distribution, early_stopping, phases, preemption
-from trainer.util import console, files
+from trainer.util import console, faultpoints, files
 
 _EVALUATOR_POLL_SECS = 1.0
 
@@ -230,6 +230,8 @@ class Engine:
             self._hypertune.report(result, os.path.join(config.checkpoint_dir, f"model.ckpt-{step}"))
         console.sync()
         self._last_eval = result
+        if final:
+            faultpoints.reached("final_step_evaluated")  # Inside the last step's callback: a signal only sets a flag.
         return result
 
     def _export_after(self, result: dict, final: bool) -> Optional[str]:
