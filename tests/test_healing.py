@@ -29,7 +29,7 @@ def _copy(finished, tmp_path):
     return run
 
 
-@pytest.mark.parametrize("damage", ["truncate_index", "zero_data", "flip_data", "delete_data"])
+@pytest.mark.parametrize("damage", ["truncate_index", "zero_data", "flip_data", "delete_data", "truncate_data"])
 def test_a_damaged_latest_checkpoint_resumes_from_the_newest_readable(finished, tmp_path, damage):
     """SRE trial B4: a traceback on every restart; the intact older checkpoint was never tried."""
     run = _copy(finished, tmp_path)
@@ -39,6 +39,8 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_newest_readable(finished, 
         index.write_bytes(index.read_bytes()[: len(index.read_bytes()) // 2])
     elif damage == "zero_data":
         data.write_bytes(b"\0" * len(data.read_bytes()))
+    elif damage == "truncate_data":  # SRE trial 2026-12-04: `IndexError: Read less bytes` on every restart.
+        data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
     elif damage == "flip_data":
         raw = bytearray(data.read_bytes())
         raw[len(raw) // 2: len(raw) // 2 + 4] = b"\xff\xff\xff\xff"
