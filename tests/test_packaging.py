@@ -152,3 +152,16 @@ def test_the_tf215_only_requirements_live_in_its_extras():
     assert not re.search(r"tensorflow-estimator|numpy<2|protobuf<5", base)
     assert '"keras-cpu": ["tensorflow-cpu==2.21.*"' in text and '"cpu": ["tensorflow-cpu==2.15.*", *TF215]' in text
     assert 'TF215 = ["tensorflow-estimator==2.15.*", "numpy<2", "protobuf<5"]' in text
+
+
+def test_no_module_warns_when_compiled():
+    """New-user trial 2026-12-04: Python 3.12 printed `SyntaxWarning: invalid escape sequence` from export.py on the
+    console of predict, report and export_tflite whenever no bytecode was cached."""
+    import warnings
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "trainer").rglob("*.py")) + sorted((root / "scripts").glob("*.py")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compile(path.read_text(), str(path), "exec")

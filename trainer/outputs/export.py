@@ -188,7 +188,7 @@ def save_keras_model(model: tf.keras.Model, checkpoint: str, path: str,
     `full_model` is what is written.
     """
     # .h5 on purpose: it is what --base_model users and older tools load everywhere.
-    warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\(\)`.*")
+    warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`.*")
     restore_from_checkpoint(model, checkpoint)
     model = full_model or model
     from trainer.model.keras_files import neutralize
