@@ -188,13 +188,17 @@ def load_base_model(path: str, allow_custom_objects: bool = False) -> tf.keras.M
     if unsafe and not allow_custom_objects:
         raise UsageError(f"--base_model={path} contains {', '.join(unsafe)} layers, which run Python code stored "
                          "in the file; pass --allow_custom_objects only if you trust it")
-    try:
+    from trainer.model import keras_files
+
+    try:  # An .h5 written by a newer Keras (the other runtime) loads without the config keys this one lacks.
         if path.endswith(".keras"):
-            return tf.keras.models.load_model(path, compile=False, safe_mode=not allow_custom_objects)
-        return tf.keras.models.load_model(path, compile=False)
+            return keras_files.load_model(path, safe_mode=not allow_custom_objects)
+        return keras_files.load_model(path)
     except Exception as e:  # h5py, SavedModel and Keras each raise their own types.
+        first = " ".join(str(e).split())  # One line, cut at a word.
+        first = first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."
         raise UsageError(f"--base_model={path} is not a loadable Keras model "
-                         f"(.h5, .keras or SavedModel): {type(e).__name__}: {str(e)[:200]}") from None
+                         f"(.h5, .keras or SavedModel): {type(e).__name__}: {first}") from None
 
 
 def _trunk_from_base_model(config: Config) -> tf.keras.Model:

@@ -19,18 +19,62 @@ from trainer.errors import UsageError
 
 def load_champion(store, version: str) -> Tuple[Optional[tf.keras.Model], Optional[str]]:
     """(the champion's Keras model, None), or (None, why it cannot be loaded: a missing, truncated or garbage
-    keras_model.h5). Cloud Storage not answering is raised, not a broken champion."""
+    keras_model.h5, or one of another Keras this one cannot read). Cloud Storage not answering is raised, not a
+    broken champion."""
+    model, broken, _ = _load_champion(store, version)
+    return model, broken
+
+
+def _load_champion(store, version: str):
+    """(model, None, path) or (None, why not, path or None)."""
     try:
         path = store.keras_model(version)  # On Cloud Storage: downloaded (a missing object is a UsageError).
     except UsageError as e:
-        return None, str(e)
+        return None, str(e), None
     try:
-        return load_keras(path), None
+        return load_keras(path), None, path
     except Exception as e:  # noqa: BLE001 - whatever h5py or Keras raise, the file cannot serve as a model.
         if champion.network_failure(e):
             raise
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        return None, f"{type(e).__name__}: {first}" if first else type(e).__name__
+        return None, f"{type(e).__name__}: {first}" if first else type(e).__name__, path
+
+
+def runtime_versions() -> dict:
+    """This runtime's TensorFlow and Keras versions (recorded with each champion)."""
+    from trainer.run.prepare import keras_version
+
+    return {"tf_version": tf.__version__, "keras_version": keras_version()}
+
+
+def other_runtime(store, version: str, path: Optional[str]) -> Optional[dict]:
+    """When the champion's keras_model.h5 is a sound file written by another Keras whose model config this one
+    cannot deserialize (a version mismatch, not damage): {"keras_version", "tf_version"} it was written with
+    (tf_version from its metrics.json; None when not recorded). Else None (missing, truncated, garbage, or a
+    config this Keras reads, so what fails is the file's weights)."""
+    import json
+
+    from trainer.model import keras_files
+
+    if not path:
+        return None
+    config = keras_files.read_model_config(path)
+    written = keras_files.file_versions(path).get("keras_version")
+    here = runtime_versions()["keras_version"]
+    if config is None or not written or written == here:
+        return None
+    try:  # The architecture alone: if this Keras builds it, the file's weights are what is damaged.
+        tf.keras.models.model_from_json(json.dumps(keras_files.sanitized(config)[0]))
+        return None
+    except Exception:  # noqa: BLE001 - any refusal of the config is the mismatch.
+        pass
+    try:
+        recorded = store.metrics(version).get("tf_version")
+    except Exception as e:  # noqa: BLE001 - an unreadable metrics.json only loses the TensorFlow version.
+        if champion.network_failure(e):
+            raise
+        recorded = None
+    return {"keras_version": written, "tf_version": recorded}
 
 
 def evaluate_keras(path, input_fn: Callable, config: Config) -> dict:
@@ -68,7 +112,9 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
     was trained on other classes, both models are scored on the examples of the classes both know, each
     with its own outputs of those classes (matched by name, never by index). When the champion's classes
     are unknown (an older metrics.json), the models are compared by output index only if they have the
-    same outputs, and the line says so. A champion whose keras_model.h5 cannot be loaded is replaced.
+    same outputs, and the line says so. A
+    champion whose keras_model.h5 cannot be loaded (missing, truncated, garbage) is replaced; one that is a
+    sound file of another Keras this runtime cannot read is kept, and the line says which runtime wrote it.
 
     Raises:
         UsageError: Cloud Storage stopped answering (one line: what was left where).
@@ -115,7 +161,19 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
         return decided(f"already promoted by this run as version {pointer['version']}, before a restart")
     if pointer:
         version = pointer["version"]
-        champion_model, broken = load_champion(store, version)
+        champion_model, broken, path = _load_champion(store, version)
+        foreign = other_runtime(store, version, path) if broken else None
+        if foreign:
+            # A sound champion of the other runtime: replacing it without a comparison would bypass the gate.
+            written = f"Keras {foreign['keras_version']}" + (
+                f" (TensorFlow {foreign['tf_version']})" if foreign.get("tf_version") else "")
+            here = runtime_versions()
+            record.update(champion_unloadable=broken, champion_keras_version=foreign["keras_version"],
+                          champion_tf_version=foreign.get("tf_version"), compared_by="none")
+            return decided(f"the champion version {version} was written by {written} and cannot be loaded here, "
+                           f"Keras {here['keras_version']} (TensorFlow {here['tf_version']}) ({broken}); run this "
+                           f"retraining on that runtime, or roll back with `python -m trainer.champion rollback "
+                           f"--champion_dir={config.champion_dir}`")
         if broken:
             # A champion that cannot be loaded cannot be compared, served or warm-started from: keeping it would
             # block every later retrain. The challenger takes its place, and the record says why.
@@ -135,7 +193,8 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
         console.say("promotion: copying the challenger to version %s", version)
         report = {}
         won = champion.promote(store, token, version, export_path, keras_h5,
-                               {**challenger, "metric": metric, "class_names": list(class_names or [])},
+                               {**challenger, "metric": metric, "class_names": list(class_names or []),
+                                **runtime_versions()},
                                model_dir, pointer["version"] if pointer else None,
                                champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
         record.update(promoted=won, version=version)
