@@ -166,6 +166,18 @@ def test_a_resume_with_the_other_engine_is_refused(tmp_path):
         train(other, tmp_path / "run", train_steps=40)
 
 
+@pytest.mark.skipif(HAS_ESTIMATOR, reason="this TensorFlow has tf.estimator")
+def test_an_estimator_run_resumed_on_tf221_says_to_use_tf215(tmp_path):
+    """New-user trial c034: the error said `keep --engine=estimator`, which TF 2.21 cannot do."""
+    train("keras", tmp_path / "run", train_steps=20)
+    info = read(tmp_path / "run" / "run_info.json")
+    info["flags"]["engine"], info["engine"] = "estimator", "estimator"  # As an Estimator run's folder records it.
+    (tmp_path / "run" / "run_info.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="differs from the --engine=estimator .*resume it on TensorFlow 2.15 .*"
+                                         "--warm_start_from"):
+        train("keras", tmp_path / "run", train_steps=40)
+
+
 def _subprocess_run(args, model_dir, env=None):
     return subprocess.run([sys.executable, "-m", "trainer.task", *args, f"--model_dir={model_dir}"], cwd=REPO,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})), capture_output=True,

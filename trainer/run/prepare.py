@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import DEFAULT_LOSS, Config
+from trainer.config import DEFAULT_LOSS, Config, resolve_engine
 from trainer.data import inputs, record_faults
 from trainer.data import sources as data_lib
 from trainer.errors import UsageError
@@ -249,8 +249,11 @@ def _check_same_model(config: Config, previous: dict, model: tf.keras.Model) -> 
         if flag == "loss":
             old, new = old or DEFAULT_LOSS.get(flags.get("label_mode", "sparse")), config.resolved_loss
         if old != new:
+            keep = f"keep --{flag}={old}, or "
+            if flag == "engine" and old == "estimator" and resolve_engine(None) != "estimator":
+                keep = "resume it on TensorFlow 2.15 (the Estimator engine needs it), or "  # New-user trial c034.
             raise UsageError(f"--{flag}={new} differs from the --{flag}={old} of the run in --model_dir="
-                             f"{config.model_dir}: its checkpoint belongs to that model; keep --{flag}={old}, or "
+                             f"{config.model_dir}: its checkpoint belongs to that model; {keep}"
                              "use a new --model_dir (with --warm_start_from=<that model_dir> to start from its "
                              "weights)")
     before, now = previous.get("input_shape"), _input_shape(model)
