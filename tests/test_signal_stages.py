@@ -37,3 +37,26 @@ def test_a_signal_after_training_stops_the_run_and_the_rerun_completes(tmp_path,
     assert json.loads((champions / "CHAMPION.json").read_text())["source_run"] == str(run)
     versions = [p for p in champions.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(versions) == 1, versions  # The rerun knows it promoted itself: no second version.
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_rerun_after_an_early_stop_in_phase_2_says_what_trained(tmp_path, engine):
+    """New-user trial #7 (`fine_tune (steps 20..100) not trained` for a phase that trained to its stop), c077 (the
+    phase record kept its planned end without a word), c081 (a larger patience on rerun was ignored silently)."""
+    run = tmp_path / "run"
+    args = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--train_steps=30", "--fine_tune_steps=100",
+            "--fine_tune_learning_rate=1e-9", "--save_checkpoints_steps=10", "--eval_throttle_secs=0",
+            "--early_stopping_metric=loss", "--early_stopping_min_delta=0.001", "--early_stopping_patience=2",
+            f"--engine={engine}"]
+    first = restart_cases.run_to_end(args, run)
+    assert first.returncode == 0, first.stderr[-3000:]
+    info = json.loads((run / "run_info.json").read_text())
+    stop = info["early_stopped_at_step"]
+    assert 30 < stop < 130, info
+    fine_tune = [p for p in info["phases"] if p["name"] == "fine_tune"][0]
+    assert fine_tune["stopped_at_step"] == stop and fine_tune["last_step"] == 130
+    again = restart_cases.run_to_end(args[:-2] + ["--early_stopping_patience=5", f"--engine={engine}"], run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"stopped early at step {stop} (fine_tune, 30..{stop} of 30..130)" in again.stderr, again.stderr
+    assert "not trained" not in again.stderr
+    assert "--early_stopping_patience=5 has no effect here: the stop was decided with patience 2" in again.stderr

@@ -82,6 +82,11 @@ def _stopped_early(config: Config, remaining) -> bool:
     if stopped is None:
         return False
     console.say("%s", early_stop_line(stopped, remaining))
+    decided_with = early_stopping.read_state(config.model_dir).get("patience")
+    if decided_with is not None and decided_with != config.early_stopping_patience:  # New-user trial c081.
+        console.say("--early_stopping_patience=%d has no effect here: the stop was decided with patience %d and is "
+                    "kept; to train on, start a new --model_dir with --warm_start_from=%s",
+                    config.early_stopping_patience, decided_with, config.model_dir)
     return True
 
 

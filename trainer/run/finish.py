@@ -40,7 +40,11 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
         if config.early_stopping_patience:  # Early stopping reports the best model as the result.
             eval_metrics.update(best["metrics"])
     if config.early_stopping_patience:
-        run_info["early_stopped_at_step"] = early_stopping.stopped_at(config.model_dir)
+        run_info["early_stopped_at_step"] = stopped = early_stopping.stopped_at(config.model_dir)
+        for record in run_info.get("phases") or []:  # New-user trial c077: the phase it stopped in says so.
+            if stopped is not None and isinstance(record, dict) and record.get("first_step", stopped) < stopped \
+                    <= record.get("last_step", stopped):
+                record["stopped_at_step"] = stopped
     # With --cache_features the checkpoint restores the head, and the full model (its trunk inside) is written.
     export.save_keras_model(run.model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"),
                             full_model=run.full_model if run.cache else None)
