@@ -1,10 +1,10 @@
-"""One champion for both runtimes (TensorFlow 2.15 + Keras 2.15, TensorFlow 2.21 + tf-keras 2.21) (new-user trial
-2026-12-04, #4, #5).
+"""One champion for both runtimes (TensorFlow 2.15 + Keras 2.15, TensorFlow 2.21 + tf-keras 2.21), and a class added
+by a retraining is never stuck behind the old champion (new-user trial 2026-12-04, #4, #5, #6).
 
 The cross-runtime cases run both runtimes as subprocesses, whichever runs pytest: on TensorFlow 2.21 the other venv
 is TRAINER_TF215_PYTHON (as in tests/test_keras_engine.py, set by `make test`); on TensorFlow 2.15 it is
 TRAINER_TF221_PYTHON or, when that is unset, the repository's .venv-keras. Without it they are skipped. The rest
-(a garbage champion, a config no Keras knows) runs on either runtime."""
+(hand-made probabilities and tiny models, a garbage champion, a config no Keras knows) runs on either runtime."""
 import json
 import os
 import subprocess
@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from conftest import REPO
 from test_promotion_faults import PERFECT, make_champion, promote_with, tiny_model
+from trainer.config import Config
 from trainer.model import keras_files
 from trainer.retrain import champion_store as champion
 from trainer.retrain import promotion
@@ -142,6 +143,7 @@ SAVE_RAW = """
 import sys
 import trainer
 import tensorflow as tf
+from trainer.config import Config
 from trainer.model import models
 tf.keras.utils.set_random_seed(3)
 model = models.build_model(Config(data="digits", backbone="small_cnn", image_size=16), 10)
@@ -269,3 +271,89 @@ def test_a_broken_champion_still_follows_the_existing_rule(tmp_path, damage):
         record["reason"].endswith("; replaced without a comparison"), record["reason"]
     assert "champion_keras_version" not in record
     assert store.read_pointer()[0]["version"] == record["version"] != "v1"
+
+
+# --- Task B: a class added by a retraining ------------------------------------------------------------------------
+
+def test_scores_by_name_count_a_class_the_champion_does_not_know_as_wrong_for_it():
+    """Run classes a,b,d; the champion knows a,b,c. On a and b both are right (a tie on the classes both know, where
+    the old rule stopped); d's examples decide: the champion has no output for d (probability 0), the challenger
+    predicts it. The champion's c output is left out and the rest renormalised."""
+    run = ["a", "b", "d"]
+    ids = np.array([0, 0, 1, 1, 2, 2])
+    champion_p = np.array([[.7, .1, .2], [.6, .2, .2], [.1, .6, .3], [.2, .7, .1],  # a, b: right.
+                           [.3, .1, .6], [.1, .2, .7]])  # d: it says c (left out) -> a, b after renormalising.
+    challenger_p = np.array([[.8, .1, .1], [.7, .2, .1], [.1, .8, .1], [.1, .8, .1], [.1, .1, .8], [.2, .1, .7]])
+    shared = promotion.scores_by_name(champion_p, ids, ["a", "b", "c"], run, ["a", "b"])
+    mine_shared = promotion.scores_by_name(challenger_p, ids, run, run, ["a", "b"])
+    assert shared["accuracy"] == mine_shared["accuracy"] == 1.0  # The old rule: a tie, never promoted.
+    theirs = promotion.scores_by_name(champion_p, ids, ["a", "b", "c"], run, run)
+    mine = promotion.scores_by_name(challenger_p, ids, run, run, run)
+    assert theirs["accuracy"] == pytest.approx(4 / 6) and mine["accuracy"] == 1.0
+    assert theirs["macro_f1"] < mine["macro_f1"] == 1.0
+    assert theirs["loss"] == pytest.approx(np.mean([-np.log(.7 / .8), -np.log(.6 / .8), -np.log(.6 / .7),
+                                                    -np.log(.7 / .9), -np.log(1e-12), -np.log(1e-12)]))
+    assert mine["loss"] < theirs["loss"]
+    assert champion.decide("accuracy", mine["accuracy"], theirs["accuracy"], 0.0)[0] is True
+    assert champion.decide("loss", mine["loss"], theirs["loss"], 0.0)[0] is True
+    # All its mass on the left-out class (float32 underflow): even odds over the ones it knows, never the new one.
+    edge = promotion.scores_by_name(np.array([[0.0, 0.0, 1.0]]), np.array([2]), ["a", "b", "c"], run, run)
+    assert edge["accuracy"] == 0.0
+
+
+def _three_class_model(path, kernel):
+    """A softmax Dense model on 4 features with a hand-set kernel [4, 3] (bias 0)."""
+    inputs = tf.keras.Input((4,))
+    dense = tf.keras.layers.Dense(3, activation="softmax")
+    model = tf.keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.asarray(kernel, np.float32), np.zeros(3, np.float32)])
+    model.save(path)
+    return str(path)
+
+
+def three_class_input_fn():
+    """Label = which of features 0, 1, 2 is largest (this run's classes a, b, d)."""
+    x = np.random.default_rng(1).normal(size=(90, 4)).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((x, x[:, :3].argmax(-1).astype(np.int32))).batch(16)
+
+
+def test_a_challenger_that_predicts_a_new_class_wins_a_tie_on_the_shared_ones(tmp_path):
+    champion_dir = str(tmp_path / "champion")
+    # The champion (a, b, c) reads a from feature 0, b from feature 1, and says c where feature 2 is largest.
+    h5 = _three_class_model(tmp_path / "champion.h5", np.eye(4, 3) * 10)
+    make_champion(tmp_path, champion_dir, h5, ["a", "b", "c"])
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "saved_model.pb").write_text("model")
+    _three_class_model(run / "keras_model.h5", np.eye(4, 3) * 10)  # a, b, d: right everywhere.
+    config = Config(data="digits", champion_dir=champion_dir, model_dir=str(run))
+    record = promotion.run(config, str(run), str(run / "export"), three_class_input_fn, ["a", "b", "d"])
+    assert record["promoted"] is True, record
+    assert record["compared_on_classes"] == ["a", "b", "d"] and record["champion_unknown_classes"] == ["d"]
+    assert record["champion_classes"] == ["a", "b", "c"] and record["compared_by"] == "name"
+    assert record["challenger"] == 1.0 and record["champion"] < 0.7
+    assert record["reason"].endswith("compared on this run's 3 classes (the champion does not know d: its examples "
+                                     "count as wrong for it; its outputs of c, which this run lacks, left out)")
+    # The same champion against a challenger that never predicts d: a tie, not promoted.
+    (run / "keras_model.h5").unlink()
+    _three_class_model(run / "keras_model.h5", np.eye(4, 3)[:, [0, 1, 0]] * [10, 10, 0.1])
+    record = promotion.run(config, str(run), str(run / "export"), three_class_input_fn, ["a", "b", "d"])
+    assert record["promoted"] is False, record
+
+
+def test_a_class_added_by_a_retraining_is_promoted_when_the_challenger_predicts_it(tmp_path):
+    """Trial #6, end to end: champion on digits 1,2,3; a challenger on 1,2,4 warm-started from it."""
+    task("tf215" if ON_TF215 else "tf221", tmp_path, "--classes=1,2,3", "--train_steps=40", "--learning_rate=0.01",
+         "--save_checkpoints_steps=40", "--champion_dir=champion", "--model_dir=runs/first")
+    result = task("tf215" if ON_TF215 else "tf221", tmp_path, "--classes=1,2,4", "--train_steps=40",
+                  "--learning_rate=0.01", "--save_checkpoints_steps=40", "--warm_start_from=champion",
+                  "--champion_dir=champion", "--model_dir=runs/added")
+    record = promotion_record(tmp_path / "runs/added")
+    per_class = json.loads((tmp_path / "runs/added/eval_metrics.json").read_text())["per_class"]
+    assert record["compared_on_classes"] == ["1", "2", "4"] and record["champion_unknown_classes"] == ["4"]
+    line = promotion_line(result)
+    assert line.endswith("compared on this run's 3 classes (the champion does not know 4: its examples count as "
+                         "wrong for it; its outputs of 3, which this run lacks, left out))"), line
+    if per_class["4"]["recall"] > 0:  # It predicts the new class at all.
+        assert record["promoted"] is True and line.startswith("promotion: promoted (challenger accuracy"), line
+    print(line, per_class["4"])

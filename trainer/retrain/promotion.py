@@ -109,10 +109,11 @@ def run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callabl
     """Decides and, if the challenger wins, promotes it. Returns the record for run_info.json.
 
     Every decision is printed as one `promotion: ...` line saying what was compared. When the champion
-    was trained on other classes, both models are scored on the examples of the classes both know, each
-    with its own outputs of those classes (matched by name, never by index). When the champion's classes
-    are unknown (an older metrics.json), the models are compared by output index only if they have the
-    same outputs, and the line says so. A
+    was trained on other classes (and 2 or more are shared), both models are scored on all of this run's
+    evaluation examples, each from its own outputs matched by class name (never by index): the classes the
+    champion does not know get probability 0 from it (their examples count as wrong for it), the ones it
+    knows that this run lacks are dropped. When the champion's classes are unknown (an older metrics.json),
+    the models are compared by output index only if they have the same outputs, and the line says so. A
     champion whose keras_model.h5 cannot be loaded (missing, truncated, garbage) is replaced; one that is a
     sound file of another Keras this runtime cannot read is kept, and the line says which runtime wrote it.
 
@@ -249,23 +250,31 @@ def _compare(config, metric, record, store, version, champion_model, mine_model,
         return True, (f"the champion {version} is a binary model of other classes ({','.join(theirs)}) than this "
                       f"run's ({','.join(ours)}): promoted without a champion comparison")
     shared = [c for c in ours if c in theirs]
-    record.update(compared_on_classes=shared, compared_by="name")
     if len(shared) < 2:
-        record["compared_by"] = "none"
+        record.update(compared_on_classes=shared, compared_by="none")
         return True, (f"the champion {version} knows the classes {','.join(theirs)}, of which {len(shared)} are this "
                       f"run's ({','.join(ours)}): it cannot be scored on this data, so the challenger, the only model "
                       "of this class set, is promoted")
+    # All of this run's examples, for both models: a class the champion does not know counts as wrong for it, so a
+    # challenger that also predicts a new class wins a tie on the shared ones (never stuck on the old champion).
+    unknown = [c for c in ours if c not in theirs]
+    dropped = [c for c in theirs if c not in ours]
+    record.update(compared_on_classes=list(ours), champion_unknown_classes=unknown, compared_by="name")
     try:
-        mine = score_on_classes(mine_model, ours, ours, shared, eval_input_fn, config)
+        mine = score_on_classes(mine_model, ours, ours, ours, eval_input_fn, config)
         record["challenger"] = mine.get(metric)
-        record["champion"] = score_on_classes(champion_model, theirs, ours, shared, eval_input_fn, config).get(metric)
+        record["champion"] = score_on_classes(champion_model, theirs, ours, ours, eval_input_fn, config).get(metric)
     except (ValueError, OSError, tf.errors.OpError) as e:
         return _unscorable(version, e)
     if record["challenger"] is None or record["champion"] is None:
-        return (f"--promote_metric={metric} cannot be compared on a subset of the classes; use accuracy, loss or "
+        return (f"--promote_metric={metric} cannot be compared across other class sets; use accuracy, loss or "
                 "macro_f1")
     promote, reason = champion.decide(metric, record["challenger"], record["champion"], delta)
-    return promote, reason + f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
+    if not unknown:
+        return promote, reason + f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
+    lacks = f"; its outputs of {','.join(dropped)}, which this run lacks, left out" if dropped else ""
+    return promote, reason + (f"; compared on this run's {len(ours)} classes (the champion does not know "
+                              f"{','.join(unknown)}: its examples count as wrong for it{lacks})")
 
 
 def _unscorable(version: str, error: Exception) -> str:
@@ -284,27 +293,44 @@ def champion_class_names(store, version: str) -> Optional[list]:
     return list(names) if names else None
 
 
-def score_on_classes(path: str, model_classes, run_classes, shared, input_fn: Callable, config: Config) -> dict:
-    """accuracy, loss and macro_f1 of a model on the examples of `shared` classes, from its outputs of those
-    classes only (renormalised), looked up by name in `model_classes` (the order of its output units);
-    `run_classes` names the label ids of `input_fn`."""
-    import numpy as np
-
+def score_on_classes(path: str, model_classes, run_classes, classes, input_fn: Callable, config: Config) -> dict:
+    """accuracy, loss and macro_f1 of a model on the examples of `classes` (see scores_by_name); `run_classes`
+    names the label ids of `input_fn`, `model_classes` the model's output units in order."""
     from trainer.outputs import metrics
 
     model = load_keras(path)
     probabilities, ids = metrics.predict_split(model, input_fn, config.label_mode)
+    return scores_by_name(probabilities, ids, model_classes, run_classes, classes, config.top_k)
+
+
+def scores_by_name(probabilities, ids, model_classes, run_classes, classes, top_k: int = 5) -> dict:
+    """accuracy, loss and macro_f1 of a model's `probabilities` [n, len(model_classes)] on the examples (label
+    ids `ids` into `run_classes`) of `classes`, read by class name: each class's column is the model's output of
+    that name, renormalised over `classes`; a class the model does not know has probability 0, so its examples
+    count as wrong for it (loss: -log(1e-12) each)."""
+    import numpy as np
+
+    from trainer.outputs import metrics
+
+    classes, model_classes = list(classes), list(model_classes)
     true = [run_classes[i] for i in ids]
-    keep = np.array([t in shared for t in true], bool)
+    keep = np.array([t in classes for t in true], bool)
     if not keep.any():
-        raise ValueError("no evaluation example of the shared classes")
-    columns = [list(model_classes).index(c) for c in shared]
-    p = probabilities[keep][:, columns].astype(np.float64)
+        raise ValueError("no evaluation example of the compared classes")
+    probabilities = np.asarray(probabilities, np.float64)[keep]
+    p = np.zeros((len(probabilities), len(classes)), np.float64)
+    for j, name in enumerate(classes):
+        if name in model_classes:
+            p[:, j] = probabilities[:, model_classes.index(name)]
+    known = np.array([name in model_classes for name in classes], bool)
+    empty = p.sum(-1) <= 0  # All its mass on classes left out (float32 underflow): even odds over the ones it knows.
+    if empty.any() and known.any():
+        p[np.ix_(empty, known)] = 1.0
     p = p / np.maximum(p.sum(-1, keepdims=True), 1e-12)
-    y = np.array([shared.index(t) for t, k in zip(true, keep) if k])
-    out = metrics.from_predictions(p, y, shared, config.top_k)
+    y = np.array([classes.index(t) for t, k in zip(true, keep) if k])
+    out = metrics.from_predictions(p, y, classes, top_k)
     out["loss"] = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
-    return {k: out[k] for k in ("accuracy", "loss", "macro_f1")}
+    return {k: float(out[k]) for k in ("accuracy", "loss", "macro_f1")}
 
 
 def warm_start_path(config: Config) -> Optional[str]:
