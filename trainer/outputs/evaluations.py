@@ -130,3 +130,49 @@ def better(best: dict, current: dict, metric: str) -> bool:
 def metric_text(metrics: dict) -> str:
     key = "accuracy" if "accuracy" in metrics else "loss"
     return f"{key} {metrics.get(key, float('nan')):.4f}"
+
+
+EVALUATOR = "evaluator.json"  # In eval/: the evaluator task's heartbeat, so the chief knows one is evaluating.
+_HEARTBEAT_SECS, _STALE_SECS = 5.0, 30.0
+
+
+def evaluator_heartbeat(checkpoint_dir: str, last: list) -> None:
+    """Called by the evaluator task's loop; writes its heartbeat at most every few seconds (`last`: [time])."""
+    import socket
+    import time
+
+    now = time.time()
+    if last and now - last[0] < _HEARTBEAT_SECS:
+        return
+    tf.io.gfile.makedirs(os.path.join(checkpoint_dir, "eval"))
+    files.write_json(os.path.join(checkpoint_dir, "eval", EVALUATOR),
+                     {"pid": os.getpid(), "host": socket.gethostname(), "time": now})
+    last[:] = [now]
+
+
+def evaluator_alive(checkpoint_dir: str) -> bool:
+    import time
+
+    try:
+        record = files.read_json(os.path.join(checkpoint_dir, "eval", EVALUATOR))
+    except ValueError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("time"), (int, float)) and \
+        time.time() - record["time"] < _STALE_SECS
+
+
+def wait_for_verdict(checkpoint_dir: str, step: int, timeout: float) -> bool:
+    """The chief, at the end of a run with an evaluator task: waits until the evaluator has evaluated (and exported
+    after) `step`, so every output file names one served model (wrappers trial B5). False: it gave up (the
+    evaluator is gone, or `timeout` passed)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = processed_step(checkpoint_dir)
+        if done is not None and done >= step:
+            return True
+        if not evaluator_alive(checkpoint_dir):
+            return False
+        time.sleep(0.5)
+    return False

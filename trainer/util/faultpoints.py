@@ -17,3 +17,16 @@ def reached(name: str) -> None:
         point, _, how = item.strip().partition(":")
         if point == name:
             os.kill(os.getpid(), signal.SIGTERM if how == "term" else signal.SIGKILL)
+
+
+def delay(name: str) -> None:
+    """`TRAINER_FAULT_DELAY=name:seconds` makes this instant slow (a test's slow evaluator); unset, nothing."""
+    wanted = os.environ.get("TRAINER_FAULT_DELAY")
+    if not wanted:
+        return
+    for item in wanted.split(","):
+        point, _, seconds = item.strip().partition(":")
+        if point == name:
+            import time
+
+            time.sleep(float(seconds or 0))

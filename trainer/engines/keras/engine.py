@@ -167,12 +167,18 @@ class Engine:
     def _evaluate_checkpoints(self, run, step: phases.Step) -> Optional[dict]:
         """The evaluator task: each new checkpoint of the phase, restored and evaluated (then exported, counted
         by early stopping, ...), until the phase's last step or early stopping's decision."""
-        config, evaluated = self.config, None
+        config, evaluated, beat = self.config, None, []
         self._last_eval = None
         while True:
+            evaluations.evaluator_heartbeat(config.checkpoint_dir, beat)
             latest = tf.train.latest_checkpoint(config.checkpoint_dir)
             at = saving.checkpoint_step(latest) if latest else -1
             if latest and at > step.first_step and at != evaluated and at <= step.phase.last_step:
+                if evaluated is not None and at - evaluated > config.save_checkpoints_steps:
+                    # It evaluates the newest checkpoint each time it is free (as the Estimator's evaluator does).
+                    logging.info("evaluator: step %d is the newest checkpoint; those saved since step %d while it "
+                                 "was evaluating are not evaluated", at, evaluated)
+                faultpoints.delay("evaluator_before_evaluation")
                 saving.restore(run.model, latest, with_optimizer=False)
                 self.evaluate(at, final=at == run.planned[-1].last_step)
                 evaluated = at
@@ -282,6 +288,15 @@ class Engine:
         done = evaluations.processed_step(config.checkpoint_dir)
         if self._single and (done is None or done < at):  # Killed during the final evaluation or export.
             return self.evaluate(at, final=True)
+        if self.plan.distributed and (done is None or done < at) and \
+                evaluations.evaluator_alive(config.checkpoint_dir):
+            # The evaluator task decides the best export: its verdict on the final checkpoint first, so that
+            # best.json, eval_metrics.json, keras_model.h5 and the summary name one model (wrappers trial B5).
+            wait = float(os.environ.get("TRAINER_EVALUATOR_WAIT_SECS", "600"))
+            if not evaluations.wait_for_verdict(config.checkpoint_dir, at, wait):
+                console.say("the evaluator task has not evaluated step %d (gone, or more than %g s): the chief "
+                            "evaluates it and decides the served model", at, wait)
+                return self.evaluate(at, final=True)
         return self._evaluator.evaluate(at, name="chief_final")
 
     def export(self, run, checkpoint: str) -> str:
