@@ -357,3 +357,19 @@ def test_a_class_added_by_a_retraining_is_promoted_when_the_challenger_predicts_
     if per_class["4"]["recall"] > 0:  # It predicts the new class at all.
         assert record["promoted"] is True and line.startswith("promotion: promoted (challenger accuracy"), line
     print(line, per_class["4"])
+
+
+def test_the_start_of_a_run_says_a_foreign_champion_is_kept(tmp_path, caplog):
+    """The check before training agrees with promotion: a sound champion of another Keras is kept (a warning), and
+    `--warm_start_from=champion` from it is one error line naming its runtime."""
+    from trainer.config import Config
+    from trainer.errors import UsageError
+    from trainer.run import preflight
+
+    champion_dir = str(tmp_path / "champion")
+    make_champion(tmp_path, champion_dir, _foreign_h5(tmp_path / "foreign.h5"), ["a", "b"])
+    preflight.check_champion(Config(data="digits", champion_dir=champion_dir))
+    assert "was written by Keras 9.1.0 and cannot be loaded here: this run will not replace it" in caplog.text
+    with pytest.raises(UsageError, match="--warm_start_from=champion: the champion version v1 was written by Keras "
+                                         "9.1.0 and cannot be loaded by this runtime"):
+        preflight.check_champion(Config(data="digits", champion_dir=champion_dir, warm_start_from="champion"))

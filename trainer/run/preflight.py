@@ -106,8 +106,9 @@ def check_champion(config: Config) -> None:
             return
         from trainer.retrain import promotion
 
-        model, broken = promotion.load_champion(store, pointer["version"])
+        model, broken, path = promotion._load_champion(store, pointer["version"])
         del model
+        foreign = promotion.other_runtime(store, pointer["version"], path) if broken else None
     except UsageError:
         raise
     except Exception as e:
@@ -117,6 +118,17 @@ def check_champion(config: Config) -> None:
         raise UsageError(f"--champion_dir={config.champion_dir}: Cloud Storage cannot be reached ({detail}); "
                          "check the network and the credentials, then run the same command again") from None
     if not broken:
+        return
+    if foreign:  # Sound, of another Keras: promotion keeps it; it cannot be a warm start here.
+        written = f"Keras {foreign['keras_version']}" + (
+            f" (TensorFlow {foreign['tf_version']})" if foreign.get("tf_version") else "")
+        if config.warm_start_from == "champion":
+            raise UsageError(f"--warm_start_from=champion: the champion version {pointer['version']} was written by "
+                             f"{written} and cannot be loaded by this runtime ({broken}); run this retraining on "
+                             "that runtime")
+        logging.warning("--champion_dir=%s: the champion version %s was written by %s and cannot be loaded here: "
+                        "this run will not replace it (promotion needs a comparison); run on that runtime",
+                        config.champion_dir, pointer["version"], written)
         return
     repair = (f"`python -m trainer.champion rollback --champion_dir={config.champion_dir} --to=VERSION` "
               "(`history` lists the versions)")
