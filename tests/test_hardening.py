@@ -183,6 +183,9 @@ def test_small_cli_slips(capsys, tmp_path):
     assert json.loads((home / "run" / "run_info.json").read_text())["class_names"] == ["0", "1"]
     assert_error(capsys, "'flip:0.9': flip takes no amount", "--data=digits", "--augment=flip:0.9", *MLP,
                  f"--model_dir={tmp_path / 'a'}")
+    for spec, line in (("rotate:", "'rotate:' needs a number after the colon (or write rotate alone for 0.1)"),
+                       ("rotate:0.1,rotate:0.3", "'rotate' is given twice"), ("flip,flip", "'flip' is given twice")):
+        assert_error(capsys, line, "--data=digits", f"--augment={spec}", *MLP, f"--model_dir={tmp_path / 'u1'}")
     assert_error(capsys, "--hypertune_metric=bogus is not a metric this run reports; choose one of: accuracy",
                  "--data=digits", "--hypertune_metric=bogus", *MLP, f"--model_dir={tmp_path / 'b'}")
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())  # Refused before training.

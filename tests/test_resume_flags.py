@@ -25,7 +25,7 @@ def _phases(run):
     ("--weight_decay=0.01", "--weight_decay=0.01 (was 0.0)"),
     ("--clip_norm=1.0", "--clip_norm=1.0 (was 0.0)"),
     ("--batch_size=16", "--batch_size=16 (was 32)"),
-    ("--augment=flip", "--augment=flip"),
+    ("--augment=flip,rotate:0.2", "--augment=flip,rotate:0.2 (was none)"),  # Wrappers trial U2: `flip,0.0`.
     ("--dropout=0.3", "--dropout=0.3 (was 0.0)"),
 ])
 def test_a_changed_training_flag_starts_a_recorded_phase(capsys, tmp_path, change, shown):

@@ -348,6 +348,11 @@ def parse_augment(spec: str) -> Tuple[Tuple[str, float], ...]:
         if name == "flip" and amount:
             raise UsageError(f"--augment: '{item}': flip takes no amount (half the images are flipped); "
                              "write flip")
+        if name in (op for op, _ in ops):  # Wrappers trial U1: only the last of two applied, silently.
+            raise UsageError(f"--augment: '{name}' is given twice; give each operation once")
+        if item.endswith(":"):  # Wrappers trial U1: `rotate:` trained with the default amount, silently.
+            raise UsageError(f"--augment: '{item}' needs a number after the colon (or write {name} alone for "
+                             f"{AUGMENT_OPS[name]:g})")
         try:
             value = float(amount) if amount else AUGMENT_OPS[name]
         except ValueError:

@@ -173,6 +173,10 @@ def _flag_of(key: str, phase_name: str) -> str:
 
 
 def _show(value) -> str:
+    value = _canonical(value)
+    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) == 2 for v in value):
+        # --augment as typed (wrappers trial U2 showed `flip,0.0`): flip,rotate:0.1.
+        return ",".join(str(op) if op == "flip" else f"{op}:{amount:g}" for op, amount in value)
     if isinstance(value, list):
         return ",".join(_show(v) for v in value) or "none"
     return "none" if value is None else str(value)
