@@ -186,7 +186,7 @@ def test_small_cli_slips(capsys, tmp_path):
     for spec, line in (("rotate:", "'rotate:' needs a number after the colon (or write rotate alone for 0.1)"),
                        ("rotate:0.1,rotate:0.3", "'rotate' is given twice"), ("flip,flip", "'flip' is given twice")):
         assert_error(capsys, line, "--data=digits", f"--augment={spec}", *MLP, f"--model_dir={tmp_path / 'u1'}")
-    assert_error(capsys, "--hypertune_metric=bogus is not a metric this run reports; choose one of: accuracy",
+    assert_error(capsys, "--hypertune_metric=bogus is not a metric this run reports; choose one of: accuracy, loss, macro_f1, top_k_accuracy (more classes than --top_k), auc (--label_mode=binary only)",
                  "--data=digits", "--hypertune_metric=bogus", *MLP, f"--model_dir={tmp_path / 'b'}")
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())  # Refused before training.
 

@@ -24,6 +24,9 @@ PROMOTE_METRICS = ("accuracy", "loss")
 # Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may
 # name); top_k_accuracy needs more classes than --top_k, auc a binary model (checked with the data).
 EVAL_METRICS = ("accuracy", "loss", "top_k_accuracy", "macro_f1", "auc")
+# As offered in error lines: which runs report them (wrappers trial U4 offered auc, then refused it on 10 classes).
+METRIC_CHOICES = ("accuracy, loss, macro_f1, top_k_accuracy (more classes than --top_k), auc (--label_mode=binary "
+                  "only)")
 SCHEDULES = ("constant", "cosine", "exponential", "step")
 MAX_SEED = 2**32 - 1
 # Path flags: `~` is expanded (a shell does not expand it inside --flag=~/x).
@@ -278,7 +281,7 @@ def validate(config: Config) -> Config:
     if changes["hypertune_metric"] and changes["hypertune_metric"] not in EVAL_METRICS:
         where = "--hypertune_metric" if config.hypertune_metric else "$CLOUD_ML_HP_METRIC_TAG"
         raise UsageError(f"{where}={changes['hypertune_metric']} is not a metric this run reports; "
-                         f"choose one of: {', '.join(EVAL_METRICS)}")
+                         f"choose one of: {METRIC_CHOICES}")
     return dataclasses.replace(config, **changes)
 
 
