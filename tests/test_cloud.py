@@ -115,6 +115,20 @@ def test_hypertune_reports_the_metric_at_each_evaluation(tmp_path, monkeypatch):
     assert [int(line["global_step"]) for line in lines] == [20, 40]
     final = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
     assert float(lines[-1]["accuracy"]) == pytest.approx(final["accuracy"])
+    # Resumed in another process (a preempted trial): the earlier lines stay (wrappers trial U10: only the
+    # rerun's were left); a step evaluated again replaces its line.
+    (tmp_path / "run" / "eval" / "processed.json").unlink()  # As if killed during step 40's evaluation.
+    code = ("import sys; from trainer.run import experiment; from trainer.config import Config; "
+            f"experiment.train_and_evaluate(Config(backbone='mlp', model_dir={str(tmp_path / 'run')!r}, "
+            "train_steps=60, data='digits', save_checkpoints_steps=20, eval_throttle_secs=0, batch_size=32))")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert [int(line["global_step"]) for line in lines] == [20, 40, 60]
 
 
 def test_vertex_output_directories(tmp_path, monkeypatch):

@@ -27,7 +27,13 @@ class Reporter:
             import hypertune  # cloudml-hypertune
 
             self._reporter = hypertune.HyperTune()
+            self._reporter.metrics_queue.extend(_earlier_lines(self._reporter.metric_path))
         step = int(eval_result.get("global_step", 0))
+        # A restart evaluates again from its checkpoint: an earlier process's line for this step or later goes.
+        queue = self._reporter.metrics_queue
+        kept = [m for m in queue if _step_of(m) < step]
+        queue.clear()
+        queue.extend(kept)
         self._reporter.report_hyperparameter_tuning_metric(
             hyperparameter_metric_tag=self.metric, metric_value=float(eval_result[self.metric]),
             global_step=step, checkpoint_path=checkpoint_path or "")
@@ -35,3 +41,33 @@ class Reporter:
                      float(eval_result[self.metric]), step)
 
 
+
+
+def _earlier_lines(path: str) -> list:
+    """The lines an earlier process of this trial reported (the library rewrites the file from its own memory, so
+    a restarted run would drop them: wrappers trial U10)."""
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return []
+    lines = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    lines.append(record)
+    except OSError:
+        return []
+    return lines
+
+
+def _step_of(record: dict) -> int:
+    try:
+        return int(record.get("global_step", 0))
+    except (TypeError, ValueError):
+        return 0
