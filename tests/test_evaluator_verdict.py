@@ -37,6 +37,7 @@ def test_every_file_names_the_model_the_evaluator_chose(tmp_path, attempt):
     step = best["metrics"]["global_step"]
     assert step == 60, best  # The final checkpoint is the best: the case the race got wrong.
     assert served["global_step"] == step and served["served_model"] == "best", served
+    assert not (run / "eval_chief_final").exists()  # Wrappers trial U11: the evaluator's evaluation is on record.
     export = str(run / "export" / "best" / best["export"])
     assert os.path.normpath(summary["export"]) == os.path.normpath(export) == os.path.normpath(info["export"])
     model = tf.keras.models.load_model(run / "keras_model.h5", compile=False)

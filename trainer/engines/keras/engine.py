@@ -297,6 +297,9 @@ class Engine:
                 console.say("the evaluator task has not evaluated step %d (gone, or more than %g s): the chief "
                             "evaluates it and decides the served model", at, wait)
                 return self.evaluate(at, final=True)
+            done = evaluations.processed_step(config.checkpoint_dir)
+        if done is not None and done >= at:  # On record already (eval/): no eval_chief_final/ (wrappers trial U11).
+            return self._evaluator.evaluate(at, write=False)
         return self._evaluator.evaluate(at, name="chief_final")
 
     def export(self, run, checkpoint: str) -> str:

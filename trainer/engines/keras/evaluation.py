@@ -35,15 +35,17 @@ class Evaluator:
 
         self._batch = batch
 
-    def evaluate(self, step: int, name: Optional[str] = None) -> dict:
-        """The evaluation at global step `step`; its scalars go to <checkpoint_dir>/eval (eval_<name>)."""
+    def evaluate(self, step: int, name: Optional[str] = None, write: bool = True) -> dict:
+        """The evaluation at global step `step`; its scalars go to <checkpoint_dir>/eval (eval_<name>) unless not
+        `write` (a step whose evaluation is on record already)."""
         if len(self._model.outputs) != 1:  # Multi-output --model_fn models: Keras's own metrics.
             result = self._model.evaluate(self._input(), steps=self._steps, return_dict=True, verbose=0)
             result = {k: float(v) for k, v in result.items()}
         else:
             result = self._single_output(step)
         result["global_step"] = int(step)
-        self._write(result, step, name)
+        if write:
+            self._write(result, step, name)
         return result
 
     def _single_output(self, step: int) -> dict:
