@@ -37,8 +37,9 @@ for _function in ("say", "header", "summary_block", "show", "log_only"):  # The 
 _CPP_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ "
                        r"\S+:\d+\] )")
 # Start-up lines that are errors only in form: no GPU driver on a CPU machine, absl's note before its logging starts.
+# TFLite's converter and interpreter print to fd 2 without a log prefix (new-user c024, wrappers U5): train.log only.
 _CPP_BENIGN = re.compile(r"failed call to cuInit|Could not find cuda drivers|^WARNING: All log messages before "
-                         r"absl::InitializeLog\(\)")
+                         r"absl::InitializeLog\(\)|^INFO: Created TensorFlow Lite \w+ delegate|^fully_quantize: ")
 _BUFFER_LIMIT = 20_000  # Lines kept before the log file is known.
 LOG_NAME = "train.log"
 
