@@ -55,6 +55,15 @@ def test_an_unreachable_mirror_does_not_stall_training(tmp_path):
     assert (tmp_path / "synced" / "model.ckpt-40.index").exists()
 
 
+def test_a_phase_boundary_does_not_wait_for_an_unreachable_mirror(tmp_path):
+    """SRE trial 2026-12-04 W5 (Keras engine): each phase's end waited 15 s and was called "the final checkpoint"."""
+    result, _ = _cli(tmp_path / "run", f"--sync_checkpoints_to={MIRROR}", "--engine=keras", "--fine_tune_steps=20",
+                     env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{_closed_port()}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = [line for line in result.stderr.splitlines() if "could not be synced" in line]
+    assert len(final) == 1 and "the final checkpoint (step 60)" in final[0], result.stderr[-3000:]
+
+
 def test_with_the_server_up_the_checkpoints_land_in_the_mirror(gcs_server, tmp_path):
     _, client = gcs_server
     result, seconds = _cli(tmp_path / "run", f"--sync_checkpoints_to={MIRROR}")
