@@ -86,3 +86,6 @@ def test_every_tool_on_a_full_disk_is_one_line(small_disk, tmp_path, capsys):
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert status == 1 and len(errors) == 1 and "no space left on device" in errors[0], (main.__module__, err)
         assert "Traceback" not in err
+    # SRE trial 2026-12-04 W6: report.html.tmp-PID and model.tflite.tmp-* were left beside the outputs.
+    left = [str(p) for p in small_disk.rglob("*") if ".tmp-" in p.name and ".tfrecord" not in p.name]  # Shards: see README
+    assert not left, left

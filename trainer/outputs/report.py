@@ -147,12 +147,9 @@ def _compute_predictions(model_dir: str, info: dict):
 
 
 def _write(path: str, text: str) -> None:
-    import tensorflow as tf
+    from trainer.util import files
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    files.write_atomic(path, text)
 
 
 def _page(model_dir: str, body: str, data: dict) -> str:

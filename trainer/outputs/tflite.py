@@ -3,7 +3,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import uuid
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -228,7 +227,6 @@ def _describe(flatbuffer: bytes, quantize: str, size: int, class_names, source: 
 
 
 def _write(path: str, content: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(content)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    from trainer.util import files
+
+    files.write_atomic(path, content)

@@ -13,10 +13,16 @@ def write_json(path: str, obj: Any) -> None:
 
     Works for local paths and any filesystem TensorFlow knows (gs://).
     """
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n")
+
+
+def write_atomic(path: str, content) -> None:
+    """Writes text or bytes to `path` under a temporary name, then renames it; a failed write (a full disk, a
+    signal) removes its temporary, also beside outputs outside a model_dir that no next start cleans (SRE W6)."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n")
+        with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     except BaseException:  # A full disk, a kill: no temporary is left behind where we can help it.
         try:
