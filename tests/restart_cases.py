@@ -148,15 +148,31 @@ def draw(seed: int, root: Path, engine: Optional[str] = None) -> dict:
             interruptions.append({"how": how, "step": rng.randrange(1, total)})
     if engine:
         args.append(f"--engine={engine}")
-    return {"seed": seed, "kind": kind, "args": args, "interruptions": interruptions, "early_stopping": early}
+    # How the interrupted run names its --model_dir, drawn apart so that the draws above stay those of earlier seeds.
+    form = random.Random(seed + 1_000_003).choice(PATH_FORMS)
+    return {"seed": seed, "kind": kind, "args": args, "interruptions": interruptions, "early_stopping": early,
+            "path_form": form}
 
 
-def _command(args: List[str], model_dir: Path) -> List[str]:
-    return [sys.executable, "-m", "trainer.task", *args, f"--model_dir={model_dir}"]
+PATH_FORMS = ("absolute", "relative", "dot")
+
+
+def _command(args: List[str], model_dir: Path, form: str = "absolute") -> List[str]:
+    named = {"absolute": str(model_dir), "relative": model_dir.name, "dot": f"./{model_dir.name}"}[form]
+    return [sys.executable, "-m", "trainer.task", *args, f"--model_dir={named}"]
+
+
+def _cwd(model_dir: Path, form: str) -> Path:
+    """A relative form is typed in the folder above the run (a user's working folder), not the repository."""
+    if form == "absolute":
+        return REPO
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    return model_dir.parent
 
 
 def _env(extra: Optional[Dict[str, str]] = None) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("AIP_MODEL_DIR", None)
     env.pop("TRAINER_FAULTPOINT", None)
     env.update(extra or {})
     return env
@@ -174,20 +190,22 @@ def _latest_step(model_dir: Path) -> int:
         return -1
 
 
-def run_to_end(args: List[str], model_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(args, model_dir), cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def run_to_end(args: List[str], model_dir: Path, timeout: float = 300, form: str = "absolute"
+               ) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(args, model_dir, form), cwd=_cwd(model_dir, form), env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
-def interrupted_run(args: List[str], model_dir: Path, interruption: dict, index: int = 0, timeout: float = 300):
+def interrupted_run(args: List[str], model_dir: Path, interruption: dict, index: int = 0, timeout: float = 300,
+                    form: str = "absolute"):
     """Starts the command and interrupts it as drawn; returns (exit code, stderr, what happened)."""
     extra = {}
     if "point" in interruption:
         extra["TRAINER_FAULTPOINT"] = interruption["point"] + (":term" if interruption["how"] == "term" else "")
     log = model_dir.parent / f"{model_dir.name}-{index}.stderr"
     with open(log, "w") as err:
-        proc = subprocess.Popen(_command(args, model_dir), cwd=REPO, env=_env(extra), stdout=subprocess.DEVNULL,
-                                stderr=err, text=True)
+        proc = subprocess.Popen(_command(args, model_dir, form), cwd=_cwd(model_dir, form), env=_env(extra),
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
         started, sent = time.time(), None
         while proc.poll() is None and time.time() - started < timeout:
             reached = ("seconds" in interruption and time.time() - started >= interruption["seconds"]) or (
@@ -279,17 +297,19 @@ def run_case(seed: int, root: Path, engine: Optional[str] = None) -> List[str]:
 def check_case(case: dict, root: Path) -> List[str]:
     """Runs a case (args, interruptions, early_stopping) uninterrupted and interrupted; returns the violations."""
     root.mkdir(parents=True, exist_ok=True)
-    where = f"seed {case.get('seed')} ({case.get('kind')}: {' '.join(case['args'])}; {case['interruptions']})"
+    form = case.get("path_form", "absolute")
+    where = (f"seed {case.get('seed')} ({case.get('kind')}: {' '.join(case['args'])}; {case['interruptions']}; "
+             f"--model_dir {form})")
     plain_dir, cut_dir = root / "plain", root / "interrupted"
     plain = run_to_end(case["args"], plain_dir)
     problems = []
     for i, interruption in enumerate(case["interruptions"]):
-        code, stderr, what = interrupted_run(case["args"], cut_dir, interruption, i)
+        code, stderr, what = interrupted_run(case["args"], cut_dir, interruption, i, form=form)
         if "Traceback" in stderr:
             problems.append(f"{where}: interruption {i} ({what}): traceback: {stderr[-1500:]}")
         if code not in (0, 1, -9, 143, 130) and not (code == -15 and what == "signal sent"):
             problems.append(f"{where}: interruption {i} ({what}): exit {code}: {stderr[-1500:]}")
-    final = run_to_end(case["args"], cut_dir)
+    final = run_to_end(case["args"], cut_dir, form=form)
     if plain.returncode != 0 or final.returncode != 0:
         if plain.returncode != final.returncode or _error_lines(plain.stderr) != _error_lines(final.stderr) or \
                 plain.returncode != 1 or len(_error_lines(plain.stderr)) != 1:
