@@ -15,7 +15,7 @@ KERAS_STAMP := $(KERAS_VENV)/.installed
 # What the TensorFlow 2.21 leg runs: the Keras engine's tests (the rest needs tf.estimator).
 KERAS_TESTS := tests/test_keras_engine.py tests/test_path_forms.py tests/test_state_healing.py tests/test_readme.py \
 	tests/test_run_lock.py tests/test_disk_full.py tests/test_signal_stages.py tests/test_packaging.py \
-	tests/test_evaluator_verdict.py tests/test_console_quiet.py
+	tests/test_evaluator_verdict.py tests/test_console_quiet.py tests/test_wrapper_signals.py
 
 .PHONY: demo test test-slow test-fast test-keras install install-keras clean
 
