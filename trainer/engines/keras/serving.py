@@ -4,6 +4,7 @@
 renamed, with a name-keyed copy of the weights beside it (`keras_weights/`, read by keras_model.h5)."""
 import os
 import time
+import uuid
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -60,7 +61,8 @@ def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = No
     version = int(time.time())
     while tf.io.gfile.exists(os.path.join(root, str(version))):
         version += 1
-    temporary = os.path.join(root, f"temp-{version}")
+    # Unique: a chief and an evaluator may export in the same second (each their own temporary folder).
+    temporary = os.path.join(root, f"temp-{version}-{uuid.uuid4().hex[:8]}")
     holder = tf.Module()
     holder.weights = list(model.variables)  # The signature's variables, tracked without Keras's own tracing.
     tf.saved_model.save(holder, temporary, signatures={"serving_default": signature})
@@ -70,7 +72,15 @@ def export(model: tf.keras.Model, signature, root: str, keep: Optional[int] = No
         tf.io.gfile.makedirs(os.path.join(temporary, "assets.extra"))
         files.write_json(os.path.join(temporary, "assets.extra", CLASS_NAMES), [str(n) for n in class_names])
     path = os.path.join(root, str(version))
-    tf.io.gfile.rename(temporary, path)
+    while True:
+        try:
+            tf.io.gfile.rename(temporary, path)
+            break
+        except tf.errors.OpError:  # That version was taken meanwhile (another task): the next one.
+            if not tf.io.gfile.exists(path):
+                raise
+            version += 1
+            path = os.path.join(root, str(version))
     if keep:
         versions = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(root) if v.rstrip("/").isdigit()), key=int)
         for old in versions[:-keep]:
