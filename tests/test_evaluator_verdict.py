@@ -30,6 +30,9 @@ def test_every_file_names_the_model_the_evaluator_chose(tmp_path, attempt):
                            *ARGS, f"--model_dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # New-user trial c041: the evaluator's header spoke of 1 replica and a per-replica batch of a task that trains not.
+    assert "[evaluator] strategy: multi_worker; this task evaluates the chief's checkpoints" in proc.stderr, \
+        proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     best = json.loads((run / "export" / "best" / "best.json").read_text())
     served = json.loads((run / "eval_metrics.json").read_text())

@@ -375,8 +375,12 @@ def header(model_dir: str, run_info: dict, model_summary: dict, resume_step: Opt
         flags.get("backbone"), f"{model_summary.get('total_params', 0):,}",
         f"{model_summary.get('trainable_params', 0):,}")
     replicas = run_info.get("num_replicas", 1)
-    say("strategy: %s, %d replica%s, global batch %s (%s per replica)", run_info.get("strategy"), replicas,
-        "" if replicas == 1 else "s", flags.get("batch_size"), run_info.get("per_replica_batch_size"))
+    if role.startswith("evaluator"):  # It trains nothing: no replicas or batch to speak of (new-user trial c041).
+        say("strategy: %s; this task evaluates the chief's checkpoints (batch %s)", run_info.get("strategy"),
+            flags.get("batch_size"))
+    else:
+        say("strategy: %s, %d replica%s, global batch %s (%s per replica)", run_info.get("strategy"), replicas,
+            "" if replicas == 1 else "s", flags.get("batch_size"), run_info.get("per_replica_batch_size"))
     start = f", resuming from step {resume_step}" if resume_step else ""
     say("model_dir: %s (%d steps%s)%s", model_dir, total_steps or flags.get("train_steps", 0), start,
         f"; full log: {log_path()}" if log_path() else "")
