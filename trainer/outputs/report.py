@@ -248,9 +248,26 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
     if changed:
         out.append("<p>Flags that differ from the defaults:</p>")
         out.append(_table([(f"--{_esc(k)}", _esc(v)) for k, v in changed.items()], ["flag", "value"]))
-    if info.get("phases"):
-        out.append("<p>Phases:</p>" + _table([[_esc(json.dumps(p, sort_keys=True))] for p in info["phases"]]))
+    phases = [p for p in info.get("phases") or [] if isinstance(p, dict)]
+    if phases:  # A table, not raw JSON objects (new-user trial c024).
+        shown = ("first_step", "last_step", "trainable_params", "learning_rate", "freeze", "optimizer")
+        # Of the other recipe values, those that differ between phases (all are in run_info.json).
+        extra = sorted(k for k in {k for p in phases for k in p} - set(shown) - {"name"}
+                       if len({json.dumps(p.get(k), sort_keys=True) for p in phases}) > 1)
+        rows = [[_esc(p.get("name"))] + [_esc(_cell(p.get(k))) for k in shown + tuple(extra)] for p in phases]
+        out.append("<p>Phases:</p>" + _table(rows, ["phase", "from step", "to step", "trainable", "learning rate",
+                                                     "freeze", "optimizer"] + extra, numeric=(1, 2, 3, 4)))
     return "".join(out)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _metrics_section(metrics, predictions, num_classes) -> str:
