@@ -63,3 +63,18 @@ def test_a_rerun_after_an_early_stop_in_phase_2_says_what_trained(tmp_path, engi
     assert f"stopped early at step {stop} (fine_tune, 30..{stop} of 30..130)" in again.stderr, again.stderr
     assert "not trained" not in again.stderr
     assert "--early_stopping_patience=5 has no effect here: the stop was decided with patience 2" in again.stderr
+
+
+def test_a_checkpoint_killed_before_its_evaluation_is_evaluated_with_a_line_saying_why(tmp_path):
+    """New-user trial c011: after a kill, `eval @ step 60` (phase 1's checkpoint) appeared after the phase 2 header
+    with no word of why. The catch-up evaluation is announced."""
+    run = tmp_path / "run"
+    args = ARGS + ["--engine=keras"]
+    code, err, _ = restart_cases.interrupted_run(args, run, {"point": "checkpoint_saved", "how": "kill"})
+    assert code == -9, err[-2000:]
+    again = restart_cases.run_to_end(args, run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = again.stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("catching up: step 10 was saved before")]
+    evaluated = [i for i, line in enumerate(lines) if line.startswith("eval @ step 10:")]
+    assert len(said) == 1 and len(evaluated) == 1 and said[0] < evaluated[0], again.stderr

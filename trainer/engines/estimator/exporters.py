@@ -150,7 +150,7 @@ def catch_up(estimator, eval_spec, checkpoint_dir: str, first_step: int, every: 
         return None
     if not final and (step - first_step) % every:
         return None
-    logging.info("evaluating step %d, saved before an interruption and not evaluated yet", step)
+    console.say("catching up: step %d was saved before the interruption and not evaluated yet", step)
     result = estimator.evaluate(eval_spec.input_fn, steps=eval_spec.steps, name=eval_spec.name,
                                 hooks=eval_spec.hooks, checkpoint_path=latest)
     export_base = os.path.join(estimator.model_dir, "export")

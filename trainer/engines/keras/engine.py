@@ -125,7 +125,7 @@ class Engine:
         at = saving.checkpoint_step(latest)
         done = evaluations.processed_step(config.checkpoint_dir)
         if at and (done is None or done < at) and not (at - step.first_step) % config.save_checkpoints_steps:
-            logging.info("evaluating step %d, saved before an interruption and not evaluated yet", at)
+            console.say("catching up: step %d was saved before the interruption and not evaluated yet", at)
             self.evaluate(at, final=at == run.planned[-1].last_step)
         return True
 
@@ -213,6 +213,7 @@ class Engine:
         if not self.plan.is_chief:
             return
         saving.save(self._run.model, step, self.config.checkpoint_dir, self.config.keep_checkpoint_max)
+        faultpoints.reached("checkpoint_saved")  # Before its evaluation.
         for listener in self._listeners:
             listener.after_save(None, step)
 
