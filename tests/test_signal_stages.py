@@ -58,6 +58,8 @@ def test_a_rerun_after_an_early_stop_in_phase_2_says_what_trained(tmp_path, engi
     assert fine_tune["stopped_at_step"] == stop and fine_tune["last_step"] == 130
     page = (run / "report.html").read_text()  # New-user trial c024: the phases were raw JSON objects.
     assert "<th>phase</th>" in page and "<td>fine_tune</td>" in page and '{&quot;first_step' not in page
+    trainable = f"{fine_tune['trainable_params']:,} trainable in the last phase"  # New-user c088: phase 1's count.
+    assert trainable in page, page[:3000]
     again = restart_cases.run_to_end(args[:-2] + ["--early_stopping_patience=5", f"--engine={engine}"], run)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"stopped early at step {stop} (fine_tune, 30..{stop} of 30..130)" in again.stderr, again.stderr

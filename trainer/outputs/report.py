@@ -219,6 +219,10 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
                  f'{max(steps) if steps else 0}' + (f", latest checkpoint at step {saved}" if saved is not None
                                                     else "") + ")"
     duration = info.get("train_seconds")
+    # The trainable count of the phase the run reached (model_summary.json has the first phase's: new-user c088).
+    reached = [p for p in info.get("phases") or [] if isinstance(p, dict) and p.get("trainable_params") is not None]
+    if summary and reached:
+        summary = dict(summary, trainable_params=reached[-1]["trainable_params"])
     rows = [
         ("status", status),
         ("data", _esc(flags.get("data")) + (f" (evaluation: {_esc(flags['eval_data'])})" if flags.get("eval_data")
@@ -226,7 +230,7 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
         ("classes", f"{len(classes)}"),
         ("model", f"{_esc(flags.get('base_model') or flags.get('model_fn') or flags.get('backbone'))}, "
                   f"{summary.get('total_params', 0):,} parameters ({summary.get('trainable_params', 0):,} "
-                  "trainable)" if summary else _esc(flags.get("backbone"))),
+                  f"trainable{' in the last phase' if len(reached) > 1 else ''})" if summary else _esc(flags.get("backbone"))),
         ("strategy", f"{_esc(info.get('strategy'))}, {info.get('num_replicas')} replica(s), global batch "
                      f"{flags.get('batch_size')}, {_esc(info.get('estimator', 'Estimator'))}"),
         ("TensorFlow", _esc(info.get("tf_version"))),
