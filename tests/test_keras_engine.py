@@ -226,6 +226,43 @@ def test_sigterm_saves_and_exits_143(tmp_path):
     assert 10 <= saved < 400
 
 
+def test_a_mixed_precision_run_killed_resumes_with_its_loss_scale(tmp_path):
+    """Wrappers trial B7 (silent): the checkpoint lacked the dynamic loss scale, so a resumed --mixed_precision run
+    started again at 32768 and drifted from the uninterrupted one. Now both end on the same weights."""
+    args = ["--engine=keras", "--data=digits", "--classes=0,1,2", "--backbone=small_cnn", "--mixed_precision",
+            "--train_steps=60", "--save_checkpoints_steps=20", "--eval_throttle_secs=0", "--batch_size=16"]
+    plain = restart_cases.run_to_end(args, tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    code, stderr, what = restart_cases.interrupted_run(args, tmp_path / "cut", {"how": "kill", "step": 20})
+    assert what == "signal sent", stderr[-2000:]
+    saved = tf.train.load_checkpoint(str(tmp_path / "plain" / "model.ckpt-20"))
+    assert "training/loss_scale/current_loss_scale" in saved.get_variable_to_shape_map()
+    again = restart_cases.run_to_end(args, tmp_path / "cut")
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = (tf.train.load_checkpoint(str(tmp_path / d / "model.ckpt-60")) for d in ("plain", "cut"))
+    for name in a.get_variable_to_shape_map():
+        assert np.array_equal(a.get_tensor(name), b.get_tensor(name)), name
+    # On this CPU the scale never leaves 32768 in 60 steps (no overflow), so the weights alone cannot tell a restored
+    # scale from a fresh one: give the checkpoint a scale of 1024 after 7 good steps, and resume from it.
+    from trainer.engines.keras import saving
+
+    run = tmp_path / "cut"
+    for path in run.glob("model.ckpt-[46]0.*"):
+        path.unlink()
+    (run / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-20"\n')
+    (run / "eval" / "processed.json").write_text('{"step": 20}')
+    reader = tf.train.load_checkpoint(str(run / "model.ckpt-20"))
+    tensors = {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
+    tensors.update({"training/loss_scale/current_loss_scale": np.float32(1024.0),
+                    "training/loss_scale/good_steps": np.int64(7)})
+    saving.write_bundle(str(run / "model.ckpt-20"), tensors)
+    again = restart_cases.run_to_end(args, run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = tf.train.load_checkpoint(str(run / "model.ckpt-40"))
+    assert float(resumed.get_tensor("training/loss_scale/current_loss_scale")) == 1024.0
+    assert int(resumed.get_tensor("training/loss_scale/good_steps")) == 27
+
+
 @pytest.mark.parametrize("seed", (3, 7))
 def test_a_drawn_keras_recipe_interrupted_ends_as_uninterrupted(tmp_path, seed):
     assert restart_cases.run_case(seed, tmp_path, engine="keras") == []

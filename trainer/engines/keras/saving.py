@@ -22,10 +22,18 @@ def model_variables(model: tf.keras.Model) -> Dict[str, tf.Variable]:
 
 
 def optimizer_variables(optimizer) -> Dict[str, tf.Variable]:
-    """Slots and the iteration count, not the hyperparameters: a changed flag is never overridden on resume."""
+    """Slots and the iteration count, not the hyperparameters: a changed flag is never overridden on resume; under
+    --mixed_precision also the dynamic loss scale and its count of good steps, which `variables()` leaves out
+    (wrappers trial B7: a resumed run restarted the scale at 32768 and drifted from the uninterrupted one)."""
     hyper = set(getattr(optimizer, "_hyper", {})) | {"decay", "learning_rate", "lr"}
-    return {OPTIMIZER_PREFIX + v.name.split(":")[0]: v for v in optimizer.variables()
-            if v.name.split(":")[0].rsplit("/", 1)[-1] not in hyper}
+    found = {OPTIMIZER_PREFIX + v.name.split(":")[0]: v for v in optimizer.variables()
+             if v.name.split(":")[0].rsplit("/", 1)[-1] not in hyper}
+    state = getattr(optimizer, "_loss_scale", None)
+    for name, attribute in (("current_loss_scale", "_current_loss_scale"), ("good_steps", "_counter")):
+        variable = getattr(state, attribute, None)
+        if isinstance(variable, tf.Variable) or isinstance(variable, tf.distribute.DistributedValues):
+            found[f"{OPTIMIZER_PREFIX}loss_scale/{name}"] = variable
+    return found
 
 
 def local_value(variable):
