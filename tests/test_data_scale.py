@@ -239,3 +239,6 @@ def test_convert_output_inside_data_is_refused(tmp_path):
     root = make_image_folder(tmp_path / "images", per_class=4)
     with pytest.raises(UsageError, match="inside --data"):
         convert.convert(str(root), str(root / "records"), shards=1)
+    with pytest.raises(UsageError, match="is the --data folder itself"):  # Wrappers trial U9.
+        convert.convert(str(root), str(root) + "/", shards=1)
+    assert sorted(p.name for p in root.iterdir()) == ["cats", "dogs"]

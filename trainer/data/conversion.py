@@ -59,6 +59,10 @@ def convert(data: str, output: str, shards: int, validation_split: float = 0.2,
         # Trial c201/c202: the shards' folder became a class folder of the next training on --data.
         raise UsageError(f"--output={output} is inside --data={data}: its folder would be taken for a class; "
                          "write the shards elsewhere")
+    if "://" not in data + output and os.path.realpath(output) == os.path.realpath(data):
+        # Wrappers trial U9: the shards and labels.txt went among the class folders.
+        raise UsageError(f"--output={output} is the --data folder itself: the shards and labels.txt would lie among "
+                         "the class folders; write them elsewhere")
     dataset = data_lib.load(Config(data=data, validation_split=validation_split, labels_file=labels_file,
                                    max_bad_fraction=max_bad_fraction), require_validation=validation_split > 0)
     odd = [name for name in dataset.class_names if any(c in name for c in "\n\r\x00")]
