@@ -242,3 +242,19 @@ def test_convert_output_inside_data_is_refused(tmp_path):
     with pytest.raises(UsageError, match="is the --data folder itself"):  # Wrappers trial U9.
         convert.convert(str(root), str(root) + "/", shards=1)
     assert sorted(p.name for p in root.iterdir()) == ["cats", "dogs"]
+
+
+def test_convert_without_validation_prints_no_empty_line_and_says_why_shards_went(tmp_path, capsys):
+    """Wrappers trial U8: `validation: ` printed empty, and the validation shards of an earlier conversion were said
+    to be of "another --shards" when --shards was the same."""
+    from trainer import convert as convert_cli
+
+    root = make_image_folder(tmp_path / "images", per_class=4)
+    out = str(tmp_path / "records")
+    assert convert_cli.main([f"--data={root}", f"--output={out}", "--shards=1"]) == 0
+    capsys.readouterr()
+    assert convert_cli.main([f"--data={root}", f"--output={out}", "--shards=1", "--validation_split=0"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "validation: " not in err and not any(line.strip() == "validation:" for line in err), err
+    removed = [line for line in err if line.startswith("removed ")]
+    assert len(removed) == 1 and "--validation_split=0 does not write" in removed[0], err

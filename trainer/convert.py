@@ -44,13 +44,14 @@ def main(argv=None) -> int:
 
         return exit_on_disk_failure(e, "it writes every shard again and removes this attempt's temporaries")
     for split, counts in report["counts"].items():
-        sys.stderr.write(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
+        if counts:  # Wrappers trial U8: an empty `validation: ` line with --validation_split=0.
+            sys.stderr.write(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
     if report["skipped_files"]:
         sys.stderr.write(f"skipped {len(report['skipped_files'])} unreadable file(s): "
                          + ", ".join(report["skipped_files"]) + "\n")
     if report["removed_stale_shards"]:
         sys.stderr.write(f"removed {len(report['removed_stale_shards'])} shard(s) of an earlier conversion into "
-                         f"{args.output} (another --shards): " + ", ".join(report["removed_stale_shards"]) + "\n")
+                         f"{args.output} (another --shards, or validation shards that --validation_split=0 does not write): " + ", ".join(report["removed_stale_shards"]) + "\n")
     print(json.dumps(report, sort_keys=True))
     return 0
 
