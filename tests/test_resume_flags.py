@@ -137,3 +137,13 @@ def test_eval_metrics_describe_the_served_model_and_keep_the_last_evaluation_apa
     html = (run / "report.html").read_text()
     assert "The served model (export/best), evaluated at step 40" in html and "The last evaluation, step 60" in html
     assert "{&#x27;" not in html and "{'" not in html  # No raw dicts in table cells.
+
+
+def test_a_refused_resume_is_its_one_error_line(tmp_path):
+    """Wrappers trial U3: resuming with --mixed_precision added printed the CPU warning, then the error."""
+    run = tmp_path / "run"
+    assert restart_cases.run_to_end(BASE + ["--train_steps=20"], run).returncode == 0
+    again = restart_cases.run_to_end(BASE + ["--train_steps=40", "--mixed_precision"], run)
+    lines = [line for line in again.stderr.splitlines() if line.strip()]
+    assert again.returncode == 1 and len(lines) == 1, again.stderr
+    assert lines[0].startswith("error: --mixed_precision=True differs from the --mixed_precision=False"), lines

@@ -80,6 +80,10 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
             if latest:
                 engine.check_checkpoint(model, latest)
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
+    # After the model_dir checks: a refused resume is its one error line (wrappers trial U3).
+    if config.mixed_precision and not tf.config.list_physical_devices("GPU"):  # Trial c193: silent on a CPU.
+        logging.warning("--mixed_precision on a machine without a GPU: float16 compute is slower on CPUs (meant "
+                        "for GPUs with tensor cores); the run goes on")
     _warn_empty_classes(dataset)
     run_info = {
         "flags": config.to_dict(), "engine": config.engine, "tf_version": tf.__version__,
@@ -129,9 +133,6 @@ def _build_model(config: Config, dataset, num_classes: int, scope=contextlib.nul
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(config.seed)
     tf.keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    if config.mixed_precision and not tf.config.list_physical_devices("GPU"):  # Trial c193: silent on a CPU.
-        logging.warning("--mixed_precision on a machine without a GPU: float16 compute is slower on CPUs (meant "
-                        "for GPUs with tensor cores); the run goes on")
     image_shape = dataset.image_shape if dataset else None
     with scope():  # Entered after clear_session, which resets it. The Keras engine's strategy owns the variables.
         model = models.build_model(config, num_classes, image_shape)
