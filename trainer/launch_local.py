@@ -161,6 +161,17 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _term_when_parent_dies() -> None:
+    """In the task, before it starts: SIGTERM when the launcher dies, even by SIGKILL (Linux), so no task outlives
+    it holding the run's lock; the task then saves and stops as on any SIGTERM."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # Not Linux: the launcher's own handlers still pass signals on.
+
+
 def launch(workers: int, evaluator: bool, trainer_args: List[str], timeout: float = 0, ps: int = 0,
            log_dir: Optional[str] = None, grace_secs: float = STOP_GRACE_SECS) -> int:
     """Runs every task to the end; returns 0 if all succeeded, else the first failure's status (see above).
@@ -172,6 +183,8 @@ def launch(workers: int, evaluator: bool, trainer_args: List[str], timeout: floa
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             handlers[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
+        # A closed terminal or SSH session: as SIGTERM (the tasks, in their own session, get no SIGHUP themselves).
+        handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: received.append(signal.SIGTERM))
     try:
         return _launch(workers, evaluator, trainer_args, timeout, ps, log_dir, grace_secs, received)
     finally:
@@ -189,7 +202,7 @@ def _launch(workers, evaluator, trainer_args, timeout, ps, log_dir, grace_secs, 
         # SIGINT would make the task stop at once, without its checkpoint).
         procs[name] = subprocess.Popen([sys.executable, "-m", "trainer.task", *trainer_args], env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=_term_when_parent_dies)
         thread = threading.Thread(target=console.stream, daemon=True,
                                   args=(name, procs[name], os.path.join(log_dir, f"{name}.log")))
         thread.start()

@@ -34,12 +34,16 @@ for _function in ("say", "header", "summary_block", "show", "log_only"):  # The 
     absl_logging.ABSLLogger.register_frame_to_skip(__file__, _function)
 # TensorFlow's C++ log: `2024-01-01 12:00:00.123: E ...` (TF 2.15), `E0000 00:00:1796.. 4296 file.cc:52] ...`
 # (absl's format, TF 2.16+).
-_CPP_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ "
+# (absl's seconds field holds the epoch seconds before absl's logging is initialised: `00:00:1796411700.446533`.)
+_CPP_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ "
                        r"\S+:\d+\] )")
 # Start-up lines that are errors only in form: no GPU driver on a CPU machine, absl's note before its logging starts.
 # TFLite's converter and interpreter print to fd 2 without a log prefix (new-user c024, wrappers U5): train.log only.
-_CPP_BENIGN = re.compile(r"failed call to cuInit|Could not find cuda drivers|^WARNING: All log messages before "
-                         r"absl::InitializeLog\(\)|^INFO: Created TensorFlow Lite \w+ delegate|^fully_quantize: ")
+# No CUDA driver is no error on a machine without an NVIDIA device; where one exists, it is shown.
+_NO_GPU_HERE = not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia"))
+_CPP_BENIGN = re.compile((r"failed call to cuInit|Could not find cuda drivers|" if _NO_GPU_HERE else "") +
+                         r"^WARNING: All log messages before absl::InitializeLog\(\)|"
+                         r"^INFO: Created TensorFlow Lite \w+ delegate|^fully_quantize: ")
 _BUFFER_LIMIT = 20_000  # Lines kept before the log file is known.
 LOG_NAME = "train.log"
 
@@ -233,11 +237,12 @@ def _capture_fd2(sink: _Sink, console: _ConsoleHandler) -> None:
                 try:
                     sink.write(line)
                     match = _CPP_LINE.match(line)
+                    this = shown
                     if match:  # A C++ log line; the lines after it without a prefix continue its message.
-                        shown = (match.group(1) or match.group(2)) in "EF" and not _CPP_BENIGN.search(line)
+                        shown = this = (match.group(1) or match.group(2)) in "EF" and not _CPP_BENIGN.search(line)
                     elif _CPP_BENIGN.search(line):
-                        shown = False
-                    if shown or console.verbose:
+                        this = False  # Itself only: what follows is judged on its own.
+                    if this or console.verbose:
                         with console.lock:  # The handler's own lock: lines never interleave with a bar.
                             console.write_line(line.rstrip("\n"))
                 except Exception:  # noqa: BLE001 - keep draining: a full pipe would block TensorFlow.
