@@ -19,13 +19,15 @@ ARGS = ["--engine=keras", "--data=digits", "--classes=0,1,2", "--backbone=mlp", 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attempt", [0, 1, 2])
+@pytest.mark.parametrize("attempt", [0, 1, 2, "busy"])
 def test_every_file_names_the_model_the_evaluator_chose(tmp_path, attempt):
     import tensorflow as tf
 
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
-               TRAINER_FAULT_DELAY=f"evaluator_before_evaluation:{2 + 2 * attempt}")
+               TRAINER_FAULT_DELAY=f"evaluator_before_evaluation:{2 + 2 * attempt if attempt != 'busy' else 12}")
+    if attempt == "busy":  # An evaluation longer than the heartbeat's staleness (a large backbone's export): the
+        env.update(TRAINER_EVALUATOR_STALE_SECS="8")  # heartbeat goes on, and the chief still waits for the verdict.
     proc = subprocess.run([sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--",
                            *ARGS, f"--model_dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -41,10 +43,11 @@ def test_every_file_names_the_model_the_evaluator_chose(tmp_path, attempt):
     assert step == 60, best  # The final checkpoint is the best: the case the race got wrong.
     assert served["global_step"] == step and served["served_model"] == "best", served
     assert not (run / "eval_chief_final").exists()  # Wrappers trial U11: the evaluator's evaluation is on record.
+    assert "has not evaluated step" not in proc.stderr, proc.stderr[-3000:]  # It waited, and the evaluator decided.
     export = str(run / "export" / "best" / best["export"])
     assert os.path.normpath(summary["export"]) == os.path.normpath(export) == os.path.normpath(info["export"])
     model = tf.keras.models.load_model(run / "keras_model.h5", compile=False)
     serve = tf.saved_model.load(export).signatures["serving_default"]
-    x = tf.random.stateless_uniform((4,) + tuple(model.inputs[0].shape[1:]), seed=(3, attempt), maxval=255.0)
+    x = tf.random.stateless_uniform((4,) + tuple(model.inputs[0].shape[1:]), seed=(3, 9), maxval=255.0)
     name = list(serve.structured_input_signature[1])[0]
     assert np.abs(serve(**{name: x})["probabilities"].numpy() - model(x).numpy()).max() < 1e-5

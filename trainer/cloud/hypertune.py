@@ -27,7 +27,8 @@ class Reporter:
             import hypertune  # cloudml-hypertune
 
             self._reporter = hypertune.HyperTune()
-            self._reporter.metrics_queue.extend(_earlier_lines(self._reporter.metric_path))
+            self._reporter.metrics_queue.extend(_earlier_lines(self._reporter.metric_path, str(
+                self._reporter.trial_id), self.metric))
         step = int(eval_result.get("global_step", 0))
         # A restart evaluates again from its checkpoint: an earlier process's line for this step or later goes.
         queue = self._reporter.metrics_queue
@@ -43,9 +44,9 @@ class Reporter:
 
 
 
-def _earlier_lines(path: str) -> list:
-    """The lines an earlier process of this trial reported (the library rewrites the file from its own memory, so
-    a restarted run would drop them: wrappers trial U10)."""
+def _earlier_lines(path: str, trial: str, metric: str) -> list:
+    """The lines an earlier process of this trial reported for this metric (the library rewrites the file from its
+    own memory, so a restarted run would drop them: wrappers trial U10); another trial's or metric's are not ours."""
     import json
     import os
 
@@ -59,7 +60,7 @@ def _earlier_lines(path: str) -> list:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(record, dict):
+                if isinstance(record, dict) and str(record.get("trial")) == trial and metric in record:
                     lines.append(record)
     except OSError:
         return []

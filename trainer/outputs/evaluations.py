@@ -133,21 +133,29 @@ def metric_text(metrics: dict) -> str:
 
 
 EVALUATOR = "evaluator.json"  # In eval/: the evaluator task's heartbeat, so the chief knows one is evaluating.
-_HEARTBEAT_SECS, _STALE_SECS = 5.0, 30.0
+_HEARTBEAT_SECS = 5.0
+_STALE_SECS = float(os.environ.get("TRAINER_EVALUATOR_STALE_SECS", "60"))  # A heartbeat older: the evaluator is gone.
 
 
-def evaluator_heartbeat(checkpoint_dir: str, last: list) -> None:
-    """Called by the evaluator task's loop; writes its heartbeat at most every few seconds (`last`: [time])."""
+def start_evaluator_heartbeat(checkpoint_dir: str) -> None:
+    """The evaluator task's heartbeat, from a thread for the process's whole life: an evaluation with its export
+    can take minutes (a large backbone or validation set), and the chief must not take a busy evaluator for a
+    gone one (review of B5's fix)."""
     import socket
+    import threading
     import time
 
-    now = time.time()
-    if last and now - last[0] < _HEARTBEAT_SECS:
-        return
-    tf.io.gfile.makedirs(os.path.join(checkpoint_dir, "eval"))
-    files.write_json(os.path.join(checkpoint_dir, "eval", EVALUATOR),
-                     {"pid": os.getpid(), "host": socket.gethostname(), "time": now})
-    last[:] = [now]
+    def beat():
+        while True:
+            try:
+                tf.io.gfile.makedirs(os.path.join(checkpoint_dir, "eval"))
+                files.write_json(os.path.join(checkpoint_dir, "eval", EVALUATOR),
+                                 {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the chief waits at most its bound.
+                pass
+            time.sleep(_HEARTBEAT_SECS)
+
+    threading.Thread(target=beat, name="evaluator-heartbeat", daemon=True).start()
 
 
 def evaluator_alive(checkpoint_dir: str) -> bool:

@@ -53,10 +53,15 @@ def _rebuild_keras_weights(export_dir: str, path: str) -> str:
     names = sorted(tensors)
     tf.raw_ops.SaveV2(prefix=os.path.join(temporary, "weights"), tensor_names=names,
                       shape_and_slices=[""] * len(names), tensors=[tf.convert_to_tensor(tensors[n]) for n in names])
+    folder = os.path.dirname(path)
+    if tf.io.gfile.exists(folder) and not tf.io.gfile.exists(path + ".index"):
+        tf.io.gfile.rmtree(folder)  # There but incomplete (a copy cut short): replaced.
     try:
-        tf.io.gfile.rename(temporary, os.path.dirname(path))
-    except tf.errors.OpError:  # Made meanwhile (another process): use that one.
+        tf.io.gfile.rename(temporary, folder)
+    except tf.errors.OpError:  # Made meanwhile (another process): use that one if it is whole.
         tf.io.gfile.rmtree(temporary)
+        if not tf.io.gfile.exists(path + ".index"):
+            raise
     logging.warning("the export %s had no keras_weights/: rebuilt it from the SavedModel's variables", export_dir)
     return path
 

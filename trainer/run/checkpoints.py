@@ -101,7 +101,8 @@ def recover(checkpoint_dir: str) -> Optional[str]:
         logging.info("the checkpoint state file in %s names %s in another folder (moved or copied): resuming from "
                      "the same name here", checkpoint_dir, os.path.basename(prefix))
     else:
-        problem = state_problem if state_problem.startswith("names") else f"is {state_problem}"
+        problem = (state_problem if state_problem.startswith("names") else f"is {state_problem}" if state_problem
+                   else f"names {os.path.basename(named)} in another folder")
         logging.warning("the checkpoint state file in %s %s: resuming from the newest checkpoint found, %s",
                         checkpoint_dir, problem, os.path.basename(prefix))
     keep = [p for p in reversed([c for _, _, c in candidates]) if p != prefix and not any(

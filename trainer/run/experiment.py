@@ -73,6 +73,7 @@ def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
         eval_metrics = engine.train_phase(run, step, schedule)
         # A signal during the phase's last checkpoint or evaluation: stop here, not after the rest of the run.
         preemption.stop_if_requested((eval_metrics or {}).get("global_step"))
+    engine.end_training()
     return eval_metrics
 
 

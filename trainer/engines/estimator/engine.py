@@ -9,6 +9,7 @@ The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine t
                                                   state), evaluate what an interruption left unevaluated
                                                   (True if it did: early stopping may have decided)
     train_phase(run, step, schedule)              train to the phase's last step, evaluating as it goes
+    end_training()                                after the phases: what ends once per run (listeners)
     final_evaluation(run, eval_metrics)           the run's last evaluation, if the phase loop gave none
     export(run, checkpoint)                       a SavedModel, when no evaluation exported one
     predictions(run, checkpoint)                  the served model's predictions for report.html, or None
@@ -161,6 +162,9 @@ class Engine:
             return None
         return estimator_predict.predict_with_estimator(self.estimator, run.eval_input, self.config.label_mode,
                                                         checkpoint, self.config.eval_steps)
+
+    def end_training(self) -> None:
+        pass  # Each train_and_evaluate ends its own listeners.
 
     def worker_done(self, run) -> None:
         estimator.remove_worker_clutter(self.config.checkpoint_dir, self.plan)

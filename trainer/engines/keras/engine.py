@@ -48,6 +48,7 @@ class Engine:
         self._listeners = []
         self._last_eval: Optional[dict] = None
         self._warned_image = False
+        self._heartbeat = False
 
     # ---- prepare ----------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -176,10 +177,12 @@ class Engine:
     def _evaluate_checkpoints(self, run, step: phases.Step) -> Optional[dict]:
         """The evaluator task: each new checkpoint of the phase, restored and evaluated (then exported, counted
         by early stopping, ...), until the phase's last step or early stopping's decision."""
-        config, evaluated, beat = self.config, None, []
+        config, evaluated = self.config, None
         self._last_eval = None
+        if not self._heartbeat:
+            evaluations.start_evaluator_heartbeat(config.checkpoint_dir)
+            self._heartbeat = True
         while True:
-            evaluations.evaluator_heartbeat(config.checkpoint_dir, beat)
             latest = tf.train.latest_checkpoint(config.checkpoint_dir)
             at = saving.checkpoint_step(latest) if latest else -1
             if latest and at > step.first_step and at != evaluated and at <= step.phase.last_step:
@@ -195,6 +198,14 @@ class Engine:
                                               early_stopping.stopped_at(config.model_dir) is not None):
                 return self._last_eval
             time.sleep(_EVALUATOR_POLL_SECS)
+
+    def end_training(self) -> None:
+        """After the last phase this process trains (also when a stop decided elsewhere skipped the rest): the
+        checkpoint listeners' end, once (the final checkpoint's upload is waited for)."""
+        for listener in self._listeners:
+            if hasattr(listener, "end"):
+                listener.end(None, callbacks.global_step(self._run.model) if self._run else 0)
+        self._listeners = []
 
     def _make_listeners(self):
         config = self.config
