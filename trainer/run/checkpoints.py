@@ -126,3 +126,21 @@ def write_state(checkpoint_dir: str, latest: str, all_checkpoints: List[str]) ->
                                                all_model_checkpoint_paths=[given(p) for p in all_checkpoints])
 
 
+def rebase_state(checkpoint_dir: str) -> None:
+    """A `checkpoint` state file naming absolute paths of another folder (the run folder was moved or copied; an
+    older version, or TensorFlow's own Saver, recorded them) is rewritten with this folder's bare names, when the
+    same names are here. Read before TensorFlow looks for the checkpoint, which would log an ERROR and start over."""
+    if not tf.io.gfile.exists(os.path.join(checkpoint_dir, "checkpoint")):
+        return
+    try:
+        state = tf.train.get_checkpoint_state(checkpoint_dir)
+    except Exception:  # noqa: BLE001 - damaged: recover() heals the run's own state file; this one is rewritten.
+        return
+    if state is None or not state.model_checkpoint_path or tf.io.gfile.exists(state.model_checkpoint_path +
+                                                                               ".index"):
+        return
+    here = os.path.join(checkpoint_dir, os.path.basename(state.model_checkpoint_path))
+    if not tf.io.gfile.exists(here + ".index"):
+        return
+    kept = [os.path.join(checkpoint_dir, os.path.basename(p)) for p in state.all_model_checkpoint_paths]
+    write_state(checkpoint_dir, here, [p for p in kept if p != here and tf.io.gfile.exists(p + ".index")] + [here])

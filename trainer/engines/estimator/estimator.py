@@ -17,7 +17,7 @@ from trainer.engines.estimator.serving import with_class_names
 from trainer.errors import NumericError
 from trainer.model import models
 from trainer.outputs import export
-from trainer.run import distribution
+from trainer.run import checkpoints, distribution
 
 _KERAS_CKPT_WAIT_SECS = 600
 
@@ -52,6 +52,8 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
     classifiers, predictions also carry the class names (`export.with_class_names`).
     """
     keras_dir = os.path.join(run_config.model_dir, "keras")
+    if run_config.is_chief:
+        checkpoints.rebase_state(keras_dir)  # A moved run folder: its absolute paths name the old place.
     if run_config.is_chief and not tf.train.latest_checkpoint(keras_dir):
         # Written here, directly from the eager weights: model_to_estimator's own first checkpoint
         # clones the model into a new graph first (3.7 s for MobileNetV2 here, vs 0.2 s).
