@@ -53,3 +53,16 @@ console.close()
     assert "plain text written to fd 2 by a library" in shown, shown
     hidden = ("absl::InitializeLog", "oneDNN", "To enable the following")
     assert not [line for line in shown if any(word in line for word in hidden)], shown
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_one_line_with_the_reason(tmp_path):
+    """New-user trial c001: the line gave the reason as just `(Exception)`. This machine reaches no weights host, as
+    a locked-down training VM would not either."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", KERAS_HOME=str(tmp_path / "keras"))
+    proc = subprocess.run([sys.executable, "-m", "trainer.task", "--data=digits", "--backbone=mobilenet_v2",
+                           "--weights=imagenet", "--image_size=32", "--train_steps=1", "--model_dir=runs/w"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: --weights=imagenet: could not get the ImageNet weights of mobilenet_v2 (")
+    assert "(Exception)" not in errors[0] and ": " in errors[0].split("(", 1)[1], errors[0]

@@ -37,6 +37,8 @@ def test_a_signal_after_training_stops_the_run_and_the_rerun_completes(tmp_path,
     if engine == "keras":  # Wrappers trial U11: one process, the step on record (the Estimator's: see README).
         assert not (run / "eval_chief_final").exists()
     assert json.loads((champions / "CHAMPION.json").read_text())["source_run"] == str(run)
+    page = (run / "report.html").read_text()  # New-user trial c024: `champion | None (version None)`.
+    assert "<td>champion</td><td>none yet</td>" in page and "None (version None)" not in page
     versions = [p for p in champions.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(versions) == 1, versions  # The rerun knows it promoted itself: no second version.
 

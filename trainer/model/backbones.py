@@ -133,9 +133,10 @@ def build_trunk(config: Config, size: int) -> tf.keras.Model:
         trunk = backbone.build((size, size, 3), weights)
     except Exception as e:  # Download failures surface as many exception types.
         if weights == "imagenet":
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""  # New-user c001: `(Exception)`.
             raise UsageError(f"--weights=imagenet: could not get the ImageNet weights of {config.backbone} "
-                             f"({type(e).__name__}); pass --weights=<path to a weights file> or "
-                             "--weights=none") from None
+                             f"({type(e).__name__}{': ' + first if first else ''}); pass --weights=<path to a "
+                             "weights file> or --weights=none") from None
         if weights:
             raise UsageError(f"--weights={weights} could not be loaded into {config.backbone}: {e}") from None
         raise UsageError(f"--image_size={size} does not suit --backbone={config.backbone}: {e}") from None

@@ -424,8 +424,13 @@ def _promotion_section(promotion) -> str:
         '<span class="bad">not promoted</span>'
     rows = [("decision", verdict), ("reason", _esc(promotion.get("reason"))),
             ("metric", _esc(promotion.get("metric"))),
-            ("challenger (this run)", _esc(promotion.get("challenger"))),
-            ("champion", f"{_esc(promotion.get('champion'))} (version {_esc(promotion.get('champion_version'))})")]
+            ("challenger (this run)", _esc(promotion.get("challenger")))]
+    if promotion.get("champion_version"):  # The first promotion has none (new-user trial c024: "None (version None)").
+        score = promotion.get("champion")
+        rows.append(("champion", f"{_esc(score) if score is not None else 'not scored'} (version "
+                                 f"{_esc(promotion['champion_version'])})"))
+    else:
+        rows.append(("champion", "none yet"))
     if promotion.get("version"):
         rows.append(("new champion version", _esc(promotion["version"])))
     return "<h2>Promotion</h2>" + _table(rows)
