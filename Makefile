@@ -43,8 +43,8 @@ demo: $(STAMP)
 
 # Both runtimes: the whole suite on TensorFlow 2.15 (both engines), then the Keras engine on TensorFlow 2.21.
 test: $(STAMP) $(KERAS_STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
-	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q -m "not slow" $(KERAS_TESTS)
+	$(PY) -m pytest -q --durations=15 -m "not slow" tests
+	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q --durations=15 -m "not slow" $(KERAS_TESTS)
 
 # The slow suites (path-form matrices, the README's commands), both runtimes; CI runs them after `make test`.
 test-slow: $(STAMP) $(KERAS_STAMP)
