@@ -217,8 +217,8 @@ def _main(argv) -> None:
         where = f" at step {e.step}" if e.step is not None else ""
         word = "preempted" if e.signal_name == "SIGTERM" else "interrupted"
         message = f"{word}{where} ({e.signal_name}): the latest checkpoint is kept; {_resume_hint(config)}"
-        sys.stderr.write(message + "\n")
-        console.log_only("%s", message, level="warning")
+        console.log_only("%s", message, level="warning")  # First: the console may be gone (its reader killed).
+        _say(sys.stderr, message)
         sys.exit(e.exit_status)
     except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run, a full disk: one line, not a traceback.
         from trainer.run import preflight
@@ -228,8 +228,7 @@ def _main(argv) -> None:
         if message is None:
             raise
         _fail(message)
-    sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-    sys.stdout.flush()
+    _say(sys.stdout, json.dumps(summary, sort_keys=True))
 
 
 def _resume_hint(config) -> str:
@@ -245,10 +244,20 @@ def _resume_hint(config) -> str:
 
 
 def _fail(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
     if console.installed():
         console.log_only("error: %s", message, level="error")
+    _say(sys.stderr, f"error: {message}")
     sys.exit(1)
+
+
+def _say(stream, line: str) -> None:
+    """A line on the console, which may be gone: a launcher or a pipe reader killed (trainer.launch_local's tasks
+    lost their preemption line to a BrokenPipeError traceback). The run's outcome and train.log do not depend on it."""
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
 
 
 def _parse_flags(argv):

@@ -147,11 +147,14 @@ class _ConsoleHandler(logging.Handler):
 
     def write_line(self, text: str) -> None:
         stream = sys.stderr
-        if self.bar_shown:
-            stream.write("\r\033[K")
-            self.bar_shown = False
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            if self.bar_shown:
+                stream.write("\r\033[K")
+                self.bar_shown = False
+            stream.write(text + "\n")
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # The console's reader is gone: train.log still has every line.
+            pass
 
     def write_bar(self, text: str) -> None:
         sys.stderr.write("\r\033[K" + text)
