@@ -214,3 +214,18 @@ def test_a_launcher_killed_outright_leaves_no_task_running(tmp_path):
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert latest_step(model_dir) == 300
+
+
+def test_demo_sh_passes_sigterm_to_the_trainer(tmp_path):
+    """scripts/demo.sh ran the trainer without exec or a trap: a SIGTERM to the script did not reach it."""
+    out = tmp_path / "demo"
+    env = dict(os.environ, DEMO_DIR=str(out), PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "demo.sh")], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(out / "base", proc)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert "preempted" in err and "Traceback" not in err, err[-2000:]
+    assert_nothing_left(str(out))

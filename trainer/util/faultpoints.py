@@ -9,24 +9,25 @@ import os
 import signal
 
 
-def reached(name: str) -> None:
-    wanted = os.environ.get("TRAINER_FAULTPOINT")
-    if not wanted:
-        return
-    for item in wanted.split(","):
-        point, _, how = item.strip().partition(":")
+def _setting(variable: str, name: str):
+    """The value after `name:` in $variable (a comma list of name[:value]); None when `name` is not listed."""
+    for item in (os.environ.get(variable) or "").split(","):
+        point, _, value = item.strip().partition(":")
         if point == name:
-            os.kill(os.getpid(), signal.SIGTERM if how == "term" else signal.SIGKILL)
+            return value
+    return None
+
+
+def reached(name: str) -> None:
+    how = _setting("TRAINER_FAULTPOINT", name)
+    if how is not None:
+        os.kill(os.getpid(), signal.SIGTERM if how == "term" else signal.SIGKILL)
 
 
 def delay(name: str) -> None:
     """`TRAINER_FAULT_DELAY=name:seconds` makes this instant slow (a test's slow evaluator); unset, nothing."""
-    wanted = os.environ.get("TRAINER_FAULT_DELAY")
-    if not wanted:
-        return
-    for item in wanted.split(","):
-        point, _, seconds = item.strip().partition(":")
-        if point == name:
-            import time
+    seconds = _setting("TRAINER_FAULT_DELAY", name)
+    if seconds is not None:
+        import time
 
-            time.sleep(float(seconds or 0))
+        time.sleep(float(seconds or 0))
