@@ -57,6 +57,13 @@ def _run(config: Config) -> dict:
 
 def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
     """Each phase still to train, as its recipe says; the last one's final evaluation (None if none ran here)."""
+    try:
+        return _each_phase(run, engine)
+    finally:  # However the phases end (the last one, a stop, a signal, an error): once per run.
+        engine.end_training()
+
+
+def _each_phase(run: prepare.Run, engine) -> Optional[dict]:
     config, eval_metrics = run.config, None
     for index, step in enumerate(run.steps):
         if not run.cache:  # The phase decides the model: its freezing, BatchNorm mode (also after a restart).
@@ -73,7 +80,6 @@ def _train_phases(run: prepare.Run, engine) -> Optional[dict]:
         eval_metrics = engine.train_phase(run, step, schedule)
         # A signal during the phase's last checkpoint or evaluation: stop here, not after the rest of the run.
         preemption.stop_if_requested((eval_metrics or {}).get("global_step"))
-    engine.end_training()
     return eval_metrics
 
 

@@ -145,30 +145,19 @@ class Engine:
                                          config.eval_throttle_secs, bool(config.early_stopping_patience),
                                          plan.is_chief, plan.distributed, evaluates=self._single,
                                          strategy=plan.strategy if plan.name == "multi_worker" else None)
-        if not self._listeners:  # One set for the whole run: a phase's end is not the run's (SRE trial W5).
+        if not self._listeners:  # One set for the whole run, ended by end_training (SRE trial W5).
             self._listeners = self._make_listeners()
         terminate = tf.keras.callbacks.TerminateOnNaN()
         # From here a signal waits for the end of a step (RunContract), as in training: raised at once, it could land
         # inside Model.fit's C++-called Python (seen: a SIGTERM turned into an AttributeError in nest.flatten).
         preemption._training.set()
-        ended = False  # Whether the run's training ends here: the last phase, a stop, an error or a signal.
         try:
             record_faults.train_skipping_bad_records(lambda: run.model.fit(
                 run.train_input(), epochs=1, steps_per_epoch=remaining, verbose=0,
                 callbacks=[progress, callbacks.Summaries(config.checkpoint_dir if plan.is_chief else None, progress,
                                                          schedule), terminate, contract]), run.dataset, config)
-            ended = step.phase.last_step >= run.planned[-1].last_step or run.model.stop_training or \
-                preemption._requested.is_set()
-        except BaseException:
-            ended = True
-            raise
         finally:
             preemption._training.clear()
-            if ended:  # The final checkpoint's upload is waited for once, at the run's end (SRE trial W5).
-                for listener in self._listeners:
-                    if hasattr(listener, "end"):
-                        listener.end(None, callbacks.global_step(run.model))
-                self._listeners = []
         if run.model.stop_training and progress.last_loss is not None and not np.isfinite(progress.last_loss):
             raise NumericError(f"the training loss became NaN or infinite at step {callbacks.global_step(run.model)}; "
                                "nothing more was exported or written (try a lower --learning_rate)")
