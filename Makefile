@@ -1,34 +1,50 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Each creates .venv and installs the package (with test extras) when missing.
-# TensorFlow 2.15 has wheels for Python 3.9-3.11 only: prefer those interpreters.
-PYTHON ?= $(shell command -v python3.11 || command -v python3.10 || echo python3)
+# The Python versions each runtime installs on (wheels published): TensorFlow 2.15 for 3.9-3.11, TensorFlow 2.21 for
+# 3.12-3.13 here. The interpreter checks below and tests/test_cloudbuild.py (which images a build step may use) read
+# these two lists.
+TF215_PYTHONS := 3.11 3.10 3.9
+KERAS_PYTHONS := 3.12 3.13
+PYTHON ?= $(shell for v in $(TF215_PYTHONS); do command -v python$$v && break; done || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The Keras engine's second runtime: TensorFlow 2.21 + tf-keras 2.21 on Python 3.12 (or 3.13), found on PATH or
-# under pyenv (~/.pyenv/versions/3.12.*), where it may be the only copy.
-KERAS_PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.12.*/bin/python3.12 \
-	$$HOME/.pyenv/versions/3.13.*/bin/python3.13; do $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+# The Keras engine's second runtime: TensorFlow 2.21 + tf-keras 2.21, found on PATH or under pyenv
+# (~/.pyenv/versions/3.12.*), where it may be the only copy.
+KERAS_PYTHON ?= $(shell for v in $(KERAS_PYTHONS); do for p in python$$v $$HOME/.pyenv/versions/$$v.*/bin/python$$v; do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; exit 0; }; done; done)
 KERAS_VENV := .venv-keras
 KPY := $(KERAS_VENV)/bin/python
 KERAS_STAMP := $(KERAS_VENV)/.installed
+# The version check of an interpreter: exits 1 unless its major.minor is in the list given.
+VERSION_IN = -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] not in sys.argv[1].split())'
 # What the TensorFlow 2.21 leg runs: the Keras engine's tests (the rest needs tf.estimator).
 KERAS_TESTS := tests/test_keras_engine.py tests/test_path_forms.py tests/test_state_healing.py tests/test_readme.py \
 	tests/test_run_lock.py tests/test_disk_full.py tests/test_signal_stages.py tests/test_packaging.py \
-	tests/test_evaluator_verdict.py tests/test_console_quiet.py tests/test_wrapper_signals.py
+	tests/test_evaluator_verdict.py tests/test_console_quiet.py tests/test_wrapper_signals.py tests/test_cloudbuild.py
+# The TF 2.15 venv's interpreter, when there is one: the TF 2.21 leg's cross-runtime tests use it (and skip without).
+TF215_FOR_KERAS_LEG = TRAINER_TF215_PYTHON=$$(test -x $(PY) && echo $(CURDIR)/$(PY))
 
-.PHONY: demo test test-slow test-fast test-keras install install-keras clean
+.PHONY: demo test test-tf215 test-tf221 test-slow test-fast test-keras install install-keras check-python \
+	check-keras-python clean
+
+# The interpreter checks alone (no install): what a build image must provide for each runtime.
+check-python:
+	@$(PYTHON) $(VERSION_IN) "$(TF215_PYTHONS)" 2>/dev/null || { \
+	  echo "error: TensorFlow 2.15 needs Python $(TF215_PYTHONS), but $(PYTHON) is $$($(PYTHON) --version 2>&1); install Python 3.11 or 3.10 (e.g. 'uv python install 3.11' or your OS packages) and run: make PYTHON=/path/to/python3.11" >&2; exit 1; }
+
+check-keras-python:
+	@test -n "$(KERAS_PYTHON)" && $(KERAS_PYTHON) $(VERSION_IN) "$(KERAS_PYTHONS)" || { echo "error: the Keras engine's tests need Python $(KERAS_PYTHONS) (TensorFlow 2.21), $(if $(KERAS_PYTHON),not $(KERAS_PYTHON),none found on PATH or under ~/.pyenv/versions); install one (e.g. 'pyenv install 3.12' or 'uv python install 3.12') or run: make KERAS_PYTHON=/path/to/python3.12" >&2; exit 1; }
 
 $(STAMP): setup.py
-	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || { \
-	  echo "error: TensorFlow 2.15 needs Python 3.9-3.11, but $(PYTHON) is $$($(PYTHON) --version 2>&1); install Python 3.11 or 3.10 (e.g. 'uv python install 3.11' or your OS packages) and run: make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@test -x $(PY) || $(MAKE) --no-print-directory check-python
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[cpu,test]"
 	touch $(STAMP)
 
 $(KERAS_STAMP): setup.py
-	@test -x $(KPY) || test -n "$(KERAS_PYTHON)" || { echo "error: the Keras engine's tests need Python 3.12 or 3.13 (TensorFlow 2.21), none found on PATH or under ~/.pyenv/versions; install one (e.g. 'pyenv install 3.12' or 'uv python install 3.12') or run: make KERAS_PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@test -x $(KPY) || $(MAKE) --no-print-directory check-keras-python
 	test -x $(KPY) || $(KERAS_PYTHON) -m venv $(KERAS_VENV)
 	$(KPY) -m pip install --quiet --upgrade pip
 	$(KPY) -m pip install --quiet -e ".[keras-cpu,test]"
@@ -42,18 +58,23 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
 
 # Both runtimes: the whole suite on TensorFlow 2.15 (both engines), then the Keras engine on TensorFlow 2.21.
-test: $(STAMP) $(KERAS_STAMP)
+test: test-tf215 test-tf221
+
+# One runtime each (a Cloud Build step runs the leg its image can run: cloudbuild.yaml).
+test-tf215: $(STAMP)
 	$(PY) -m pytest -q --durations=15 -m "not slow" tests
-	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q --durations=15 -m "not slow" $(KERAS_TESTS)
+
+test-tf221: $(KERAS_STAMP)
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q --durations=15 -m "not slow" $(KERAS_TESTS)
 
 # The slow suites (path-form matrices, the README's commands), both runtimes; CI runs them after `make test`.
 test-slow: $(STAMP) $(KERAS_STAMP)
 	$(PY) -m pytest -q -m slow tests
-	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q -m slow $(KERAS_TESTS)
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q -m slow $(KERAS_TESTS)
 
 test-keras: $(STAMP) $(KERAS_STAMP)
 	$(PY) -m pytest -q $(KERAS_TESTS)
-	TRAINER_TF215_PYTHON=$(CURDIR)/$(PY) $(KPY) -m pytest -q $(KERAS_TESTS)
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q $(KERAS_TESTS)
 
 # A few minutes, for iterating: flags, data, models, the champion store, recipe checks; no multi-process runs.
 FAST := tests/test_cli.py tests/test_models.py tests/test_data.py tests/test_champion.py tests/test_resume_flags.py \

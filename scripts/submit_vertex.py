@@ -46,6 +46,14 @@ def parse(argv):
     parser.add_argument("--service_account", default=None)
     parser.add_argument("--package_uri", default=None, help="an already uploaded sdist (skips build and upload)")
     parser.add_argument("--package_tag", default=None, help="folder under gs://B/packages/ [timestamp]")
+    parser.add_argument("--spot", action="store_true", help="run on Spot capacity (cheaper, preemptible: the trainer "
+                        "saves a checkpoint on SIGTERM and the restarted task resumes from it)")
+    parser.add_argument("--restart_on_worker_restart", nargs="?", const="true", default=None, choices=("true", "false"),
+                        help="restart every task when one restarts [true with --spot, else false]")
+    parser.add_argument("--timeout", default=None, help="stop the job after this long: 3600, 90m, 24h, 7d "
+                        "[Vertex's default]")
+    parser.add_argument("--tensorboard", default=None, help="projects/P/locations/L/tensorboards/ID: a Vertex AI "
+                        "TensorBoard that shows the run live (needs --service_account)")
     parser.add_argument("--dry_run", action="store_true", help="print the CustomJob JSON; contact nothing")
     parser.add_argument("trainer_args", nargs="*", help="trainer flags, after --")
     return parser.parse_args(argv)
@@ -78,7 +86,7 @@ def check_trainer_args(trainer_args) -> None:
     config = task.config_from_flags()
     if not config.data:
         raise UsageError("trainer flags: --data is required (a gs:// folder, TFRecord glob or .npz)")
-    config_lib.validate(config)
+    config_lib.validate(config, here=False)  # This machine may have no TensorFlow, or another one.
 
 
 def main(argv=None) -> int:
@@ -99,8 +107,12 @@ def main(argv=None) -> int:
         display_name=args.display_name, machine_type=args.machine_type, accelerator_type=args.accelerator_type,
         accelerator_count=args.accelerator_count, workers=args.workers, parameter_servers=args.parameter_servers,
         evaluator=args.evaluator, image_uri=args.image_uri, executor_image_uri=args.executor_image_uri,
-        service_account=args.service_account, package_uri=args.package_uri)
+        service_account=args.service_account, package_uri=args.package_uri, spot=args.spot,
+        restart_on_worker_restart=None if args.restart_on_worker_restart is None
+        else args.restart_on_worker_restart == "true", tensorboard=args.tensorboard)
     try:
+        if args.timeout is not None:
+            request = dataclasses.replace(request, timeout_secs=vertex.parse_duration(args.timeout))
         request = vertex.validate(request)
         check_trainer_args(args.trainer_args)
     except UsageError as e:
@@ -120,10 +132,14 @@ def main(argv=None) -> int:
     if request.executor_image_uri and "2-15" in request.executor_image_uri:
         sys.stderr.write("note: Google lists the TF 2.15 prebuilt training images as past end of availability "
                          "(2025-11-14); prefer --image_uri with the Dockerfile's image\n")
+    board = vertex.TENSORBOARD_NAME.fullmatch(request.tensorboard or "")
+    if board and board.group(2) != args.region:
+        sys.stderr.write(f"note: the TensorBoard is in {board.group(2)} and the job in {args.region}; Vertex AI may "
+                         "refuse a TensorBoard outside the job's region\n")
     output_dir = vertex.output_directory(request)
     job = vertex.build_custom_job(request, output_dir)
     if args.dry_run:
-        print(type(job).to_json(job))
+        print(type(job).to_json(job, use_integers_for_enums=False))
         return 0
     from google.cloud import aiplatform_v1
 

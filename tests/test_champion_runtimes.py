@@ -28,7 +28,7 @@ ON_TF215 = tuple(int(p) for p in tf.__version__.split(".")[:2]) <= (2, 15)
 
 def _other_python():
     if not ON_TF215:
-        return os.environ.get("TRAINER_TF215_PYTHON")
+        return os.environ.get("TRAINER_TF215_PYTHON") or None  # Empty: the TF 2.21 leg ran without .venv.
     found = os.environ.get("TRAINER_TF221_PYTHON") or str(REPO / ".venv-keras" / "bin" / "python")
     return found if os.path.exists(found) else None
 

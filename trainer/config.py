@@ -177,8 +177,11 @@ def _choice(flag: str, value: str, choices) -> None:
         raise UsageError(f"--{flag}={value} is not valid; choose one of: {', '.join(choices)}")
 
 
-def validate(config: Config) -> Config:
+def validate(config: Config, here: bool = True) -> Config:
     """Checks flag values and their combinations; returns the config with defaults filled.
+
+    here=False checks a run that will happen elsewhere (scripts/submit_vertex.py, which may have no TensorFlow): the
+    engine is then checked by name only, not against this process's TensorFlow.
 
     Raises:
         UsageError: naming the flag at fault.
@@ -192,7 +195,10 @@ def validate(config: Config) -> Config:
                          "(only --dry_run may leave it out, with --num_classes)")
     if config.dry_run and not config.data and not config.num_classes and not config.model_fn:
         raise UsageError("--dry_run without --data needs --num_classes")
-    config = dataclasses.replace(config, engine=resolve_engine(config.engine))
+    if here:
+        config = dataclasses.replace(config, engine=resolve_engine(config.engine))
+    elif config.engine is not None:
+        _choice("engine", config.engine, ENGINES)
     _choice("label_mode", config.label_mode, LABEL_MODES)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("head_pooling", config.head_pooling, HEAD_POOLINGS)

@@ -7,8 +7,15 @@ TF image (`python_package_spec`, module `trainer.task`) or a custom container
 whose entrypoint is `python -m trainer.task` (`container_spec`); the trainer flags
 are the args either way. `base_output_directory` makes Vertex set AIP_MODEL_DIR,
 AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR, which the trainer follows.
+
+Scheduling: `spot` asks for Spot capacity (strategy SPOT); `restart_on_worker_restart` makes Vertex restart every
+task when one restarts (a preempted multi-worker job then resumes from its last checkpoint, all tasks together);
+`timeout_secs` bounds the job. `tensorboard` names a Vertex AI TensorBoard instance, which uploads
+AIP_TENSORBOARD_LOG_DIR as the job writes it (Vertex requires a service account for that).
 """
 import dataclasses
+import datetime
+import re
 import time
 from typing import List, Optional, Sequence
 
@@ -37,6 +44,27 @@ class JobRequest:
     executor_image_uri: Optional[str] = None
     service_account: Optional[str] = None
     package_uri: Optional[str] = None
+    spot: bool = False
+    restart_on_worker_restart: Optional[bool] = None  # None: on with spot, else Vertex's default (off).
+    timeout_secs: Optional[int] = None
+    tensorboard: Optional[str] = None
+
+TENSORBOARD_NAME = re.compile(r"projects/([^/]+)/locations/([^/]+)/tensorboards/([^/]+)")
+DURATION = re.compile(r"(\d+)([smhd]?)")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in `3600`, `3600s`, `90m`, `24h` or `7d`.
+
+    Raises:
+        UsageError: for anything else, or zero.
+    """
+    match = DURATION.fullmatch(text.strip())
+    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)] if match else 0
+    if seconds <= 0:
+        raise UsageError(f"--timeout={text}: give a positive duration such as 3600, 90m, 24h or 7d")
+    return seconds
 
 
 def _flag_value(args: Sequence[str], name: str) -> Optional[str]:
@@ -75,6 +103,17 @@ def validate(request: JobRequest) -> JobRequest:
     if _flag_value(request.trainer_args, "model_dir"):
         raise UsageError("leave --model_dir out of the trainer flags: Vertex AI sets AIP_MODEL_DIR under "
                          "--bucket's run folder")
+    if request.tensorboard:
+        match = TENSORBOARD_NAME.fullmatch(request.tensorboard)
+        if not match:
+            raise UsageError(f"--tensorboard={request.tensorboard} is not a TensorBoard resource name: give "
+                             "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list)")
+        if not request.service_account:
+            raise UsageError("--tensorboard needs --service_account=SA@PROJECT.iam.gserviceaccount.com: Vertex AI "
+                             "uploads to a TensorBoard only for a job that runs as a service account")
+    if request.spot and request.workers and (request.accelerator_type or "").startswith("TPU"):
+        raise UsageError(f"--spot does not combine with a TPU pod slice ({request.accelerator_type} on several hosts, "
+                         f"--workers={request.workers}): drop --spot or train on one TPU host")
     if not request.image_uri and not executor:
         executor = PREBUILT_GPU if request.accelerator_type else PREBUILT_CPU
     name = request.display_name or f"trainer-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -117,4 +156,13 @@ def build_custom_job(request: JobRequest, output_dir: str):
                                 base_output_directory=v1.GcsDestination(output_uri_prefix=output_dir))
     if request.service_account:
         job_spec.service_account = request.service_account
+    if request.tensorboard:
+        job_spec.tensorboard = request.tensorboard
+    restart = request.spot if request.restart_on_worker_restart is None else request.restart_on_worker_restart
+    if request.spot or restart or request.timeout_secs:
+        job_spec.scheduling = v1.Scheduling(restart_job_on_worker_restart=restart)
+        if request.spot:
+            job_spec.scheduling.strategy = v1.Scheduling.Strategy.SPOT
+        if request.timeout_secs:
+            job_spec.scheduling.timeout = datetime.timedelta(seconds=request.timeout_secs)
     return v1.CustomJob(display_name=request.display_name, job_spec=job_spec)
