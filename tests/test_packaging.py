@@ -209,3 +209,19 @@ def test_no_module_warns_when_compiled():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             compile(path.read_text(), str(path), "exec")
+
+
+def test_submit_needs_no_tensorflow():
+    """Issue 36: the build's submit step installs trainer[vertex] only; checking the trainer flags imported TensorFlow
+    (to resolve --engine) and so failed there. Here TensorFlow cannot be imported at all."""
+    code = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('scripts/submit_vertex.py', run_name='__main__')")
+    for engine in ([], ["--engine=keras", "--image_uri=x/y:z"], ["--engine=estimator", "--image_uri=x/y:z"]):
+        proc = subprocess.run([sys.executable, "-c", code, "submit_vertex.py", "--project=p", "--region=us-central1",
+                               "--bucket=gs://b", "--dry_run", *engine, "--", "--data=digits", "--backbone=small_cnn"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-c", code, "submit_vertex.py", "--project=p", "--region=us-central1",
+                          "--bucket=gs://b", "--dry_run", "--", "--data=digits", "--engine=tf3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "error: --engine=tf3 is not valid" in bad.stderr, bad.stderr
