@@ -14,7 +14,7 @@ from test_console_report import report_data
 from test_recipe import scalars
 from trainer.data import sources as data
 from trainer.run import experiment
-from trainer.engines.estimator import feature_cache
+from trainer.model import feature_cache
 from trainer.data import inputs
 from trainer.config import Config
 from trainer.errors import UsageError

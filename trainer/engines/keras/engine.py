@@ -19,7 +19,7 @@ from trainer.data import record_faults
 from trainer.engines.keras import callbacks, saving, serving
 from trainer.errors import NumericError, UsageError
 from trainer.engines.keras.evaluation import Evaluator
-from trainer.model import models
+from trainer.model import feature_cache, models
 from trainer.outputs import evaluations, export, metrics, predictions
 from trainer.run import distribution, early_stopping, phases, preemption
 from trainer.util import console, faultpoints, files
@@ -29,10 +29,6 @@ _EVALUATOR_POLL_SECS = 1.0
 
 def _refuse_unsupported(config: Config, plan: distribution.Plan) -> None:
     """One error line for what the Keras engine cannot do, before any data is read or model built."""
-    if config.cache_features:
-        raise UsageError("--cache_features is not supported by --engine=keras yet; leave it out (the Keras engine "
-                         "runs the frozen trunk's forward pass each step), or use --engine=estimator on TensorFlow "
-                         "2.15")
     if plan.name == "parameter_server":
         raise UsageError("--strategy=parameter_server is not supported by --engine=keras yet (Model.fit needs a "
                          "ClusterCoordinator for it); use --strategy=multi_worker, or --engine=estimator on "
@@ -67,13 +63,17 @@ class Engine:
         return per_replica * self.plan.num_replicas
 
     def check_supported(self, model: tf.keras.Model) -> None:
-        pass  # What this engine cannot do is refused from the flags alone, when it is made (_refuse_unsupported).
+        """Besides what _refuse_unsupported refused from the flags alone: what --cache_features needs of the model."""
+        if self.config.cache_features:
+            feature_cache.check_supported(self.config, self.plan, model)
 
     def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
-        return model
+        """What the checkpoints hold: with --cache_features the head only."""
+        return feature_cache.split(model)[1] if self.config.cache_features else model
 
     def check_checkpoint(self, model: tf.keras.Model, latest: str) -> None:
-        pass
+        if self.config.cache_features:
+            feature_cache.check_checkpoint_trunk(model, latest, self.config.model_dir)
 
     def wait_for_chief(self) -> None:
         """Nothing to wait for: the tasks of a cluster build the model together (MultiWorkerMirroredStrategy
@@ -81,9 +81,20 @@ class Engine:
         The phase history is read as the chief left it; at a boundary phases.start waits for its marker."""
 
     def prepare_inputs(self, run) -> None:
+        config = self.config
+        self._run = run
+        if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
+            run.cache = record_faults.train_skipping_bad_records(lambda: feature_cache.compute_all(
+                config, run.model, run.dataset, run.make_input, run.run_info), run.dataset, config)
+            run.model, run.train_input, run.eval_input = run.cache.head, run.cache.train_input, run.cache.eval_input
+            return
         run.train_input = run.make_input(run.dataset.train, True)
         run.eval_input = run.make_input(run.dataset.validation, False)
-        self._run = run
+
+    @staticmethod
+    def _served(run) -> tf.keras.Model:
+        """The model every export serves: images in (a cached run trains its head, which shares its layers)."""
+        return run.full_model if run.cache else run.model
 
     # ---- phases -----------------------------------------------------------------------------------------
     @property
@@ -96,8 +107,9 @@ class Engine:
         if config.jit:
             run.model.jit_compile = True
         image_bytes = run.dataset.kind in ("files", "tfrecord") and not config.model_fn
-        self._signature = serving.make_signature(run.model, run.dataset.class_names, config.label_mode == "binary",
-                                                 image_bytes and len(run.model.outputs) == 1)
+        served = self._served(run)
+        self._signature = serving.make_signature(served, run.dataset.class_names, config.label_mode == "binary",
+                                                 image_bytes and len(served.outputs) == 1)
         if self._evaluator is not None:
             self._evaluator.close()
         self._evaluator = Evaluator(run.model, run.eval_input, config.eval_steps, config.label_mode,
@@ -259,7 +271,7 @@ class Engine:
         if config.export == "final" and not final:
             return None
         if config.export != "best":
-            return serving.export(self._run.model, self._signature, root,
+            return serving.export(self._served(self._run), self._signature, root,
                                   config.keep_checkpoint_max if config.export == "latest" else None,
                                   self._run.dataset.class_names)
         metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
@@ -269,7 +281,7 @@ class Engine:
             logging.info("not exporting: %s does not beat the best so far (step %d)", evaluations.metric_text(current),
                          record["metrics"].get("global_step", -1))
             return None
-        path = serving.export(self._run.model, self._signature, root, config.keep_checkpoint_max,
+        path = serving.export(self._served(self._run), self._signature, root, config.keep_checkpoint_max,
                               self._run.dataset.class_names)
         best = {"metrics": current, "export": os.path.basename(path), "metric": metric}
         if result.get("confusion_matrix") is not None:
@@ -317,8 +329,8 @@ class Engine:
         export.restore_from_checkpoint(run.model, checkpoint)
         if self._signature is None:  # Nothing trained in this process.
             self._attach(run)
-        return serving.export(run.model, self._signature, os.path.join(self.config.checkpoint_dir, "export",
-                                                                       self.config.export),
+        return serving.export(self._served(run), self._signature, os.path.join(self.config.checkpoint_dir, "export",
+                                                                              self.config.export),
                               class_names=run.dataset.class_names)
 
     def predictions(self, run, checkpoint: str):
