@@ -17,6 +17,7 @@ so drifts in machine load hit every case alike:
                what no cached run can avoid
   kengine300   trainer300 with --engine=keras (Model.fit; this Python's TensorFlow)
   keras300@221, kengine300@221   keras300 and kengine300 with --tf221_python (TensorFlow 2.21 + tf-keras)
+  kengine600@221, kcached600@221, floor@221   trainer600, cached600 and floor on the Keras engine and TF 2.21
 
 Every run is printed (with the longest silence in its log, which is where a stall
 shows), then a markdown table per case: every run's time, median, min, max and
@@ -38,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 CASES = ("keras300", "trainer300", "trainer600", "cached600", "floor", "kengine300", "keras300@221",
-         "kengine300@221")
+         "kengine300@221", "kengine600@221", "kcached600@221", "floor@221")
 DEFAULT_CASES = CASES[:5]
 OUTLIER = 1.3  # A run slower than this times its case's median is flagged.
 
@@ -102,6 +103,11 @@ def ratios(times: dict) -> List[str]:
         lines.append(f"- cached600 is {median['trainer600'] / median['cached600']:.2f}x faster than trainer600")
     if {"floor", "cached600"} <= set(median):
         lines.append(f"- cached600 / floor: {median['cached600'] / median['floor']:.2f}")
+    if {"kengine600@221", "kcached600@221"} <= set(median):
+        lines.append(f"- kcached600@221 / kengine600@221: {median['kcached600@221'] / median['kengine600@221']:.2f} "
+                     "(the share of the uncached run's time a cached Keras-engine run takes)")
+    if {"floor@221", "kcached600@221"} <= set(median):
+        lines.append(f"- kcached600@221 / floor@221: {median['kcached600@221'] / median['floor@221']:.2f}")
     return lines
 
 
@@ -156,6 +162,9 @@ def main() -> None:
     commands["kengine300"] = lambda out: trainer + ["--train_steps=300", "--engine=keras", f"--model_dir={out}"]
     commands["keras300@221"] = lambda out: [py221] + commands["keras300"](out)[1:]
     commands["kengine300@221"] = lambda out: [py221] + commands["kengine300"](out)[1:]
+    commands["kengine600@221"] = lambda out: [py221] + commands["trainer600"](out)[1:] + ["--engine=keras"]
+    commands["kcached600@221"] = lambda out: [py221] + commands["cached600"](out)[1:] + ["--engine=keras"]
+    commands["floor@221"] = lambda out: [py221] + commands["floor"](out)[1:]
     env221 = dict(os.environ, TF_USE_LEGACY_KERAS="1")  # keras_baseline.py imports TensorFlow itself.
     times = {name: [] for name in selected}
     started = time.time()

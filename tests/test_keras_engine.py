@@ -138,12 +138,6 @@ def test_a_champion_of_one_engine_is_challenged_by_the_other_on_the_same_numbers
     assert first["accuracy"] and second["accuracy"] and third["accuracy"]
 
 
-def test_unsupported_flags_are_one_error_line_naming_the_flag(tmp_path):
-    with pytest.raises(UsageError, match="--cache_features is not supported by --engine=keras"):
-        train("keras", tmp_path / "run", cache_features=True, freeze="all")
-    assert not (tmp_path / "run" / "run_info.json").exists()
-
-
 def test_a_parameter_server_cluster_is_refused_in_one_line_before_any_work(tmp_path):
     tf_config = {"cluster": {"chief": ["127.0.0.1:45611"], "worker": ["127.0.0.1:45612"], "ps": ["127.0.0.1:45613"]},
                  "task": {"type": "chief", "index": 0}}
