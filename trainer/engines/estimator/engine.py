@@ -112,7 +112,7 @@ class Engine:
         train_spec = tf.estimator.TrainSpec(run.train_input, max_steps=step.phase.last_step, hooks=train_hooks,
                                             saving_listeners=listeners.make_listeners(config, plan))
         eval_spec = tf.estimator.EvalSpec(
-            run.eval_input, steps=config.eval_steps, name=None,
+            run.eval_input, steps=config.eval_steps, name=None, hooks=[hooks.EvaluationStopHook()],
             exporters=estimator.make_exporters(config, self._serving_fn, run.dataset.class_names, run.cache),
             start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
         self._specs = (train_spec, eval_spec, progress_hook)

@@ -8,7 +8,9 @@ from absl import logging
 
 from trainer.model.schedules import PhaseSchedule
 from trainer.run.early_stopping import stopped_at
-from trainer.run.preemption import Preempted, _requested, _signal, _training, honouring, reclaim
+from trainer.run.preemption import (Preempted, _requested, _signal, _training, honouring, reclaim,
+                                    stop_evaluating_if_requested)
+from trainer.util import faultpoints
 
 
 class PreemptionHook(tf.estimator.SessionRunHook):
@@ -49,6 +51,21 @@ class PreemptionHook(tf.estimator.SessionRunHook):
 
     def end(self, session):
         _training.clear()
+
+
+class EvaluationStopHook(tf.estimator.SessionRunHook):
+    """After each evaluation batch: a signal that arrived during an evaluation inside training (where it only set
+    the flag) stops it; the checkpoint it evaluates is on disk (issue 36)."""
+
+    def begin(self):
+        self._global_step = tf.compat.v1.train.get_global_step()
+
+    def before_run(self, run_context):
+        return tf.estimator.SessionRunArgs(self._global_step) if self._global_step is not None else None
+
+    def after_run(self, run_context, run_values):
+        faultpoints.reached("evaluation_batch")
+        stop_evaluating_if_requested(int(run_values.results) if run_values.results is not None else None)
 
 
 class StopHook(tf.estimator.SessionRunHook):

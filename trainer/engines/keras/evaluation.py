@@ -8,6 +8,13 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.outputs import metrics
+from trainer.run import preemption
+from trainer.util import faultpoints
+
+
+def _between_batches(step: int) -> None:
+    faultpoints.reached("evaluation_batch")
+    preemption.stop_evaluating_if_requested(step)  # A signal during an evaluation inside training (issue 36).
 
 
 class Evaluator:
@@ -39,7 +46,9 @@ class Evaluator:
         """The evaluation at global step `step`; its scalars go to <checkpoint_dir>/eval (eval_<name>) unless not
         `write` (a step whose evaluation is on record already)."""
         if len(self._model.outputs) != 1:  # Multi-output --model_fn models: Keras's own metrics.
-            result = self._model.evaluate(self._input(), steps=self._steps, return_dict=True, verbose=0)
+            result = self._model.evaluate(self._input(), steps=self._steps, return_dict=True, verbose=0,
+                                          callbacks=[tf.keras.callbacks.LambdaCallback(
+                                              on_test_batch_end=lambda *_: _between_batches(step))])
             result = {k: float(v) for k, v in result.items()}
         else:
             result = self._single_output(step)
@@ -54,6 +63,7 @@ class Evaluator:
             if self._steps is not None and i >= self._steps:
                 break
             out, loss = self._batch(x, y)
+            _between_batches(step)
             (label,) = y.values() if isinstance(y, dict) else (y,)
             out = np.asarray(tf.cast(out, tf.float32))
             label = np.asarray(label)
