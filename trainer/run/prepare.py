@@ -174,8 +174,12 @@ def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_class
     def make_input(split, training):
         # One device: after a restart the shuffled stream goes on where it was (not from its start again).
         # So does Model.fit's under MirroredStrategy: it splits each global batch in order over the replicas.
+        # And under MultiWorkerMirroredStrategy: on the Keras engine each task skips the same global stream before it
+        # is sharded, on the Estimator's its own shard's stream, one batch per step (a cluster Vertex restarts whole
+        # ends as the uninterrupted one: tests/test_cluster_restart.py).
         resume = (lambda: checkpoint_step(config.checkpoint_dir)) if training and (
-            plan.name == "one_device" or (config.engine == "keras" and plan.name == "mirrored")) else None
+            plan.name in ("one_device", "multi_worker") or (config.engine == "keras" and plan.name == "mirrored")
+        ) else None
         return inputs.make_input_fn(
             split, training=training, batch_size=train_batch if training else config.batch_size,
             input_names=input_names, output_names=output_names, label_mode=config.label_mode,
