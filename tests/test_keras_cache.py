@@ -69,7 +69,7 @@ def test_a_cached_run_matches_the_uncached_one_and_serves_the_full_model(tmp_pat
     assert summary_of(more)["global_step"] == 100 and "resuming from step 80" in more.stderr
 
 
-@pytest.mark.parametrize("step", [20, 60])
+@pytest.mark.parametrize("step", [20, pytest.param(60, marks=pytest.mark.slow)])
 def test_a_killed_cached_run_resumes_to_the_uninterrupted_result(tmp_path, base_model, step):
     args = ARGS + [f"--base_model={base_model}", "--optimizer=sgd", "--keep_checkpoint_max=100"]
     whole = summary_of(restart_cases.run_to_end(args, tmp_path / "whole"))
