@@ -225,3 +225,19 @@ def test_submit_needs_no_tensorflow():
                           "--bucket=gs://b", "--dry_run", "--", "--data=digits", "--engine=tf3"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "error: --engine=tf3 is not valid" in bad.stderr, bad.stderr
+
+
+def test_the_multi_gpu_script_refuses_without_a_gpu_in_one_line():
+    """scripts/train_local_multi_gpu.sh on a machine without a GPU (this one): one `error:` line, exit 1, no training;
+    its header names install extras that exist (issue 37: it named a variable nothing reads)."""
+    script = os.path.join(REPO, "scripts", "train_local_multi_gpu.sh")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", script, "--data=digits"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: no GPU visible to TensorFlow"), proc.stderr[-1000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    header = open(script).read()
+    assert "TRAINER_TF_PACKAGE" not in header
+    setup = open(os.path.join(REPO, "setup.py")).read()
+    for extra in ("keras-gpu", "gpu"):
+        assert f'".[{extra}]"' in header and f'"{extra}":' in setup
