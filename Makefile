@@ -22,7 +22,7 @@ VERSION_IN = -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] not in sys.
 KERAS_TESTS := tests/test_keras_engine.py tests/test_path_forms.py tests/test_state_healing.py tests/test_readme.py \
 	tests/test_run_lock.py tests/test_disk_full.py tests/test_signal_stages.py tests/test_packaging.py \
 	tests/test_evaluator_verdict.py tests/test_console_quiet.py tests/test_wrapper_signals.py tests/test_cloudbuild.py \
-	tests/test_keras_cache.py
+	tests/test_keras_cache.py tests/test_cluster_restart.py
 # The TF 2.15 venv's interpreter, when there is one: the TF 2.21 leg's cross-runtime tests use it (and skip without).
 TF215_FOR_KERAS_LEG = TRAINER_TF215_PYTHON=$$(test -x $(PY) && echo $(CURDIR)/$(PY))
 
