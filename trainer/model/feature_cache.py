@@ -22,6 +22,7 @@ from absl import logging
 
 from trainer.data.inputs import PREFETCH_BATCHES, pipeline_options
 from trainer.errors import UsageError
+from trainer.run import checkpoints
 
 MEMORY_LIMIT_BYTES = 2 << 30  # Features up to this size are cached in memory after the first read.
 
@@ -131,14 +132,6 @@ def make_feature_input_fn(path: str, shape: tuple, labels: np.ndarray, output_na
 
 
 
-def _latest_step(checkpoint_dir: str) -> int:
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    try:
-        return int(latest.rsplit("-", 1)[1]) if latest else 0
-    except ValueError:
-        return 0
-
-
 @dataclasses.dataclass
 class Features:
     """What a cached run trains and evaluates instead of the full model on images."""
@@ -171,6 +164,6 @@ def compute_all(config, model: tf.keras.Model, dataset, make_input: Callable, ru
     return Features(
         head,
         make_feature_input_fn(train_file, shape, train_y, output, training=True, batch_size=config.batch_size,
-                              seed=config.seed, resume_step=lambda: _latest_step(config.checkpoint_dir)),
+                              seed=config.seed, resume_step=lambda: checkpoints.latest_step(config.checkpoint_dir)),
         make_feature_input_fn(val_file, shape, val_y, output, training=False, batch_size=config.batch_size,
                               seed=config.seed))

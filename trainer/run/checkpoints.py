@@ -144,3 +144,12 @@ def rebase_state(checkpoint_dir: str) -> None:
         return
     kept = [os.path.join(checkpoint_dir, os.path.basename(p)) for p in state.all_model_checkpoint_paths]
     write_state(checkpoint_dir, here, [p for p in kept if p != here and tf.io.gfile.exists(p + ".index")] + [here])
+
+
+def latest_step(checkpoint_dir: str) -> int:
+    """The global step of the latest checkpoint (0 without one): where training starts from."""
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    try:
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
+    except ValueError:
+        return 0

@@ -177,7 +177,7 @@ def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_class
         # And under MultiWorkerMirroredStrategy: on the Keras engine each task skips the same global stream before it
         # is sharded, on the Estimator's its own shard's stream, one batch per step (a cluster Vertex restarts whole
         # ends as the uninterrupted one: tests/test_cluster_restart.py).
-        resume = (lambda: checkpoint_step(config.checkpoint_dir)) if training and (
+        resume = (lambda: checkpoints.latest_step(config.checkpoint_dir)) if training and (
             plan.name in ("one_device", "multi_worker") or (config.engine == "keras" and plan.name == "mirrored")
         ) else None
         return inputs.make_input_fn(
@@ -187,15 +187,6 @@ def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_class
             class_names=dataset.class_names, resume_step=resume)
 
     return make_input
-
-
-def checkpoint_step(checkpoint_dir: str) -> int:
-    """The global step of the latest checkpoint (0 without one): where training starts from."""
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    try:
-        return int(latest.rsplit("-", 1)[1]) if latest else 0
-    except ValueError:
-        return 0
 
 
 # Flags that define the model, its inputs or its outputs: a checkpoint cannot be resumed with others

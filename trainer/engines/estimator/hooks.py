@@ -58,14 +58,16 @@ class EvaluationStopHook(tf.estimator.SessionRunHook):
     the flag) stops it; the checkpoint it evaluates is on disk (issue 36)."""
 
     def begin(self):
-        self._global_step = tf.compat.v1.train.get_global_step()
+        self._global_step, self._step = tf.compat.v1.train.get_global_step(), None
 
-    def before_run(self, run_context):
-        return tf.estimator.SessionRunArgs(self._global_step) if self._global_step is not None else None
+    def after_create_session(self, session, coord):
+        # The evaluated checkpoint's step, read once (it is restored by now): no fetch on every batch.
+        if self._global_step is not None:
+            self._step = int(session.run(self._global_step))
 
     def after_run(self, run_context, run_values):
         faultpoints.reached("evaluation_batch")
-        stop_evaluating_if_requested(int(run_values.results) if run_values.results is not None else None)
+        stop_evaluating_if_requested(self._step)
 
 
 class StopHook(tf.estimator.SessionRunHook):
