@@ -147,7 +147,6 @@ def test_npz_shapes_types_and_values(capsys, tmp_path, npz):
 
 
 def test_non_finite_weights_are_never_exported(tmp_path):
-    from trainer.engines.estimator import exporters
     from trainer.outputs import export
 
     model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="d")])
@@ -157,17 +156,20 @@ def test_non_finite_weights_are_never_exported(tmp_path):
     bad = export.save_weights_checkpoint(model, str(tmp_path / "bad" / "ckpt"))
     assert export.checkpoint_is_finite(good) and not export.checkpoint_is_finite(bad)
 
-    class Recorder(tf.estimator.Exporter):
-        name = "recorder"
-        calls = []
+    # The export policy both engines run after each evaluation: a checkpoint with non-finite weights is not exported.
+    from trainer.config import Config
+    from trainer.policy.after_evaluation import AfterEvaluation
 
-        def export(self, *args):
-            self.calls.append(args)
-            return "exported"
+    calls = []
 
-    guarded = exporters._GuardedExporter(Recorder())
-    assert guarded.export(None, str(tmp_path), bad, {}, False) is None and not Recorder.calls
-    assert guarded.export(None, str(tmp_path), good, {}, False) == "exported"
+    def export_fn(root, keep):
+        calls.append((root, keep))
+        return "exported"
+
+    policy = AfterEvaluation(Config(model_dir=str(tmp_path), checkpoint_dir=str(tmp_path), export="latest"))
+    result = {"global_step": 1, "accuracy": 0.5, "loss": 1.0}
+    assert policy.export(result, False, export_fn, lambda: export.checkpoint_is_finite(bad)) is None and not calls
+    assert policy.export(result, False, export_fn, lambda: export.checkpoint_is_finite(good)) == "exported"
 
 
 def test_small_cli_slips(capsys, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.util import events
-from trainer.outputs import export
+from trainer.outputs import export, metric_registry
 from trainer.util import files
 
 
@@ -117,14 +117,9 @@ def processed_step(checkpoint_dir: str) -> Optional[int]:
 
 
 def better(best: dict, current: dict, metric: str) -> bool:
-    """True when the evaluation `current` beats `best` on `metric` (loss: lower), else on accuracy (or loss)."""
-    if metric not in current or metric not in best:
-        if "accuracy" in current:
-            return best is None or current["accuracy"] > best["accuracy"]
-        return best is None or current["loss"] < best["loss"]
-    if "loss" in metric:
-        return current[metric] < best[metric]
-    return current[metric] > best[metric]
+    """True when the evaluation `current` beats `best` on `metric` (its direction: the metric registry), else on
+    accuracy (or loss)."""
+    return metric_registry.better(best, current, metric)
 
 
 def metric_text(metrics: dict) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer.outputs import metric_registry
 from trainer.util import files
 
 EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
@@ -120,7 +121,7 @@ def _rebuilt_best_record(export_root: str, metric: Optional[str], why: str) -> O
     model_dir = os.path.dirname(os.path.dirname(export_root.rstrip("/")))
     scalars = events.evaluations(model_dir)
     key = metric if metric in scalars else ("accuracy" if "accuracy" in scalars else "loss")
-    found = events.best(scalars.get(key, []), higher_is_better="loss" not in key)
+    found = events.best(scalars.get(key, []), higher_is_better=not metric_registry.lower_is_better(key))
     if not exports or found is None:
         logging.warning("%s is %s and cannot be rebuilt (no best export or no evaluation): the next evaluation "
                         "starts the best-model record again", os.path.join(export_root, BEST_RECORD), why)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import record_faults
+from trainer.outputs import metric_registry
 
 
 # Each evaluation's per-example results in this process, {(model_dir, global_step): (labels, predicted,
@@ -53,13 +54,8 @@ def keep_collected(model_dir: str, steps) -> None:
 
 
 def available(num_classes: int, label_mode: str, top_k: int) -> List[str]:
-    """The scalar metrics a run with these classes reports."""
-    names = ["accuracy", "loss", "macro_f1"]
-    if label_mode == "binary":
-        names.append("auc")
-    elif num_classes > top_k:
-        names.append("top_k_accuracy")
-    return names
+    """The scalar metrics a run with these classes reports (trainer.outputs.metric_registry)."""
+    return metric_registry.available(num_classes, label_mode, top_k)
 
 
 def from_confusion(matrix, class_names: Sequence[str]) -> Dict:
@@ -80,48 +76,27 @@ def from_confusion(matrix, class_names: Sequence[str]) -> Dict:
 
 def from_predictions(probabilities: np.ndarray, true_ids: np.ndarray, class_names: Sequence[str],
                      top_k: int = 5, binary: bool = False) -> Dict:
-    """Metrics over a whole split from class probabilities [N, k] (binary: [N, 1] or [N, 2])."""
+    """Metrics over a whole split from class probabilities [N, k] (binary: [N, 1] or [N, 2]): every registered
+    metric the run reports (trainer.outputs.metric_registry) but the loss, `per_class` and `confusion_matrix`."""
     probabilities = np.asarray(probabilities, np.float64)
     if binary and probabilities.shape[-1] == 1:
         probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=-1)
     k = len(class_names)
     true_ids = np.asarray(true_ids).reshape(-1).astype(int)
-    predicted = probabilities.argmax(-1)
     matrix = np.zeros((k, k), np.int64)
-    np.add.at(matrix, (true_ids, predicted), 1)
-    support = matrix.sum(1)
-    table = from_confusion(matrix, class_names)
-    f1 = np.array([table["per_class"][name]["f1"] for name in class_names])
-    out = {
-        "accuracy": float((predicted == true_ids).mean()) if len(true_ids) else 0.0,
-        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
-        **table,
-    }
-    if binary:
-        out["auc"] = _auc(probabilities[:, 1], true_ids)
-    elif k > top_k:
-        top = np.argsort(-probabilities, axis=-1)[:, :top_k]
-        out["top_k_accuracy"] = float((top == true_ids[:, None]).any(-1).mean())
+    np.add.at(matrix, (true_ids, probabilities.argmax(-1)), 1)
+    out = {}
+    for name in metric_registry.available(k, "binary" if binary else "categorical", top_k):
+        metric = metric_registry.get(name)
+        if metric.from_confusion is not None:
+            out[name] = float(metric.from_confusion(matrix))
+        elif metric.from_scores is not None:
+            value = metric.from_scores(probabilities, true_ids, top_k)
+            out[name] = None if value is None else float(value)
+    if "top_k_accuracy" in out:
         out["top_k"] = top_k
+    out.update(from_confusion(matrix, class_names))
     return out
-
-
-def _auc(scores: np.ndarray, positives: np.ndarray) -> Optional[float]:
-    """Area under the ROC curve (the rank statistic; ties count half)."""
-    pos, neg = scores[positives == 1], scores[positives == 0]
-    if not len(pos) or not len(neg):
-        return None
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    values = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(values):  # Average ranks over ties.
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
-        i = j + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def predict_split(model: tf.keras.Model, input_fn, label_mode: str):

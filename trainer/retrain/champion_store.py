@@ -21,18 +21,17 @@ import time
 from typing import List, Optional, Tuple
 
 from trainer.errors import UsageError
+from trainer.outputs import metric_registry
 from trainer.retrain.stores import (LEFTOVER_AGE_SECS, POINTER, GcsStore, LocalStore, Unreachable,  # noqa: F401
                                     network_failure, new_version, open_store, parse_pointer)
 
 
 def lower_is_better(metric: str) -> bool:
-    return "loss" in metric or "error" in metric or metric in ("mse", "mae")
+    return metric_registry.lower_is_better(metric)
 
 
 def beats(challenger: float, champion: float, metric: str, min_delta: float) -> bool:
-    if lower_is_better(metric):
-        return challenger < champion - min_delta
-    return challenger > champion + min_delta
+    return metric_registry.improves(challenger, champion, metric, min_delta)
 
 
 def current_keras_model(champion_dir: str) -> Optional[str]:

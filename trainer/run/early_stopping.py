@@ -11,13 +11,14 @@ from typing import Optional
 
 from absl import logging
 
+from trainer.outputs import metric_registry
 from trainer.util import files
 
 STATE_FILE = "early_stopping.json"
 
 
 def lower_is_better(metric: str) -> bool:
-    return "loss" in metric
+    return metric_registry.lower_is_better(metric)
 
 
 def read_state(model_dir: str) -> dict:
@@ -40,7 +41,7 @@ def record(model_dir: str, metric: str, patience: int, min_delta: float, eval_re
     if step <= state.get("last_step", -1):
         return
     best = state.get("best")
-    better = best is None or (value < best - min_delta if lower_is_better(metric) else value > best + min_delta)
+    better = metric_registry.improves(value, best, metric, min_delta)
     if better:
         state.update(best=value, best_step=step, bad_evaluations=0)
     else:

@@ -14,11 +14,12 @@ comes back: a watchdog thread, woken by the C-level handler (`signal.set_wakeup_
 after `TRAINER_SIGTERM_GRACE_SECS` [20] with the same exit status and one line, rather than leave it to be
 killed (SRE trial W7). The rerun resumes from the latest periodic checkpoint.
 """
+import contextlib
 import os
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a process ended by it.
@@ -78,6 +79,54 @@ def stop_if_requested(step: Optional[int] = None) -> None:
     if _requested.is_set():
         honouring()
         raise Preempted(step)
+
+
+def requested() -> bool:
+    """True once SIGTERM or SIGINT has arrived (and install() or reclaim() handles them)."""
+    return _requested.is_set()
+
+
+def signal_name() -> str:
+    """The signal that stops the run: `SIGTERM` or `SIGINT`."""
+    return "SIGINT" if _signal[0] == signal.SIGINT else "SIGTERM"
+
+
+def training_begins(multi_process: bool, step: Callable[[], int]) -> None:
+    """An engine's training loop starts (main thread): the handlers reclaimed, a signal from here on waits for the
+    end of the current step; one that arrived while the model was being built stops now (`step()`: where)."""
+    reclaim(multi_process)
+    _training.set()
+    if _requested.is_set():
+        raise Preempted(step())
+
+
+def training_ends() -> None:
+    """The loop is over: a signal stops the run at once again."""
+    _training.clear()
+
+
+@contextlib.contextmanager
+def training():
+    """A signal only sets the flag inside: raised at once it could land inside TensorFlow's C++-called Python
+    (seen: a SIGTERM turned into an AttributeError in nest.flatten); the loop acts on it after the step."""
+    _training.set()
+    try:
+        yield
+    finally:
+        _training.clear()
+
+
+def preempt_after_step(step: int, save: Optional[Callable[[int], None]]) -> None:
+    """After the step during which the signal arrived: `save(step)` (the chief's checkpoint; None elsewhere),
+    with one line before and after, then Preempted. Both engines' loops end a step this way."""
+    honouring()
+    name = signal_name()
+    from absl import logging
+
+    logging.warning("%s received: saving a checkpoint at step %d, then stopping", name, step)
+    if save is not None and save(step) is not False:
+        logging.warning("%s: checkpoint saved at step %d", "interrupted" if name == "SIGINT" else "preempted", step)
+    raise Preempted(step)
 
 
 _installed = threading.Event()  # install() ran: the entry point owns this process's signals.

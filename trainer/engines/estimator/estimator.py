@@ -11,7 +11,7 @@ from typing import Optional
 import tensorflow as tf
 
 from trainer.config import Config
-from trainer.engines.estimator import exporters, feature_cache, hooks, tpu
+from trainer.engines.estimator import exporters, hooks, tpu
 from trainer.engines.estimator.metrics import with_eval_metrics
 from trainer.engines.estimator.serving import with_class_names
 from trainer.errors import NumericError
@@ -83,16 +83,9 @@ def wait_for_chief(model_dir: str) -> None:
 
 
 def make_exporters(config: Config, serving_fn, class_names=(), cache=None) -> list:
-    """The exporters of each evaluation, behind the one that prints its console line."""
-    metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
-    made = exporters.make_exporters(config.export, serving_fn, config.keep_checkpoint_max, metric)
-    if cache:  # The head's checkpoints, exported as the full model (images in).
-        made = [feature_cache.ExportingFullModel(e, cache.exporter) for e in made]
-    if config.early_stopping_patience:
-        made.append(exporters.EarlyStoppingWatcher(config.model_dir, config.early_stopping_metric,
-                                                   config.early_stopping_patience, config.early_stopping_min_delta))
-    return [exporters.EvaluationReporter(made, config.checkpoint_dir, class_names)] + \
-        exporters.make_reporters(config)
+    """What runs after each evaluation (trainer.policy.after_evaluation), as the Estimator's one exporter; a cached
+    run exports the full model (images in) from its head's checkpoints."""
+    return [exporters.PolicyExporter(config, serving_fn, class_names, cache.exporter if cache else None)]
 
 
 def train(estimator, train_spec, eval_spec, progress_hook) -> Optional[dict]:

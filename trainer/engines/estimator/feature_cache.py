@@ -65,17 +65,3 @@ class FullModelExport:
 
         # Exporters run inside the evaluation's graph; the Keras weights are assigned eagerly.
         return in_eager_thread(run).encode()
-
-
-class ExportingFullModel(tf.estimator.Exporter):
-    """An exporter of the run (best, latest, final) given `FullModelExport` in place of the head's Estimator."""
-
-    def __init__(self, inner: tf.estimator.Exporter, full_model_export: FullModelExport):
-        self._inner, self._export = inner, full_model_export
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        return self._inner.export(self._export, export_path, checkpoint_path, eval_result, is_the_final_export)

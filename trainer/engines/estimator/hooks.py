@@ -1,20 +1,18 @@
 """SessionRunHooks and model_fn wrappers of the Estimator engine: preemption (SIGTERM saves a checkpoint),
 early stopping's stop, checkpoints on the phase's schedule, the learning_rate scalar."""
 import os
-import signal
 
 import tensorflow as tf
-from absl import logging
 
 from trainer.model.schedules import PhaseSchedule
 from trainer.run.early_stopping import stopped_at
-from trainer.run.preemption import (Preempted, _requested, _signal, _training, honouring, reclaim,
-                                    stop_evaluating_if_requested)
+from trainer.run import preemption
 from trainer.util import faultpoints
 
 
 class PreemptionHook(tf.estimator.SessionRunHook):
-    """Saves a checkpoint and raises Preempted after the step during which SIGTERM arrived."""
+    """Saves a checkpoint and raises Preempted after the step during which SIGTERM arrived
+    (trainer.run.preemption's loop policy, adapted to a session)."""
 
     def __init__(self, checkpoint_dir: str, is_chief: bool = True, multi_process: bool = False):
         self._checkpoint_dir = checkpoint_dir
@@ -25,32 +23,24 @@ class PreemptionHook(tf.estimator.SessionRunHook):
         self._global_step = tf.compat.v1.train.get_or_create_global_step()
 
     def after_create_session(self, session, coord):
-        reclaim(self._multi_process)  # After TensorFlow's coordination service (multi-worker) took SIGTERM.
-        _training.set()
-        if _requested.is_set():  # Signalled while the graph was being built.
-            raise Preempted(int(session.run(self._global_step)))
-
-    def before_run(self, run_context):
-        return tf.estimator.SessionRunArgs(self._global_step)
+        # After TensorFlow's coordination service (multi-worker) took SIGTERM.
+        preemption.training_begins(self._multi_process, lambda: int(session.run(self._global_step)))
 
     def after_run(self, run_context, run_values):
-        if not _requested.is_set():
+        if not preemption.requested():
             return
-        honouring()
-        step = int(run_context.session.run(self._global_step))
-        logging.warning("%s received: saving a checkpoint at step %d, then stopping",
-                        "SIGINT" if _signal[0] == signal.SIGINT else "SIGTERM", step)
-        if self._is_chief:
+        session = run_context.session
+
+        def save(step: int) -> bool:
             savers = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
             if savers:
-                savers[0].save(run_context.session, os.path.join(self._checkpoint_dir, "model.ckpt"),
-                               global_step=step)
-                logging.warning("%s: checkpoint saved at step %d", "interrupted" if _signal[0] == signal.SIGINT
-                                else "preempted", step)
-        raise Preempted(step)
+                savers[0].save(session, os.path.join(self._checkpoint_dir, "model.ckpt"), global_step=step)
+            return bool(savers)
+
+        preemption.preempt_after_step(int(session.run(self._global_step)), save if self._is_chief else None)
 
     def end(self, session):
-        _training.clear()
+        preemption.training_ends()
 
 
 class EvaluationStopHook(tf.estimator.SessionRunHook):
@@ -67,7 +57,7 @@ class EvaluationStopHook(tf.estimator.SessionRunHook):
 
     def after_run(self, run_context, run_values):
         faultpoints.reached("evaluation_batch")
-        stop_evaluating_if_requested(self._step)
+        preemption.stop_evaluating_if_requested(self._step)
 
 
 class StopHook(tf.estimator.SessionRunHook):

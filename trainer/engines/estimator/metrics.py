@@ -4,6 +4,8 @@ AUC, the confusion matrix), and the hook that keeps each example's result for th
 import numpy as np
 import tensorflow as tf
 
+from trainer.errors import UsageError
+from trainer.outputs import metric_registry
 from trainer.outputs.metrics import keep_evaluation
 
 
@@ -25,14 +27,21 @@ def _streaming_confusion(true_ids, predicted_ids, num_classes: int):
 
 
 
-def _macro_f1_tensor(matrix):
-    tp = tf.linalg.diag_part(matrix)
-    precision = tf.math.divide_no_nan(tp, tf.reduce_sum(matrix, axis=0))
-    recall = tf.math.divide_no_nan(tp, tf.reduce_sum(matrix, axis=1))
-    f1 = tf.math.divide_no_nan(2.0 * precision * recall, precision + recall)
-    present = tf.cast(tf.reduce_sum(matrix, axis=1) > 0, tf.float64)  # Classes absent from the split: skipped.
-    return tf.math.divide_no_nan(tf.reduce_sum(f1 * present), tf.reduce_sum(present))
+def _streaming_auc(true_ids, probabilities, scores, top_k):
+    return tf.compat.v1.metrics.auc(true_ids, scores, num_thresholds=500)
 
+
+def _streaming_top_k(true_ids, probabilities, scores, top_k):
+    return tf.compat.v1.metrics.mean(tf.cast(tf.math.in_top_k(true_ids, probabilities, top_k), tf.float32))
+
+
+# The registry's metrics computed from scores, as streaming v1 metrics (those from the confusion matrix need none).
+STREAMING = {"auc": _streaming_auc, "top_k_accuracy": _streaming_top_k}
+
+
+def _from_confusion(metric, matrix):
+    """A registered metric of the accumulated confusion matrix, computed once when the evaluation reads it."""
+    return tf.reshape(tf.numpy_function(lambda m: np.float64(metric.from_confusion(m)), [matrix], tf.float64), [])
 
 
 def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
@@ -52,14 +61,20 @@ def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
             predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         ops = dict(spec.eval_metric_ops or {})
         matrix, update = _streaming_confusion(true_ids, predicted, num_classes)
-        ops["macro_f1"] = (_macro_f1_tensor(matrix), update)
+        scores = tf.reshape(probabilities, [-1]) if label_mode == "binary" else None
+        for name in metric_registry.available(num_classes, label_mode, top_k):  # Those Keras's compile has not.
+            metric = metric_registry.get(name)
+            if name in ops or name == "loss":
+                continue
+            if metric.from_confusion is not None:
+                ops[name] = (_from_confusion(metric, matrix), update)
+            elif name in STREAMING:
+                ops[name] = STREAMING[name](true_ids, probabilities, scores, top_k)
+            else:
+                raise UsageError(f"the metric {name!r} has no streaming form on --engine=estimator (register one in "
+                                 "trainer.engines.estimator.metrics.STREAMING, or use --engine=keras)")
         # The matrix itself: exporters draw it and eval_metrics.json reports it, with no second pass.
         ops["confusion_matrix"] = (tf.identity(matrix), tf.no_op())
-        if label_mode == "binary":
-            ops["auc"] = tf.compat.v1.metrics.auc(true_ids, scores, num_thresholds=500)
-        elif num_classes > top_k:
-            hits = tf.cast(tf.math.in_top_k(true_ids, probabilities, top_k), tf.float32)
-            ops["top_k_accuracy"] = tf.compat.v1.metrics.mean(hits)
         confidence = tf.where(predicted > 0, scores, 1.0 - scores) if label_mode == "binary" \
             else tf.reduce_max(probabilities, axis=-1)
         hook = _CollectHook(config.model_dir, (true_ids, predicted, tf.cast(confidence, tf.float32)))

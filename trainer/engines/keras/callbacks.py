@@ -3,14 +3,11 @@ loop of the run's contract at each step: SIGTERM saves and stops, checkpoints on
 from its first step, as the Estimator engine's aligned saver), each followed by its evaluation, and early
 stopping's stop."""
 import math
-import signal
 import time
 
 import tensorflow as tf
-from absl import logging
 
 from trainer.run import early_stopping, preemption
-from trainer.run.preemption import Preempted
 from trainer.util import console
 
 
@@ -106,13 +103,10 @@ class RunContract(tf.keras.callbacks.Callback):
         self._evaluated_at = None
 
     def on_train_begin(self, logs=None):
-        preemption.reclaim(self._multi)
-        preemption._training.set()
-        if preemption._requested.is_set():  # Signalled while the model was being built.
-            raise Preempted(global_step(self.model))
+        preemption.training_begins(self._multi, lambda: global_step(self.model))
 
     def on_train_end(self, logs=None):
-        preemption._training.clear()
+        preemption.training_ends()
 
     def on_train_batch_end(self, batch, logs=None):
         step = global_step(self.model)
@@ -122,7 +116,7 @@ class RunContract(tf.keras.callbacks.Callback):
         if self._strategy is not None:
             self._multi_worker_step(step)
             return
-        if preemption._requested.is_set():
+        if preemption.requested():
             self._preempted(step)
         if step == self._last_step or (self._every and (step - self._first) % self._every == 0):
             self._engine.save(step)
@@ -137,7 +131,7 @@ class RunContract(tf.keras.callbacks.Callback):
     def _multi_worker_step(self, step: int) -> None:
         stop = bool(self._stops and step % 10 == 0 and early_stopping.stopped_at(self._engine.config.model_dir)
                     is not None)
-        preempt, stop = self._all_tasks(float(preemption._requested.is_set()), float(stop))
+        preempt, stop = self._all_tasks(float(preemption.requested()), float(stop))
         if preempt:
             self._preempted(step)
         if step == self._last_step or (self._every and (step - self._first) % self._every == 0):
@@ -153,11 +147,4 @@ class RunContract(tf.keras.callbacks.Callback):
         return [bool(v > 0) for v in total.numpy()]
 
     def _preempted(self, step: int) -> None:
-        preemption.honouring()
-        name = "SIGINT" if preemption._signal[0] == signal.SIGINT else "SIGTERM"
-        logging.warning("%s received: saving a checkpoint at step %d, then stopping", name, step)
-        if self._is_chief:
-            self._engine.save(step)
-            logging.warning("%s: checkpoint saved at step %d", "interrupted" if name == "SIGINT" else "preempted",
-                            step)
-        raise Preempted(step)
+        preemption.preempt_after_step(step, self._engine.save if self._is_chief else None)

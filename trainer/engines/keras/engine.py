@@ -13,16 +13,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.cloud import checkpoint_sync, hypertune
+from trainer.cloud import checkpoint_sync
 from trainer.config import Config
 from trainer.data import record_faults
 from trainer.engines.keras import callbacks, saving, serving
 from trainer.errors import NumericError, UsageError
 from trainer.engines.keras.evaluation import Evaluator
 from trainer.model import feature_cache, models
-from trainer.outputs import evaluations, export, metrics, predictions
+from trainer.policy.after_evaluation import AfterEvaluation
+from trainer.outputs import evaluations, export
 from trainer.run import distribution, early_stopping, phases, preemption
-from trainer.util import console, faultpoints, files
+from trainer.util import console, faultpoints
 
 _EVALUATOR_POLL_SECS = 1.0
 
@@ -40,10 +41,9 @@ class Engine:
         _refuse_unsupported(config, plan)
         self.config, self.plan = config, plan
         self._run = self._evaluator = self._signature = None
-        self._hypertune = hypertune.Reporter(config.hypertune_metric) if config.hypertune_metric else None
+        self._after_evaluation: Optional[AfterEvaluation] = None
         self._listeners = []
         self._last_eval: Optional[dict] = None
-        self._warned_image = False
         self._heartbeat = False
 
     # ---- prepare ----------------------------------------------------------------------------------------
@@ -162,14 +162,11 @@ class Engine:
         terminate = tf.keras.callbacks.TerminateOnNaN()
         # From here a signal waits for the end of a step (RunContract), as in training: raised at once, it could land
         # inside Model.fit's C++-called Python (seen: a SIGTERM turned into an AttributeError in nest.flatten).
-        preemption._training.set()
-        try:
+        with preemption.training():
             record_faults.train_skipping_bad_records(lambda: run.model.fit(
                 run.train_input(), epochs=1, steps_per_epoch=remaining, verbose=0,
                 callbacks=[progress, callbacks.Summaries(config.checkpoint_dir if plan.is_chief else None, progress,
                                                          schedule), terminate, contract]), run.dataset, config)
-        finally:
-            preemption._training.clear()
         if run.model.stop_training and progress.last_loss is not None and not np.isfinite(progress.last_loss):
             raise NumericError(f"the training loss became NaN or infinite at step {callbacks.global_step(run.model)}; "
                                "nothing more was exported or written (try a lower --learning_rate)")
@@ -230,65 +227,23 @@ class Engine:
             listener.after_save(None, step)
 
     def evaluate(self, step: int, final: bool = False) -> dict:
-        """Evaluates the model as it is (the weights of `step`), then what follows each evaluation under the
-        Estimator engine: the export, early stopping's count, processed.json, the console line, the confusion
-        image, hyperparameter tuning's report."""
+        """Evaluates the model as it is (the weights of `step`), then what follows every evaluation
+        (trainer.policy.after_evaluation), exporting the served model with the phase's signature."""
         config, run = self.config, self._run
         result = record_faults.train_skipping_bad_records(lambda: self._evaluator.evaluate(step), run.dataset, config)
         final = final or step == run.planned[-1].last_step
-        exported = self._export_after(result, final)
-        if config.early_stopping_patience:
-            early_stopping.record(config.model_dir, config.early_stopping_metric, config.early_stopping_patience,
-                                  config.early_stopping_min_delta, result)
-        metrics.keep_collected(config.checkpoint_dir, {step, evaluations.best_step(config.checkpoint_dir)})
-        files.write_json(os.path.join(config.checkpoint_dir, "eval", evaluations.PROCESSED), {"step": step})
-        console.say("%s", evaluations.evaluation_line(config.checkpoint_dir, result, exported))
-        decision = early_stopping.decision_at(config.model_dir, step)
-        if decision and not final:
-            logging.warning("%s", decision)
-        if result.get("confusion_matrix") is not None:
-            try:
-                predictions.in_eager_thread(evaluations.write_confusion_image, os.path.join(
-                    config.checkpoint_dir, "eval"), result["confusion_matrix"], run.dataset.class_names, step)
-            except Exception as e:  # noqa: BLE001 - a picture must never stop training.
-                (console.log_only if self._warned_image else logging.warning)(
-                    "no confusion matrix image for step %d: %s: %s", step, type(e).__name__, str(e)[:300])
-                self._warned_image = True
-        if self._hypertune:
-            self._hypertune.report(result, os.path.join(config.checkpoint_dir, f"model.ckpt-{step}"))
-        console.sync()
+
+        def export_fn(root: str, keep: Optional[int]) -> str:
+            return serving.export(self._served(run), self._signature, root, keep, run.dataset.class_names)
+
+        if self._after_evaluation is None:
+            self._after_evaluation = AfterEvaluation(config, run.dataset.class_names)
+        self._after_evaluation(result, final, export_fn,
+                               lambda: all(np.all(np.isfinite(w.numpy())) for w in run.model.weights))
         self._last_eval = result
         if final:
             faultpoints.reached("final_step_evaluated")  # Inside the last step's callback: a signal only sets a flag.
         return result
-
-    def _export_after(self, result: dict, final: bool) -> Optional[str]:
-        config = self.config
-        if not all(np.all(np.isfinite(w.numpy())) for w in self._run.model.weights):
-            logging.warning("not exporting step %d: its weights are not all finite", result["global_step"])
-            return None
-        root = os.path.join(config.checkpoint_dir, "export", config.export)
-        if config.export == "final" and not final:
-            return None
-        if config.export != "best":
-            return serving.export(self._served(self._run), self._signature, root,
-                                  config.keep_checkpoint_max if config.export == "latest" else None,
-                                  self._run.dataset.class_names)
-        metric = config.early_stopping_metric if config.early_stopping_patience else "accuracy"
-        record = export.read_best_record(root, metric) if tf.io.gfile.isdir(root) else None
-        current = {k: int(v) if k == "global_step" else float(v) for k, v in result.items() if np.ndim(v) == 0}
-        if record and not evaluations.better(record["metrics"], current, metric):
-            logging.info("not exporting: %s does not beat the best so far (step %d)", evaluations.metric_text(current),
-                         record["metrics"].get("global_step", -1))
-            return None
-        path = serving.export(self._served(self._run), self._signature, root, config.keep_checkpoint_max,
-                              self._run.dataset.class_names)
-        best = {"metrics": current, "export": os.path.basename(path), "metric": metric}
-        if result.get("confusion_matrix") is not None:
-            best["confusion_matrix"] = np.asarray(result["confusion_matrix"]).round().astype(int).tolist()
-        files.write_json(os.path.join(root, export.BEST_RECORD), best)
-        logging.info("best so far: %s, exported to %s", evaluations.metric_text(current), path)
-        return path
 
     # ---- finish -----------------------------------------------------------------------------------------
     def final_evaluation(self, run, eval_metrics: Optional[dict]) -> dict:

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer.outputs import metrics
+from trainer.outputs import metric_registry, metrics
 from trainer.run import preemption
 from trainer.util import faultpoints
 
@@ -77,11 +77,9 @@ class Evaluator:
         probabilities, true_ids = np.concatenate(probabilities), np.concatenate(true_ids)
         binary = self._label_mode == "binary"
         found = metrics.from_predictions(probabilities, true_ids, self._class_names, self._top_k, binary=binary)
-        result = {"accuracy": found["accuracy"], "loss": sum(losses) / sum(counts), "macro_f1": found["macro_f1"]}
-        if binary:
-            result["auc"] = found["auc"] if found["auc"] is not None else 0.0
-        elif "top_k_accuracy" in found:
-            result["top_k_accuracy"] = found["top_k_accuracy"]
+        loss = sum(losses) / sum(counts)
+        result = {name: loss if name == "loss" else (found[name] if found[name] is not None else 0.0)
+                  for name in metric_registry.available(len(self._class_names), self._label_mode, self._top_k)}
         result["confusion_matrix"] = np.asarray(found["confusion_matrix"]["matrix"], np.float64)
         scores = probabilities.reshape(-1) if binary and probabilities.shape[-1] == 1 else None
         predicted = (scores > 0.5).astype(np.int64) if scores is not None else probabilities.argmax(-1)
