@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config)` is the whole run, callable from tests and other programs. Everything a user
 can get wrong is checked in `prepare`, before the engine builds anything. The engine (--engine: the Estimator's,
-trainer.engines.estimator, or Model.fit's, trainer.engines.keras) is reached through the methods
-trainer.engines.estimator.engine lists. Under a multi-process strategy
+trainer.engines.estimator, or Model.fit's, trainer.engines.keras) is reached through the methods of
+trainer.engines.base.Engine. Under a multi-process strategy
 only the chief writes the files of the output contract; workers and the evaluator leave nothing else.
 """
 from typing import Optional
@@ -38,11 +38,12 @@ def train_and_evaluate(config: Config) -> dict:
 
 def _run(config: Config) -> dict:
     console.attach(config.model_dir)  # The full log: <model_dir>/train.log (command line only).
+    engine_class = engines.get(config.engine)
     plan = distribution.get_plan(config.strategy, config.num_gpus, config.num_cpu_replicas,
-                                 tpu=config.tpu, use_tpu=config.use_tpu, eager=config.engine == "keras")
+                                 tpu=config.tpu, use_tpu=config.use_tpu, eager=engine_class.eager)
     if plan.task_type == "ps":
         preemption.uninstall()
-    engine = engines.make(config, plan)
+    engine = engine_class(config, plan)
     run = prepare.prepare(config, plan, engine)
     if run.dry_run_summary:
         return run.dry_run_summary
@@ -50,7 +51,6 @@ def _run(config: Config) -> dict:
     eval_metrics = _train_phases(run, engine)
     run.run_info["skipped_records"] = record_faults.skipped(run.dataset)
     if not plan.is_chief:
-        engine.worker_done(run)
         return {"task": plan.task_type, "index": plan.task_index, "model_dir": config.model_dir}
     return finish.finish(run, engine, eval_metrics)
 

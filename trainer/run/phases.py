@@ -309,17 +309,6 @@ def prepare(config: Config, dist, planned: List[Phase], run_info: dict, info_pat
     latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     step = int(latest.rsplit("-", 1)[1]) if latest else 0
     steps, history = resolve(planned, history_of(previous), step, bool(latest))
-    if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and dist.name == "tpu" and config.engine != "keras":
-        raise UsageError("training phases (--fine_tune_steps, or resuming with another recipe) are not "
-                         "supported with --strategy=tpu yet")
-    if len(steps) > 1 and dist.name == "multi_worker" and config.engine != "keras":
-        # TF 2.15's graph-mode collectives remember each instance's shape for the process's life and the next phase's
-        # graph numbers its instances from the start again: the job failed at the boundary with "Shape mismatch in
-        # the collective instance" (issue 36, tests/test_cluster_restart.py). A task that starts in the last phase
-        # (a restart) is fine.
-        raise UsageError(f"--engine=estimator cannot train {len(steps)} phases in one multi-worker job (TensorFlow "
-                         "2.15's collective ops fail at the phase boundary): use --engine=keras, or train the head in "
-                         "one job and fine-tune in a second with --warm_start_from=<the first job's model_dir>")
     run_info["phases"] = history
     if not steps and latest:
         console.say("nothing to train: the checkpoint in %s is at step %d and the flags plan %d steps",

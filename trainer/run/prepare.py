@@ -16,7 +16,7 @@ from trainer.config import DEFAULT_LOSS, Config, resolve_engine
 from trainer.data import inputs, record_faults
 from trainer.data import sources as data_lib
 from trainer.errors import UsageError
-from trainer.model import class_weights, models
+from trainer.model import class_weights, feature_cache, models
 from trainer.outputs import metrics
 from trainer.retrain import promotion
 from trainer.run import checkpoints, distribution, phases
@@ -55,7 +55,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     per_replica_batch = _per_replica_batch(config, plan)
     model, image_shape = _build_model(config, dataset, num_classes, engine.scope)
     summary = models.summarize(model)
-    engine.check_supported(model)
+    if config.cache_features:  # What --cache_features needs of the model and the distribution.
+        feature_cache.check_supported(config, plan, model)
     logging.info("model: %d params, %d trainable, %d non-trainable", summary["total_params"],
                  summary["trainable_params"], summary["non_trainable_params"])
     class_names = dataset.class_names if dataset else [str(i) for i in range(num_classes)]
@@ -76,9 +77,11 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
         warm_start = promotion.apply_warm_start(model, config, class_names)
     if plan.is_chief:
         if not config.dry_run:  # Before anything is written: a refused run leaves the folder as it was.
-            check_model_dir(config, engine.trained_part(model), class_names, model)
-            if latest:
-                engine.check_checkpoint(model, latest)
+            # With --cache_features the checkpoints hold the head only.
+            check_model_dir(config, feature_cache.split(model)[1] if config.cache_features else model, class_names,
+                            model, recipe_fixed=plan.name in engine.recipe_fixed_under)
+            if latest and config.cache_features:
+                feature_cache.check_checkpoint_trunk(model, latest, config.model_dir)
         files.write_json(os.path.join(config.model_dir, "model_summary.json"), summary)
     # After the model_dir checks: a refused resume is its one error line (wrappers trial U3).
     if config.mixed_precision and not tf.config.list_physical_devices("GPU"):  # Trial c193: silent on a CPU.
@@ -114,7 +117,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
         return run
     if warm_start is not None:
         run_info["warm_start"], run_info["warm_start_from"] = warm_start, warm_start.get("path")
-    run.make_input = _input_maker(config, plan, dataset, model, num_classes, engine.input_batch_size(per_replica_batch))
+    run.make_input = _input_maker(config, plan, dataset, model, num_classes, engine.input_batch_size(per_replica_batch),
+                                  resumes=plan.name in engine.resumes_input_under)
     if not plan.is_chief:  # Before reading the phase history: the chief starts the run's files.
         engine.wait_for_chief()
     if plan.is_chief:
@@ -124,6 +128,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     run.started = time.time()
     # Reads the phase history; run_info.json is written when each phase starts (phases.start).
     run.steps = phases.prepare(config, plan, planned, run_info, run.info_path, train_examples)
+    engine.check_plan(planned, run.steps)
     return run
 
 
@@ -167,7 +172,8 @@ def keras_version() -> str:
     return getattr(tf.keras, "__version__", "unknown")
 
 
-def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, train_batch: int):
+def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, train_batch: int,
+                 resumes: bool):
     size = None if config.model_fn else model.input_shape[1]
     input_names, output_names = model.input_names, model.output_names  # The full model's (images in).
 
@@ -177,9 +183,7 @@ def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_class
         # And under MultiWorkerMirroredStrategy: on the Keras engine each task skips the same global stream before it
         # is sharded, on the Estimator's its own shard's stream, one batch per step (a cluster Vertex restarts whole
         # ends as the uninterrupted one: tests/test_cluster_restart.py).
-        resume = (lambda: checkpoints.latest_step(config.checkpoint_dir)) if training and (
-            plan.name in ("one_device", "multi_worker") or (config.engine == "keras" and plan.name == "mirrored")
-        ) else None
+        resume = (lambda: checkpoints.latest_step(config.checkpoint_dir)) if training and resumes else None
         return inputs.make_input_fn(
             split, training=training, batch_size=train_batch if training else config.batch_size,
             input_names=input_names, output_names=output_names, label_mode=config.label_mode,
@@ -201,7 +205,8 @@ def _input_shape(model: tf.keras.Model):
 
 
 
-def check_model_dir(config: Config, model: tf.keras.Model, class_names, full_model=None) -> None:
+def check_model_dir(config: Config, model: tf.keras.Model, class_names, full_model=None,
+                    recipe_fixed: bool = False) -> None:
     """Refuses a --model_dir whose run belongs to another model, class count or class order."""
     num_classes = len(class_names)
     previous = files.read_run_info(config.model_dir)
@@ -212,7 +217,7 @@ def check_model_dir(config: Config, model: tf.keras.Model, class_names, full_mod
     if previous and previous.get("num_classes") not in (None, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} holds a run with {previous['num_classes']} classes, "
                          f"this one has {num_classes}; use a new --model_dir")
-    if config.strategy == "tpu" and config.engine != "keras":  # The TPU estimator; elsewhere a new phase starts.
+    if recipe_fixed:  # The engine cannot start a new phase here (the TPU estimator); elsewhere a new phase starts.
         _check_same_recipe(config, previous)
     before = previous.get("class_names") if previous else None
     if before and list(before) != list(class_names):

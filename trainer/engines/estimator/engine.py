@@ -1,20 +1,6 @@
-"""The Estimator engine: the Keras model through model_to_estimator, each phase one train_and_evaluate.
-
-The stages of a run (trainer.run: prepare -> phases -> finish) reach an engine through these methods only:
-
-    check_supported(model), trained_part(model), check_checkpoint(model, latest), describe(),
-    wait_for_chief(), scope(), input_batch_size(per_replica)   (prepare; scope(): where the model is built)
-    prepare_inputs(run)                           the training and evaluation input, the feature cache
-    start_phase(run, step, schedule)              build for the phase, enter it (a boundary: fresh optimizer
-                                                  state), evaluate what an interruption left unevaluated
-                                                  (True if it did: early stopping may have decided)
-    train_phase(run, step, schedule)              train to the phase's last step, evaluating as it goes
-    end_training()                                after the phases: what ends once per run (listeners)
-    final_evaluation(run, eval_metrics)           the run's last evaluation, if the phase loop gave none
-    export(run, checkpoint)                       a SavedModel, when no evaluation exported one
-    predictions(run, checkpoint)                  the served model's predictions for report.html, or None
-    worker_done(run)                              a non-chief task's clean-up
-"""
+"""The Estimator engine (TensorFlow 2.15): the Keras model through model_to_estimator, each phase one
+train_and_evaluate; the loop of trainer.engines.base.Engine, with the policy after each evaluation as one exporter
+(trainer.engines.estimator.exporters.PolicyExporter) and the signal policy as a session hook."""
 import contextlib
 import os
 from typing import Optional
@@ -23,17 +9,25 @@ import tensorflow as tf
 
 from trainer.config import Config
 from trainer.data import record_faults
+from trainer.engines import base
 from trainer.engines.estimator import boundary, estimator, exporters, feature_cache, hooks, listeners, progress
 from trainer.engines.estimator import predict as estimator_predict
 from trainer.engines.estimator import serving
+from trainer.errors import UsageError
 from trainer.model import models
 from trainer.run import distribution, phases
 from trainer.util import console
 
 
-class Engine:
+class Engine(base.Engine):
+    name = "estimator"
+    # TPUEstimator trains each phase in graphs of its own: a restart cannot begin a new phase (another recipe).
+    recipe_fixed_under = frozenset({"tpu"})
+    # Each task skips its own shard's stream, one batch per step (tests/test_cluster_restart.py).
+    resumes_input_under = frozenset({"one_device", "multi_worker"})
+
     def __init__(self, config: Config, plan: distribution.Plan):
-        self.config, self.plan = config, plan
+        super().__init__(config, plan)
         self.estimator = None
         self._serving_fn = None
         self._specs = None
@@ -51,17 +45,19 @@ class Engine:
         """The Estimator calls the training input_fn once per replica: it yields per-replica batches."""
         return per_replica
 
-    def check_supported(self, model: tf.keras.Model) -> None:
-        if self.config.cache_features:
-            feature_cache.check_supported(self.config, self.plan, model)
-
-    def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
-        """What the checkpoints hold: with --cache_features the head only."""
-        return feature_cache.split(model)[1] if self.config.cache_features else model
-
-    def check_checkpoint(self, model: tf.keras.Model, latest: str) -> None:
-        if self.config.cache_features:
-            feature_cache.check_checkpoint_trunk(model, latest, self.config.model_dir)
+    def check_plan(self, planned: list, steps: list) -> None:
+        if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and self.plan.name == "tpu":
+            raise UsageError("training phases (--fine_tune_steps, or resuming with another recipe) are not "
+                             "supported with --strategy=tpu yet")
+        if len(steps) > 1 and self.plan.name == "multi_worker":
+            # TF 2.15's graph-mode collectives remember each instance's shape for the process's life and the next
+            # phase's graph numbers its instances from the start again: the job failed at the boundary with "Shape
+            # mismatch in the collective instance" (issue 36, tests/test_cluster_restart.py). A task that starts in
+            # the last phase (a restart) is fine.
+            raise UsageError(f"--engine=estimator cannot train {len(steps)} phases in one multi-worker job "
+                             "(TensorFlow 2.15's collective ops fail at the phase boundary): use --engine=keras, or "
+                             "train the head in one job and fine-tune in a second with --warm_start_from=<the first "
+                             "job's model_dir>")
 
     def wait_for_chief(self) -> None:
         """A non-chief task starts from the Keras checkpoint only the chief writes."""
@@ -164,7 +160,7 @@ class Engine:
                                                         checkpoint, self.config.eval_steps)
 
     def end_training(self) -> None:
-        pass  # Each train_and_evaluate ends its own listeners.
-
-    def worker_done(self, run) -> None:
-        estimator.remove_worker_clutter(self.config.checkpoint_dir, self.plan)
+        """Each train_and_evaluate ends its own listeners; a worker of a collective strategy removes the
+        checkpoints it wrote to tmp_worker_<index>."""
+        if not self.plan.is_chief:
+            estimator.remove_worker_clutter(self.config.checkpoint_dir, self.plan)

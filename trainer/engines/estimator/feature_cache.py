@@ -8,8 +8,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from trainer.model.feature_cache import (  # noqa: F401 - the engine reaches them here.
-    check_checkpoint_trunk, check_supported, compute_all, split)
+from trainer.model.feature_cache import compute_all
 from trainer.outputs import export
 from trainer.outputs.predictions import in_eager_thread
 

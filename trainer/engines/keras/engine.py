@@ -1,8 +1,8 @@
 """The Keras engine: each phase one Model.fit under the run's tf.distribute strategy, with the Estimator engine's
 contract: name-keyed `model.ckpt-<step>` checkpoints on the phase's schedule (trainer.engines.keras.saving), an
-evaluation after each (the same eval/ scalars), the best/latest exports with the same serving signature, early
-stopping, SIGTERM, and resumption from the last saved step, not the last epoch. The methods are those
-trainer.engines.estimator.engine lists."""
+evaluation after each followed by trainer.policy.after_evaluation, early stopping, SIGTERM (trainer.run.preemption's
+loop policy, as a callback), and resumption from the last saved step, not the last epoch. The loop of
+trainer.engines.base.Engine."""
 import contextlib
 import dataclasses
 import os
@@ -16,12 +16,14 @@ from absl import logging
 from trainer.cloud import checkpoint_sync
 from trainer.config import Config
 from trainer.data import record_faults
+from trainer.engines import base
 from trainer.engines.keras import callbacks, saving, serving
 from trainer.errors import NumericError, UsageError
 from trainer.engines.keras.evaluation import Evaluator
 from trainer.model import feature_cache, models
 from trainer.policy.after_evaluation import AfterEvaluation
-from trainer.outputs import evaluations, export
+from trainer.outputs import evaluations, export, metrics
+from trainer.outputs.predictions import Predictions
 from trainer.run import distribution, early_stopping, phases, preemption
 from trainer.util import console, faultpoints
 
@@ -36,10 +38,16 @@ def _refuse_unsupported(config: Config, plan: distribution.Plan) -> None:
                          "TensorFlow 2.15")
 
 
-class Engine:
+class Engine(base.Engine):
+    name = "keras"
+    eager = True
+    # Model.fit splits each global batch in order over the replicas; under MultiWorkerMirroredStrategy each task
+    # skips the same global stream before it is sharded.
+    resumes_input_under = frozenset({"one_device", "mirrored", "multi_worker"})
+
     def __init__(self, config: Config, plan: distribution.Plan):
         _refuse_unsupported(config, plan)
-        self.config, self.plan = config, plan
+        super().__init__(config, plan)
         self._run = self._evaluator = self._signature = None
         self._after_evaluation: Optional[AfterEvaluation] = None
         self._listeners = []
@@ -61,24 +69,6 @@ class Engine:
     def input_batch_size(self, per_replica: int) -> int:
         """Model.fit splits each batch over the replicas: the training input yields global batches."""
         return per_replica * self.plan.num_replicas
-
-    def check_supported(self, model: tf.keras.Model) -> None:
-        """Besides what _refuse_unsupported refused from the flags alone: what --cache_features needs of the model."""
-        if self.config.cache_features:
-            feature_cache.check_supported(self.config, self.plan, model)
-
-    def trained_part(self, model: tf.keras.Model) -> tf.keras.Model:
-        """What the checkpoints hold: with --cache_features the head only."""
-        return feature_cache.split(model)[1] if self.config.cache_features else model
-
-    def check_checkpoint(self, model: tf.keras.Model, latest: str) -> None:
-        if self.config.cache_features:
-            feature_cache.check_checkpoint_trunk(model, latest, self.config.model_dir)
-
-    def wait_for_chief(self) -> None:
-        """Nothing to wait for: the tasks of a cluster build the model together (MultiWorkerMirroredStrategy
-        creates each variable in one collective op), so a task waiting here would hold the chief up forever.
-        The phase history is read as the chief left it; at a boundary phases.start waits for its marker."""
 
     def prepare_inputs(self, run) -> None:
         config = self.config
@@ -289,7 +279,11 @@ class Engine:
                               class_names=run.dataset.class_names)
 
     def predictions(self, run, checkpoint: str):
-        return None
-
-    def worker_done(self, run) -> None:
-        pass
+        """A cached run's head (run.model) on the cached validation features, with no trunk pass."""
+        if not run.cache:
+            return None
+        export.restore_from_checkpoint(run.model, checkpoint)
+        probabilities, ids = metrics.predict_split(run.model, run.eval_input, self.config.label_mode)
+        if probabilities.shape[-1] == 1:  # A binary model's one sigmoid: both classes' probabilities.
+            probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=-1)
+        return Predictions(ids, probabilities.astype(np.float64)) if len(ids) else None

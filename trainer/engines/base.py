@@ -1,0 +1,93 @@
+"""The seam between a run's stages and what trains the model (as Keras 3's `trainers/trainer.py` is to its
+backends): the loop only. The stages (trainer.run.prepare -> experiment -> finish) call these methods and nothing
+else of an engine; an engine never calls a stage back. What happens after each evaluation, around each checkpoint
+and on a signal is engine-neutral policy (trainer.policy, trainer.run.preemption, trainer.cloud.checkpoint_sync)
+that each engine adapts in a few lines.
+
+    prepare   describe(), scope(), input_batch_size(per_replica), check_plan(planned, steps),
+              wait_for_chief(), prepare_inputs(run)
+    phases    start_phase(run, step, schedule) -> caught up?    train_phase(run, step, schedule) -> evaluation
+              end_training()                                     (once, however the phases end)
+    finish    final_evaluation(run, eval_metrics), export(run, checkpoint), predictions(run, checkpoint)
+
+Adding an engine: subclass `Engine` in trainer/engines/<name>/engine.py, add it to `trainer.engines.ENGINES`
+and to the `--engine` choices (trainer.config.ENGINES); tests/test_engine_contract.py runs the contract on it.
+"""
+import abc
+from typing import FrozenSet, Optional
+
+from trainer.config import Config
+from trainer.run import distribution
+
+
+class Engine(abc.ABC):
+    name: str = ""
+    # Whether the run's distribution plan is made for eager tf.distribute (Model.fit) rather than graph mode.
+    eager: bool = False
+    # The distribution plans under which the training input resumes its stream after a restart, so that a resumed
+    # run sees the batches the uninterrupted one saw (trainer.run.prepare).
+    resumes_input_under: FrozenSet[str] = frozenset()
+    # The distribution plans under which a restart must keep the recipe flags (it cannot begin a new phase).
+    recipe_fixed_under: FrozenSet[str] = frozenset()
+
+    def __init__(self, config: Config, plan: distribution.Plan):
+        self.config, self.plan = config, plan
+
+    # ---- prepare ----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """What trains, for run_info.json's `estimator` and the console header."""
+
+    @abc.abstractmethod
+    def scope(self, finishing: bool = False):
+        """A context manager: where the stages build and compile the Keras model. `finishing`: for the chief's last
+        steps, when the other tasks of a cluster are gone."""
+
+    @abc.abstractmethod
+    def input_batch_size(self, per_replica: int) -> int:
+        """The batch the training input yields, from the per-replica batch."""
+
+    def check_plan(self, planned: list, steps: list) -> None:
+        """Refuses (UsageError) phases this engine cannot train under the run's distribution plan, given the
+        planned phases and those still to train. Every engine can train what the
+        flags allow unless it says otherwise here."""
+
+    def wait_for_chief(self) -> None:
+        """A non-chief task, before it reads the phase history: waits for what the chief writes first, where the
+        engine's tasks do not start together (the default: they do)."""
+
+    @abc.abstractmethod
+    def prepare_inputs(self, run) -> None:
+        """Sets run.train_input and run.eval_input (input_fns); with --cache_features, run.cache and run.model (the
+        head)."""
+
+    # ---- phases -----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def start_phase(self, run, step, schedule) -> bool:
+        """Builds for the phase and enters it (trainer.run.phases.start: a boundary restarts the optimizer state);
+        True when it evaluated a checkpoint an interruption had left unevaluated (early stopping may have decided)."""
+
+    @abc.abstractmethod
+    def train_phase(self, run, step, schedule) -> Optional[dict]:
+        """Trains to the phase's last step, evaluating on the schedule; the last evaluation (None if none ran
+        here)."""
+
+    @abc.abstractmethod
+    def end_training(self) -> None:
+        """Once per run after the phases this process trains, however they ended: what the loop must close."""
+
+    # ---- finish -----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def final_evaluation(self, run, eval_metrics: Optional[dict]) -> dict:
+        """The run's last evaluation: `eval_metrics` when the phases gave one, else one made here."""
+
+    @abc.abstractmethod
+    def export(self, run, checkpoint: str) -> str:
+        """A SavedModel of `checkpoint` (when no evaluation exported one); its path."""
+
+    @abc.abstractmethod
+    def predictions(self, run, checkpoint: str):
+        """A cached run's predictions on the cached validation features (trainer.outputs.predictions.Predictions),
+        or None where the report predicts with the served model."""
+
+
