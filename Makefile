@@ -18,15 +18,12 @@ KPY := $(KERAS_VENV)/bin/python
 KERAS_STAMP := $(KERAS_VENV)/.installed
 # The version check of an interpreter: exits 1 unless its major.minor is in the list given.
 VERSION_IN = -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] not in sys.argv[1].split())'
-# What the TensorFlow 2.21 leg runs: the Keras engine's tests (the rest needs tf.estimator).
-KERAS_TESTS := tests/test_keras_engine.py tests/test_path_forms.py tests/test_state_healing.py tests/test_readme.py \
-	tests/test_run_lock.py tests/test_disk_full.py tests/test_signal_stages.py tests/test_packaging.py \
-	tests/test_evaluator_verdict.py tests/test_console_quiet.py tests/test_wrapper_signals.py tests/test_cloudbuild.py \
-	tests/test_keras_cache.py tests/test_cluster_restart.py
+# What the legs collect (narrow it for one file: make test-tf221 TESTS=tests/test_console_quiet.py).
+TESTS ?= tests
 # The TF 2.15 venv's interpreter, when there is one: the TF 2.21 leg's cross-runtime tests use it (and skip without).
 TF215_FOR_KERAS_LEG = TRAINER_TF215_PYTHON=$$(test -x $(PY) && echo $(CURDIR)/$(PY))
 
-.PHONY: demo test test-tf215 test-tf221 test-slow test-fast test-keras install install-keras check-python \
+.PHONY: demo test test-tf215 test-tf221 test-slow test-fast test-unit test-keras install install-keras check-python \
 	check-keras-python clean
 
 # The interpreter checks alone (no install): what a build image must provide for each runtime.
@@ -63,25 +60,30 @@ test: test-tf215 test-tf221
 
 # One runtime each (a Cloud Build step runs the leg its image can run: cloudbuild.yaml).
 test-tf215: $(STAMP)
-	$(PY) -m pytest -q --durations=15 -m "not slow" tests
+	$(PY) -m pytest -q --durations=15 -m "not slow" $(TESTS)
 
+# On TensorFlow 2.21 (no tf.estimator) tests/conftest.py collects the unit layer and the modules marked `tf221`.
 test-tf221: $(KERAS_STAMP)
-	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q --durations=15 -m "not slow" $(KERAS_TESTS)
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q --durations=15 -m "not slow" $(TESTS)
 
 # The slow suites (path-form matrices, the README's commands), both runtimes; CI runs them after `make test`.
 test-slow: $(STAMP) $(KERAS_STAMP)
 	$(PY) -m pytest -q -m slow tests
-	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q -m slow $(KERAS_TESTS)
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q -m slow tests
 
 test-keras: $(STAMP) $(KERAS_STAMP)
-	$(PY) -m pytest -q $(KERAS_TESTS)
-	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q $(KERAS_TESTS)
+	$(PY) -m pytest -q -m tf221 tests
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q -m tf221 tests
 
-# A few minutes, for iterating: flags, data, models, the champion store, recipe checks; no multi-process runs.
-FAST := tests/test_cli.py tests/test_models.py tests/test_data.py tests/test_champion.py tests/test_resume_flags.py \
-	tests/test_promotion_faults.py tests/test_gcs_lock.py tests/test_disk_full.py
-test-fast: $(STAMP)
-	$(PY) -m pytest -q $(FAST)
+# Under 3 minutes, for iterating: the unit layer (tests/unit: pure functions, both runtimes), then the integration
+# modules marked `quick` (flags, data, models, the champion store, recipe checks; no multi-process runs).
+test-fast: $(STAMP) $(KERAS_STAMP)
+	$(PY) -m pytest -q -m "unit or quick" tests
+	$(KPY) -m pytest -q -m unit tests
+
+# The unit layer alone: seconds.
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m unit tests
 
 clean:
 	rm -rf $(VENV) $(KERAS_VENV) runs build dist *.egg-info

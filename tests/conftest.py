@@ -1,5 +1,6 @@
 """Shared fixtures: tiny real data made on the spot, and a way to run the CLI."""
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,6 +81,29 @@ def tmpfs(path: Path, options: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+# The layers (`-m unit`, `-m integration`, `-m slow`): tests/unit/ holds pure functions of trainer/ (no training, no
+# subprocess), seconds in all; every other test trains or runs a real program. A runtime without tf.estimator
+# (TensorFlow 2.16+) collects only the unit layer and the modules marked `tf221`, without importing the others.
+ESTIMATOR_RUNTIME = importlib.util.find_spec("tensorflow_estimator") is not None
+TESTS = Path(__file__).resolve().parent
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: matrices and README runs; `make test-slow` (and CI) runs them, "
                                        "`make test` does not")
+    config.addinivalue_line("markers", "unit: tests/unit, pure functions of trainer/ (`make test-fast`)")
+    config.addinivalue_line("markers", "integration: real training runs and programs (every test outside tests/unit)")
+    config.addinivalue_line("markers", "quick: integration tests quick enough for `make test-fast`")
+    config.addinivalue_line("markers", "tf221: runs on TensorFlow 2.21 too (the Keras engine's runtime)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    path = Path(collection_path)
+    if ESTIMATOR_RUNTIME or path.suffix != ".py" or not path.name.startswith("test_") or TESTS / "unit" in path.parents:
+        return None
+    return "pytest.mark.tf221" not in path.read_text()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker("unit" if TESTS / "unit" in Path(str(item.fspath)).parents else "integration")

@@ -15,6 +15,8 @@ from trainer.retrain import champion_store as champion
 from trainer.run import experiment
 from trainer.config import Config
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 RUN = dict(data="digits", backbone="mlp", eval_throttle_secs=0, save_checkpoints_steps=100)
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from conftest import last_json, run_cli
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 
 def assert_one_error_line(proc, *fragments):
     assert proc.returncode == 1, proc.stderr[-2000:]

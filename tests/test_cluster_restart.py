@@ -19,7 +19,7 @@ import restart_cases
 from conftest import REPO
 from trainer.config import resolve_engine
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tf221]
 ENGINES = ["keras"] + (["estimator"] if resolve_engine(None) == "estimator" else [])
 ARGS = ["--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn", "--train_steps=40", "--fine_tune_steps=30",
         "--freeze=all", "--fine_tune_freeze=none", "--optimizer=sgd", "--learning_rate=0.05", "--save_checkpoints_steps=10",

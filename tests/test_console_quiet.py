@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
 
 NOISE = ("I0000", "E0000", "W0000", "cuInit", "absl::InitializeLog", "XNNPACK", "fully_quantize", "cuda drivers",
          "SyntaxWarning", "oneDNN")

@@ -7,6 +7,8 @@ from trainer.data import sources as data
 from trainer.config import Config
 from trainer.errors import UsageError
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 
 def load(**kw):
     return data.load(Config(**kw))

@@ -12,6 +12,9 @@ from conftest import tmpfs
 from trainer.config import resolve_engine
 from trainer.errors import disk_failure
 
+# Runs on TensorFlow 2.21 too (the Keras engine's runtime); quick enough for `make test-fast`.
+pytestmark = [pytest.mark.tf221, pytest.mark.quick]
+
 
 @pytest.fixture
 def small_disk(tmp_path):

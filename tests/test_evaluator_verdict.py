@@ -13,6 +13,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 ARGS = ["--engine=keras", "--data=digits", "--classes=0,1,2", "--backbone=mlp", "--train_steps=60",
         "--save_checkpoints_steps=20", "--eval_throttle_secs=0", "--learning_rate=0.003",
         "--early_stopping_metric=loss", "--early_stopping_patience=50", "--batch_size=16"]

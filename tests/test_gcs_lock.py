@@ -27,6 +27,8 @@ if sys.argv[3]:
     socket.gethostname = lambda: sys.argv[3]  # As if on another machine.
 from trainer.run import run_lock
 from trainer.errors import UsageError
+
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
 try:
     with run_lock.hold(sys.argv[1], lease_secs=float(sys.argv[2])):
         print("held", flush=True)

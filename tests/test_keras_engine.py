@@ -20,6 +20,8 @@ from trainer.config import Config, resolve_engine
 from trainer.errors import UsageError
 from trainer.run import experiment
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 HAS_ESTIMATOR = resolve_engine(None) == "estimator"
 needs_estimator = pytest.mark.skipif(not HAS_ESTIMATOR, reason="tf.estimator needs TensorFlow 2.15")
 FAST = dict(save_checkpoints_steps=20, eval_throttle_secs=0, batch_size=32, keep_checkpoint_max=100)

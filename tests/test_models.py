@@ -7,6 +7,8 @@ from trainer.model import backbones, models
 from trainer.config import Config
 from trainer.errors import UsageError
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 
 def build(**kw):
     tf.keras.backend.clear_session()

@@ -11,6 +11,8 @@ import yaml
 
 from conftest import REPO
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 
 def python310():
     candidates = [shutil.which("python3.10")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))

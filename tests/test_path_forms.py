@@ -25,6 +25,8 @@ import pytest
 from conftest import REPO
 from trainer.config import resolve_engine
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 ENGINES = ["keras"] + (["estimator"] if resolve_engine(None) == "estimator" else [])
 RECIPE = ["--data=digits", "--backbone=small_cnn", "--classes=0,1,2,3,4,5", "--train_steps=40",
           "--fine_tune_steps=40", "--freeze=all", "--fine_tune_freeze=none", "--save_checkpoints_steps=20",

@@ -22,6 +22,8 @@ from trainer.cloud import gcs
 from trainer.retrain import promotion
 from trainer.config import Config
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 QUICK = ["--data=digits", "--backbone=mlp", "--train_steps=20", "--eval_throttle_secs=0"]
 
 

@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from conftest import REPO
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 SECTIONS = ("Two commands", "Running it", "Which engine", "Distribution", "Scheduled retraining", "Using the model")
 RUNTIME = "tf215" if tuple(int(p) for p in tf.__version__.split(".")[:2]) <= (2, 15) else "keras"
 MAX_STEPS = int(os.environ.get("README_TEST_MAX_STEPS", "40"))

@@ -10,6 +10,8 @@ import restart_cases
 from test_bad_inputs import assert_error, cli
 from test_recipe import scalars
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 BASE = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=20"]
 
 

@@ -8,6 +8,9 @@ import time
 
 import restart_cases
 from trainer.config import Config, validate
+import pytest
+
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
 
 ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=50", "--train_steps=100000"]
 

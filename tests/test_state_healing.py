@@ -9,6 +9,8 @@ import pytest
 import restart_cases
 from trainer.config import resolve_engine
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 ENGINES = ["keras"] + (["estimator"] if resolve_engine(None) == "estimator" else [])
 ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=small_cnn", "--freeze=all", "--fine_tune_freeze=none",
         "--train_steps=20", "--save_checkpoints_steps=10", "--eval_throttle_secs=0", "--keep_checkpoint_max=10",

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
 KERAS = ["--engine=keras", "--data=digits", "--backbone=small_cnn", "--image_size=16", "--eval_throttle_secs=0",
          "--batch_size=32", "--save_checkpoints_steps=20"]
 # SIGINT goes the same way as SIGTERM: its case is in `make test-slow` only.

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Optional, Tuple
 
+from trainer import metric_registry
 from trainer.errors import UsageError
 
 LABEL_MODES = ("sparse", "categorical", "binary")
@@ -21,12 +22,8 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
 HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
 PROMOTE_METRICS = ("accuracy", "loss")
-# Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may
-# name); top_k_accuracy needs more classes than --top_k, auc a binary model (checked with the data).
-EVAL_METRICS = ("accuracy", "loss", "top_k_accuracy", "macro_f1", "auc")
-# As offered in error lines: which runs report them (wrappers trial U4 offered auc, then refused it on 10 classes).
-METRIC_CHOICES = ("accuracy, loss, macro_f1, top_k_accuracy (more classes than --top_k), auc (--label_mode=binary "
-                  "only)")
+# Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may name): the
+# metric registry's (trainer/metric_registry.py), read when checked, so a metric registered later counts too.
 SCHEDULES = ("constant", "cosine", "exponential", "step")
 MAX_SEED = 2**32 - 1
 # Path flags: `~` is expanded (a shell does not expand it inside --flag=~/x).
@@ -258,7 +255,7 @@ def validate(config: Config, here: bool = True) -> Config:
         parse_freeze(config.freeze)
     if config.sync_checkpoints_to and not config.sync_checkpoints_to.startswith("gs://"):
         raise UsageError(f"--sync_checkpoints_to={config.sync_checkpoints_to} must be a gs:// URI")
-    _choice("promote_metric", config.promote_metric, EVAL_METRICS)
+    _choice("promote_metric", config.promote_metric, metric_registry.names())
     if config.promote_min_delta < 0:
         raise UsageError(f"--promote_min_delta={config.promote_min_delta} must be >= 0")
     if config.warm_start_from == "champion" and not config.champion_dir:
@@ -284,10 +281,10 @@ def validate(config: Config, here: bool = True) -> Config:
     changes["checkpoint_dir"] = to_gcs_uri(checkpoint_dir) or changes["model_dir"]
     changes["tensorboard_dir"] = to_gcs_uri(config.tensorboard_dir or os.environ.get("AIP_TENSORBOARD_LOG_DIR") or None)
     changes["hypertune_metric"] = config.hypertune_metric or os.environ.get("CLOUD_ML_HP_METRIC_TAG") or None
-    if changes["hypertune_metric"] and changes["hypertune_metric"] not in EVAL_METRICS:
+    if changes["hypertune_metric"] and changes["hypertune_metric"] not in metric_registry.names():
         where = "--hypertune_metric" if config.hypertune_metric else "$CLOUD_ML_HP_METRIC_TAG"
         raise UsageError(f"{where}={changes['hypertune_metric']} is not a metric this run reports; "
-                         f"choose one of: {METRIC_CHOICES}")
+                         f"choose one of: {metric_registry.choices()}")
     return dataclasses.replace(config, **changes)
 
 
@@ -319,7 +316,7 @@ def _validate_recipe(config: Config) -> None:
         raise UsageError(f"--label_smoothing={config.label_smoothing} must be in [0, 1)")
     if config.top_k < 1:
         raise UsageError(f"--top_k={config.top_k} must be at least 1")
-    _choice("early_stopping_metric", config.early_stopping_metric, EVAL_METRICS)
+    _choice("early_stopping_metric", config.early_stopping_metric, metric_registry.names())
     if config.class_weight not in ("none", "balanced") and not config.class_weight.endswith(".json"):
         raise UsageError(f"--class_weight={config.class_weight} is not valid; use none, balanced or a .json file "
                          "mapping class names to weights")

@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import config as config_lib  # noqa: E402
+from trainer import metric_registry  # noqa: E402
 from trainer.util import console  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
@@ -116,7 +117,7 @@ flags.DEFINE_string("class_weight", _DEFAULTS.class_weight, "Per-example loss we
                     "(n / (k x n_class) from the training counts) or a .json file {class name: weight}.")
 flags.DEFINE_integer("early_stopping_patience", 0, "Stop after K evaluations in a row without improvement of "
                      "--early_stopping_metric (0: off). Evaluations follow checkpoints.")
-flags.DEFINE_enum("early_stopping_metric", _DEFAULTS.early_stopping_metric, list(config_lib.EVAL_METRICS),
+flags.DEFINE_enum("early_stopping_metric", _DEFAULTS.early_stopping_metric, metric_registry.names(),
                   "Metric watched by early stopping (loss: lower is better).")
 flags.DEFINE_float("early_stopping_min_delta", 0.0, "An improvement must exceed this.")
 flags.DEFINE_float("weight_decay", 0.0, "L2 penalty on trainable kernels (not biases, not BatchNorm).")
@@ -134,7 +135,7 @@ flags.DEFINE_string("hypertune_metric", None, "Report this evaluation metric (ac
 # Scheduled retraining.
 flags.DEFINE_string("champion_dir", None, "Promote this run's model into this folder (local or gs://) only if it "
                     "beats the current champion on this run's evaluation data.")
-flags.DEFINE_enum("promote_metric", "accuracy", list(config_lib.EVAL_METRICS), "Metric compared for "
+flags.DEFINE_enum("promote_metric", "accuracy", metric_registry.names(), "Metric compared for "
                   "promotion (loss: lower is better).")
 flags.DEFINE_float("promote_min_delta", 0.0, "The challenger must beat the champion by more than this.")
 flags.DEFINE_string("warm_start_from", None, "Start from these weights instead of the pretrained trunk alone: "

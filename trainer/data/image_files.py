@@ -15,7 +15,7 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _real(path: str) -> str:
+def real_path(path: str) -> str:
     return os.path.realpath(path) if "://" not in path else path
 
 
@@ -55,7 +55,7 @@ def file_problem(path: str, max_bytes: int) -> Optional[str]:
     return None
 
 
-def _image_files(folder: str, ignored: Dict[str, int], seen: set) -> List[str]:
+def list_image_files(folder: str, ignored: Dict[str, int], seen: set) -> List[str]:
     """Image files under `folder` (recursively), relative to it.
 
     Hidden entries are skipped; other files are counted by extension in `ignored`. Each real
@@ -70,7 +70,7 @@ def _image_files(folder: str, ignored: Dict[str, int], seen: set) -> List[str]:
         if "://" not in folder:
             keep = []
             for d in dirnames:
-                real = _real(os.path.join(dirpath, d))
+                real = real_path(os.path.join(dirpath, d))
                 if is_hidden(d) or real in seen:
                     if not is_hidden(d):
                         logging.warning("not following %s: it leads to %s, already read", os.path.join(dirpath, d),

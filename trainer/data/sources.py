@@ -29,7 +29,7 @@ from absl import logging
 from trainer.data import tfrecords
 from trainer.config import Config
 from trainer.errors import UsageError
-from trainer.data.image_files import (IMAGE_EXTENSIONS, _image_files, _real, file_problem,  # noqa: F401
+from trainer.data.image_files import (IMAGE_EXTENSIONS, list_image_files, real_path, file_problem,  # noqa: F401
                                        find_unreadable, is_hidden)
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -114,7 +114,7 @@ def load(config: Config, require_validation: bool = True) -> Dataset:
     fraction = 0.0 if config.eval_data else config.validation_split
     # An existing folder is a folder, whatever its name says ('images.npz', 'x.tfrecord', 'run[1]').
     if source == "digits":
-        dataset = _load_digits(config.validation_split)
+        dataset = digits_arrays(config.validation_split)
     elif tf.io.gfile.isdir(source):
         dataset = _load_folder("data", source, fraction, vocabulary)
     elif source.endswith(".npz"):
@@ -182,7 +182,7 @@ def _with_eval_source(dataset: Dataset, config: Config, class_names: List[str]) 
                                ignored_files=_add_counts(dataset.ignored_files, evaluation.ignored_files))
 
 
-def _load_digits(validation_split: float) -> Dataset:
+def digits_arrays(validation_split: float) -> Dataset:
     from sklearn.datasets import load_digits  # Ships its data: no download.
 
     digits = load_digits()
@@ -282,9 +282,9 @@ def _load_folder(flag: str, root: str, validation_split: float, vocabulary: Opti
     split_files = ([], []), ([], [])
     ignored: Dict[str, int] = {}
     # Folders already walked, by real path: a symlink back up the tree (a/loop -> ..) is not followed again.
-    seen = {_real(root)} | {_real(os.path.join(root, name)) for name in folders}
+    seen = {real_path(root)} | {real_path(os.path.join(root, name)) for name in folders}
     for name in folders:
-        files = sorted(_image_files(os.path.join(root, name), ignored, seen))
+        files = sorted(list_image_files(os.path.join(root, name), ignored, seen))
         if not files:
             raise UsageError(f"--{flag}={root}: class folder '{name}' has no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")

@@ -178,7 +178,7 @@ def _plausible_starts(data: memoryview, start: int, chunk: int = 1 << 20) -> Ite
         yield from (int(p) for p in offsets[fits])
 
 
-def _frames(data: memoryview) -> Iterator[Tuple[str, int, object]]:
+def frames_of(data: memoryview) -> Iterator[Tuple[str, int, object]]:
     """("record", offset, bytes) and ("corrupt", offset, reason) over a whole shard's bytes, resynchronizing."""
     pos = 0
     while pos < len(data):
@@ -205,7 +205,7 @@ def _frames(data: memoryview) -> Iterator[Tuple[str, int, object]]:
         pos = resync
 
 
-def _read_shard(path: str) -> memoryview:
+def read_shard(path: str) -> memoryview:
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             return memoryview(f.read())
@@ -217,7 +217,7 @@ def _read_shard(path: str) -> memoryview:
 def _good_records(path: str) -> Iterator[Tuple[int, bytes]]:
     faults = _FAULTS.get(path, ShardFaults())
     index = 0
-    for kind, _, value in _frames(_read_shard(path)):
+    for kind, _, value in frames_of(read_shard(path)):
         if kind == "record":
             if index not in faults.skip:
                 yield index, value
@@ -226,9 +226,9 @@ def _good_records(path: str) -> Iterator[Tuple[int, bytes]]:
 
 def scan(path: str) -> ShardFaults:
     """Validates every record of one shard; UsageError if it cannot be read or holds no valid record at all."""
-    data = _read_shard(path)
+    data = read_shard(path)
     faults = ShardFaults()
-    for kind, offset, value in _frames(data):
+    for kind, offset, value in frames_of(data):
         if kind == "record":
             faults.records += 1
         else:

@@ -107,7 +107,7 @@ def image_size(config: Config, data_image_shape: Optional[tuple] = None) -> int:
     return backbone.default_size
 
 
-def _preprocess(x, mode: str):
+def preprocessing_of(x, mode: str):
     """Maps pixels in [0, 255] to what a backbone expects, with zero-parameter layers."""
     if mode == "tf":
         return tf.keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)

@@ -22,7 +22,6 @@ from absl import logging
 
 from trainer.data.inputs import PREFETCH_BATCHES, pipeline_options
 from trainer.errors import UsageError
-from trainer.run import checkpoints
 
 MEMORY_LIMIT_BYTES = 2 << 30  # Features up to this size are cached in memory after the first read.
 
@@ -141,11 +140,13 @@ class Features:
     eval_input: Callable
 
 
-def compute_all(config, model: tf.keras.Model, dataset, make_input: Callable, run_info: dict) -> Features:
+def compute_all(config, model: tf.keras.Model, dataset, make_input: Callable, run_info: dict,
+                resume_step: Callable[[], int]) -> Features:
     """Runs the trunk once over both splits (into files under <checkpoint_dir>/feature_cache).
 
     Args:
         make_input: (split, training) -> the run's image input_fn.
+        resume_step: () -> the step training resumes from (the cached training stream goes on from there).
     """
     started = time.time()
     features_model, head = split(model)
@@ -164,6 +165,6 @@ def compute_all(config, model: tf.keras.Model, dataset, make_input: Callable, ru
     return Features(
         head,
         make_feature_input_fn(train_file, shape, train_y, output, training=True, batch_size=config.batch_size,
-                              seed=config.seed, resume_step=lambda: checkpoints.latest_step(config.checkpoint_dir)),
+                              seed=config.seed, resume_step=resume_step),
         make_feature_input_fn(val_file, shape, val_y, output, training=False, batch_size=config.batch_size,
                               seed=config.seed))

@@ -194,3 +194,15 @@ def _write_model_config(path: str, config: dict) -> None:
 
     with h5py.File(path, "r+") as f:
         f.attrs["model_config"] = json.dumps(config).encode("utf-8")
+
+
+def keras_version() -> str:
+    """The Keras 2 that tf.keras is here: TensorFlow 2.15's bundled keras, or tf-keras (TF_USE_LEGACY_KERAS)."""
+    from importlib import metadata
+
+    for name in ("tf-keras", "keras") if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else ("keras", "tf-keras"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return getattr(tf.keras, "__version__", "unknown")

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from trainer.config import Config, parse_freeze
 from trainer.errors import UsageError
-from trainer.model.backbones import _preprocess, build_trunk, get_backbone, image_size
+from trainer.model.backbones import preprocessing_of, build_trunk, get_backbone, image_size
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -145,7 +145,7 @@ def build_model(config: Config, num_classes: int, data_image_shape: Optional[tup
         mode = get_backbone(config.backbone).preprocess
     all_frozen = freeze(trunk, freeze_spec or config.freeze or default_freeze(config))
     inputs = tf.keras.Input(shape, name=INPUT_NAME)
-    x = _preprocess(inputs, mode)
+    x = preprocessing_of(inputs, mode)
     # A fully frozen trunk runs in inference mode (its BatchNorm statistics stay fixed);
     # in a partly frozen one, each frozen BatchNorm layer does so by itself.
     x = trunk(x, training=False) if all_frozen or trunk_inference else trunk(x)

@@ -21,7 +21,7 @@ from trainer.util import files  # noqa: E402
 from trainer.outputs.export import CLASS_NAMES  # noqa: E402
 from trainer.cloud import gcs
 from trainer.model import model_source
-from trainer.outputs.predict_inputs import Item, _InputError, list_inputs  # noqa: E402
+from trainer.outputs.predict_inputs import Item, InputFileError, list_inputs  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
@@ -120,7 +120,7 @@ def _payload(item: Item, serving: Serving):
 
 
 def _error_text(e: Exception) -> str:
-    if isinstance(e, _InputError):
+    if isinstance(e, InputFileError):
         return str(e)
     message = e.message if isinstance(e, tf.errors.OpError) else str(e)
     message = re.sub(r"\s*\[Op:\w+\]", "", re.sub(r"\{\{[^}]*\}\}\s*", "", message))  # TF's op decorations.

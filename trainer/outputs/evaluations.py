@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.util import events
-from trainer.outputs import export, metric_registry
+from trainer import metric_registry
+from trainer.outputs import export
 from trainer.util import files
 
 

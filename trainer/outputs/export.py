@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.outputs import metric_registry
+from trainer import metric_registry
 from trainer.util import files
 
 EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import record_faults
-from trainer.outputs import metric_registry
+from trainer import metric_registry
 
 
 # Each evaluation's per-example results in this process, {(model_dir, global_step): (labels, predicted,
@@ -54,7 +54,7 @@ def keep_collected(model_dir: str, steps) -> None:
 
 
 def available(num_classes: int, label_mode: str, top_k: int) -> List[str]:
-    """The scalar metrics a run with these classes reports (trainer.outputs.metric_registry)."""
+    """The scalar metrics a run with these classes reports (trainer.metric_registry)."""
     return metric_registry.available(num_classes, label_mode, top_k)
 
 
@@ -77,7 +77,7 @@ def from_confusion(matrix, class_names: Sequence[str]) -> Dict:
 def from_predictions(probabilities: np.ndarray, true_ids: np.ndarray, class_names: Sequence[str],
                      top_k: int = 5, binary: bool = False) -> Dict:
     """Metrics over a whole split from class probabilities [N, k] (binary: [N, 1] or [N, 2]): every registered
-    metric the run reports (trainer.outputs.metric_registry) but the loss, `per_class` and `confusion_matrix`."""
+    metric the run reports (trainer.metric_registry) but the loss, `per_class` and `confusion_matrix`."""
     probabilities = np.asarray(probabilities, np.float64)
     if binary and probabilities.shape[-1] == 1:
         probabilities = np.concatenate([1.0 - probabilities, probabilities], axis=-1)

@@ -28,7 +28,7 @@ def list_inputs(data: str, max_bytes: int = 64 * 2**20) -> tuple:
     if data == "digits" and not tf.io.gfile.exists(data):  # The trainer's built-in source (wrappers trial U12).
         return ("index", *_digits_items())
     if tf.io.gfile.isdir(data):
-        paths = sorted(_image_files(data))
+        paths = sorted(list_image_files(data))
         if not paths:
             raise UsageError(f"--data={data} has no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
         root = data.rstrip("/")
@@ -42,7 +42,7 @@ def list_inputs(data: str, max_bytes: int = 64 * 2**20) -> tuple:
     files = []  # (path, label): a matched folder's images are labelled by the folder, a file by its parent's name.
     for match in matches:
         if tf.io.gfile.isdir(match):
-            files += [(p, os.path.basename(match.rstrip("/"))) for p in sorted(_image_files(match))]
+            files += [(p, os.path.basename(match.rstrip("/"))) for p in sorted(list_image_files(match))]
         else:
             files.append((match, os.path.basename(os.path.dirname(match)) or None))
     if files and (all(_is_tfrecord(p) for p, _ in files) or
@@ -59,7 +59,7 @@ def _is_tfrecord(path: str) -> bool:
 
 
 
-def _image_files(root: str) -> Iterator[str]:
+def list_image_files(root: str) -> Iterator[str]:
     for dirpath, _, filenames in tf.io.gfile.walk(root):
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS):
@@ -109,9 +109,9 @@ def _npz_items(path: str):
 def _digits_items():
     """The validation split of `--data=digits` (the trainer's default split), labelled by class id."""
     from trainer.config import Config
-    from trainer.data.sources import _load_digits
+    from trainer.data.sources import digits_arrays
 
-    split = _load_digits(Config().validation_split).validation
+    split = digits_arrays(Config().validation_split).validation
     x, y = split.x["x"], split.labels
     items = [Item(i, int(y[i]), (lambda a=x[i]: a)) for i in range(len(x))]
     return items, len(items)
@@ -143,7 +143,7 @@ def _items_after_fault(shard: str, done: int, features: dict) -> Iterator[Item]:
     from trainer.data import tfrecords
 
     try:
-        frames = list(tfrecords._frames(tfrecords._read_shard(shard)))
+        frames = list(tfrecords.frames_of(tfrecords.read_shard(shard)))
     except UsageError as e:
         yield Item(f"{shard}:{done}", None, lambda error=str(e): _raise(error))
         return
@@ -165,10 +165,10 @@ def _items_after_fault(shard: str, done: int, features: dict) -> Iterator[Item]:
 
 
 
-class _InputError(Exception):
+class InputFileError(Exception):
     """An input found unreadable before it is loaded (its message is the row's error as it is)."""
 
 
 
 def _raise(message: str):
-    raise _InputError(message)
+    raise InputFileError(message)

@@ -51,14 +51,14 @@ def predict(model: tf.keras.Model, input_fn: Callable, label_mode: str, steps: O
         out = model(features, training=False).numpy().astype(np.float64)
         if label_mode == "binary":
             out = np.concatenate([1.0 - out, out], axis=1)
-        labels.append(_true_ids(target, label_mode))
+        labels.append(class_ids_of(target, label_mode))
         probabilities.append(out)
     if not labels:
         return None
     return Predictions(np.concatenate(labels), np.concatenate(probabilities))
 
 
-def _true_ids(target, label_mode: str) -> np.ndarray:
+def class_ids_of(target, label_mode: str) -> np.ndarray:
     target = next(iter(target.values())).numpy() if isinstance(target, dict) else target.numpy()
     if label_mode == "binary":
         target = (target.reshape(-1) > 0.5).astype(np.int64)

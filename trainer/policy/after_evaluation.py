@@ -56,6 +56,7 @@ class AfterEvaluation:
                                   config.early_stopping_min_delta, result)
         metrics.keep_collected(self._dir, {step, evaluations.best_step(self._dir)})
         # Every action above has seen this step: a restart need not evaluate it again.
+        tf.io.gfile.makedirs(os.path.join(self._dir, "eval"))  # Made by the evaluation's summaries, as a rule.
         files.write_json(os.path.join(self._dir, "eval", evaluations.PROCESSED), {"step": step})
         console.say("%s", evaluations.evaluation_line(self._dir, result, exported))
         decision = early_stopping.decision_at(config.model_dir, step)

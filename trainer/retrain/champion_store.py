@@ -21,7 +21,7 @@ import time
 from typing import List, Optional, Tuple
 
 from trainer.errors import UsageError
-from trainer.outputs import metric_registry
+from trainer import metric_registry
 from trainer.retrain.stores import (LEFTOVER_AGE_SECS, POINTER, GcsStore, LocalStore, Unreachable,  # noqa: F401
                                     network_failure, new_version, open_store, parse_pointer)
 

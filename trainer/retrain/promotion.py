@@ -21,11 +21,11 @@ def load_champion(store, version: str) -> Tuple[Optional[tf.keras.Model], Option
     """(the champion's Keras model, None), or (None, why it cannot be loaded: a missing, truncated or garbage
     keras_model.h5, or one of another Keras this one cannot read). Cloud Storage not answering is raised, not a
     broken champion."""
-    model, broken, _ = _load_champion(store, version)
+    model, broken, _ = load_champion_at(store, version)
     return model, broken
 
 
-def _load_champion(store, version: str):
+def load_champion_at(store, version: str):
     """(model, None, path) or (None, why not, path or None)."""
     try:
         path = store.keras_model(version)  # On Cloud Storage: downloaded (a missing object is a UsageError).
@@ -42,7 +42,7 @@ def _load_champion(store, version: str):
 
 def runtime_versions() -> dict:
     """This runtime's TensorFlow and Keras versions (recorded with each champion)."""
-    from trainer.run.prepare import keras_version
+    from trainer.model.keras_files import keras_version
 
     return {"tf_version": tf.__version__, "keras_version": keras_version()}
 
@@ -162,7 +162,7 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
         return decided(f"already promoted by this run as version {pointer['version']}, before a restart")
     if pointer:
         version = pointer["version"]
-        champion_model, broken, path = _load_champion(store, version)
+        champion_model, broken, path = load_champion_at(store, version)
         foreign = other_runtime(store, version, path) if broken else None
         if foreign:
             # A sound champion of the other runtime: replacing it without a comparison would bypass the gate.

@@ -11,7 +11,7 @@ from typing import Optional
 
 from absl import logging
 
-from trainer.outputs import metric_registry
+from trainer import metric_registry
 from trainer.util import files
 
 STATE_FILE = "early_stopping.json"

@@ -106,7 +106,7 @@ def check_champion(config: Config) -> None:
             return
         from trainer.retrain import promotion
 
-        model, broken, path = promotion._load_champion(store, pointer["version"])
+        model, broken, path = promotion.load_champion_at(store, pointer["version"])
         del model
         foreign = promotion.other_runtime(store, pointer["version"], path) if broken else None
     except UsageError:

@@ -16,7 +16,7 @@ from trainer.config import DEFAULT_LOSS, Config, resolve_engine
 from trainer.data import inputs, record_faults
 from trainer.data import sources as data_lib
 from trainer.errors import UsageError
-from trainer.model import class_weights, feature_cache, models
+from trainer.model import class_weights, feature_cache, keras_files, models
 from trainer.outputs import metrics
 from trainer.retrain import promotion
 from trainer.run import checkpoints, distribution, phases
@@ -90,7 +90,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     _warn_empty_classes(dataset)
     run_info = {
         "flags": config.to_dict(), "engine": config.engine, "tf_version": tf.__version__,
-        "keras_version": keras_version(), "strategy": plan.name,
+        "keras_version": keras_files.keras_version(), "strategy": plan.name,
         "num_replicas": plan.num_replicas, "per_replica_batch_size": per_replica_batch,
         "estimator": engine.describe(), "num_classes": num_classes,
         "class_names": class_names,
@@ -158,18 +158,6 @@ def _warn_empty_classes(dataset) -> None:
         if empty:
             logging.warning("class(es) %s have no training example (all went to validation): the model cannot "
                             "learn them; add images or lower --validation_split", ", ".join(empty[:10]))
-
-
-def keras_version() -> str:
-    """The Keras 2 that tf.keras is here: TensorFlow 2.15's bundled keras, or tf-keras (TF_USE_LEGACY_KERAS)."""
-    from importlib import metadata
-
-    for name in ("tf-keras", "keras") if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else ("keras", "tf-keras"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return getattr(tf.keras, "__version__", "unknown")
 
 
 def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, train_batch: int,

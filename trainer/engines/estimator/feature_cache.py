@@ -9,6 +9,7 @@ from typing import Callable
 import tensorflow as tf
 
 from trainer.model.feature_cache import compute_all
+from trainer.run import checkpoints
 from trainer.outputs import export
 from trainer.outputs.predictions import in_eager_thread
 
@@ -43,7 +44,8 @@ def build(config, model: tf.keras.Model, dataset, make_input: Callable, make_est
         make_input: (split, training) -> the run's image input_fn.
         make_estimator: (keras model, RunConfig) -> the run's Estimator for it (used for exports).
     """
-    found = compute_all(config, model, dataset, make_input, run_info)
+    found = compute_all(config, model, dataset, make_input, run_info,
+                        lambda: checkpoints.latest_step(config.checkpoint_dir))
     return Cache(found.head, found.train_input, found.eval_input, FullModelExport(model, found.head, make_estimator))
 
 

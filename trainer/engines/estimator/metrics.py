@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.errors import UsageError
-from trainer.outputs import metric_registry
+from trainer import metric_registry
 from trainer.outputs.metrics import keep_evaluation
 
 

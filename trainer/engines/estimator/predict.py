@@ -4,7 +4,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer.outputs.predictions import Predictions, _true_ids
+from trainer.outputs.predictions import Predictions, class_ids_of
 
 
 def predict_with_estimator(estimator: tf.estimator.Estimator, input_fn: Callable, label_mode: str,
@@ -15,7 +15,7 @@ def predict_with_estimator(estimator: tf.estimator.Estimator, input_fn: Callable
     for i, (_, target) in enumerate(input_fn()):
         if steps is not None and i >= steps:
             break
-        labels.append(_true_ids(target, label_mode))
+        labels.append(class_ids_of(target, label_mode))
     probabilities = []
     for batch in estimator.predict(input_fn, predict_keys=["probabilities"], checkpoint_path=checkpoint_path,
                                    yield_single_examples=False):

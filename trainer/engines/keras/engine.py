@@ -24,7 +24,7 @@ from trainer.model import feature_cache, models
 from trainer.policy.after_evaluation import AfterEvaluation
 from trainer.outputs import evaluations, export, metrics
 from trainer.outputs.predictions import Predictions
-from trainer.run import distribution, early_stopping, phases, preemption
+from trainer.run import checkpoints, distribution, early_stopping, phases, preemption
 from trainer.util import console, faultpoints
 
 _EVALUATOR_POLL_SECS = 1.0
@@ -75,7 +75,8 @@ class Engine(base.Engine):
         self._run = run
         if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
             run.cache = record_faults.train_skipping_bad_records(lambda: feature_cache.compute_all(
-                config, run.model, run.dataset, run.make_input, run.run_info), run.dataset, config)
+                config, run.model, run.dataset, run.make_input, run.run_info,
+                lambda: checkpoints.latest_step(config.checkpoint_dir)), run.dataset, config)
             run.model, run.train_input, run.eval_input = run.cache.head, run.cache.train_input, run.cache.eval_input
             return
         run.train_input = run.make_input(run.dataset.train, True)

@@ -7,7 +7,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer.outputs import metric_registry, metrics
+from trainer import metric_registry
+from trainer.outputs import metrics
 from trainer.run import preemption
 from trainer.util import faultpoints
 

@@ -27,6 +27,7 @@ class Metric:
     applies: Callable[[int, str, int], bool] = lambda num_classes, label_mode, top_k: True
     from_confusion: Optional[Callable[[np.ndarray], float]] = None
     from_scores: Optional[Callable[[np.ndarray, np.ndarray, int], Optional[float]]] = None
+    when: str = ""  # Which runs report it, as error lines say it (empty: every run).
 
 
 _REGISTRY: Dict[str, Metric] = {}
@@ -48,6 +49,11 @@ def get(name: str) -> Optional[Metric]:
 
 def names() -> List[str]:
     return list(_REGISTRY)
+
+
+def choices() -> str:
+    """The metric flags' choices as an error line offers them: `accuracy, ..., auc (--label_mode=binary only)`."""
+    return ", ".join(f"{m.name} ({m.when})" if m.when else m.name for m in _REGISTRY.values())
 
 
 def available(num_classes: int, label_mode: str, top_k: int) -> List[str]:
@@ -124,6 +130,7 @@ def _auc(probabilities: np.ndarray, true_ids: np.ndarray, top_k: int) -> Optiona
 register(Metric("accuracy", True, from_confusion=_accuracy))
 register(Metric("loss", False))
 register(Metric("macro_f1", True, from_confusion=_macro_f1))
-register(Metric("auc", True, applies=lambda k, mode, top_k: mode == "binary", from_scores=_auc))
 register(Metric("top_k_accuracy", True, applies=lambda k, mode, top_k: mode != "binary" and k > top_k,
-                from_scores=_top_k_accuracy))
+                from_scores=_top_k_accuracy, when="more classes than --top_k"))
+register(Metric("auc", True, applies=lambda k, mode, top_k: mode == "binary", from_scores=_auc,
+                when="--label_mode=binary only"))

@@ -1,0 +1,88 @@
+"""The engine seam (trainer/engines/base.py), checked on every engine the runtime has: the stages reach an engine
+only through the base class's methods, every engine implements all of them, and a real run gives the same on-disk
+policy results on each (processed marker, best record, eval_metrics.json with every registered metric, including
+a toy metric added through the registry). Runs on TensorFlow 2.15 (both engines) and 2.21 (the Keras engine)."""
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer import engines
+from trainer.config import Config
+from trainer.engines import base
+from trainer import metric_registry
+
+pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _available():
+    found = []
+    for name in engines.ENGINES:
+        try:
+            found.append(pytest.param(engines.get(name), id=name))
+        except (ImportError, AttributeError):  # tf.estimator is gone from TensorFlow 2.16+.
+            found.append(pytest.param(None, id=name, marks=pytest.mark.skip(reason=f"--engine={name} needs TF 2.15")))
+    return found
+
+
+ENGINES = _available()
+SEAM = {name for name, _ in inspect.getmembers(base.Engine) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_implements_the_seam(engine):
+    assert issubclass(engine, base.Engine) and not inspect.isabstract(engine), engine.__abstractmethods__
+    assert engine.name in engines.ENGINES and engines.get(engine.name) is engine
+    assert isinstance(engine.eager, bool) and engine.resumes_input_under <= {
+        "one_device", "mirrored", "multi_worker", "parameter_server", "tpu"}
+
+
+def test_the_stages_call_engines_through_the_seam_only():
+    """Every `engine.<name>` in trainer/run/ is a method or attribute of the base class; nothing in trainer/run/
+    or trainer/policy/ tests --engine or imports an engine's module."""
+    used = {}
+    for path in list((REPO / "trainer" / "run").glob("*.py")) + list((REPO / "trainer" / "policy").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "engine":
+                used.setdefault(node.attr, path.name)
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(n, ast.Attribute) and n.attr == "engine" for n in [node.left, *node.comparators]):
+                raise AssertionError(f"{path.name}:{node.lineno} tests config.engine outside trainer/engines/")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("trainer.engines.") for n in names), f"{path.name} imports {names}"
+    assert used and set(used) <= SEAM, {k: v for k, v in used.items() if k not in SEAM}
+
+
+@pytest.fixture
+def toy_metric():
+    metric_registry.register(metric_registry.Metric(
+        "error_rate", higher_is_better=False, from_confusion=lambda m: 1.0 - np.trace(m) / max(np.sum(m), 1)))
+    yield
+    metric_registry.unregister("error_rate")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_run_writes_the_policy_results_on_every_engine(tmp_path, engine, toy_metric):
+    from trainer.run import experiment
+
+    run = tmp_path / "run"
+    summary = experiment.train_and_evaluate(Config(
+        data="digits", classes="0,1,2", backbone="mlp", engine=engine.name, train_steps=40, fine_tune_steps=20,
+        save_checkpoints_steps=20, eval_throttle_secs=0, early_stopping_patience=5,
+        early_stopping_metric="error_rate", model_dir=str(run)))
+    assert summary["global_step"] == 60
+    assert json.loads((run / "eval" / "processed.json").read_text()) == {"step": 60}
+    best = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert best["metric"] == "error_rate" and (run / "export" / "best" / best["export"] / "saved_model.pb").exists()
+    evaluated = json.loads((run / "eval_metrics.json").read_text())
+    assert set(metric_registry.available(3, "categorical", 5)) <= set(evaluated)
+    # The toy metric, defined once, computed by this engine's evaluation: 1 - accuracy.
+    assert evaluated["error_rate"] == pytest.approx(1.0 - evaluated["accuracy"], abs=1e-6)
+    assert json.loads((run / "early_stopping.json").read_text())["metric"] == "error_rate"
