@@ -74,15 +74,32 @@ def test_a_run_writes_the_policy_results_on_every_engine(tmp_path, engine, toy_m
 
     run = tmp_path / "run"
     summary = experiment.train_and_evaluate(Config(
-        data="digits", classes="0,1,2", backbone="mlp", engine=engine.name, train_steps=40, fine_tune_steps=20,
+        data="digits", classes=("0", "1", "2"), backbone="mlp", engine=engine.name, train_steps=40, fine_tune_steps=20,
         save_checkpoints_steps=20, eval_throttle_secs=0, early_stopping_patience=5,
         early_stopping_metric="error_rate", model_dir=str(run)))
-    assert summary["global_step"] == 60
-    assert json.loads((run / "eval" / "processed.json").read_text()) == {"step": 60}
+    assert json.loads((run / "eval" / "processed.json").read_text()) == {"step": 60}  # Both phases trained.
     best = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert summary["global_step"] == best["metrics"]["global_step"]  # Early stopping reports the best model.
     assert best["metric"] == "error_rate" and (run / "export" / "best" / best["export"] / "saved_model.pb").exists()
     evaluated = json.loads((run / "eval_metrics.json").read_text())
     assert set(metric_registry.available(3, "categorical", 5)) <= set(evaluated)
     # The toy metric, defined once, computed by this engine's evaluation: 1 - accuracy.
     assert evaluated["error_rate"] == pytest.approx(1.0 - evaluated["accuracy"], abs=1e-6)
     assert json.loads((run / "early_stopping.json").read_text())["metric"] == "error_rate"
+
+
+@pytest.mark.skipif(engines.ENGINES and not __import__("importlib").util.find_spec("tensorflow_estimator"),
+                    reason="--engine=estimator needs TF 2.15")
+def test_a_metric_the_estimator_cannot_stream_is_one_line_before_training(tmp_path):
+    from trainer.errors import UsageError
+    from trainer.run import experiment
+
+    metric_registry.register(metric_registry.Metric("mean_confidence", True,
+                                                    from_scores=lambda p, y, k: float(p.max(-1).mean())))
+    try:
+        with pytest.raises(UsageError, match="'mean_confidence' has no streaming form on --engine=estimator"):
+            experiment.train_and_evaluate(Config(data="digits", backbone="mlp", engine="estimator", train_steps=20,
+                                                 model_dir=str(tmp_path / "run")))
+    finally:
+        metric_registry.unregister("mean_confidence")
+    assert not list((tmp_path / "run").glob("model.ckpt-*"))

@@ -10,7 +10,8 @@ import tensorflow as tf
 from trainer.config import Config
 from trainer.data import record_faults
 from trainer.engines import base
-from trainer.engines.estimator import boundary, estimator, exporters, feature_cache, hooks, listeners, progress
+from trainer.engines.estimator import (boundary, estimator, exporters, feature_cache, hooks, listeners, metrics,
+                                       progress)
 from trainer.engines.estimator import predict as estimator_predict
 from trainer.engines.estimator import serving
 from trainer.errors import UsageError
@@ -65,6 +66,8 @@ class Engine(base.Engine):
 
     def prepare_inputs(self, run) -> None:
         config, dataset, model = self.config, run.dataset, run.model
+        if len(model.outputs) == 1:  # Before any work: a registered metric this engine cannot stream (one line).
+            metrics.check_streamable(run.num_classes, config.label_mode, config.top_k)
         if dataset.kind in ("files", "tfrecord") and not config.model_fn:
             self._serving_fn = serving.make_image_bytes_serving_input_fn(model.input_names[0], model.input_shape[1])
         else:

@@ -39,6 +39,15 @@ def _streaming_top_k(true_ids, probabilities, scores, top_k):
 STREAMING = {"auc": _streaming_auc, "top_k_accuracy": _streaming_top_k}
 
 
+def check_streamable(num_classes: int, label_mode: str, top_k: int) -> None:
+    """Every registered metric the run reports has a form this engine's graph can compute."""
+    for name in metric_registry.available(num_classes, label_mode, top_k):
+        metric = metric_registry.get(name)
+        if name not in ("accuracy", "loss") and metric.from_confusion is None and name not in STREAMING:
+            raise UsageError(f"the metric {name!r} has no streaming form on --engine=estimator (register one in "
+                             "trainer.engines.estimator.metrics.STREAMING, or use --engine=keras)")
+
+
 def _from_confusion(metric, matrix):
     """A registered metric of the accumulated confusion matrix, computed once when the evaluation reads it."""
     return tf.reshape(tf.numpy_function(lambda m: np.float64(metric.from_confusion(m)), [matrix], tf.float64), [])
@@ -68,11 +77,8 @@ def with_eval_metrics(model_fn, num_classes: int, label_mode: str, top_k: int):
                 continue
             if metric.from_confusion is not None:
                 ops[name] = (_from_confusion(metric, matrix), update)
-            elif name in STREAMING:
+            elif name in STREAMING:  # Else refused before training (check_streamable).
                 ops[name] = STREAMING[name](true_ids, probabilities, scores, top_k)
-            else:
-                raise UsageError(f"the metric {name!r} has no streaming form on --engine=estimator (register one in "
-                                 "trainer.engines.estimator.metrics.STREAMING, or use --engine=keras)")
         # The matrix itself: exporters draw it and eval_metrics.json reports it, with no second pass.
         ops["confusion_matrix"] = (tf.identity(matrix), tf.no_op())
         confidence = tf.where(predicted > 0, scores, 1.0 - scores) if label_mode == "binary" \
