@@ -137,6 +137,19 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, flags: dict) -> "Config":
+        """The inverse of to_dict, from run_info.json's `flags` (JSON lists back to tuples; names this version does
+        not know are left out, missing ones take their defaults): the one place a run's record becomes a Config."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        flags = {k: v for k, v in (flags or {}).items() if k in known}
+        for key in ("classes", "head_units"):
+            if key in flags:
+                flags[key] = tuple(flags[key] or ())
+        if "augment" in flags:
+            flags["augment"] = tuple(tuple(a) for a in flags["augment"] or ())
+        return cls(**flags)
+
 
 def default_model_dir() -> str:
     """`$AIP_MODEL_DIR` on Vertex AI, else a fresh `runs/<timestamp>` folder."""
@@ -183,6 +196,14 @@ def validate(config: Config, here: bool = True) -> Config:
     Raises:
         UsageError: naming the flag at fault.
     """
+    if getattr(config, "_validated", None) in (True, here):  # The entry point validated it: once per run.
+        return config
+    validated = _validate(config, here)
+    object.__setattr__(validated, "_validated", here)  # Not a field: dataclasses.replace makes one to check again.
+    return validated
+
+
+def _validate(config: Config, here: bool) -> Config:
     for field in dataclasses.fields(config):  # nan passes every comparison below (and inf most).
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):

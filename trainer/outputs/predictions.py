@@ -117,13 +117,7 @@ def validation_input(config: Config, model: tf.keras.Model, dataset: data_lib.Da
 
 def config_from_run_info(info: dict) -> Config:
     """The Config a run was started with, from run_info.json's resolved flags."""
-    flags = dict(info["flags"])
-    fields = {f.name for f in dataclasses.fields(Config)}
-    flags = {k: v for k, v in flags.items() if k in fields}
-    for key in ("classes", "head_units"):
-        flags[key] = tuple(flags.get(key) or ())
-    flags["augment"] = tuple(tuple(a) for a in flags.get("augment") or ())
-    return Config(**flags)
+    return Config.from_dict(info["flags"])
 
 
 def load_run_model(model_dir: str, config: Config, num_classes: int, image_shape) -> Optional[tf.keras.Model]:

@@ -140,8 +140,7 @@ def history_of(previous_info: Optional[dict]) -> List[dict]:
     flags = previous_info.get("flags") or {}
     if not flags:
         return []
-    known = {f.name for f in dataclasses.fields(Config)}
-    before = dataclasses.replace(Config(), **{k: v for k, v in flags.items() if k in known})
+    before = Config.from_dict(flags)
     return [{"name": "train", "first_step": 0, "last_step": before.train_steps, "optimizer": before.optimizer,
              "learning_rate": before.learning_rate, "freeze": before.freeze or models.default_freeze(before)}]
 

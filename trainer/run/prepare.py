@@ -262,8 +262,7 @@ _RECIPE_FLAGS = ("optimizer", "learning_rate", "freeze")
 def _check_same_recipe(config: Config, previous: Optional[dict]) -> None:
     if not previous or not previous.get("flags") or not tf.train.latest_checkpoint(config.checkpoint_dir):
         return
-    known = {f.name for f in dataclasses.fields(Config)}
-    before = dataclasses.replace(Config(), **{k: v for k, v in previous["flags"].items() if k in known})
+    before = Config.from_dict(previous["flags"])
     for flag in _RECIPE_FLAGS:
         old, new = getattr(before, flag), getattr(config, flag)
         if flag == "freeze":
