@@ -72,11 +72,13 @@ flags.DEFINE_integer("drop_layers", _DEFAULTS.drop_layers, "Layers to drop from 
 flags.DEFINE_bool("allow_custom_objects", False, "Let --base_model run Python code stored in it (Lambda layers). "
                   "Only for models you trust.")
 flags.DEFINE_string("model_fn", None, "package.module:function returning an uncompiled functional Keras "
-                    "model (input names = feature keys, output names = label keys).")
+                    "model (given num_classes= if it takes that parameter; input names = feature keys, output "
+                    "names = label keys).")
 # Training.
 flags.DEFINE_integer("train_steps", _DEFAULTS.train_steps, "Total training steps (global step to reach).")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
-flags.DEFINE_string("optimizer", _DEFAULTS.optimizer, "adam, sgd or rmsprop.")
+flags.DEFINE_string("optimizer", _DEFAULTS.optimizer, "adam, sgd or rmsprop (Keras legacy optimizers, which "
+                    "model_to_estimator needs).")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate.")
 flags.DEFINE_string("loss", None, "Default: derived from --label_mode; mse is also accepted.")
 flags.DEFINE_integer("eval_steps", None, "Evaluation batches. Default: the whole validation split.")
@@ -114,7 +116,8 @@ flags.DEFINE_float("fine_tune_learning_rate", None, "The second phase's learning
                    "--learning_rate / 10.")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing, for every --label_mode.")
 flags.DEFINE_string("class_weight", _DEFAULTS.class_weight, "Per-example loss weights: none, balanced "
-                    "(n / (k x n_class) from the training counts) or a .json file {class name: weight}.")
+                    "(n / (k x n_class) from the training counts; a class with no training example weighs 1 and is "
+                    "named in a warning) or a .json file {class name: finite weight >= 0} (absent classes weigh 1).")
 flags.DEFINE_integer("early_stopping_patience", 0, "Stop after K evaluations in a row without improvement of "
                      "--early_stopping_metric (0: off). Evaluations follow checkpoints.")
 flags.DEFINE_enum("early_stopping_metric", _DEFAULTS.early_stopping_metric, metric_registry.names(),
@@ -141,7 +144,8 @@ flags.DEFINE_float("promote_min_delta", 0.0, "The challenger must beat the champ
 flags.DEFINE_string("warm_start_from", None, "Start from these weights instead of the pretrained trunk alone: "
                     "'champion' (the version CHAMPION.json names), a keras_model.h5, or a checkpoint folder.")
 flags.DEFINE_bool("unique_run_dir", False, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "
-                  "timestamp): each scheduled run gets its own folder.")
+                  "timestamp), and checkpoints into <checkpoint_dir>/<run id> when --checkpoint_dir (or "
+                  "$AIP_CHECKPOINT_DIR) is given: each scheduled run trains in its own folders.")
 # Distribution.
 flags.DEFINE_string("engine", None, "estimator (the Estimator API, TensorFlow 2.15 only) or keras (Model.fit, TensorFlow "
                     "2.15 or 2.21 with tf-keras): the same flags, files and strategies. Default: estimator where "

@@ -1,0 +1,21 @@
+"""docs/flags.md is generated from the flag definitions (scripts/flag_reference.py): it lists every flag trainer.task
+defines, and is what the script prints now."""
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_flag_reference_is_current_and_complete():
+    spec = importlib.util.spec_from_file_location("flag_reference", REPO / "scripts" / "flag_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    assert (REPO / "docs" / "flags.md").read_text() == reference.render(), \
+        "docs/flags.md is stale: python scripts/flag_reference.py > docs/flags.md"
+    from absl import flags
+
+    import trainer.task  # noqa: F401
+
+    ours = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(trainer.task)}
+    listed = {name for _, names in reference.sections() for name in names}
+    assert ours == listed, ours ^ listed
