@@ -20,6 +20,8 @@ import sys
 _CPP_LOG_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+import dataclasses  # noqa: E402
+
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import config as config_lib  # noqa: E402
@@ -170,22 +172,10 @@ def config_from_flags() -> config_lib.Config:
         head_units = tuple(int(u) for u in FLAGS.head_units)
     except ValueError:
         raise UsageError(f"--head_units={','.join(FLAGS.head_units)} must be a comma list of integers") from None
-    values = {field: FLAGS[field].value for field in (
-        "data", "model_dir", "validation_split", "eval_data", "labels_file", "max_bad_fraction", "max_image_mb",
-        "backbone", "weights", "image_size", "cut_layer",
-        "head_pooling", "dropout", "num_classes", "label_mode", "freeze", "base_model", "drop_layers",
-        "allow_custom_objects",
-        "model_fn", "train_steps", "batch_size", "optimizer", "learning_rate", "loss", "eval_steps",
-        "save_checkpoints_steps", "keep_checkpoint_max", "eval_throttle_secs", "export", "dry_run", "seed",
-        "export_tflite",
-        "cache_features", "mixed_precision", "jit",
-        "engine", "strategy", "num_gpus", "num_cpu_replicas", "tpu", "tpu_iterations_per_loop", "use_tpu",
-        "checkpoint_dir", "tensorboard_dir", "sync_checkpoints_to", "hypertune_metric", "champion_dir",
-        "promote_metric", "promote_min_delta", "warm_start_from", "unique_run_dir",
-        "epochs", "lr_schedule", "warmup_steps", "min_learning_rate", "lr_decay_rate", "lr_decay_steps",
-        "fine_tune_steps", "fine_tune_epochs", "fine_tune_freeze", "fine_tune_learning_rate", "label_smoothing",
-        "class_weight", "early_stopping_patience", "early_stopping_metric", "early_stopping_min_delta",
-        "weight_decay", "clip_norm", "top_k")}
+    # Every Config field is the flag of the same name (tests/unit/test_flag_reference.py holds it), parsed as is but
+    # for the three below.
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)
+              if f.name not in ("classes", "head_units", "augment")}
     if FLAGS.epochs and FLAGS["train_steps"].present:
         raise UsageError(f"--epochs={FLAGS.epochs} and --train_steps={FLAGS.train_steps} exclude each other: "
                          "give one")

@@ -63,3 +63,14 @@ def test_non_finite_weights_and_early_stopping(tmp_path):
     # Step 10 was counted by early stopping but not exported (its weights): step 20 is the first best export, on
     # early stopping's metric.
     assert json.loads((tmp_path / "export" / "best" / "best.json").read_text())["metric"] == "loss"
+
+
+def test_catch_up_evaluates_only_what_the_uninterrupted_run_evaluated():
+    from trainer.policy import catch_up
+
+    assert catch_up.due(40, processed=20, first_step=0, every=20)  # Saved on the schedule, not evaluated.
+    assert not catch_up.due(40, processed=40, first_step=0, every=20)  # Evaluated already.
+    assert not catch_up.due(37, processed=20, first_step=0, every=20)  # A preemption checkpoint: off schedule.
+    assert catch_up.due(37, processed=20, first_step=0, every=20, final=True)  # ...unless it is the run's last.
+    assert catch_up.due(45, processed=None, first_step=25, every=20)  # A phase's schedule counts from its start.
+    assert not catch_up.due(0, processed=None, first_step=0, every=20)

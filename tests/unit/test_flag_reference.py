@@ -19,3 +19,17 @@ def test_the_flag_reference_is_current_and_complete():
     ours = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(trainer.task)}
     listed = {name for _, names in reference.sections() for name in names}
     assert ours == listed, ours ^ listed
+
+
+def test_every_config_field_is_a_flag():
+    """One source: trainer.task builds the Config from the flags of the Config's own field names."""
+    import dataclasses
+
+    from absl import flags
+
+    import trainer.task
+    from trainer.config import Config
+
+    defined = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(trainer.task)}
+    assert {f.name for f in dataclasses.fields(Config)} <= defined
+    assert defined - {f.name for f in dataclasses.fields(Config)} == {"verbose"}  # The console's, not the run's.

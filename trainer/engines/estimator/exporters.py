@@ -8,8 +8,8 @@ import tensorflow as tf
 from trainer.config import Config
 from trainer.outputs.evaluations import processed_step
 from trainer.outputs.export import checkpoint_is_finite
+from trainer.policy import catch_up as catch_up_policy
 from trainer.policy.after_evaluation import AfterEvaluation
-from trainer.util import console
 
 
 class PolicyExporter(tf.estimator.Exporter):
@@ -51,12 +51,9 @@ def catch_up(estimator, eval_spec, checkpoint_dir: str, first_step: int, every: 
     if not latest:
         return None
     step = int(latest.rsplit("-", 1)[1])
-    done = processed_step(checkpoint_dir)
-    if step == 0 or (done is not None and done >= step):
+    if not catch_up_policy.due(step, processed_step(checkpoint_dir), first_step, every, final):
         return None
-    if not final and (step - first_step) % every:
-        return None
-    console.say("catching up: step %d was saved before the interruption and not evaluated yet", step)
+    catch_up_policy.announce(step)
     result = estimator.evaluate(eval_spec.input_fn, steps=eval_spec.steps, name=eval_spec.name,
                                 hooks=eval_spec.hooks, checkpoint_path=latest)
     export_base = os.path.join(estimator.model_dir, "export")

@@ -21,6 +21,7 @@ from trainer.engines.keras import callbacks, saving, serving
 from trainer.errors import NumericError, UsageError
 from trainer.engines.keras.evaluation import Evaluator
 from trainer.model import feature_cache, models
+from trainer.policy import catch_up
 from trainer.policy.after_evaluation import AfterEvaluation
 from trainer.outputs import evaluations, export, metrics
 from trainer.outputs.predictions import Predictions
@@ -127,9 +128,9 @@ class Engine(base.Engine):
         if not self._single or not latest:
             return False
         at = saving.checkpoint_step(latest)
-        done = evaluations.processed_step(config.checkpoint_dir)
-        if at and (done is None or done < at) and not (at - step.first_step) % config.save_checkpoints_steps:
-            console.say("catching up: step %d was saved before the interruption and not evaluated yet", at)
+        if catch_up.due(at, evaluations.processed_step(config.checkpoint_dir), step.first_step,
+                        config.save_checkpoints_steps):
+            catch_up.announce(at)
             self.evaluate(at, final=at == run.planned[-1].last_step)
         return True
 
