@@ -23,7 +23,7 @@ def part_of(path: Path) -> str:
     if rel.startswith("run/"):
         return "run state"
     if "/" not in rel:
-        return {"config.py": "config", "metric_registry.py": "config", "errors.py": "errors",
+        return {"config.py": "config", "metric_registry.py": "config", "augmentations.py": "config", "errors.py": "errors",
                 "__init__.py": "config"}.get(rel, "entry points")
     return rel.split("/")[0]
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Optional, Tuple
 
-from trainer import metric_registry
+from trainer import augmentations, metric_registry
 from trainer.errors import UsageError
 
 LABEL_MODES = ("sparse", "categorical", "binary")
@@ -362,29 +362,26 @@ def to_gcs_uri(path: Optional[str]) -> Optional[str]:
     return path
 
 
-AUGMENT_OPS = {"flip": 0.0, "rotate": 0.1, "zoom": 0.1}  # Op -> default amount.
-
-
 def parse_augment(spec: str) -> Tuple[Tuple[str, float], ...]:
     """Parses --augment=flip,rotate:0.1,zoom:0.2 into ((op, amount), ...)."""
     ops = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, amount = item.partition(":")
-        if name not in AUGMENT_OPS:
-            raise UsageError(f"--augment: unknown operation '{name}'; choose from: {', '.join(AUGMENT_OPS)}")
-        if name == "flip" and amount:
-            raise UsageError(f"--augment: '{item}': flip takes no amount (half the images are flipped); "
-                             "write flip")
+        op = augmentations.get(name)  # The registry: trainer/augmentations.py.
+        if op is None:
+            raise UsageError(f"--augment: unknown operation '{name}'; choose from: {', '.join(augmentations.names())}")
+        if op.default is None and amount:
+            raise UsageError(f"--augment: '{item}': {name} takes no amount ({op.help}); write {name}")
         if name in (op for op, _ in ops):  # Wrappers trial U1: only the last of two applied, silently.
             raise UsageError(f"--augment: '{name}' is given twice; give each operation once")
         if item.endswith(":"):  # Wrappers trial U1: `rotate:` trained with the default amount, silently.
             raise UsageError(f"--augment: '{item}' needs a number after the colon (or write {name} alone for "
-                             f"{AUGMENT_OPS[name]:g})")
+                             f"{op.default:g})")
         try:
-            value = float(amount) if amount else AUGMENT_OPS[name]
+            value = float(amount) if amount else (op.default or 0.0)
         except ValueError:
             raise UsageError(f"--augment: '{item}' needs a number after the colon") from None
-        if name != "flip" and not 0.0 < value < 1.0:
+        if op.default is not None and not 0.0 < value < 1.0:
             raise UsageError(f"--augment: '{item}' needs an amount between 0 and 1 (a fraction)")
         ops.append((name, value))
     return tuple(ops)

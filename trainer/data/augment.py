@@ -1,44 +1,48 @@
-"""Training-time image augmentation: flip, rotation, zoom, on batches, in the graph.
+"""Training-time image augmentation: the ops --augment names (trainer/augmentations.py, the registry), applied to
+batches in the graph.
 
-Every random draw is stateless and seeded by (--seed, batch index), so a run is
-reproducible under `--seed`. Only training input pipelines call this; evaluation
-and serving never do.
+Every random draw is stateless and seeded by (--seed, batch index, the op's position), so a run is reproducible
+under `--seed` and a restart replays the same draws. Only training input pipelines call this; evaluation and
+serving never do.
 """
-import math
 from typing import Sequence, Tuple
 
 import tensorflow as tf
 
+from trainer import augmentations
 
-def augment_batch(images, ops: Sequence[Tuple[str, float]], seed):
-    """Augments a float batch [B, H, W, C].
+
+def augment_batch(images, ops: Sequence[Tuple[str, float]], seed, labels=None):
+    """Augments a float batch [B, H, W, C] (pixels in [0, 255]).
 
     Args:
-        images: the batch, pixels in [0, 255].
-        ops: ((name, amount), ...): flip (horizontal, half the images), rotate (up to
-            amount x a full turn either way), zoom (scale in [1 - amount, 1 + amount]).
+        ops: ((name, amount), ...), names from trainer.augmentations.
         seed: int tensor of shape [2] for the stateless random ops.
+        labels: [B, k] one-hot or soft labels, for ops that mix examples; then (images, labels) is returned.
     """
     batch = tf.shape(images)[0]
     height, width = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
-    angles = tf.zeros([batch])
-    scales = tf.ones([batch])
+    geometry = {"angles": tf.zeros([batch]), "scales": tf.ones([batch])}
     geometric = False
     for i, (name, amount) in enumerate(ops):
+        op = augmentations.get(name)
         op_seed = seed + tf.constant([0, 7919 * (i + 1)], seed.dtype)
-        if name == "flip":
-            flip = tf.random.stateless_uniform([batch], op_seed) < 0.5
-            images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-        elif name == "rotate":
-            limit = amount * 2.0 * math.pi
-            angles = tf.random.stateless_uniform([batch], op_seed, -limit, limit)
+        if op.pixels is not None:
+            images = op.pixels(images, amount, op_seed)
+        elif op.geometry is not None:
+            geometry.update(op.geometry(batch, amount, op_seed))
             geometric = True
-        elif name == "zoom":
-            scales = tf.random.stateless_uniform([batch], op_seed, 1.0 - amount, 1.0 + amount)
-            geometric = True
-    if not geometric:
-        return images
-    # Output pixel (x, y) samples the input at centre + R(angle) (p - centre) / scale.
+        elif labels is not None:
+            images, labels = op.mixing(images, labels, amount, op_seed)
+        else:
+            raise ValueError(f"--augment={name} mixes labels: the input pipeline must pass them")
+    if geometric:
+        images = _transform(images, geometry["angles"], geometry["scales"], height, width)
+    return images if labels is None else (images, labels)
+
+
+def _transform(images, angles, scales, height, width):
+    """Output pixel (x, y) samples the input at centre + R(angle) (p - centre) / scale."""
     cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
     cos, sin = tf.cos(angles) / scales, tf.sin(angles) / scales
     zeros = tf.zeros_like(cos)
