@@ -16,6 +16,8 @@ import pytest
 from trainer.run import run_lock
 from trainer.errors import UsageError
 
+pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 URI = "gs://test-bucket/runs/a"
 LOCK = "runs/a/.trainer.lock"
@@ -27,8 +29,6 @@ if sys.argv[3]:
     socket.gethostname = lambda: sys.argv[3]  # As if on another machine.
 from trainer.run import run_lock
 from trainer.errors import UsageError
-
-pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.
 try:
     with run_lock.hold(sys.argv[1], lease_secs=float(sys.argv[2])):
         print("held", flush=True)
