@@ -40,3 +40,17 @@ def test_no_private_name_is_used_across_modules():
                     and node.attr.startswith("_") and not node.attr.startswith("__"):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value.id}.{node.attr}")
     assert found == []
+
+
+def test_test_modules_mark_their_layer_at_module_level():
+    """The TF 2.21 leg collects modules by their `tf221` mark without importing them (tests/conftest.py): each mark
+    must be the module's own `pytestmark`, not text inside a child program's source."""
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        marks = [n for n in tree.body if isinstance(n, ast.Assign) and any(
+            getattr(t, "id", None) == "pytestmark" for t in n.targets)]
+        in_strings = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                      and "pytest.mark." in n.value]
+        assert not in_strings, path.name
+        if "pytest.mark.tf221" in path.read_text():
+            assert marks and "tf221" in ast.unparse(marks[0].value), path.name
