@@ -16,7 +16,8 @@ ids [N]: the Keras engine's evaluation has them; the Estimator's graph needs a s
 import dataclasses
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
+# numpy is imported inside the computations: the flags are checked (trainer/config.py reads the names) where only
+# the package itself is installed (tests/test_packaging.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,8 @@ class Metric:
     higher_is_better: bool
     # (num_classes, label_mode, top_k) -> whether a run of that kind reports it.
     applies: Callable[[int, str, int], bool] = lambda num_classes, label_mode, top_k: True
-    from_confusion: Optional[Callable[[np.ndarray], float]] = None
-    from_scores: Optional[Callable[[np.ndarray, np.ndarray, int], Optional[float]]] = None
+    from_confusion: Optional[Callable] = None  # (matrix [k, k]) -> float
+    from_scores: Optional[Callable] = None  # (probabilities [N, k], true ids [N], top_k) -> float or None
     when: str = ""  # Which runs report it, as error lines say it (empty: every run).
 
 
@@ -87,20 +88,26 @@ def better(best: Optional[dict], current: dict, name: str) -> bool:
 
 
 # ---- the definitions ------------------------------------------------------------------------------------------
-def recall_per_class(matrix: np.ndarray) -> np.ndarray:
+def recall_per_class(matrix):
+    import numpy as np
+
     matrix = np.asarray(matrix, np.float64)
     support = matrix.sum(1)
     return np.divide(np.diag(matrix), support, out=np.zeros(len(matrix)), where=support > 0)
 
 
-def _accuracy(matrix: np.ndarray) -> float:
+def _accuracy(matrix) -> float:
+    import numpy as np
+
     matrix = np.asarray(matrix, np.float64)
     total = matrix.sum()
     return float(np.trace(matrix) / total) if total else 0.0
 
 
-def _macro_f1(matrix: np.ndarray) -> float:
+def _macro_f1(matrix) -> float:
     """The mean F1 over the classes present in the split (a class with no example is left out)."""
+    import numpy as np
+
     matrix = np.asarray(matrix, np.float64)
     tp, predicted, support = np.diag(matrix), matrix.sum(0), matrix.sum(1)
     precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
@@ -109,14 +116,18 @@ def _macro_f1(matrix: np.ndarray) -> float:
     return float(f1[support > 0].mean()) if (support > 0).any() else 0.0
 
 
-def _top_k_accuracy(probabilities: np.ndarray, true_ids: np.ndarray, top_k: int) -> float:
+def _top_k_accuracy(probabilities, true_ids, top_k: int) -> float:
+    import numpy as np
+
     top = np.argsort(-probabilities, axis=-1)[:, :top_k]
     return float((top == true_ids[:, None]).any(-1).mean()) if len(true_ids) else 0.0
 
 
-def _auc(probabilities: np.ndarray, true_ids: np.ndarray, top_k: int) -> Optional[float]:
+def _auc(probabilities, true_ids, top_k: int) -> Optional[float]:
     """Area under the ROC curve of the positive class (the rank statistic, ties counting half); None without
     both classes in the split."""
+    import numpy as np
+
     scores = probabilities[:, -1]
     pos, neg = scores[true_ids == 1], scores[true_ids == 0]
     if not len(pos) or not len(neg):
