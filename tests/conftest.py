@@ -93,6 +93,7 @@ def pytest_configure(config):
                                        "`make test` does not")
     config.addinivalue_line("markers", "unit: tests/unit, pure functions of trainer/ (`make test-fast`)")
     config.addinivalue_line("markers", "integration: real training runs and programs (every test outside tests/unit)")
+    config.addinivalue_line("markers", "keras_engine: the Keras engine's own tests (slow on TensorFlow 2.15)")
     config.addinivalue_line("markers", "quick: integration tests quick enough for `make test-fast`")
     config.addinivalue_line("markers", "tf221: runs on TensorFlow 2.21 too (the Keras engine's runtime)")
 
@@ -107,3 +108,9 @@ def pytest_ignore_collect(collection_path, config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker("unit" if TESTS / "unit" in Path(str(item.fspath)).parents else "integration")
+        # Each runtime's `make test` leg runs its own engine's cases; the Keras engine's on TensorFlow 2.15 (the
+        # modules marked keras_engine, the `engine=keras` cases of the others) go to `make test-slow`, since the
+        # TF 2.21 leg runs them where that engine's users train.
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if ESTIMATOR_RUNTIME and (item.get_closest_marker("keras_engine") or params.get("engine") == "keras"):
+            item.add_marker("slow")

@@ -23,6 +23,8 @@ from trainer.model import keras_files
 from trainer.retrain import champion_store as champion
 from trainer.retrain import promotion
 
+pytestmark = pytest.mark.slow  # The cross-runtime matrix (TF 2.15 and 2.21 processes): `make test-slow` (CI runs it).
+
 ON_TF215 = tuple(int(p) for p in tf.__version__.split(".")[:2]) <= (2, 15)
 
 

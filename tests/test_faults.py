@@ -259,6 +259,7 @@ def test_bad_records_met_mid_training_are_skipped_counted_and_the_run_completes(
 # --- A worker killed in a multi-worker run --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # Multi-process kill: make test-slow.
 def test_a_killed_worker_is_named_in_one_line_and_the_same_command_resumes(tmp_path):
     model_dir, logs = tmp_path / "mw", tmp_path / "logs"
     command = [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", f"--log_dir={logs}",
@@ -297,6 +298,7 @@ def test_a_killed_worker_is_named_in_one_line_and_the_same_command_resumes(tmp_p
 
 
 
+@pytest.mark.slow  # Multi-process kill: make test-slow.
 def test_after_a_worker_died_the_chief_still_ends_on_sigterm(tmp_path):
     """SRE trial W7: with a worker gone, the chief waits in a collective op where a Python signal handler never
     runs, so SIGTERM did nothing until the SIGKILL that follows it (here: launch_local's, after its grace)."""

@@ -3,6 +3,8 @@ import pytest
 
 import fuzz_cases
 
+pytestmark = pytest.mark.slow  # Drawn runs: `make test-slow` (CI runs it); scripts/fuzz.py runs more.
+
 SEEDS = range(1000, 1008)  # Fixed: a failure here reproduces with scripts/fuzz.py --start=SEED --draws=1.
 
 

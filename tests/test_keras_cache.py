@@ -14,7 +14,8 @@ from conftest import REPO  # noqa: F401 - puts the repository on the path.
 from trainer.data import sources as data
 from trainer.config import Config
 
-pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+# Runs on TensorFlow 2.21 (the Keras engine's runtime); on TF 2.15 with `make test-slow` only.
+pytestmark = [pytest.mark.tf221, pytest.mark.keras_engine]
 
 ARGS = ["--engine=keras", "--data=digits", "--classes=3,5,8", "--cache_features", "--batch_size=32",
         "--learning_rate=0.01", "--eval_throttle_secs=0", "--save_checkpoints_steps=20", "--train_steps=80"]

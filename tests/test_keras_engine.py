@@ -20,7 +20,8 @@ from trainer.config import Config, resolve_engine
 from trainer.errors import UsageError
 from trainer.run import experiment
 
-pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
+# Runs on TensorFlow 2.21 (the Keras engine's runtime); on TF 2.15 with `make test-slow` only.
+pytestmark = [pytest.mark.tf221, pytest.mark.keras_engine]
 
 HAS_ESTIMATOR = resolve_engine(None) == "estimator"
 needs_estimator = pytest.mark.skipif(not HAS_ESTIMATOR, reason="tf.estimator needs TensorFlow 2.15")
@@ -197,7 +198,7 @@ TWO_PHASES = ["--engine=keras", "--data=digits", "--classes=0,1,2,3,4,5", "--bac
               "--save_checkpoints_steps=10", "--eval_throttle_secs=0", "--keep_checkpoint_max=1000", "--batch_size=16"]
 
 
-@pytest.mark.parametrize("how,step", [("kill", 20), ("term", 50)])
+@pytest.mark.parametrize("how,step", [pytest.param("kill", 20, marks=pytest.mark.slow), ("term", 50)])
 def test_killed_in_either_phase_a_keras_run_resumes_and_ends_as_uninterrupted(tmp_path, how, step):
     """SIGKILL in phase 1 or SIGTERM in phase 2, then the same command: the restart-equivalence property
     (tests/restart_cases.py: same phases, same schedule, same trained weights per phase, same end)."""
@@ -259,6 +260,7 @@ def test_a_mixed_precision_run_killed_resumes_with_its_loss_scale(tmp_path):
     assert int(resumed.get_tensor("training/loss_scale/good_steps")) == 27
 
 
+@pytest.mark.slow  # Drawn restart cases: make test-slow (scripts/restart_fuzz.py --engine=keras draws more).
 @pytest.mark.parametrize("seed", (3, 7))
 def test_a_drawn_keras_recipe_interrupted_ends_as_uninterrupted(tmp_path, seed):
     assert restart_cases.run_case(seed, tmp_path, engine="keras") == []
@@ -456,7 +458,8 @@ def test_a_nan_loss_stops_with_one_error_line_and_exports_nothing(tmp_path):
     assert not (run / "export").exists()
 
 
-@pytest.mark.parametrize("replicas", [[], ["--strategy=mirrored", "--num_cpu_replicas=2"]], ids=["one_device", "mirrored"])
+@pytest.mark.parametrize("replicas", [[], pytest.param(["--strategy=mirrored", "--num_cpu_replicas=2"],
+                                                       marks=pytest.mark.slow)], ids=["one_device", "mirrored"])
 def test_a_keras_restart_trains_on_the_batches_the_uninterrupted_run_did(tmp_path, replicas):
     """After a SIGKILL the Keras engine restores the weights and the optimizer's slots of the last checkpoint and
     the data stream goes on where it was: on one device and on 2 CPU replicas, the interrupted run's weights are

@@ -47,9 +47,9 @@ def assert_complete(model_dir, steps=300):
 
 @pytest.mark.parametrize("phase, pattern", [
     ("training", r"checkpoint saved at step 100\b"),
-    ("evaluation", r"Starting evaluation"),
-    ("export", r"Performing best model export|Signatures INCLUDED in export"),
-    ("final files", r"Loss for final step"),
+    pytest.param("evaluation", r"Starting evaluation", marks=pytest.mark.slow),  # The kill matrix: make test-slow.
+    pytest.param("export", r"Performing best model export|Signatures INCLUDED in export", marks=pytest.mark.slow),
+    pytest.param("final files", r"Loss for final step", marks=pytest.mark.slow),
 ])
 def test_sigkill_then_rerun_finishes_the_run(tmp_path, phase, pattern):
     model_dir = tmp_path / "run"

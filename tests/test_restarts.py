@@ -9,6 +9,8 @@ import tensorflow as tf
 
 import restart_cases
 
+pytestmark = pytest.mark.slow  # Kill matrices and drawn restart cases: `make test-slow` (CI runs it).
+
 SEEDS = (2, 5, 9, 13)  # Fixed: a failure reproduces with scripts/restart_fuzz.py --start=SEED --draws=1.
 TWO_PHASES = ["--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn", "--save_checkpoints_steps=10",
               "--eval_throttle_secs=0", "--keep_checkpoint_max=1000", "--batch_size=16"]

@@ -17,7 +17,9 @@ ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=small_cnn", "--train_ste
 # (fault point, engines it exists on): the last step's evaluation runs inside Model.fit's callback on the Keras engine.
 POINTS = [("final_step_evaluated", ["keras"]), ("finish_evaluation", ENGINES), ("finish_export", ENGINES),
           ("finish_promotion", ENGINES), ("finish_report", ENGINES)]
-CASES = [(point, engine) for point, engines in POINTS for engine in engines if engine in ENGINES]
+# The stage matrix: `make test` stops each engine in one stage after training, `make test-slow` in every one.
+CASES = [pytest.param(point, engine, marks=() if point == "finish_evaluation" else pytest.mark.slow)
+         for point, engines in POINTS for engine in engines if engine in ENGINES]
 
 
 @pytest.mark.parametrize("point,engine", CASES)

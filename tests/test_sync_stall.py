@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 import requests
 
 from trainer.cloud import gcs
@@ -35,6 +37,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # Waits out a network timeout: make test-slow.
 def test_an_unreachable_mirror_does_not_stall_training(tmp_path):
     plain, plain_secs = _cli(tmp_path / "plain")
     assert plain.returncode == 0, plain.stderr[-3000:]

@@ -197,6 +197,7 @@ def test_retrain_sh_as_pid_1_passes_sigterm_to_the_trainer(tmp_path):
     assert not (champion / "CHAMPION.json").exists()
 
 
+@pytest.mark.slow  # Multi-process kill: make test-slow.
 def test_a_launcher_killed_outright_leaves_no_task_running(tmp_path):
     """SIGKILL to the launcher passes nothing on by itself: each task gets SIGTERM from the kernel (parent-death
     signal) and stops, so no orphan keeps the run's lock; the same command then finishes. (Whether a task's last
