@@ -20,6 +20,9 @@ KERAS_STAMP := $(KERAS_VENV)/.installed
 VERSION_IN = -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] not in sys.argv[1].split())'
 # What the legs collect (narrow it for one file: make test-tf221 TESTS=tests/test_console_quiet.py).
 TESTS ?= tests
+# pytest-xdist workers for `make test` and `make test-fast` (the 2 cores CI has; JOBS=0 runs in this process). The
+# slow suites run in one process: their kill matrices time signals against training.
+JOBS ?= 2
 # The TF 2.15 venv's interpreter, when there is one: the TF 2.21 leg's cross-runtime tests use it (and skip without).
 TF215_FOR_KERAS_LEG = TRAINER_TF215_PYTHON=$$(test -x $(PY) && echo $(CURDIR)/$(PY))
 
@@ -60,11 +63,11 @@ test: test-tf215 test-tf221
 
 # One runtime each (a Cloud Build step runs the leg its image can run: cloudbuild.yaml).
 test-tf215: $(STAMP)
-	$(PY) -m pytest -q --durations=15 -m "not slow" $(TESTS)
+	$(PY) -m pytest -q -n $(JOBS) --durations=15 -m "not slow" $(TESTS)
 
 # On TensorFlow 2.21 (no tf.estimator) tests/conftest.py collects the unit layer and the modules marked `tf221`.
 test-tf221: $(KERAS_STAMP)
-	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q --durations=15 -m "not slow" $(TESTS)
+	$(TF215_FOR_KERAS_LEG) $(KPY) -m pytest -q -n $(JOBS) --durations=15 -m "not slow" $(TESTS)
 
 # The slow suites (path-form matrices, the README's commands), both runtimes; CI runs them after `make test`.
 test-slow: $(STAMP) $(KERAS_STAMP)
@@ -78,7 +81,7 @@ test-keras: $(STAMP) $(KERAS_STAMP)
 # Under 3 minutes, for iterating: the unit layer (tests/unit: pure functions, both runtimes), then the integration
 # modules marked `quick` (flags, data, models, the champion store, recipe checks; no multi-process runs).
 test-fast: $(STAMP) $(KERAS_STAMP)
-	$(PY) -m pytest -q -m "unit or quick" tests
+	$(PY) -m pytest -q -n $(JOBS) -m "unit or quick" tests
 	$(KPY) -m pytest -q -m unit tests
 
 # The unit layer alone: seconds.

