@@ -7,8 +7,8 @@ import time
 
 import tensorflow as tf
 
+from trainer.policy.progress import ProgressLine
 from trainer.run import early_stopping, preemption
-from trainer.util import console
 
 
 def global_step(model: tf.keras.Model) -> int:
@@ -16,39 +16,22 @@ def global_step(model: tf.keras.Model) -> int:
 
 
 class Progress(tf.keras.callbacks.Callback):
-    """`step N/M (p%), x steps/s, y examples/s, lr L, loss X, ETA h:mm:ss`, as the Estimator engine's line; the
-    loss is the step's own (recovered from fit's running mean)."""
+    """The progress line (trainer.policy.progress) after each step; the loss is the step's own (recovered from fit's
+    running mean)."""
 
     def __init__(self, max_steps: int, batch_size: int, schedule=None, every_secs: float = 10.0):
         super().__init__()
-        self._max, self._batch, self._schedule, self._every = max_steps, batch_size, schedule, every_secs
+        self._args = (max_steps, batch_size, schedule, every_secs)
         self.last_loss = None
 
     def on_train_begin(self, logs=None):
-        self._progress, self._last, self._mean = console.Progress(self._every), None, (0, 0.0)
+        self._line, self._mean = ProgressLine(*self._args), (0, 0.0)
 
     def on_train_batch_end(self, batch, logs=None):
-        step, now = global_step(self.model), time.time()
         count, mean = batch + 1, float((logs or {}).get("loss", float("nan")))
         self.last_loss = count * mean - self._mean[0] * self._mean[1]
         self._mean = (count, mean)
-        if self._last is None:
-            self._last = (step, now)  # The first step includes tracing: not timed.
-            return
-        final = step >= self._max
-        if not (self._progress.due(final) or final):
-            return
-        last_step, last_time = self._last
-        rate = (step - last_step) / max(now - last_time, 1e-9)
-        eta = (self._max - step) / rate if rate > 0 else 0.0
-        parts = [f"step {step}/{self._max} ({100.0 * step / self._max:.0f}%)", f"{rate:.1f} steps/s",
-                 f"{rate * self._batch:.0f} examples/s"]
-        if self._schedule is not None:
-            parts.append(f"lr {self._schedule.value(step - 1):.3g}")
-        parts += [f"loss {self.last_loss:.4f}", f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"]
-        self._progress.show(step, self._max, ", ".join(parts), final=final)
-        if now - last_time >= self._every / 2:
-            self._last = (step, now)
+        self._line.step_done(global_step(self.model), loss=self.last_loss)
 
 
 class Summaries(tf.keras.callbacks.Callback):
