@@ -133,3 +133,25 @@ def test_parameter_server_cluster_trains(tmp_path):
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["strategy"] == "parameter_server"
     assert "[ps0]" in proc.stderr
+
+
+def test_an_export_second_taken_by_another_task_is_retried_in_the_next():
+    """Two tasks of a cluster (the chief's last export, the evaluator's) exporting into one root in the same second:
+    TensorFlow refuses the second's temp-<seconds> folder; the export runs again a second later (seen under load)."""
+    from trainer.engines.estimator.exporters import export_apart
+
+    calls = []
+
+    def export():
+        calls.append(1)
+        if len(calls) == 1:
+            raise AssertionError("Export directory b'/x/export/best/temp-1' already exists, and isn't empty.")
+        return b"/x/export/best/2"
+
+    assert export_apart(export) == "/x/export/best/2" and len(calls) == 2
+
+    def broken():
+        raise AssertionError("something else")
+
+    with pytest.raises(AssertionError, match="something else"):
+        export_apart(broken)

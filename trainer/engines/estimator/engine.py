@@ -151,9 +151,9 @@ class Engine(base.Engine):
 
     def export(self, run, checkpoint: str) -> str:
         """A SavedModel of `checkpoint` (no exporter ran here: distributed without an evaluator)."""
-        return (run.cache.exporter if run.cache else self.estimator).export_saved_model(
+        return exporters.export_apart(lambda: (run.cache.exporter if run.cache else self.estimator).export_saved_model(
             os.path.join(self.config.checkpoint_dir, "export", self.config.export), self._serving_fn,
-            checkpoint_path=checkpoint).decode()
+            checkpoint_path=checkpoint))
 
     def predictions(self, run, checkpoint: str):
         """A cached run's head on the cached validation features; None elsewhere (the report predicts)."""

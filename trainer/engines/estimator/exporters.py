@@ -1,6 +1,7 @@
 """What runs after each Estimator evaluation: trainer.policy.after_evaluation, adapted as one exporter; plus
 evaluating a checkpoint an interruption left unevaluated."""
 import os
+import time
 from typing import Optional
 
 import tensorflow as tf
@@ -10,6 +11,20 @@ from trainer.outputs.evaluations import processed_step
 from trainer.outputs.export import checkpoint_is_finite
 from trainer.policy import catch_up as catch_up_policy
 from trainer.policy.after_evaluation import AfterEvaluation
+
+
+def export_apart(export) -> str:
+    """Runs an Estimator export (which names its folder after the second it starts, through temp-<seconds>), again
+    in the next second when another process of the cluster (the chief's last export, the evaluator's) took that
+    second's folder in the same export root: TensorFlow refuses a temporary folder that exists."""
+    for attempt in range(5):
+        try:
+            path = export()
+            return path.decode() if isinstance(path, bytes) else path
+        except AssertionError as e:
+            if "already exists" not in str(e) or attempt == 4:
+                raise
+            time.sleep(1.0)
 
 
 class PolicyExporter(tf.estimator.Exporter):
@@ -29,8 +44,8 @@ class PolicyExporter(tf.estimator.Exporter):
         def export_fn(root: str, keep: Optional[int]) -> str:
             saver = tf.estimator.LatestExporter(name=os.path.basename(root), exports_to_keep=keep,
                                                 serving_input_receiver_fn=self._serving_fn)
-            path = saver.export(self._exporting or estimator, root, checkpoint_path, eval_result, is_the_final_export)
-            return path.decode() if isinstance(path, bytes) else path
+            return export_apart(lambda: saver.export(self._exporting or estimator, root, checkpoint_path, eval_result,
+                                                     is_the_final_export))
 
         return self._policy(eval_result, is_the_final_export, export_fn,
                             lambda: not checkpoint_path or checkpoint_is_finite(checkpoint_path))
