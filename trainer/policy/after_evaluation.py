@@ -12,8 +12,8 @@
 An engine calls `AfterEvaluation(...)(result, final, export, finite)` with its evaluation's result (the scalars,
 `global_step`, optionally `confusion_matrix`) and two callables of its own: `export(root, keep)` writes a
 SavedModel under `root` keeping at most `keep` versions (None: all) and returns its path; `finite()` says whether
-the evaluated weights are all finite. The Keras engine calls it from its evaluation; the Estimator engine wraps it
-in one tf.estimator.Exporter (trainer.engines.estimator.exporters.PolicyExporter).
+the evaluated weights are all finite. Each engine calls it from its own evaluation (adapters in
+trainer/engines/<name>/), so this module knows no engine.
 """
 import os
 from typing import Callable, Optional
