@@ -150,6 +150,16 @@ def test_an_export_second_taken_by_another_task_is_retried_in_the_next():
 
     assert export_apart(export) == "/x/export/best/2" and len(calls) == 2
 
+    renamed = []
+
+    def export_renamed():  # The other task's rename of the same second's folder came first.
+        renamed.append(1)
+        if len(renamed) == 1:
+            raise tf.errors.AlreadyExistsError(None, None, "file already exists")
+        return "/x/export/best/3"
+
+    assert export_apart(export_renamed) == "/x/export/best/3"
+
     def broken():
         raise AssertionError("something else")
 

@@ -21,7 +21,7 @@ def export_apart(export) -> str:
         try:
             path = export()
             return path.decode() if isinstance(path, bytes) else path
-        except AssertionError as e:
+        except (AssertionError, tf.errors.AlreadyExistsError) as e:  # The temp folder, or the final one's rename.
             if "already exists" not in str(e) or attempt == 4:
                 raise
             time.sleep(1.0)
