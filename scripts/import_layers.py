@@ -10,18 +10,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "trainer"
-# Parts, bottom first. trainer/run/ holds the state below the engines and the stages above them.
-STAGES = {"run/prepare.py", "run/experiment.py", "run/finish.py", "run/preflight.py"}
-ORDER = ["errors", "util", "config", "cloud", "data", "model", "outputs", "run state", "retrain", "policy", "engines",
-         "run stages", "entry points"]
+# Parts, bottom first: trainer/run/ is the state below the engines (phases, preemption, distribution, checkpoints),
+# trainer/stages/ the stages above them (prepare, experiment, finish, preflight).
+ORDER = ["errors", "util", "config", "cloud", "data", "model", "outputs", "run", "retrain", "policy", "engines",
+         "stages", "entry points"]
 
 
 def part_of(path: Path) -> str:
     rel = path.relative_to(ROOT).as_posix()
-    if rel in STAGES:
-        return "run stages"
-    if rel.startswith("run/"):
-        return "run state"
     if "/" not in rel:
         return {"config.py": "config", "metric_registry.py": "config", "augmentations.py": "config", "errors.py": "errors",
                 "__init__.py": "config"}.get(rel, "entry points")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import make_image_folder
 from trainer import task
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.config import Config
 
 

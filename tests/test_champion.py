@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import REPO, run_cli
 from trainer import champion as champion_cli
 from trainer.retrain import champion_store as champion
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.config import Config
 
 pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fast` runs it.

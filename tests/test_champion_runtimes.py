@@ -366,7 +366,7 @@ def test_the_start_of_a_run_says_a_foreign_champion_is_kept(tmp_path, caplog):
     `--warm_start_from=champion` from it is one error line naming its runtime."""
     from trainer.config import Config
     from trainer.errors import UsageError
-    from trainer.run import preflight
+    from trainer.stages import preflight
 
     champion_dir = str(tmp_path / "champion")
     make_champion(tmp_path, champion_dir, _foreign_h5(tmp_path / "foreign.h5"), ["a", "b"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.cloud import gcs
 from trainer.engines.estimator import listeners
 from trainer.model import backbones
@@ -118,7 +118,7 @@ def test_hypertune_reports_the_metric_at_each_evaluation(tmp_path, monkeypatch):
     # Resumed in another process (a preempted trial): the earlier lines stay (wrappers trial U10: only the
     # rerun's were left); a step evaluated again replaces its line.
     (tmp_path / "run" / "eval" / "processed.json").unlink()  # As if killed during step 40's evaluation.
-    code = ("import sys; from trainer.run import experiment; from trainer.config import Config; "
+    code = ("import sys; from trainer.stages import experiment; from trainer.config import Config; "
             f"experiment.train_and_evaluate(Config(backbone='mlp', model_dir={str(tmp_path / 'run')!r}, "
             "train_steps=60, data='digits', save_checkpoints_steps=20, eval_throttle_secs=0, batch_size=32))")
     import subprocess

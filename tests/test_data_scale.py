@@ -11,7 +11,7 @@ from conftest import make_image_folder
 from trainer.data import conversion as convert
 from trainer.data import sources as data_lib
 from trainer.engines.estimator import estimator as estimator_lib
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.data import inputs
 from trainer.model import models
 from trainer.data import tfrecords

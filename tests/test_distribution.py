@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import REPO
 from trainer.run import distribution
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.config import Config
 from trainer.errors import UsageError
 

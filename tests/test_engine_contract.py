@@ -43,10 +43,10 @@ def test_every_engine_implements_the_seam(engine):
 
 
 def test_the_stages_call_engines_through_the_seam_only():
-    """Every `engine.<name>` in trainer/run/ is a method or attribute of the base class; nothing in trainer/run/
-    or trainer/policy/ tests --engine or imports an engine's module."""
+    """Every `engine.<name>` in trainer/stages/ is a method or attribute of the base class; nothing in
+    trainer/stages/, trainer/run/ or trainer/policy/ tests --engine or imports an engine's module."""
     used = {}
-    for path in list((REPO / "trainer" / "run").glob("*.py")) + list((REPO / "trainer" / "policy").glob("*.py")):
+    for path in [p for part in ("stages", "run", "policy") for p in (REPO / "trainer" / part).glob("*.py")]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "engine":
@@ -60,6 +60,25 @@ def test_the_stages_call_engines_through_the_seam_only():
     assert used and set(used) <= SEAM, {k: v for k, v in used.items() if k not in SEAM}
 
 
+def test_the_seam_has_no_default_method():
+    """No method of the base class is a do-nothing default one engine overrides because the other needed it: every
+    method is abstract; what differs between engines without code is class data."""
+    methods = {name for name, value in vars(base.Engine).items() if callable(value) and not name.startswith("__")}
+    assert methods and methods == set(base.Engine.__abstractmethods__), methods - base.Engine.__abstractmethods__
+
+
+def test_the_engine_hands_its_inputs_back_and_writes_nothing_into_the_run():
+    """prepare_inputs returns base.Inputs; no engine module assigns an attribute of the stages' Run."""
+    for path in (REPO / "trainer" / "engines").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                    assert not (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                                and t.value.id == "run"), f"{path.name}:{node.lineno} writes run.{t.attr}"
+
+
 @pytest.fixture
 def toy_metric():
     metric_registry.register(metric_registry.Metric(
@@ -70,7 +89,7 @@ def toy_metric():
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_run_writes_the_policy_results_on_every_engine(tmp_path, engine, toy_metric):
-    from trainer.run import experiment
+    from trainer.stages import experiment
 
     run = tmp_path / "run"
     summary = experiment.train_and_evaluate(Config(
@@ -92,7 +111,7 @@ def test_a_run_writes_the_policy_results_on_every_engine(tmp_path, engine, toy_m
                     reason="--engine=estimator needs TF 2.15")
 def test_a_metric_the_estimator_cannot_stream_is_one_line_before_training(tmp_path):
     from trainer.errors import UsageError
-    from trainer.run import experiment
+    from trainer.stages import experiment
 
     metric_registry.register(metric_registry.Metric("mean_confidence", True,
                                                     from_scores=lambda p, y, k: float(p.max(-1).mean())))

@@ -328,7 +328,7 @@ def test_after_a_worker_died_the_chief_still_ends_on_sigterm(tmp_path):
 def test_a_cloud_storage_failure_mid_run_is_one_line():
     import tensorflow as tf
 
-    from trainer.run import preflight
+    from trainer.stages import preflight
 
     with pytest.raises(tf.errors.OpError) as raised:  # What an export or checkpoint write meets without network.
         with tf.io.gfile.GFile("gs://nobucket/run/export/saved_model.pb", "w") as f:
@@ -341,7 +341,7 @@ def test_a_cloud_storage_failure_mid_run_is_one_line():
 
 
 def test_the_up_front_stat_needs_only_object_permissions():
-    from trainer.run import preflight
+    from trainer.stages import preflight
     from trainer.config import Config
 
     paths = dict(preflight._paths(Config(data="gs://b/records/train-*", eval_data="gs://b/val-*", model_dir="/local")))

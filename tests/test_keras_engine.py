@@ -18,7 +18,7 @@ import restart_cases
 from conftest import REPO, make_image_folder
 from trainer.config import Config, resolve_engine
 from trainer.errors import UsageError
-from trainer.run import experiment
+from trainer.stages import experiment
 
 # Runs on TensorFlow 2.21 (the Keras engine's runtime); on TF 2.15 with `make test-slow` only.
 pytestmark = [pytest.mark.tf221, pytest.mark.keras_engine]

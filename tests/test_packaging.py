@@ -34,7 +34,7 @@ def sdist(tmp_path_factory):
 def test_sdist_ships_the_package_and_not_the_tests(sdist):
     names = tarfile.open(sdist).getnames()
     assert any(n.endswith("trainer/task.py") for n in names)
-    assert any(n.endswith("trainer/run/experiment.py") for n in names)
+    assert any(n.endswith("trainer/stages/experiment.py") for n in names)
     assert not any("/tests/" in n for n in names)
 
 

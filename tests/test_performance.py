@@ -13,7 +13,7 @@ import tensorflow as tf
 from test_console_report import report_data
 from test_recipe import scalars
 from trainer.data import sources as data
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.model import feature_cache
 from trainer.data import inputs
 from trainer.config import Config

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from conftest import last_json, last_run_log, run_cli
 from trainer.data import sources as data_lib
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.config import Config
 from trainer.errors import UsageError
 

@@ -25,7 +25,7 @@ from trainer import export_tflite, predict, task
 from trainer.outputs import tflite
 from trainer.retrain import champion_store as champion
 from trainer.data import sources as data
-from trainer.run import experiment
+from trainer.stages import experiment
 from trainer.data import inputs
 from trainer.config import Config
 

@@ -197,7 +197,7 @@ def main(argv, own_process: bool = False) -> None:
 def _main(argv) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
-    from trainer.run import experiment  # Import TensorFlow: after flag parsing, so --help is fast.
+    from trainer.stages import experiment  # Import TensorFlow: after flag parsing, so --help is fast.
     from trainer.run import preemption
 
     preemption.install()
@@ -216,7 +216,7 @@ def _main(argv) -> None:
         _say(sys.stderr, message)
         sys.exit(e.exit_status)
     except Exception as e:  # TensorFlow's gs:// filesystem failing mid-run, a full disk: one line, not a traceback.
-        from trainer.run import preflight
+        from trainer.stages import preflight
         from trainer.errors import disk_failure
 
         message = disk_failure(e) or preflight.storage_failure(e)

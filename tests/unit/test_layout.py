@@ -13,8 +13,8 @@ spec.loader.exec_module(import_layers)
 def test_imports_flow_down_only():
     found = import_layers.imports()
     assert import_layers.upward(found) == []
-    assert "engines" in found["run stages"] and "run stages" not in found["engines"]
-    assert "engines" not in found["policy"] and "engines" not in found["run state"]
+    assert "engines" in found["stages"] and "stages" not in found["engines"]
+    assert "engines" not in found["policy"] and "engines" not in found["run"]
 
 
 def test_the_readme_shows_the_current_layers():

@@ -1,11 +1,10 @@
 """The seam between a run's stages and what trains the model (as Keras 3's `trainers/trainer.py` is to its
-backends): the loop only. The stages (trainer.run.prepare -> experiment -> finish) call these methods and nothing
+backends): the loop only. The stages (trainer.stages.prepare -> experiment -> finish) call these methods and nothing
 else of an engine; an engine never calls a stage back. What happens after each evaluation, around each checkpoint
 and on a signal is engine-neutral policy (trainer.policy, trainer.run.preemption, trainer.cloud.checkpoint_sync)
 that each engine adapts in a few lines.
 
-    prepare   describe(), scope(), input_batch_size(per_replica), check_plan(planned, steps),
-              wait_for_chief(), prepare_inputs(run)
+    prepare   describe(), scope(), input_batch_size(per_replica), prepare_inputs(run) -> Inputs
     phases    start_phase(run, step, schedule) -> caught up?    train_phase(run, step, schedule) -> evaluation
               end_training()                                     (once, however the phases end)
     finish    final_evaluation(run, eval_metrics), export(run, checkpoint), predictions(run, checkpoint)
@@ -14,10 +13,18 @@ Adding an engine: subclass `Engine` in trainer/engines/<name>/engine.py, add it 
 and to the `--engine` choices (trainer.config.ENGINES); tests/test_engine_contract.py runs the contract on it.
 """
 import abc
-from typing import FrozenSet, Optional
+from typing import Callable, FrozenSet, NamedTuple, Optional
 
 from trainer.config import Config
 from trainer.run import distribution
+
+
+class Inputs(NamedTuple):
+    """What `prepare_inputs` gives the stages: the input_fns, and with --cache_features the feature cache (whose
+    `head` is the model the phases then train)."""
+    train: Callable
+    eval: Callable
+    cache: object = None
 
 
 class Engine(abc.ABC):
@@ -25,10 +32,16 @@ class Engine(abc.ABC):
     # Whether the run's distribution plan is made for eager tf.distribute (Model.fit) rather than graph mode.
     eager: bool = False
     # The distribution plans under which the training input resumes its stream after a restart, so that a resumed
-    # run sees the batches the uninterrupted one saw (trainer.run.prepare).
+    # run sees the batches the uninterrupted one saw (trainer.stages.prepare).
     resumes_input_under: FrozenSet[str] = frozenset()
     # The distribution plans under which a restart must keep the recipe flags (it cannot begin a new phase).
     recipe_fixed_under: FrozenSet[str] = frozenset()
+    # Where the engine's tasks do not start together: the file (relative to --checkpoint_dir) the chief writes
+    # before a non-chief task may read the phase history (trainer.run.checkpoints.wait_for_chief); None: they do.
+    chief_writes_first: Optional[str] = None
+    # The plans under which the chief finishes (final evaluation, export) on a model built anew outside the
+    # cluster's strategy, whose other tasks are gone (its variables would wait for them); the engine restores it.
+    finishes_apart_under: FrozenSet[str] = frozenset()
 
     def __init__(self, config: Config, plan: distribution.Plan):
         self.config, self.plan = config, plan
@@ -47,19 +60,11 @@ class Engine(abc.ABC):
     def input_batch_size(self, per_replica: int) -> int:
         """The batch the training input yields, from the per-replica batch."""
 
-    def check_plan(self, planned: list, steps: list) -> None:
-        """Refuses (UsageError) phases this engine cannot train under the run's distribution plan, given the
-        planned phases and those still to train. Every engine can train what the
-        flags allow unless it says otherwise here."""
-
-    def wait_for_chief(self) -> None:
-        """A non-chief task, before it reads the phase history: waits for what the chief writes first, where the
-        engine's tasks do not start together (the default: they do)."""
-
     @abc.abstractmethod
-    def prepare_inputs(self, run) -> None:
-        """Sets run.train_input and run.eval_input (input_fns); with --cache_features, run.cache and run.model (the
-        head)."""
+    def prepare_inputs(self, run) -> Inputs:
+        """The training and evaluation input_fns (with --cache_features, the cache's); refuses (UsageError) what
+        this engine cannot train under the run's plan, before any expensive work. Reads `run`, writes nothing
+        into it."""
 
     # ---- phases -----------------------------------------------------------------------------------------------
     @abc.abstractmethod

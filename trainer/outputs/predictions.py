@@ -107,7 +107,7 @@ def in_eager_thread(fn: Callable, *args):
 
 
 def validation_input(config: Config, model: tf.keras.Model, dataset: data_lib.Dataset) -> Callable:
-    """The evaluation input_fn of a run (as trainer.run.experiment builds it)."""
+    """The evaluation input_fn of a run (as trainer.stages.experiment builds it)."""
     return inputs.make_input_fn(
         dataset.validation, training=False, batch_size=config.batch_size, input_names=model.input_names,
         output_names=model.output_names, label_mode=config.label_mode, num_classes=dataset.num_classes,

@@ -8,6 +8,7 @@ at the newest readable one, with a warning naming what was skipped.
 """
 import os
 import re
+import time
 from typing import List, Optional, Tuple
 
 import tensorflow as tf
@@ -153,3 +154,17 @@ def latest_step(checkpoint_dir: str) -> int:
         return int(latest.rsplit("-", 1)[1]) if latest else 0
     except ValueError:
         return 0
+
+
+CHIEF_WAIT_SECS = 600
+
+
+def wait_for_chief(checkpoint_dir: str, marker: str) -> None:
+    """A non-chief task of an engine whose tasks start apart: waits (at most CHIEF_WAIT_SECS) until the chief has
+    written `marker` (relative to the folder) or a checkpoint, before it reads the phase history."""
+    path = os.path.join(checkpoint_dir, marker)
+    deadline = time.time() + CHIEF_WAIT_SECS
+    while not tf.io.gfile.exists(path) and not tf.train.latest_checkpoint(checkpoint_dir):
+        if time.time() > deadline:
+            raise RuntimeError(f"the chief wrote no {path} within {CHIEF_WAIT_SECS} s")
+        time.sleep(0.5)

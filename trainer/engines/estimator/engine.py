@@ -26,6 +26,8 @@ class Engine(base.Engine):
     recipe_fixed_under = frozenset({"tpu"})
     # Each task skips its own shard's stream, one batch per step (tests/test_cluster_restart.py).
     resumes_input_under = frozenset({"one_device", "multi_worker"})
+    # Non-chief tasks start from the Keras checkpoint model_to_estimator makes, which only the chief writes.
+    chief_writes_first = os.path.join("keras", "checkpoint")
 
     def __init__(self, config: Config, plan: distribution.Plan):
         super().__init__(config, plan)
@@ -46,7 +48,8 @@ class Engine(base.Engine):
         """The Estimator calls the training input_fn once per replica: it yields per-replica batches."""
         return per_replica
 
-    def check_plan(self, planned: list, steps: list) -> None:
+    def _check_plan(self, planned: list, steps: list) -> None:
+        """Refuses phases this engine cannot train under the run's distribution plan."""
         if (len(planned) > 1 or any(s.restart_optimizer for s in steps)) and self.plan.name == "tpu":
             raise UsageError("training phases (--fine_tune_steps, or resuming with another recipe) are not "
                              "supported with --strategy=tpu yet")
@@ -60,12 +63,9 @@ class Engine(base.Engine):
                              "train the head in one job and fine-tune in a second with --warm_start_from=<the first "
                              "job's model_dir>")
 
-    def wait_for_chief(self) -> None:
-        """A non-chief task starts from the Keras checkpoint only the chief writes."""
-        estimator.wait_for_chief(self.config.checkpoint_dir)
-
-    def prepare_inputs(self, run) -> None:
+    def prepare_inputs(self, run) -> base.Inputs:
         config, dataset, model = self.config, run.dataset, run.model
+        self._check_plan(run.planned, run.steps)
         if len(model.outputs) == 1:  # Before any work: a registered metric this engine cannot stream (one line).
             metrics.check_streamable(run.num_classes, config.label_mode, config.top_k)
         if dataset.kind in ("files", "tfrecord") and not config.model_fn:
@@ -73,14 +73,13 @@ class Engine(base.Engine):
         else:
             self._serving_fn = serving.make_serving_input_fn(
                 {name: tuple(t.shape[1:]) for name, t in zip(model.input_names, model.inputs)})
-        run.train_input = run.make_input(dataset.train, True)
-        if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
-            run.cache = record_faults.train_skipping_bad_records(lambda: feature_cache.build(  # Bad TFRecords skipped.
-                config, model, dataset, run.make_input, lambda m, rc: estimator.make_estimator(
-                    m, rc, dataset.class_names, binary=config.label_mode == "binary"), run.run_info), dataset, config)
-            run.model, run.train_input, run.eval_input = run.cache.head, run.cache.train_input, run.cache.eval_input
-        else:
-            run.eval_input = run.make_input(dataset.validation, False)
+        if not config.cache_features:
+            return base.Inputs(run.make_input(dataset.train, True), run.make_input(dataset.validation, False))
+        # The head trains and evaluates on the trunk's outputs, computed once here (bad TFRecords skipped).
+        cache = record_faults.train_skipping_bad_records(lambda: feature_cache.build(
+            config, model, dataset, run.make_input, lambda m, rc: estimator.make_estimator(
+                m, rc, dataset.class_names, binary=config.label_mode == "binary"), run.run_info), dataset, config)
+        return base.Inputs(cache.train_input, cache.eval_input, cache)
 
     # ---- phases -----------------------------------------------------------------------------------------
     def _build(self, run, schedule=None):

@@ -5,7 +5,6 @@ import glob
 import os
 import re
 import shutil
-import time
 from typing import Optional
 
 import tensorflow as tf
@@ -19,7 +18,6 @@ from trainer.model import models
 from trainer.outputs import export
 from trainer.run import checkpoints, distribution
 
-_KERAS_CKPT_WAIT_SECS = 600
 
 
 def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) -> tf.estimator.RunConfig:
@@ -70,16 +68,6 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
         if label_mode:  # Evaluations also report top-k accuracy, macro F1, AUC (trainer.outputs.metrics).
             model_fn = with_eval_metrics(model_fn, len(class_names), label_mode, top_k)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
-
-
-def wait_for_chief(model_dir: str) -> None:
-    """Non-chief tasks start from the Keras checkpoint only the chief writes."""
-    marker = os.path.join(model_dir, "keras", "checkpoint")
-    deadline = time.time() + _KERAS_CKPT_WAIT_SECS
-    while not tf.io.gfile.exists(marker) and not tf.train.latest_checkpoint(model_dir):
-        if time.time() > deadline:
-            raise RuntimeError(f"the chief wrote no {marker} within {_KERAS_CKPT_WAIT_SECS} s")
-        time.sleep(0.5)
 
 
 def make_exporters(config: Config, serving_fn, class_names=(), cache=None) -> list:

@@ -45,6 +45,8 @@ class Engine(base.Engine):
     # Model.fit splits each global batch in order over the replicas; under MultiWorkerMirroredStrategy each task
     # skips the same global stream before it is sharded.
     resumes_input_under = frozenset({"one_device", "mirrored", "multi_worker"})
+    # The chief finishes alone: the cluster's strategy would wait for the tasks that are gone.
+    finishes_apart_under = frozenset({"multi_worker"})
 
     def __init__(self, config: Config, plan: distribution.Plan):
         _refuse_unsupported(config, plan)
@@ -71,17 +73,16 @@ class Engine(base.Engine):
         """Model.fit splits each batch over the replicas: the training input yields global batches."""
         return per_replica * self.plan.num_replicas
 
-    def prepare_inputs(self, run) -> None:
+    def prepare_inputs(self, run) -> base.Inputs:
         config = self.config
         self._run = run
-        if config.cache_features:  # The head trains and evaluates on the trunk's outputs, computed once here.
-            run.cache = record_faults.train_skipping_bad_records(lambda: feature_cache.compute_all(
-                config, run.model, run.dataset, run.make_input, run.run_info,
-                lambda: checkpoints.latest_step(config.checkpoint_dir)), run.dataset, config)
-            run.model, run.train_input, run.eval_input = run.cache.head, run.cache.train_input, run.cache.eval_input
-            return
-        run.train_input = run.make_input(run.dataset.train, True)
-        run.eval_input = run.make_input(run.dataset.validation, False)
+        if not config.cache_features:
+            return base.Inputs(run.make_input(run.dataset.train, True), run.make_input(run.dataset.validation, False))
+        # The head trains and evaluates on the trunk's outputs, computed once here.
+        cache = record_faults.train_skipping_bad_records(lambda: feature_cache.compute_all(
+            config, run.model, run.dataset, run.make_input, run.run_info,
+            lambda: checkpoints.latest_step(config.checkpoint_dir)), run.dataset, config)
+        return base.Inputs(cache.train_input, cache.eval_input, cache)
 
     @staticmethod
     def _served(run) -> tf.keras.Model:
@@ -244,11 +245,9 @@ class Engine(base.Engine):
         config = self.config
         self._run = run
         latest = tf.train.latest_checkpoint(config.checkpoint_dir)
-        if self.plan.name == "multi_worker":
+        if self.plan.name in self.finishes_apart_under:
             # The other tasks are gone: the model of the cluster's strategy would wait for them in every read of
-            # a sync-on-read variable. From here on, the chief's model is a plain one, with the trained weights.
-            run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
-                                                    run.model, None)
+            # a sync-on-read variable. The stage rebuilt it outside the strategy; the trained weights come next.
             self.plan = dataclasses.replace(self.plan, strategy=None)
         with self.scope():
             models.compile_model(run.model, config)

@@ -1,4 +1,4 @@
-"""A run, as stages: prepare (trainer.run.prepare) -> the phases -> finish (trainer.run.finish).
+"""A run, as stages: prepare (trainer.stages.prepare) -> the phases -> finish (trainer.stages.finish).
 
 `train_and_evaluate(config)` is the whole run, callable from tests and other programs. Everything a user
 can get wrong is checked in `prepare`, before the engine builds anything. The engine (--engine: the Estimator's,
@@ -12,7 +12,8 @@ from trainer.config import Config, validate
 from trainer.data import record_faults
 from trainer import engines
 from trainer.model import models
-from trainer.run import distribution, early_stopping, finish, phases, preemption, preflight, prepare, run_lock
+from trainer.run import distribution, early_stopping, phases, preemption, run_lock
+from trainer.stages import finish, preflight, prepare
 from trainer.util import console, files
 
 
@@ -47,7 +48,10 @@ def _run(config: Config) -> dict:
     run = prepare.prepare(config, plan, engine)
     if run.dry_run_summary:
         return run.dry_run_summary
-    engine.prepare_inputs(run)
+    inputs = engine.prepare_inputs(run)  # The engine's refusals of the plan come first: before any expensive work.
+    run.train_input, run.eval_input, run.cache = inputs
+    if inputs.cache:  # The phases train the head on the cached features.
+        run.model = inputs.cache.head
     eval_metrics = _train_phases(run, engine)
     run.run_info["skipped_records"] = record_faults.skipped(run.dataset)
     if not plan.is_chief:

@@ -25,7 +25,8 @@ from trainer.util import console, files
 
 @dataclasses.dataclass
 class Run:
-    """What the stages of one run share: set by `prepare`, the inputs by the engine, the model by each phase."""
+    """What the stages of one run share: set by `prepare`, the inputs from the engine's, the model by each phase.
+    Only the stages write it."""
     config: Config
     plan: distribution.Plan
     dataset: data_lib.Dataset
@@ -119,8 +120,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
         run_info["warm_start"], run_info["warm_start_from"] = warm_start, warm_start.get("path")
     run.make_input = _input_maker(config, plan, dataset, model, num_classes, engine.input_batch_size(per_replica_batch),
                                   resumes=plan.name in engine.resumes_input_under)
-    if not plan.is_chief:  # Before reading the phase history: the chief starts the run's files.
-        engine.wait_for_chief()
+    if not plan.is_chief and engine.chief_writes_first:  # Before reading the phase history: the chief starts first.
+        checkpoints.wait_for_chief(config.checkpoint_dir, engine.chief_writes_first)
     if plan.is_chief:
         files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write (or by a full disk).
         if config.checkpoint_dir != config.model_dir:
@@ -128,7 +129,6 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     run.started = time.time()
     # Reads the phase history; run_info.json is written when each phase starts (phases.start).
     run.steps = phases.prepare(config, plan, planned, run_info, run.info_path, train_examples)
-    engine.check_plan(planned, run.steps)
     return run
 
 

@@ -18,9 +18,11 @@ from trainer.util import events, faultpoints, files
 
 def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     config, run_info = run.config, run.run_info
-    if not run.steps and not run.cache:  # Nothing left to train: the model as the last phase built it.
+    apart = run.plan.name in engine.finishes_apart_under
+    if (apart or not run.steps) and not run.cache:  # The model as the last phase built it (anew: apart).
         run.model, run.built = phases.model_for(config, run.num_classes, run.image_shape, run.planned[-1],
-                                                run.model, run.built, lambda: engine.scope(finishing=True))
+                                                run.model, None if apart else run.built,
+                                                lambda: engine.scope(finishing=True))
     faultpoints.reached("finish_evaluation")
     eval_metrics = _to_builtin(engine.final_evaluation(run, eval_metrics))
     checkpoint = _finite_checkpoint(config)
