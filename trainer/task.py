@@ -31,18 +31,20 @@ from trainer.errors import UsageError  # noqa: E402
 
 FLAGS = flags.FLAGS
 _DEFAULTS = config_lib.Config()
+# The flag table: each flag's name, type and help are here, its default is the Config field's of the same name
+# (tests/unit/test_flag_reference.py holds both); docs/flags.md is generated from it (scripts/flag_reference.py).
 
 # Data.
-flags.DEFINE_string("data", None, "'digits' (built in), a .npz file (x_train, y_train, x_test, y_test), "
+flags.DEFINE_string("data", _DEFAULTS.data, "'digits' (built in), a .npz file (x_train, y_train, x_test, y_test), "
                     "or a folder with one sub-folder of images per class.")
-flags.DEFINE_string("model_dir", None, "Output folder; re-running with the same one resumes. "
+flags.DEFINE_string("model_dir", _DEFAULTS.model_dir, "Output folder; re-running with the same one resumes. "
                     "Default: $AIP_MODEL_DIR if set, else runs/<timestamp>.")
 flags.DEFINE_float("validation_split", _DEFAULTS.validation_split,
                    "Fraction of a folder (or of digits) held out for validation, chosen by file-name hash.")
-flags.DEFINE_list("classes", [], "Keep only these classes, in this order, as labels 0..k-1.")
-flags.DEFINE_string("eval_data", None, "A separate evaluation source (folder or TFRecord glob); then all of "
+flags.DEFINE_list("classes", list(_DEFAULTS.classes), "Keep only these classes, in this order, as labels 0..k-1.")
+flags.DEFINE_string("eval_data", _DEFAULTS.eval_data, "A separate evaluation source (folder or TFRecord glob); then all of "
                     "--data trains.")
-flags.DEFINE_string("labels_file", None, "Class names, one per line: fixes the label order (folder names and "
+flags.DEFINE_string("labels_file", _DEFAULTS.labels_file, "Class names, one per line: fixes the label order (folder names and "
                     "image/class/text are matched against it).")
 flags.DEFINE_string("augment", "", "Training-only augmentation, e.g. flip,rotate:0.1,zoom:0.2 (rotation as a "
                     "fraction of a full turn, zoom as a fraction). Reproducible under --seed.")
@@ -53,27 +55,27 @@ flags.DEFINE_integer("max_image_mb", _DEFAULTS.max_image_mb, "Image files larger
 # Model.
 flags.DEFINE_string("backbone", _DEFAULTS.backbone, "Trunk from the registry: mlp, small_cnn, mobilenet_v2, "
                     "inception_v3, vgg16, vgg19, resnet50, xception, densenet121, efficientnet_b0.")
-flags.DEFINE_string("weights", None, "imagenet, none, or a weights file. Default: imagenet for Keras "
+flags.DEFINE_string("weights", _DEFAULTS.weights, "imagenet, none, or a weights file. Default: imagenet for Keras "
                     "applications, none for mlp and small_cnn.")
-flags.DEFINE_integer("image_size", 0, "Square input size. 0: the backbone's default (the data's own size "
+flags.DEFINE_integer("image_size", _DEFAULTS.image_size, "Square input size. 0: the backbone's default (the data's own size "
                      "for mlp and small_cnn on arrays).")
-flags.DEFINE_string("cut_layer", None, "Use this trunk layer's output as the trunk's output (e.g. mixed7).")
+flags.DEFINE_string("cut_layer", _DEFAULTS.cut_layer, "Use this trunk layer's output as the trunk's output (e.g. mixed7).")
 flags.DEFINE_enum("head_pooling", _DEFAULTS.head_pooling, config_lib.HEAD_POOLINGS,
                   "How the head reduces a 4-D trunk output.")
-flags.DEFINE_list("head_units", [], "Widths of the head's hidden Dense ReLU layers, e.g. 1024 or 4096,4096.")
+flags.DEFINE_list("head_units", [str(u) for u in _DEFAULTS.head_units], "Widths of the head's hidden Dense ReLU layers, e.g. 1024 or 4096,4096.")
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate after each hidden head layer.")
-flags.DEFINE_integer("num_classes", None, "Classes of the head. Default: inferred from --data.")
+flags.DEFINE_integer("num_classes", _DEFAULTS.num_classes, "Classes of the head. Default: inferred from --data.")
 flags.DEFINE_enum("label_mode", _DEFAULTS.label_mode, config_lib.LABEL_MODES,
                   "sparse (class ids), categorical (one-hot) or binary (one sigmoid unit).")
-flags.DEFINE_string("freeze", None, "all, none, N (freeze the first N trunk layers, its InputLayer "
+flags.DEFINE_string("freeze", _DEFAULTS.freeze, "all, none, N (freeze the first N trunk layers, its InputLayer "
                     "counted) or -N (train only the last N trunk layers). Default: all when the trunk has "
                     "pretrained weights or comes from --base_model, none when it starts from random weights.")
-flags.DEFINE_string("base_model", None, "A saved Keras model (.h5, .keras, SavedModel) whose layers, "
+flags.DEFINE_string("base_model", _DEFAULTS.base_model, "A saved Keras model (.h5, .keras, SavedModel) whose layers, "
                     "less the last --drop_layers, become the trunk (replaces --backbone).")
 flags.DEFINE_integer("drop_layers", _DEFAULTS.drop_layers, "Layers to drop from the end of --base_model.")
-flags.DEFINE_bool("allow_custom_objects", False, "Let --base_model run Python code stored in it (Lambda layers). "
+flags.DEFINE_bool("allow_custom_objects", _DEFAULTS.allow_custom_objects, "Let --base_model run Python code stored in it (Lambda layers). "
                   "Only for models you trust.")
-flags.DEFINE_string("model_fn", None, "package.module:function returning an uncompiled functional Keras "
+flags.DEFINE_string("model_fn", _DEFAULTS.model_fn, "package.module:function returning an uncompiled functional Keras "
                     "model (given num_classes= if it takes that parameter; input names = feature keys, output "
                     "names = label keys).")
 # Training.
@@ -82,85 +84,85 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size.")
 flags.DEFINE_string("optimizer", _DEFAULTS.optimizer, "adam, sgd or rmsprop (Keras legacy optimizers, which "
                     "model_to_estimator needs).")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate.")
-flags.DEFINE_string("loss", None, "Default: derived from --label_mode; mse is also accepted.")
-flags.DEFINE_integer("eval_steps", None, "Evaluation batches. Default: the whole validation split.")
+flags.DEFINE_string("loss", _DEFAULTS.loss, "Default: derived from --label_mode; mse is also accepted.")
+flags.DEFINE_integer("eval_steps", _DEFAULTS.eval_steps, "Evaluation batches. Default: the whole validation split.")
 flags.DEFINE_integer("save_checkpoints_steps", _DEFAULTS.save_checkpoints_steps, "Checkpoint every N steps.")
 flags.DEFINE_integer("keep_checkpoint_max", _DEFAULTS.keep_checkpoint_max, "Checkpoints (and exports) kept.")
 flags.DEFINE_integer("eval_throttle_secs", _DEFAULTS.eval_throttle_secs,
                      "At least this many seconds between evaluations (each follows a checkpoint).")
 flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
                   "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
-flags.DEFINE_enum("export_tflite", "none", config_lib.TFLITE_MODES, "Also write <model_dir>/export/tflite/ "
+flags.DEFINE_enum("export_tflite", _DEFAULTS.export_tflite, config_lib.TFLITE_MODES, "Also write <model_dir>/export/tflite/ "
                   "(model.tflite, labels.txt, model_info.json) at the end: float32, float16 or int8 (full-integer, "
                   "calibrated on training images).")
-flags.DEFINE_bool("dry_run", False, "Build and validate everything, write model_summary.json; train nothing.")
+flags.DEFINE_bool("dry_run", _DEFAULTS.dry_run, "Build and validate everything, write model_summary.json; train nothing.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, initialisation).")
-flags.DEFINE_bool("cache_features", False, "Frozen trunk, no augmentation: compute the trunk's outputs once and "
+flags.DEFINE_bool("cache_features", _DEFAULTS.cache_features, "Frozen trunk, no augmentation: compute the trunk's outputs once and "
                   "train the head on them (the full model is still evaluated and exported).")
-flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPUs with tensor cores); the output layer "
+flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 compute (GPUs with tensor cores); the output layer "
                   "stays float32.")
-flags.DEFINE_bool("jit", False, "XLA JIT compilation of the training graph (global_jit_level ON_1).")
+flags.DEFINE_bool("jit", _DEFAULTS.jit, "XLA JIT compilation of the training graph (global_jit_level ON_1).")
 # The fine-tuning recipe.
-flags.DEFINE_float("epochs", 0, "Train for this many passes over the training data: sets --train_steps to "
+flags.DEFINE_float("epochs", _DEFAULTS.epochs, "Train for this many passes over the training data: sets --train_steps to "
                    "ceil(epochs x examples / batch_size). Excludes --train_steps.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, config_lib.SCHEDULES, "Learning rate over each phase, "
                   "from the global step: constant, cosine (to --min_learning_rate), exponential or step decay.")
-flags.DEFINE_integer("warmup_steps", 0, "Linear warmup from 0 over the first N steps of each phase.")
-flags.DEFINE_float("min_learning_rate", 0.0, "Where --lr_schedule=cosine ends, at the phase's last step.")
+flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Linear warmup from 0 over the first N steps of each phase.")
+flags.DEFINE_float("min_learning_rate", _DEFAULTS.min_learning_rate, "Where --lr_schedule=cosine ends, at the phase's last step.")
 flags.DEFINE_float("lr_decay_rate", _DEFAULTS.lr_decay_rate, "exponential/step: factor per --lr_decay_steps.")
 flags.DEFINE_integer("lr_decay_steps", _DEFAULTS.lr_decay_steps, "exponential/step: steps per decay factor.")
-flags.DEFINE_integer("fine_tune_steps", 0, "A second phase of N steps after --train_steps, with the trunk "
+flags.DEFINE_integer("fine_tune_steps", _DEFAULTS.fine_tune_steps, "A second phase of N steps after --train_steps, with the trunk "
                      "unfrozen as --fine_tune_freeze says, at --fine_tune_learning_rate, fresh optimizer state.")
-flags.DEFINE_float("fine_tune_epochs", 0, "The second phase's length in epochs (excludes --fine_tune_steps).")
+flags.DEFINE_float("fine_tune_epochs", _DEFAULTS.fine_tune_epochs, "The second phase's length in epochs (excludes --fine_tune_steps).")
 flags.DEFINE_string("fine_tune_freeze", _DEFAULTS.fine_tune_freeze, "The trunk's freezing in the second phase "
                     "(same syntax as --freeze). BatchNorm layers stay in inference mode.")
-flags.DEFINE_float("fine_tune_learning_rate", None, "The second phase's learning rate. Default: "
+flags.DEFINE_float("fine_tune_learning_rate", _DEFAULTS.fine_tune_learning_rate, "The second phase's learning rate. Default: "
                    "--learning_rate / 10.")
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing, for every --label_mode.")
+flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing, "Label smoothing, for every --label_mode.")
 flags.DEFINE_string("class_weight", _DEFAULTS.class_weight, "Per-example loss weights: none, balanced "
                     "(n / (k x n_class) from the training counts; a class with no training example weighs 1 and is "
                     "named in a warning) or a .json file {class name: finite weight >= 0} (absent classes weigh 1).")
-flags.DEFINE_integer("early_stopping_patience", 0, "Stop after K evaluations in a row without improvement of "
+flags.DEFINE_integer("early_stopping_patience", _DEFAULTS.early_stopping_patience, "Stop after K evaluations in a row without improvement of "
                      "--early_stopping_metric (0: off). Evaluations follow checkpoints.")
 flags.DEFINE_enum("early_stopping_metric", _DEFAULTS.early_stopping_metric, metric_registry.names(),
                   "Metric watched by early stopping (loss: lower is better).")
-flags.DEFINE_float("early_stopping_min_delta", 0.0, "An improvement must exceed this.")
-flags.DEFINE_float("weight_decay", 0.0, "L2 penalty on trainable kernels (not biases, not BatchNorm).")
-flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).")
+flags.DEFINE_float("early_stopping_min_delta", _DEFAULTS.early_stopping_min_delta, "An improvement must exceed this.")
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 penalty on trainable kernels (not biases, not BatchNorm).")
+flags.DEFINE_float("clip_norm", _DEFAULTS.clip_norm, "Clip gradients to this global norm (0: off).")
 flags.DEFINE_integer("top_k", _DEFAULTS.top_k, "k of top_k_accuracy in eval_metrics.json (with more classes).")
 # Cloud.
-flags.DEFINE_string("checkpoint_dir", None, "Where the Estimator writes checkpoints and events. Default: "
+flags.DEFINE_string("checkpoint_dir", _DEFAULTS.checkpoint_dir, "Where the Estimator writes checkpoints and events. Default: "
                     "$AIP_CHECKPOINT_DIR when --model_dir is not given, else --model_dir.")
-flags.DEFINE_string("tensorboard_dir", None, "Also copy TensorBoard event files here at each checkpoint. "
+flags.DEFINE_string("tensorboard_dir", _DEFAULTS.tensorboard_dir, "Also copy TensorBoard event files here at each checkpoint. "
                     "Default: $AIP_TENSORBOARD_LOG_DIR if set.")
-flags.DEFINE_string("sync_checkpoints_to", None, "gs:// folder that mirrors each new checkpoint from a local "
+flags.DEFINE_string("sync_checkpoints_to", _DEFAULTS.sync_checkpoints_to, "gs:// folder that mirrors each new checkpoint from a local "
                     "--model_dir (useful on preemptible machines).")
-flags.DEFINE_string("hypertune_metric", None, "Report this evaluation metric (accuracy, loss, ...) to Vertex AI "
+flags.DEFINE_string("hypertune_metric", _DEFAULTS.hypertune_metric, "Report this evaluation metric (accuracy, loss, ...) to Vertex AI "
                     "hyperparameter tuning after each evaluation. Default: $CLOUD_ML_HP_METRIC_TAG.")
 # Scheduled retraining.
-flags.DEFINE_string("champion_dir", None, "Promote this run's model into this folder (local or gs://) only if it "
+flags.DEFINE_string("champion_dir", _DEFAULTS.champion_dir, "Promote this run's model into this folder (local or gs://) only if it "
                     "beats the current champion on this run's evaluation data.")
-flags.DEFINE_enum("promote_metric", "accuracy", metric_registry.names(), "Metric compared for "
+flags.DEFINE_enum("promote_metric", _DEFAULTS.promote_metric, metric_registry.names(), "Metric compared for "
                   "promotion (loss: lower is better).")
-flags.DEFINE_float("promote_min_delta", 0.0, "The challenger must beat the champion by more than this.")
-flags.DEFINE_string("warm_start_from", None, "Start from these weights instead of the pretrained trunk alone: "
+flags.DEFINE_float("promote_min_delta", _DEFAULTS.promote_min_delta, "The challenger must beat the champion by more than this.")
+flags.DEFINE_string("warm_start_from", _DEFAULTS.warm_start_from, "Start from these weights instead of the pretrained trunk alone: "
                     "'champion' (the version CHAMPION.json names), a keras_model.h5, or a checkpoint folder.")
-flags.DEFINE_bool("unique_run_dir", False, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "
+flags.DEFINE_bool("unique_run_dir", _DEFAULTS.unique_run_dir, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "
                   "timestamp), and checkpoints into <checkpoint_dir>/<run id> when --checkpoint_dir (or "
                   "$AIP_CHECKPOINT_DIR) is given: each scheduled run trains in its own folders.")
 # Distribution.
-flags.DEFINE_string("engine", None, "estimator (the Estimator API, TensorFlow 2.15 only) or keras (Model.fit, TensorFlow "
+flags.DEFINE_string("engine", _DEFAULTS.engine, "estimator (the Estimator API, TensorFlow 2.15 only) or keras (Model.fit, TensorFlow "
                     "2.15 or 2.21 with tf-keras): the same flags, files and strategies. Default: estimator where "
                     "the Estimator API imports, else keras.")
 flags.DEFINE_string("strategy", _DEFAULTS.strategy, "auto, one_device, mirrored, multi_worker, parameter_server "
                     "or tpu. auto: multi_worker when TF_CONFIG names several workers, mirrored with more than one "
                     "GPU, else one_device.")
-flags.DEFINE_integer("num_gpus", None, "GPUs for --strategy=mirrored. Default: all visible.")
-flags.DEFINE_integer("num_cpu_replicas", 0, "Split the host CPU into N mirrored replicas (testing without GPUs).")
-flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local' on TPU VMs).")
+flags.DEFINE_integer("num_gpus", _DEFAULTS.num_gpus, "GPUs for --strategy=mirrored. Default: all visible.")
+flags.DEFINE_integer("num_cpu_replicas", _DEFAULTS.num_cpu_replicas, "Split the host CPU into N mirrored replicas (testing without GPUs).")
+flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on TPU VMs).")
 flags.DEFINE_integer("tpu_iterations_per_loop", _DEFAULTS.tpu_iterations_per_loop,
                      "Training steps per TPU loop (iterations_per_loop).")
-flags.DEFINE_bool("use_tpu", True, "With --strategy=tpu: false runs the identical TPU path on CPU/GPU.")
+flags.DEFINE_bool("use_tpu", _DEFAULTS.use_tpu, "With --strategy=tpu: false runs the identical TPU path on CPU/GPU.")
 # Console.
 flags.DEFINE_bool("verbose", False, "Show the full log (TensorFlow's included) on the console too; it is always "
                   "in <model_dir>/train.log.")

@@ -33,3 +33,20 @@ def test_every_config_field_is_a_flag():
     defined = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(trainer.task)}
     assert {f.name for f in dataclasses.fields(Config)} <= defined
     assert defined - {f.name for f in dataclasses.fields(Config)} == {"verbose"}  # The console's, not the run's.
+
+
+def test_every_flag_default_is_the_config_default():
+    """One source for defaults: each flag's default, parsed as trainer.task parses it, is the Config field's."""
+    import dataclasses
+
+    from absl import flags
+
+    import trainer.task
+    from trainer.config import Config, parse_augment
+
+    defaults = Config()
+    parse = {"classes": tuple, "head_units": lambda v: tuple(int(u) for u in v), "augment": parse_augment}
+    for field in dataclasses.fields(Config):
+        flag_default = flags.FLAGS[field.name].default
+        assert parse.get(field.name, lambda v: v)(flag_default) == getattr(defaults, field.name), field.name
+    assert "_DEFAULTS." in Path(trainer.task.__file__).read_text()
