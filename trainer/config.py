@@ -109,6 +109,7 @@ class Config:
     num_cpu_replicas: int = 0
     tpu: Optional[str] = None
     tpu_iterations_per_loop: int = 100
+    steps_per_execution: int = 0
     use_tpu: bool = True
     # The fine-tuning recipe.
     epochs: float = 0.0  # > 0: train_steps = ceil(epochs x training examples / batch_size).
@@ -264,6 +265,8 @@ def _validate(config: Config, here: bool) -> Config:
         raise UsageError(f"--model_fn={config.model_fn} must look like package.module:function")
     if config.num_cpu_replicas < 0 or (config.num_gpus is not None and config.num_gpus < 0):
         raise UsageError("--num_cpu_replicas and --num_gpus must be >= 0")
+    if config.steps_per_execution < 0:
+        raise UsageError(f"--steps_per_execution={config.steps_per_execution} must be 0 (auto) or positive")
     if config.tpu_iterations_per_loop <= 0:
         raise UsageError(f"--tpu_iterations_per_loop={config.tpu_iterations_per_loop} must be positive")
     if config.max_image_mb < 1:

@@ -162,6 +162,10 @@ flags.DEFINE_integer("num_cpu_replicas", _DEFAULTS.num_cpu_replicas, "Split the 
 flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on TPU VMs).")
 flags.DEFINE_integer("tpu_iterations_per_loop", _DEFAULTS.tpu_iterations_per_loop,
                      "Training steps per TPU loop (iterations_per_loop).")
+flags.DEFINE_integer("steps_per_execution", _DEFAULTS.steps_per_execution, "--engine=keras: training steps per "
+                     "call into the device, so the host does not wait for each step (Model.fit's steps_per_execution); "
+                     "must divide --save_checkpoints_steps. Signals, progress and stop requests are read between "
+                     "calls. 0: the largest divisor of --save_checkpoints_steps up to 10.")
 flags.DEFINE_bool("use_tpu", _DEFAULTS.use_tpu, "With --strategy=tpu: false runs the identical TPU path on CPU/GPU.")
 # Console.
 flags.DEFINE_bool("verbose", False, "Show the full log (TensorFlow's included) on the console too; it is always "

@@ -42,6 +42,8 @@ class Engine(abc.ABC):
     # The plans under which the chief finishes (final evaluation, export) on a model built anew outside the
     # cluster's strategy, whose other tasks are gone (its variables would wait for them); the engine restores it.
     finishes_apart_under: FrozenSet[str] = frozenset()
+    # Training steps per call into the device (Model.fit's steps_per_execution; the stages compile with it).
+    steps_per_execution: int = 1
 
     def __init__(self, config: Config, plan: distribution.Plan):
         self.config, self.plan = config, plan

@@ -172,7 +172,7 @@ def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
 
 
 def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
-                  class_weights: Optional[Sequence[float]] = None) -> None:
+                  class_weights: Optional[Sequence[float]] = None, steps_per_execution: int = 1) -> None:
     """Compiles with a legacy optimizer, which the Estimator engine's Keras conversion requires.
 
     Args:
@@ -180,6 +180,7 @@ def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
         config: the run configuration (optimizer, loss, label smoothing, clipping).
         learning_rate: a float or a `schedules.PhaseSchedule`; default --learning_rate.
         class_weights: one loss weight per class (--class_weight), or None.
+        steps_per_execution: training steps per call of Model.fit's train function (the engine's).
     """
     optimizers = tf.keras.optimizers.legacy
     opt = {"adam": optimizers.Adam, "sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}[config.optimizer]
@@ -192,7 +193,8 @@ def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
     accuracy = {"sparse": tf.keras.metrics.SparseCategoricalAccuracy, "categorical": tf.keras.metrics.CategoricalAccuracy,
                 "binary": tf.keras.metrics.BinaryAccuracy}[config.label_mode]
     model.compile(optimizer=opt(learning_rate=learning_rate or config.learning_rate, **kwargs), loss=loss,
-                  metrics=[accuracy(name="accuracy")] if len(model.outputs) == 1 else ["accuracy"])
+                  metrics=[accuracy(name="accuracy")] if len(model.outputs) == 1 else ["accuracy"],
+                  steps_per_execution=steps_per_execution)
 
 
 def make_loss(config: Config, num_classes: int, class_weights: Optional[Sequence[float]] = None):

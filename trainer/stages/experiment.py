@@ -77,7 +77,8 @@ def _each_phase(run: prepare.Run, engine) -> Optional[dict]:
             break
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
         with engine.scope():
-            models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"))
+            models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"),
+                                 steps_per_execution=engine.steps_per_execution)
         caught_up = engine.start_phase(run, step, schedule)
         if caught_up and _stopped_early(config, run.steps[index:]):  # By an evaluation an interruption cut short.
             break

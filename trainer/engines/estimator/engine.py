@@ -30,6 +30,9 @@ class Engine(base.Engine):
     chief_writes_first = os.path.join("keras", "checkpoint")
 
     def __init__(self, config: Config, plan: distribution.Plan):
+        if config.steps_per_execution > 1:  # One line before any work, rather than a flag silently ignored.
+            raise UsageError(f"--steps_per_execution={config.steps_per_execution} is --engine=keras's (the "
+                             "Estimator runs one step per session call; on TPUs: --tpu_iterations_per_loop)")
         super().__init__(config, plan)
         self.estimator = None
         self._serving_fn = None

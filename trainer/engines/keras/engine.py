@@ -31,12 +31,29 @@ from trainer.util import console, faultpoints
 _EVALUATOR_POLL_SECS = 1.0
 
 
+# --steps_per_execution=0: the largest divisor of --save_checkpoints_steps up to this. From the flags alone, so that
+# every task of a cluster runs the same windows (their stop agreement is one all-reduce per window); small enough
+# that a signal waits at most this many steps (a few seconds on a CPU at 224 px, README "Spot VMs").
+AUTO_STEPS_PER_EXECUTION = 10
+
+
+def steps_per_execution(config: Config) -> int:
+    """K: training steps per call into the device. Checkpoints fall on window ends (K divides the interval)."""
+    if config.steps_per_execution:
+        return config.steps_per_execution
+    every = config.save_checkpoints_steps
+    return max(k for k in range(1, AUTO_STEPS_PER_EXECUTION + 1) if every % k == 0)
+
+
 def _refuse_unsupported(config: Config, plan: distribution.Plan) -> None:
     """One error line for what the Keras engine cannot do, before any data is read or model built."""
     if plan.name == "parameter_server":
         raise UsageError("--strategy=parameter_server is not supported by --engine=keras yet (Model.fit needs a "
                          "ClusterCoordinator for it); use --strategy=multi_worker, or --engine=estimator on "
                          "TensorFlow 2.15")
+    if config.steps_per_execution and config.save_checkpoints_steps % config.steps_per_execution:
+        raise UsageError(f"--steps_per_execution={config.steps_per_execution} must divide --save_checkpoints_steps="
+                         f"{config.save_checkpoints_steps} (checkpoints fall where a window of steps ends)")
 
 
 class Engine(base.Engine):
@@ -51,6 +68,7 @@ class Engine(base.Engine):
     def __init__(self, config: Config, plan: distribution.Plan):
         _refuse_unsupported(config, plan)
         super().__init__(config, plan)
+        self.steps_per_execution = steps_per_execution(config)
         self._run = self._evaluator = self._signature = None
         self._after_evaluation: Optional[AfterEvaluation] = None
         self._listeners = []
@@ -144,12 +162,15 @@ class Engine(base.Engine):
         self._last_eval = None
         if remaining <= 0:
             return None
-        progress = callbacks.Progress(step.phase.last_step, config.batch_size, schedule)
+        steps = callbacks.Steps()  # First: the others read the window's step from it.
+        progress = callbacks.Progress(steps, step.phase.last_step, config.batch_size, schedule)
         # Evaluations run here on one process; in a cluster, on its evaluator task (as under the Estimator).
-        contract = callbacks.RunContract(self, step.first_step, step.phase.last_step, config.save_checkpoints_steps,
-                                         config.eval_throttle_secs, bool(config.early_stopping_patience),
-                                         plan.is_chief, plan.distributed, evaluates=self._single,
-                                         strategy=plan.strategy if plan.name == "multi_worker" else None)
+        contract = callbacks.RunContract(self, steps, step.first_step, step.phase.last_step,
+                                         config.save_checkpoints_steps, config.eval_throttle_secs,
+                                         bool(config.early_stopping_patience), plan.is_chief, plan.distributed,
+                                         evaluates=self._single,
+                                         strategy=plan.strategy if plan.name == "multi_worker" else None,
+                                         window=self.steps_per_execution)
         if not self._listeners:  # One set for the whole run, ended by end_training (SRE trial W5).
             self._listeners = self._make_listeners()
         terminate = tf.keras.callbacks.TerminateOnNaN()
@@ -158,8 +179,9 @@ class Engine(base.Engine):
         with preemption.training():
             record_faults.train_skipping_bad_records(lambda: run.model.fit(
                 run.train_input(), epochs=1, steps_per_epoch=remaining, verbose=0,
-                callbacks=[progress, callbacks.Summaries(config.checkpoint_dir if plan.is_chief else None, progress,
-                                                         schedule), terminate, contract]), run.dataset, config)
+                callbacks=[steps, progress, callbacks.Summaries(steps, config.checkpoint_dir if plan.is_chief else None,
+                                                                progress, schedule), terminate, contract]),
+                run.dataset, config)
         if run.model.stop_training and progress.last_loss is not None and not np.isfinite(progress.last_loss):
             raise NumericError(f"the training loss became NaN or infinite at step {callbacks.global_step(run.model)}; "
                                "nothing more was exported or written (try a lower --learning_rate)")
