@@ -485,8 +485,10 @@ def test_a_resume_with_changed_recipe_flags_starts_a_recorded_phase(capsys, tmp_
     from test_recipe import scalars
 
     run = tmp_path / "run"
+    # One step per window: the scalars are then logged at each fit's first step, as the Estimator's are (with K
+    # steps per window, at the first window's end: tests/test_keras_steps.py).
     common = ["--engine=keras", "--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=20",
-              f"--model_dir={run}"]
+              "--steps_per_execution=1", f"--model_dir={run}"]
     assert cli(capsys, *common, "--train_steps=20") == (0, [])
     first = read(run / "run_info.json")["phases"]
     status, errors, err = cli(capsys, *common, "--train_steps=40", "--lr_schedule=cosine", "--warmup_steps=10",

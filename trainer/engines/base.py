@@ -42,6 +42,9 @@ class Engine(abc.ABC):
     # The plans under which the chief finishes (final evaluation, export) on a model built anew outside the
     # cluster's strategy, whose other tasks are gone (its variables would wait for them); the engine restores it.
     finishes_apart_under: FrozenSet[str] = frozenset()
+    # Whether the tf.data autotuner may run in its input pipelines (trainer.data.inputs.pipeline_options: not where
+    # the loop closes its iterators often, as the Estimator's Session per evaluation).
+    autotunes_input: bool = False
     # Training steps per call into the device (Model.fit's steps_per_execution; the stages compile with it).
     steps_per_execution: int = 1
 

@@ -119,7 +119,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     if warm_start is not None:
         run_info["warm_start"], run_info["warm_start_from"] = warm_start, warm_start.get("path")
     run.make_input = _input_maker(config, plan, dataset, model, num_classes, engine.input_batch_size(per_replica_batch),
-                                  resumes=plan.name in engine.resumes_input_under)
+                                  resumes=plan.name in engine.resumes_input_under, autotune=engine.autotunes_input)
     if not plan.is_chief and engine.chief_writes_first:  # Before reading the phase history: the chief starts first.
         checkpoints.wait_for_chief(config.checkpoint_dir, engine.chief_writes_first)
     if plan.is_chief:
@@ -161,7 +161,7 @@ def _warn_empty_classes(dataset) -> None:
 
 
 def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, train_batch: int,
-                 resumes: bool):
+                 resumes: bool, autotune: bool):
     size = None if config.model_fn else model.input_shape[1]
     input_names, output_names = model.input_names, model.output_names  # The full model's (images in).
 
@@ -176,7 +176,7 @@ def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_class
             split, training=training, batch_size=train_batch if training else config.batch_size,
             input_names=input_names, output_names=output_names, label_mode=config.label_mode,
             num_classes=num_classes, image_size=size, seed=config.seed, augment=config.augment,
-            class_names=dataset.class_names, resume_step=resume)
+            class_names=dataset.class_names, resume_step=resume, autotune=autotune)
 
     return make_input
 

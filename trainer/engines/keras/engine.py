@@ -62,6 +62,8 @@ class Engine(base.Engine):
     # Model.fit splits each global batch in order over the replicas; under MultiWorkerMirroredStrategy each task
     # skips the same global stream before it is sharded.
     resumes_input_under = frozenset({"one_device", "mirrored", "multi_worker"})
+    # Model.fit keeps its iterators for the whole fit: no Session close to wait for the autotuner's thread.
+    autotunes_input = True
     # The chief finishes alone: the cluster's strategy would wait for the tasks that are gone.
     finishes_apart_under = frozenset({"multi_worker"})
 
