@@ -7,7 +7,8 @@ sizes are realistic), converts it to TFRecords with `trainer.convert`, then time
 `trainer.inputs.make_input_fn` (the training pipeline: shuffle, parallel decode,
 resize, batch) over each, with the decoded-image cache off (every image decoded
 every time) and on (the default when the images fit; the timed batches come after
-the first epoch). Prints a table: median and spread over --runs.
+the first epoch), each with the tf.data autotuner off (the Estimator engine's pipelines: fixed parallelism)
+and on (the Keras engine's). Prints a table: median and spread over --runs.
 """
 import argparse
 import os
@@ -39,10 +40,10 @@ def make_folder(root: str, images: int, size: int) -> None:
         Image.fromarray(pixels).save(os.path.join(root, f"class{label}", f"{i}.jpg"), quality=90)
 
 
-def images_per_second(split, image_size: int, batch_size: int, batches: int) -> float:
+def images_per_second(split, image_size: int, batch_size: int, batches: int, autotune: bool = False) -> float:
     fn = inputs.make_input_fn(split, training=True, batch_size=batch_size, input_names=["image"],
                               output_names=["probabilities"], label_mode="sparse", num_classes=5,
-                              image_size=image_size, class_names=[f"class{i}" for i in range(5)])
+                              image_size=image_size, class_names=[f"class{i}" for i in range(5)], autotune=autotune)
     iterator = iter(fn())
     for _ in range(5):  # Warm-up: thread pools, autotuning.
         next(iterator)
@@ -72,16 +73,19 @@ def main() -> None:
         }
         print(f"{args.images} JPEGs of {args.source_size}x{args.source_size} -> {args.image_size}x"
               f"{args.image_size}, batch {args.batch_size}, {os.cpu_count()} CPUs, TF {tf.__version__}")
-        print("| source | decoded images in memory | images/s (median) | min | max |")
-        print("|---|---|---|---|---|")
+        print("| source | decoded images in memory | tf.data autotuner | images/s (median) | min | max |")
+        print("|---|---|---|---|---|---|")
         default_cache = inputs.CACHE_BYTES
         for name, split in sources.items():
-            for label, cache_bytes in (("no: decoded every epoch", 0), ("yes, after the first epoch", default_cache)):
-                inputs.CACHE_BYTES = cache_bytes
-                rates = [images_per_second(split, args.image_size, args.batch_size, args.batches)
-                         for _ in range(args.runs)]
-                print(f"| {name} | {label} | {statistics.median(rates):.0f} | {min(rates):.0f} | {max(rates):.0f} |")
-                sys.stdout.flush()
+            for label, cache_bytes in (("no: decoded every epoch", 0), ("yes (uint8), after the first epoch",
+                                                                         default_cache)):
+                for autotune in (False, True):  # Off: the Estimator engine's pipelines; on: the Keras engine's.
+                    inputs.CACHE_BYTES = cache_bytes
+                    rates = [images_per_second(split, args.image_size, args.batch_size, args.batches, autotune)
+                             for _ in range(args.runs)]
+                    print(f"| {name} | {label} | {'on (Keras engine)' if autotune else 'off (Estimator engine)'} | "
+                          f"{statistics.median(rates):.0f} | {min(rates):.0f} | {max(rates):.0f} |")
+                    sys.stdout.flush()
         inputs.CACHE_BYTES = default_cache
 
 

@@ -148,6 +148,11 @@ def draw(seed: int, root: Path, engine: Optional[str] = None) -> dict:
             interruptions.append({"how": how, "step": rng.randrange(1, total)})
     if engine:
         args.append(f"--engine={engine}")
+    if engine != "estimator":  # The Keras engine's steps per window (issue 37): auto (the flag left out), 1 or a
+        # divisor of the checkpoint interval; drawn apart so that the draws above stay those of earlier seeds.
+        window = random.Random(seed + 2_000_003).choice(["auto", "auto", 1] + [k for k in (2, 4, 5) if every % k == 0])
+        if window != "auto" and (engine == "keras" or _default_engine() == "keras"):
+            args.append(f"--steps_per_execution={window}")
     # How the interrupted run names its --model_dir, drawn apart so that the draws above stay those of earlier seeds.
     form = random.Random(seed + 1_000_003).choice(PATH_FORMS)
     return {"seed": seed, "kind": kind, "args": args, "interruptions": interruptions, "early_stopping": early,
@@ -155,6 +160,12 @@ def draw(seed: int, root: Path, engine: Optional[str] = None) -> dict:
 
 
 PATH_FORMS = ("absolute", "relative", "dot")
+
+
+def _default_engine() -> str:
+    from trainer.config import resolve_engine
+
+    return resolve_engine(None)
 
 
 def _command(args: List[str], model_dir: Path, form: str = "absolute") -> List[str]:
