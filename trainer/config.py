@@ -22,6 +22,7 @@ LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
 HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
 PROMOTE_METRICS = ("accuracy", "loss")
+PROMOTE_TESTS = ("mcnemar", "bootstrap", "none")  # trainer.retrain.gate
 # Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may name): the
 # metric registry's (trainer/metric_registry.py), read when checked, so a metric registered later counts too.
 SCHEDULES = ("constant", "cosine", "exponential", "step")
@@ -99,7 +100,10 @@ class Config:
     # Scheduled retraining.
     champion_dir: Optional[str] = None
     promote_metric: str = "accuracy"
-    promote_min_delta: float = 0.0
+    promote_margin: float = 0.0  # --promote_min_delta is its former name (an alias).
+    promote_test: Optional[str] = None  # None: mcnemar for accuracy, bootstrap for the other metrics.
+    promote_confidence: float = 0.95
+    promote_max_class_drop: Optional[float] = None
     warm_start_from: Optional[str] = None  # "champion", a keras_model.h5, or a checkpoint folder.
     unique_run_dir: bool = False
     # Distribution.
@@ -143,7 +147,10 @@ class Config:
         """The inverse of to_dict, from run_info.json's `flags` (JSON lists back to tuples; names this version does
         not know are left out, missing ones take their defaults): the one place a run's record becomes a Config."""
         known = {f.name for f in dataclasses.fields(cls)}
-        flags = {k: v for k, v in (flags or {}).items() if k in known}
+        flags = dict(flags or {})
+        if "promote_min_delta" in flags:  # The margin's former name, in the records of earlier versions.
+            flags.setdefault("promote_margin", flags.pop("promote_min_delta"))
+        flags = {k: v for k, v in flags.items() if k in known}
         for key in ("classes", "head_units"):
             if key in flags:
                 flags[key] = tuple(flags[key] or ())
@@ -280,8 +287,18 @@ def _validate(config: Config, here: bool) -> Config:
     if config.sync_checkpoints_to and not config.sync_checkpoints_to.startswith("gs://"):
         raise UsageError(f"--sync_checkpoints_to={config.sync_checkpoints_to} must be a gs:// URI")
     _choice("promote_metric", config.promote_metric, metric_registry.names())
-    if config.promote_min_delta < 0:
-        raise UsageError(f"--promote_min_delta={config.promote_min_delta} must be >= 0")
+    if config.promote_margin < 0:
+        raise UsageError(f"--promote_margin={config.promote_margin} must be >= 0")
+    if config.promote_test is not None:
+        _choice("promote_test", config.promote_test, PROMOTE_TESTS)
+    if config.promote_test == "mcnemar" and config.promote_metric != "accuracy":
+        raise UsageError(f"--promote_test=mcnemar compares accuracy; --promote_metric={config.promote_metric} needs "
+                         "--promote_test=bootstrap (or leave --promote_test unset)")
+    if not 0.5 <= config.promote_confidence < 1:
+        raise UsageError(f"--promote_confidence={config.promote_confidence} must be in [0.5, 1), e.g. 0.95")
+    if config.promote_max_class_drop is not None and not 0 <= config.promote_max_class_drop <= 1:
+        raise UsageError(f"--promote_max_class_drop={config.promote_max_class_drop} must be in [0, 1] (a fall in a "
+                         "class's recall)")
     if config.warm_start_from == "champion" and not config.champion_dir:
         raise UsageError("--warm_start_from=champion needs --champion_dir")
     changes = {flag: os.path.expanduser(getattr(config, flag)) for flag in PATH_FLAGS

@@ -144,7 +144,19 @@ flags.DEFINE_string("champion_dir", _DEFAULTS.champion_dir, "Promote this run's 
                     "beats the current champion on this run's evaluation data.")
 flags.DEFINE_enum("promote_metric", _DEFAULTS.promote_metric, metric_registry.names(), "Metric compared for "
                   "promotion (loss: lower is better).")
-flags.DEFINE_float("promote_min_delta", _DEFAULTS.promote_min_delta, "The challenger must beat the champion by more than this.")
+flags.DEFINE_enum("promote_test", _DEFAULTS.promote_test, config_lib.PROMOTE_TESTS, "How the gate decides that the "
+                  "challenger is better beyond chance, both models scored on the same evaluation examples: mcnemar "
+                  "(the exact test on the examples one model alone gets right; accuracy only), bootstrap (the "
+                  "paired bootstrap of the metric's difference, 2,000 resamples seeded by --seed) or none (the "
+                  "point estimate, as before). Default: mcnemar for --promote_metric=accuracy, else bootstrap.")
+flags.DEFINE_float("promote_confidence", _DEFAULTS.promote_confidence, "The gate's confidence: McNemar's p-value "
+                   "must be below 1 - this; the bootstrap's one-sided lower bound is taken at this level.")
+flags.DEFINE_float("promote_margin", _DEFAULTS.promote_margin, "The challenger must be better by more than this "
+                   "(the bootstrap's lower bound must clear it; with mcnemar and none, the observed difference).")
+flags.DEFINE_alias("promote_min_delta", "promote_margin")
+flags.DEFINE_float("promote_max_class_drop", _DEFAULTS.promote_max_class_drop, "Refuse a challenger whose recall "
+                   "on any class the champion knows falls by more than this (e.g. 0.05), however much better it is "
+                   "overall. Default: no per-class floor.")
 flags.DEFINE_string("warm_start_from", _DEFAULTS.warm_start_from, "Start from these weights instead of the pretrained trunk alone: "
                     "'champion' (the version CHAMPION.json names), a keras_model.h5, or a checkpoint folder.")
 flags.DEFINE_bool("unique_run_dir", _DEFAULTS.unique_run_dir, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "

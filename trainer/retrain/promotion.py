@@ -1,15 +1,18 @@
-"""After training: evaluate challenger and champion on this run's evaluation data, promote or not.
+"""After training: score challenger and champion on this run's evaluation data, promote or not.
 
-Both models are evaluated the same way (their keras_model.h5, Keras `evaluate`, this
-run's evaluation input pipeline), so the comparison is fair even when the champion
-was trained on older data. Also: `--warm_start_from`, the weights a new run starts from.
+Both models predict the same examples the same way (their keras_model.h5, this run's evaluation input pipeline),
+so the comparison is fair even when the champion was trained on older data; the gate (trainer.retrain.gate) then
+asks whether the challenger is better beyond chance. Also: `--warm_start_from`, the weights a new run starts from.
 """
 import os
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
+from trainer.outputs import metrics
 from trainer.retrain import champion_store as champion
+from trainer.retrain import gate
 from trainer.util import console
 from trainer.model import models
 from trainer.model.keras_files import load_keras
@@ -80,7 +83,6 @@ def other_runtime(store, version: str, path: Optional[str]) -> Optional[dict]:
 def evaluate_keras(path, input_fn: Callable, config: Config) -> dict:
     """Loss and accuracy (Keras evaluate), plus the scalar metrics of trainer.outputs.metrics for single-output
     classifiers, so --promote_metric may name any of them. `path`: a keras_model.h5 or a loaded model."""
-    from trainer.outputs import metrics
 
     model = load_keras(path)
     models.compile_model(model, config)
@@ -188,14 +190,14 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
                 return decided(outcome)
             promote, reason = outcome
     else:
-        promote, reason = champion.decide(metric, record["challenger"], None, config.promote_min_delta)
+        promote, reason = champion.decide(metric, record["challenger"], None, config.promote_margin)
     if promote:
         version = champion.new_version()
         console.say("promotion: copying the challenger to version %s", version)
         report = {}
         won = champion.promote(store, token, version, export_path, keras_h5,
                                {**challenger, "metric": metric, "class_names": list(class_names or []),
-                                **runtime_versions()},
+                                **({"gate": record["gate"]} if record.get("gate") else {}), **runtime_versions()},
                                model_dir, pointer["version"] if pointer else None,
                                champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
         record.update(promoted=won, version=version)
@@ -209,20 +211,28 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
 
 
 def _compare(config, metric, record, store, version, champion_model, mine_model, ours, eval_input_fn):
-    """(promote, reason) from scoring both models; a str: the decision not to promote, with its reason.
+    """(promote, reason) from the gate (trainer.retrain.gate) on both models' predictions on this run's evaluation
+    examples; a str: the decision not to promote, with its reason.
 
     Sets record["compared_by"]: "name" (the same classes, or matched by name), "index" (classes unknown, the
-    same outputs) or "none" (decided without scoring the champion)."""
+    same outputs) or "none" (decided without scoring the champion), and record["gate"]: the test and its figures."""
     theirs = champion_class_names(store, version)
-    delta = config.promote_min_delta
+    binary = config.label_mode == "binary"
 
-    def scored(model, note=""):
+    def predicted(model):
+        probabilities, ids = metrics.predict_split(model, eval_input_fn, config.label_mode)
+        return two_columns(probabilities) if binary else np.asarray(probabilities, np.float64), ids
+
+    def gated(model, classes, note="", model_classes=None, known=None):
         try:
-            record["champion"] = evaluate_keras(model, eval_input_fn, config).get(metric)
+            mine, ids = predicted(mine_model)
+            their, _ = predicted(model)
+            if model_classes is not None:  # Each model's columns read by class name, over this run's classes.
+                mine, ids = aligned(mine, ids, classes, classes, classes)
+                their, _ = aligned(their, _, model_classes, classes, classes)
         except (ValueError, OSError, tf.errors.OpError) as e:
             return _unscorable(version, e)
-        promote, reason = champion.decide(metric, record["challenger"], record["champion"], delta)
-        return promote, reason + note
+        return _gate(config, metric, record, mine, their, ids, classes, known, note)
 
     if not theirs or not ours:
         # Classes unknown (an older champion's metrics.json, or a run without class names): by output index,
@@ -234,18 +244,20 @@ def _compare(config, metric, record, store, version, champion_model, mine_model,
         if mine != their:
             return True, (f"{whose}, and the champion {version} has outputs {their} where this run's model has "
                           f"{mine}: they cannot be compared, so the challenger is promoted")
-        return scored(champion_model, f"; {whose}: compared by output index, both models having outputs {mine}")
+        width = 2 if binary else mine[0][-1]
+        return gated(champion_model, list(ours) or [str(i) for i in range(width)],
+                     f"; {whose}: compared by output index, both models having outputs {mine}")
     if theirs == ours:
         record["compared_by"] = "name"
-        return scored(champion_model)
+        return gated(champion_model, list(ours))
     record["champion_classes"] = theirs
-    if config.label_mode == "binary":
+    if binary:
         if len(theirs) == len(ours) == 2 and sorted(theirs) == sorted(ours) and len(champion_model.outputs) == 1 \
                 and _outputs(champion_model) == [[1]]:
             record["compared_by"] = "name"
-            return scored(_flipped(champion_model),
-                          f"; the champion's classes are this run's in the other order ({','.join(theirs)}): its "
-                          "output is read by class name")
+            return gated(_flipped(champion_model), list(ours),
+                         f"; the champion's classes are this run's in the other order ({','.join(theirs)}): its "
+                         "output is read by class name")
         record["compared_by"] = "none"
         return True, (f"the champion {version} is a binary model of other classes ({','.join(theirs)}) than this "
                       f"run's ({','.join(ours)}): promoted without a champion comparison")
@@ -260,21 +272,38 @@ def _compare(config, metric, record, store, version, champion_model, mine_model,
     unknown = [c for c in ours if c not in theirs]
     dropped = [c for c in theirs if c not in ours]
     record.update(compared_on_classes=list(ours), champion_unknown_classes=unknown, compared_by="name")
-    try:
-        mine = score_on_classes(mine_model, ours, ours, ours, eval_input_fn, config)
-        record["challenger"] = mine.get(metric)
-        record["champion"] = score_on_classes(champion_model, theirs, ours, ours, eval_input_fn, config).get(metric)
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        return _unscorable(version, e)
-    if record["challenger"] is None or record["champion"] is None:
-        return (f"--promote_metric={metric} cannot be compared across other class sets; use accuracy, loss or "
-                "macro_f1")
-    promote, reason = champion.decide(metric, record["challenger"], record["champion"], delta)
     if not unknown:
-        return promote, reason + f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
-    lacks = f"; its outputs of {','.join(dropped)}, which this run lacks, left out" if dropped else ""
-    return promote, reason + (f"; compared on this run's {len(ours)} classes (the champion does not know "
-                              f"{','.join(unknown)}: its examples count as wrong for it{lacks})")
+        note = f"; compared on the {len(shared)} classes both know ({','.join(shared)})"
+    else:
+        lacks = f"; its outputs of {','.join(dropped)}, which this run lacks, left out" if dropped else ""
+        note = (f"; compared on this run's {len(ours)} classes (the champion does not know {','.join(unknown)}: its "
+                f"examples count as wrong for it{lacks})")
+    return gated(champion_model, list(ours), note, model_classes=theirs, known=[c in theirs for c in ours])
+
+
+def _gate(config, metric, record, mine, their, ids, classes, known, note):
+    """The gate's verdict on aligned predictions, put on record; (promote, reason) or a str (not comparable)."""
+    try:
+        verdict = gate.decide(mine, their, ids, classes, metric, config.promote_test, config.promote_confidence,
+                              config.promote_margin, config.promote_max_class_drop, config.seed, config.top_k, known)
+    except ValueError as e:  # The metric cannot be computed on these predictions (e.g. no example of a class).
+        return f"--promote_metric={metric} cannot be compared here ({e}); not promoting"
+    if verdict["challenger"] is None or verdict["champion"] is None:
+        return (f"--promote_metric={metric} cannot be compared on these classes; use accuracy, loss or "
+                "macro_f1")
+    record.update(challenger=verdict["challenger"], champion=verdict["champion"])
+    kept = {k: v for k, v in verdict.items() if k not in ("why", "promote", "challenger", "champion", "metric")}
+    floor = kept.get("class_floor")
+    if floor and len(floor["per_class"]) > 50:  # The record stays small: the failed class alone then.
+        floor["per_class"] = [r for r in floor["per_class"] if r["class"] == floor["failed"]]
+    record["gate"] = kept
+    return verdict["promote"], verdict["why"] + note
+
+
+def two_columns(probabilities) -> np.ndarray:
+    """A binary model's [n, 1] (P(class 1)) as [n, 2] class probabilities."""
+    p = np.asarray(probabilities, np.float64).reshape(-1, 1)
+    return np.concatenate([1.0 - p, p], axis=-1)
 
 
 def _unscorable(version: str, error: Exception) -> str:
@@ -296,22 +325,16 @@ def champion_class_names(store, version: str) -> Optional[list]:
 def score_on_classes(path: str, model_classes, run_classes, classes, input_fn: Callable, config: Config) -> dict:
     """accuracy, loss and macro_f1 of a model on the examples of `classes` (see scores_by_name); `run_classes`
     names the label ids of `input_fn`, `model_classes` the model's output units in order."""
-    from trainer.outputs import metrics
-
     model = load_keras(path)
     probabilities, ids = metrics.predict_split(model, input_fn, config.label_mode)
     return scores_by_name(probabilities, ids, model_classes, run_classes, classes, config.top_k)
 
 
-def scores_by_name(probabilities, ids, model_classes, run_classes, classes, top_k: int = 5) -> dict:
-    """accuracy, loss and macro_f1 of a model's `probabilities` [n, len(model_classes)] on the examples (label
-    ids `ids` into `run_classes`) of `classes`, read by class name: each class's column is the model's output of
-    that name, renormalised over `classes`; a class the model does not know has probability 0, so its examples
-    count as wrong for it (loss: -log(1e-12) each)."""
-    import numpy as np
-
-    from trainer.outputs import metrics
-
+def aligned(probabilities, ids, model_classes, run_classes, classes):
+    """A model's `probabilities` [n, len(model_classes)] on the examples (label ids `ids` into `run_classes`) of
+    `classes`, read by class name: (p [m, len(classes)], label ids into `classes`). Each class's column is the
+    model's output of that name, renormalised over `classes`; a class the model does not know has probability 0,
+    so its examples count as wrong for it."""
     classes, model_classes = list(classes), list(model_classes)
     true = [run_classes[i] for i in ids]
     keep = np.array([t in classes for t in true], bool)
@@ -327,8 +350,14 @@ def scores_by_name(probabilities, ids, model_classes, run_classes, classes, top_
     if empty.any() and known.any():
         p[np.ix_(empty, known)] = 1.0
     p = p / np.maximum(p.sum(-1, keepdims=True), 1e-12)
-    y = np.array([classes.index(t) for t, k in zip(true, keep) if k])
-    out = metrics.from_predictions(p, y, classes, top_k)
+    return p, np.array([classes.index(t) for t, k in zip(true, keep) if k])
+
+
+def scores_by_name(probabilities, ids, model_classes, run_classes, classes, top_k: int = 5) -> dict:
+    """accuracy, loss and macro_f1 of a model on the examples of `classes`, read by class name (see `aligned`;
+    loss: -log(1e-12) for each example of a class the model does not know)."""
+    p, y = aligned(probabilities, ids, model_classes, run_classes, classes)
+    out = metrics.from_predictions(p, y, list(classes), top_k)
     out["loss"] = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
     return {k: float(out[k]) for k in ("accuracy", "loss", "macro_f1")}
 
