@@ -23,6 +23,7 @@ HEAD_POOLINGS = ("avg", "max", "flatten")
 EXPORTS = ("best", "latest", "final")
 PROMOTE_METRICS = ("accuracy", "loss")
 PROMOTE_TESTS = ("mcnemar", "bootstrap", "none")  # trainer.retrain.gate
+CALIBRATIONS = ("temperature", "none")  # trainer.outputs.calibration
 # Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may name): the
 # metric registry's (trainer/metric_registry.py), read when checked, so a metric registered later counts too.
 SCHEDULES = ("constant", "cosine", "exponential", "step")
@@ -86,6 +87,7 @@ class Config:
     keep_checkpoint_max: int = 5
     eval_throttle_secs: int = 60
     export: str = "best"
+    calibrate: str = "temperature"
     export_tflite: str = "none"  # Also write export/tflite/ at the end of the run (trainer.export_tflite).
     dry_run: bool = False
     seed: int = 42
@@ -287,6 +289,7 @@ def _validate(config: Config, here: bool) -> Config:
     if config.sync_checkpoints_to and not config.sync_checkpoints_to.startswith("gs://"):
         raise UsageError(f"--sync_checkpoints_to={config.sync_checkpoints_to} must be a gs:// URI")
     _choice("promote_metric", config.promote_metric, metric_registry.names())
+    _choice("calibrate", config.calibrate, CALIBRATIONS)
     if config.promote_margin < 0:
         raise UsageError(f"--promote_margin={config.promote_margin} must be >= 0")
     if config.promote_test is not None:

@@ -92,6 +92,11 @@ flags.DEFINE_integer("eval_throttle_secs", _DEFAULTS.eval_throttle_secs,
                      "At least this many seconds between evaluations (each follows a checkpoint).")
 flags.DEFINE_enum("export", _DEFAULTS.export, config_lib.EXPORTS,
                   "Which SavedModel to export: best (on accuracy), latest (each eval) or final.")
+flags.DEFINE_enum("calibrate", _DEFAULTS.calibrate, config_lib.CALIBRATIONS, "temperature: after training, fit "
+                  "one temperature on the validation split (minimum NLL) and fold it into the output layer, so "
+                  "keras_model.h5, the TFLite model and the SavedModel (export/calibrated/) serve calibrated "
+                  "probabilities with the same classes; eval_metrics.json's `calibration` gives ECE, NLL and "
+                  "Brier before and after. none: serve the probabilities as trained.")
 flags.DEFINE_enum("export_tflite", _DEFAULTS.export_tflite, config_lib.TFLITE_MODES, "Also write <model_dir>/export/tflite/ "
                   "(model.tflite, labels.txt, model_info.json) at the end: float32, float16 or int8 (full-integer, "
                   "calibrated on training images).")

@@ -92,8 +92,10 @@ class Engine(abc.ABC):
         """The run's last evaluation: `eval_metrics` when the phases gave one, else one made here."""
 
     @abc.abstractmethod
-    def export(self, run, checkpoint: str) -> str:
-        """A SavedModel of `checkpoint` (when no evaluation exported one); its path."""
+    def export(self, run, checkpoint: str, root: Optional[str] = None) -> str:
+        """A SavedModel of `checkpoint` in a new version folder of `root` (default: export/<--export> of the
+        checkpoint folder: when no evaluation exported one; the calibrated weights go to export/calibrated); its
+        path."""
 
     @abc.abstractmethod
     def predictions(self, run, checkpoint: str):

@@ -70,6 +70,7 @@ def build(model_dir: str, output: Optional[str] = None, predictions=None, datase
         _curves_section(training, evaluation, info),
         _confusion_section(predictions, class_names, note),
         _images_section(predictions, dataset, info, class_names),
+        _calibration_section((metrics or {}).get("calibration")),
         _promotion_section(info.get("promotion")),
     ]
     data = {"eval_metrics": metrics, "class_names": class_names}
@@ -415,6 +416,48 @@ def _images_section(predictions, dataset, info, class_names) -> str:
     note = f'<p class="sub">{len(wrong)} of {len(predictions.labels)} misclassified; the {len(figures)} with the ' \
            "most confident wrong prediction, as the model sees them (resized):</p>"
     return title + note + '<div class="grid-images">' + "".join(figures) + "</div>"
+
+
+def _reliability_svg(before, after, size: int = 260) -> str:
+    """The reliability diagram: accuracy against mean confidence per bin, before and after, and the diagonal."""
+    pad = 30
+
+    def xy(x, y):
+        return f"{pad + x * (size - 2 * pad):.1f},{size - pad - y * (size - 2 * pad):.1f}"
+
+    def line(rows, color):
+        points = " ".join(xy(r["confidence"], r["accuracy"]) for r in rows if r["count"])
+        return f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>'
+
+    return (f'<svg width="{size}" height="{size}" role="img" aria-label="reliability diagram">'
+            f'<rect x="{pad}" y="{pad}" width="{size - 2 * pad}" height="{size - 2 * pad}" fill="none" stroke="#999"/>'
+            f'<line x1="{xy(0, 0).split(",")[0]}" y1="{xy(0, 0).split(",")[1]}" x2="{xy(1, 1).split(",")[0]}" '
+            f'y2="{xy(1, 1).split(",")[1]}" stroke="#bbb" stroke-dasharray="4"/>'
+            f'{line(before, "#d62728")}{line(after, "#1f77b4")}'
+            f'<text x="{pad}" y="{size - 8}" font-size="11">confidence</text>'
+            f'<text x="2" y="{pad - 10}" font-size="11">accuracy</text>'
+            f'<text x="{size - pad - 90}" y="{pad + 14}" font-size="11" fill="#d62728">before</text>'
+            f'<text x="{size - pad - 90}" y="{pad + 28}" font-size="11" fill="#1f77b4">after</text></svg>')
+
+
+def _calibration_section(record) -> str:
+    if not record:
+        return ""
+    if record.get("method") != "temperature":
+        return f"<h2>Calibration</h2><p>Not calibrated: {_esc(record.get('skipped'))}.</p>"
+    before, after = record["before"], record["after"]
+    figures = _table([(name, f"{before[key]:.4f}", f"{after[key]:.4f}") for name, key in (
+        ("ECE (15 equal-width bins)", "ece"), ("ECE (15 equal-mass bins)", "ece_equal_mass"),
+        ("NLL", "nll"), ("Brier", "brier"))], header=("", "before", "after (cross-fitted)"), numeric=(1, 2))
+    bins = _table([(f"{b['low']:.2f}-{b['high']:.2f}", b["count"], _cell(b["confidence"]), _cell(b["accuracy"]),
+                    a["count"], _cell(a["confidence"]), _cell(a["accuracy"]))
+                   for b, a in zip(record["reliability_before"], record["reliability_after"])],
+                  header=("confidence bin", "before: n", "confidence", "accuracy", "after: n", "confidence",
+                          "accuracy"), numeric=(1, 2, 3, 4, 5, 6))
+    return (f"<h2>Calibration</h2><p>Temperature {record['temperature']:.4f}, fitted on the {record['n']} validation "
+            f"examples and folded into the output layer: the served probabilities are calibrated, the classes "
+            f"unchanged. {_esc(record.get('held_out'))}.</p>{figures}<h3>Reliability diagram</h3>"
+            f"{_reliability_svg(record['reliability_before'], record['reliability_after'])}{bins}")
 
 
 def _promotion_section(promotion) -> str:

@@ -110,13 +110,18 @@ def _use_serving_weights(model: tf.keras.Model, model_dir: str, run_info: dict) 
     """Loads the weights of the run's serving SavedModel into `model`; returns where the weights came from.
 
     keras_model.h5 holds the final checkpoint, while --export=best exports the best evaluation's
-    checkpoint, which can be an earlier one; the .tflite must match what is served. The SavedModel's
+    checkpoint, which can be an earlier one; the .tflite must match what is served (the calibrated export when
+    the run calibrated). The SavedModel's
     variables carry the Keras weight names (as the Estimator's checkpoints do).
     """
     from trainer.outputs import export
 
-    preferred = run_info.get("flags", {}).get("export") or "best"
-    for kind in [preferred] + [k for k in export.EXPORTER_NAMES if k != preferred]:
+    flags = run_info.get("flags", {})
+    preferred = flags.get("export") or "best"
+    # A calibrated run serves export/calibrated/ (trainer.stages.calibrate): its weights hold the temperature.
+    kinds = (["calibrated"] if flags.get("calibrate") == "temperature" else []) + [preferred] + [
+        k for k in export.EXPORTER_NAMES if k != preferred]
+    for kind in kinds:
         saved_model = export.latest_export(model_dir, kind)
         if saved_model:
             try:

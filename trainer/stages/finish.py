@@ -1,5 +1,6 @@
 """Stage 3 of a run (the chief): the last evaluation, the served model chosen (the best export's, with
---export=best), keras_model.h5 and eval_metrics.json of that model, the SavedModel path, then promotion
+--export=best) and calibrated (--calibrate: trainer.stages.calibrate), keras_model.h5 and eval_metrics.json of
+that model, the SavedModel path (export/calibrated/ when calibrated), then promotion
 (--champion_dir), TFLite (--export_tflite), the final run_info.json, report.html and the summary line."""
 import os
 import time
@@ -13,6 +14,7 @@ from trainer.errors import NumericError
 from trainer.outputs import export, metrics, report
 from trainer.retrain import promotion
 from trainer.run import early_stopping, phases
+from trainer.stages import calibrate
 from trainer.util import events, faultpoints, files
 
 
@@ -47,6 +49,11 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
             if stopped is not None and isinstance(record, dict) and record.get("first_step", stopped) < stopped \
                     <= record.get("last_step", stopped):
                 record["stopped_at_step"] = stopped
+    calibrated = None
+    if config.calibrate == "temperature":  # The served model's probabilities, calibrated (its classes unchanged).
+        faultpoints.reached("finish_calibration")
+        checkpoint, served["calibration"] = calibrate.calibrate(run, checkpoint)
+        calibrated = checkpoint if served["calibration"]["method"] == "temperature" else None
     # With --cache_features the checkpoint restores the head, and the full model (its trunk inside) is written.
     export.save_keras_model(run.model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"),
                             full_model=run.full_model if run.cache else None)
@@ -54,10 +61,14 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
         served.update(metrics.from_confusion(matrix, run.dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), served)
     faultpoints.reached("finish_export")
-    export_path = export.latest_export(config.checkpoint_dir, config.export) or engine.export(run, checkpoint)
+    if calibrated:
+        export_path = calibrate.export_calibrated(engine, run, calibrated, served["calibration"])
+    else:
+        export_path = export.latest_export(config.checkpoint_dir, config.export) or engine.export(run, checkpoint)
     if config.checkpoint_dir != config.model_dir:  # Vertex imports models from AIP_MODEL_DIR.
+        kind = os.path.basename(os.path.dirname(export_path.rstrip("/")))  # --export's folder, or calibrated.
         export_path = files.copy_tree(export_path, os.path.join(
-            config.model_dir, "export", config.export, os.path.basename(export_path.rstrip("/"))))
+            config.model_dir, "export", kind, os.path.basename(export_path.rstrip("/"))))
     if config.tensorboard_dir:
         events.copy_event_files(config.checkpoint_dir, config.tensorboard_dir)
     # The report's predictions: those the served model's evaluation kept (trainer.outputs.metrics.collected);

@@ -151,11 +151,12 @@ class Engine(base.Engine):
             eval_metrics = self.estimator.evaluate(run.eval_input, steps=config.eval_steps, name="chief_final")
         return eval_metrics
 
-    def export(self, run, checkpoint: str) -> str:
-        """A SavedModel of `checkpoint` (no exporter ran here: distributed without an evaluator)."""
+    def export(self, run, checkpoint: str, root: Optional[str] = None) -> str:
+        """A SavedModel of `checkpoint` (no exporter ran here: distributed without an evaluator; or the calibrated
+        weights)."""
+        root = root or os.path.join(self.config.checkpoint_dir, "export", self.config.export)
         return exporters.export_apart(lambda: (run.cache.exporter if run.cache else self.estimator).export_saved_model(
-            os.path.join(self.config.checkpoint_dir, "export", self.config.export), self._serving_fn,
-            checkpoint_path=checkpoint))
+            root, self._serving_fn, checkpoint_path=checkpoint))
 
     def predictions(self, run, checkpoint: str):
         """A cached run's head on the cached validation features; None elsewhere (the report predicts)."""

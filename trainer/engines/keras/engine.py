@@ -294,14 +294,13 @@ class Engine(base.Engine):
             return self._evaluator.evaluate(at, write=False)
         return self._evaluator.evaluate(at, name="chief_final")
 
-    def export(self, run, checkpoint: str) -> str:
-        """A SavedModel of `checkpoint` (no evaluation exported one)."""
+    def export(self, run, checkpoint: str, root: Optional[str] = None) -> str:
+        """A SavedModel of `checkpoint` (no evaluation exported one; or the calibrated weights)."""
         export.restore_from_checkpoint(run.model, checkpoint)
         if self._signature is None:  # Nothing trained in this process.
             self._attach(run)
-        return serving.export(self._served(run), self._signature, os.path.join(self.config.checkpoint_dir, "export",
-                                                                              self.config.export),
-                              class_names=run.dataset.class_names)
+        root = root or os.path.join(self.config.checkpoint_dir, "export", self.config.export)
+        return serving.export(self._served(run), self._signature, root, class_names=run.dataset.class_names)
 
     def predictions(self, run, checkpoint: str):
         """A cached run's head (run.model) on the cached validation features, with no trunk pass."""
