@@ -51,7 +51,6 @@ def test_an_overconfident_model_is_served_calibrated_everywhere(tmp_path, engine
     record = metrics["calibration"]
     assert record["method"] == "temperature" and record["temperature"] > 1.2 and record["n"] == 385
     assert record["after"]["ece"] < record["before"]["ece"] and record["after"]["nll"] < record["before"]["nll"]
-    assert record["before"]["nll"] == pytest.approx(metrics["loss"], rel=0.05)  # The served model's own loss.
     assert "/export/calibrated/" in summary["export"]
     calibrated, classes = served(summary["export"])
     best = export.latest_export(str(run), "best")  # The best evaluation's export: the probabilities as trained.

@@ -4,7 +4,8 @@ probabilities with the same classes: keras_model.h5 (and so the TFLite model and
 exported by the engine from the calibrated weights into export/calibrated/<version>/.
 
 The output layer's kernel and bias are divided by T: softmax((Wx + b) / T) (sigmoid for a binary model) is what the
-temperature asks for, so no layer is added and every loader and converter reads the model as before. The training
+temperature asks for, so no layer is added and every loader and converter reads the model as before. The temperature is fitted on the
+predictions of keras_model.h5 as first written (the served weights), which is then written again calibrated. The training
 checkpoints are left as they are: the calibrated weights are a name-keyed checkpoint of their own
 (<checkpoint_dir>/calibrated/), written again from the served checkpoint each time the run finishes (a restart
 redoes it, the same temperature from the same predictions), and the calibrated export is reused when it was made
@@ -16,7 +17,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer.outputs import calibration, export, metrics
+from trainer.model.keras_files import load_keras
+from trainer.outputs import calibration, metrics
 from trainer.util import console, files
 
 FOLDER = "calibrated"
@@ -34,17 +36,17 @@ def output_layer(model: tf.keras.Model) -> Tuple[Optional[tf.keras.layers.Layer]
     return layer, ""
 
 
-def calibrate(run, checkpoint: str) -> Tuple[str, dict]:
-    """(the checkpoint to serve, eval_metrics.json's `calibration` record). The served model is `run.full_model`
-    (images in) with `checkpoint`'s weights; the checkpoint returned is the calibrated one, or `checkpoint` itself
-    when nothing is calibrated (the record says why)."""
+def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict]:
+    """(the checkpoint to serve, eval_metrics.json's `calibration` record). The served model is `keras_h5` (images
+    in), just written from `checkpoint`; the checkpoint returned is the calibrated one, or `checkpoint` itself when
+    nothing is calibrated (the record says why)."""
     config = run.config
-    served = run.full_model if run.cache else run.model
+    # A fresh copy: the run's own Keras model cannot be called once the Estimator engine has converted it.
+    served = load_keras(keras_h5)
     layer, why = output_layer(served)
     if layer is None:
         console.say("calibration: not done, %s (--calibrate=temperature needs a Dense softmax or sigmoid output)", why)
         return checkpoint, {"method": "none", "skipped": why}
-    export.restore_from_checkpoint(run.model, checkpoint)
     probabilities, ids = metrics.predict_split(served, run.make_input(run.dataset.validation, False),
                                                config.label_mode)
     record = calibration.calibrate(probabilities, ids, seed=config.seed)

@@ -49,14 +49,16 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
             if stopped is not None and isinstance(record, dict) and record.get("first_step", stopped) < stopped \
                     <= record.get("last_step", stopped):
                 record["stopped_at_step"] = stopped
+    # With --cache_features the checkpoint restores the head, and the full model (its trunk inside) is written.
+    keras_h5 = os.path.join(config.model_dir, "keras_model.h5")
+    export.save_keras_model(run.model, checkpoint, keras_h5, full_model=run.full_model if run.cache else None)
     calibrated = None
     if config.calibrate == "temperature":  # The served model's probabilities, calibrated (its classes unchanged).
         faultpoints.reached("finish_calibration")
-        checkpoint, served["calibration"] = calibrate.calibrate(run, checkpoint)
-        calibrated = checkpoint if served["calibration"]["method"] == "temperature" else None
-    # With --cache_features the checkpoint restores the head, and the full model (its trunk inside) is written.
-    export.save_keras_model(run.model, checkpoint, os.path.join(config.model_dir, "keras_model.h5"),
-                            full_model=run.full_model if run.cache else None)
+        checkpoint, served["calibration"] = calibrate.calibrate(run, checkpoint, keras_h5)
+        if served["calibration"]["method"] == "temperature":
+            calibrated = checkpoint
+            export.save_keras_model(run.model, checkpoint, keras_h5, full_model=run.full_model if run.cache else None)
     if matrix is not None:
         served.update(metrics.from_confusion(matrix, run.dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), served)
