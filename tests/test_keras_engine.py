@@ -405,7 +405,8 @@ def test_vertex_dirs_hypertune_tensorboard_and_checkpoint_sync(tmp_path, monkeyp
     assert summary["model_dir"] == str(tmp_path / "model")
     assert (tmp_path / "checkpoints" / "model.ckpt-40.index").exists()
     assert not list((tmp_path / "model").glob("model.ckpt-*"))
-    assert summary["export"].startswith(str(tmp_path / "model" / "export" / "best"))
+    # The served export (calibrated: --calibrate=temperature) is copied into $AIP_MODEL_DIR, where Vertex imports it.
+    assert summary["export"].startswith(str(tmp_path / "model" / "export" / "calibrated"))
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")) and list((tmp_path / "tb").glob("eval/events*"))
     lines = [json.loads(line) for line in (tmp_path / "hp" / "output.metrics").read_text().splitlines()]
     assert [int(line["global_step"]) for line in lines] == [20, 40]

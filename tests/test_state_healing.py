@@ -101,9 +101,12 @@ def test_a_keras_export_without_its_keras_weights_is_rebuilt(finished, tmp_path,
     served = json.loads((best_dir / "best.json").read_text())["export"]
     assert served == best
     assert (best_dir / served / "keras_weights" / "weights.index").exists()
-    # keras_model.h5 is the served export's model: the same predictions as its SavedModel.
+    # keras_model.h5 is the served export's model (calibrated from the best one): the same predictions as its
+    # SavedModel.
     model = tf.keras.models.load_model(run / "keras_model.h5", compile=False)
-    serve = tf.saved_model.load(str(best_dir / served)).signatures["serving_default"]
+    export = json.loads(proc.stdout.strip().splitlines()[-1])["export"]
+    assert "/export/calibrated/" in export
+    serve = tf.saved_model.load(export).signatures["serving_default"]
     x = tf.random.stateless_uniform((4,) + tuple(model.inputs[0].shape[1:]), seed=(1, 2))
     name = list(serve.structured_input_signature[1])[0]
     probabilities = serve(**{name: x})["probabilities"].numpy()
