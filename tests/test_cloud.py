@@ -141,8 +141,10 @@ def test_vertex_output_directories(tmp_path, monkeypatch):
     assert not list((tmp_path / "model").glob("model.ckpt-*"))
     for name in ("keras_model.h5", "eval_metrics.json", "run_info.json", "model_summary.json"):
         assert (tmp_path / "model" / name).exists()
-    assert summary["export"].startswith(str(tmp_path / "model" / "export" / "best"))
-    assert (tmp_path / "model" / "export" / "best" / os.path.basename(summary["export"]) / "saved_model.pb").exists()
+    # The served (calibrated) export, copied into $AIP_MODEL_DIR where Vertex imports it.
+    assert summary["export"].startswith(str(tmp_path / "model" / "export" / "calibrated"))
+    assert (tmp_path / "model" / "export" / "calibrated" / os.path.basename(summary["export"]) /
+            "saved_model.pb").exists()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")) and list((tmp_path / "tb").glob("eval/events*"))
 
 

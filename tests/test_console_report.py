@@ -91,11 +91,13 @@ def test_report_html_of_a_finished_run(digits_run):
     wrong = 385 - sum(data["confusion_matrix"][i][i] for i in range(10))
     assert page.count('src="data:image/png;base64,') == min(wrong, 16)  # Worst-misclassified thumbnails.
     assert "--backbone</td><td>small_cnn" in page  # Flags that differ from the defaults.
-    # Its figures are the served model's evaluation's (kept per example while it ran: no second pass), and
-    # the same as a report computed afresh by running keras_model.h5 over the split.
-    assert "report.html: predictions of the served model's evaluation (385 examples)" in \
-        (model_dir / "train.log").read_text()
-    assert "From the predictions of the served model's evaluation on the 385 evaluation examples" in page
+    # Its figures are the served (calibrated) model's, from the calibration's own pass over the split (no pass of
+    # its own; with --calibrate=none, the evaluation's kept per example: test_binary_report_comes_from_the_evaluation),
+    # and the same as a report computed afresh by running keras_model.h5 over the split.
+    assert "report.html: predictions of the served model's own pass (calibrated, or the head on the cached " \
+        "features) (385 examples)" in (model_dir / "train.log").read_text()
+    assert "From the predictions of the model on the 385 evaluation examples" in page
+    assert "<h2>Calibration</h2>" in page and "Reliability diagram" in page
     assert_same_as_a_fresh_report(model_dir)
 
 
@@ -123,8 +125,9 @@ def test_binary_report_comes_from_the_evaluation(capsys, tmp_path):
     from test_bad_inputs import cli
 
     model_dir = tmp_path / "run"
+    # --calibrate=none: the served model's probabilities are the evaluation's, kept per example (no second pass).
     status, errors = cli(capsys, "--data=digits", "--classes=3,8", "--label_mode=binary", "--backbone=mlp",
-                         "--train_steps=5", "--learning_rate=0.0001", f"--model_dir={model_dir}")
+                         "--train_steps=5", "--learning_rate=0.0001", "--calibrate=none", f"--model_dir={model_dir}")
     assert status == 0 and not errors  # Seen: accuracy 0.62, 16 images shown.
     assert "From the predictions of the served model's evaluation" in (model_dir / "report.html").read_text()
     assert sum(map(sum, report_data(model_dir / "report.html")["confusion_matrix"])) > 50

@@ -47,9 +47,11 @@ def test_an_equal_challenger_is_not_promoted_on_a_coin_flip(champion_dir):
 def test_a_better_challenger_is_promoted_and_its_history_carries_the_test(tmp_path):
     champions = str(tmp_path / "champion")
     assert train(tmp_path, "weak", champions, train_steps=15, learning_rate=3e-4)["promoted"]
-    record = train(tmp_path, "strong", champions, train_steps=200)
+    # A stricter gate still promotes a much better model: 0.99 and a margin of 5 points (it gains far more).
+    record = train(tmp_path, "strong", champions, train_steps=200, promote_confidence=0.99, promote_margin=0.05)
     assert record["promoted"] and record["gate"]["test"] == "mcnemar" and record["gate"]["p_value"] < 1e-6
-    assert "better beyond chance at 0.95" in record["reason"]
+    assert record["gate"]["difference"] > 0.05 and record["gate"]["margin"] == 0.05
+    assert "better beyond chance at 0.99 and by more than 0.05" in record["reason"]
     shown = subprocess.run([sys.executable, "-m", "trainer.champion", "show", f"--champion_dir={champions}"],
                            cwd=REPO, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr

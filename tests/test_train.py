@@ -60,8 +60,8 @@ def test_keras_model_h5_reproduces_the_estimator_evaluation(digits_run):
 
 def test_exported_saved_model_serves_the_same_predictions(digits_run):
     model_dir, summary = digits_run
-    assert (model_dir / "export" / "best").is_dir()
-    assert summary["export"].startswith(str(model_dir / "export" / "best"))
+    assert (model_dir / "export" / "best").is_dir()  # The exports of training; the calibrated one is served.
+    assert summary["export"].startswith(str(model_dir / "export" / "calibrated"))
     serving = tf.saved_model.load(summary["export"]).signatures["serving_default"]
     x, _ = validation_arrays()
     served = serving(image=tf.constant(x[:16]))["probabilities"].numpy()

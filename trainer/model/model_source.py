@@ -17,10 +17,9 @@ from typing import List, Optional
 import tensorflow as tf
 
 from trainer.cloud import gcs
-from trainer.config import to_gcs_uri
+from trainer.config import served_export_kinds, to_gcs_uri
 from trainer.errors import UsageError
 
-EXPORT_KINDS = ("best", "latest", "final")
 SAVED_MODEL = "saved_model.pb"
 
 
@@ -56,8 +55,8 @@ def _find_saved_model(listing, path: str) -> Optional[str]:
     if newest:
         return newest
     run_info = listing.read(_join(path, "run_info.json"))
-    preferred = json.loads(run_info).get("flags", {}).get("export") if run_info else None
-    for kind in ([preferred] if preferred else []) + [k for k in EXPORT_KINDS if k != preferred]:
+    flags = json.loads(run_info).get("flags", {}) if run_info else {}
+    for kind in served_export_kinds(flags):  # export/calibrated/ first when the run calibrated.
         newest = _newest_version(listing, _join(path, "export", kind))
         if newest:
             return newest

@@ -109,8 +109,8 @@ def at_end(config, model, dataset, eval_input_fn, eval_metrics: dict, summary: d
                                  type(e).__name__, str(e)[:200])
         if result is not None:
             absl_logging.info("report.html: predictions of the served model's %s (%d examples)",
-                              "evaluation" if result.probabilities is None else "head on the cached features",
-                              len(result.labels))
+                              "evaluation" if result.probabilities is None else "own pass (calibrated, or the head "
+                              "on the cached features)", len(result.labels))
             result.input_fn = eval_input_fn  # The images, for the thumbnails.
         elif dataset is not None and tf.io.gfile.exists(os.path.join(config.model_dir, "keras_model.h5")):
             absl_logging.info("report.html: predicting the evaluation split with keras_model.h5")

@@ -116,12 +116,10 @@ def _use_serving_weights(model: tf.keras.Model, model_dir: str, run_info: dict) 
     """
     from trainer.outputs import export
 
-    flags = run_info.get("flags", {})
-    preferred = flags.get("export") or "best"
+    from trainer.config import served_export_kinds
+
     # A calibrated run serves export/calibrated/ (trainer.stages.calibrate): its weights hold the temperature.
-    kinds = (["calibrated"] if flags.get("calibrate") == "temperature" else []) + [preferred] + [
-        k for k in export.EXPORTER_NAMES if k != preferred]
-    for kind in kinds:
+    for kind in served_export_kinds(run_info.get("flags", {})):
         saved_model = export.latest_export(model_dir, kind)
         if saved_model:
             try:

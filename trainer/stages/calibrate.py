@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from trainer.model.keras_files import load_keras
 from trainer.outputs import calibration, metrics
+from trainer.outputs.predictions import Predictions
 from trainer.util import console, files
 
 FOLDER = "calibrated"
@@ -36,24 +37,25 @@ def output_layer(model: tf.keras.Model) -> Tuple[Optional[tf.keras.layers.Layer]
     return layer, ""
 
 
-def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict]:
-    """(the checkpoint to serve, eval_metrics.json's `calibration` record). The served model is `keras_h5` (images
-    in), just written from `checkpoint`; the checkpoint returned is the calibrated one, or `checkpoint` itself when
-    nothing is calibrated (the record says why)."""
+def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict, Optional[object]]:
+    """(the checkpoint to serve, eval_metrics.json's `calibration` record, the calibrated model's predictions on
+    the validation split for the report). The served model is `keras_h5` (images in), just written from
+    `checkpoint`; the checkpoint returned is the calibrated one, or `checkpoint` itself when nothing is calibrated
+    (the record says why; no predictions then)."""
     config = run.config
     # A fresh copy: the run's own Keras model cannot be called once the Estimator engine has converted it.
     served = load_keras(keras_h5)
     layer, why = output_layer(served)
     if layer is None:
         console.say("calibration: not done, %s (--calibrate=temperature needs a Dense softmax or sigmoid output)", why)
-        return checkpoint, {"method": "none", "skipped": why}
+        return checkpoint, {"method": "none", "skipped": why}, None
     probabilities, ids = metrics.predict_split(served, run.make_input(run.dataset.validation, False),
                                                config.label_mode)
     record = calibration.calibrate(probabilities, ids, seed=config.seed)
     if record is None:
         why = f"{len(ids)} validation examples, fewer than 20 to fit a temperature on"
         console.say("calibration: not done, %s", why)
-        return checkpoint, {"method": "none", "skipped": why}
+        return checkpoint, {"method": "none", "skipped": why}, None
     temperature = record["temperature"]
     reader = tf.train.load_checkpoint(checkpoint)
     tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
@@ -68,7 +70,9 @@ def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict]:
                 "15 bins, cross-fitted)", temperature, before["ece"], after["ece"], before["nll"], after["nll"],
                 before["brier"], after["brier"], record["n"])
     record["source_checkpoint"] = checkpoint
-    return calibrated, record
+    served_predictions = Predictions(np.asarray(ids, np.int64),
+                                     probabilities=calibration.scale(probabilities, temperature))
+    return calibrated, record, served_predictions
 
 
 def export_calibrated(engine, run, calibrated: str, record: dict) -> str:

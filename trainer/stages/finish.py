@@ -52,10 +52,10 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
     # With --cache_features the checkpoint restores the head, and the full model (its trunk inside) is written.
     keras_h5 = os.path.join(config.model_dir, "keras_model.h5")
     export.save_keras_model(run.model, checkpoint, keras_h5, full_model=run.full_model if run.cache else None)
-    calibrated = None
+    calibrated = calibrated_predictions = None
     if config.calibrate == "temperature":  # The served model's probabilities, calibrated (its classes unchanged).
         faultpoints.reached("finish_calibration")
-        checkpoint, served["calibration"] = calibrate.calibrate(run, checkpoint, keras_h5)
+        checkpoint, served["calibration"], calibrated_predictions = calibrate.calibrate(run, checkpoint, keras_h5)
         if served["calibration"]["method"] == "temperature":
             calibrated = checkpoint
             export.save_keras_model(run.model, checkpoint, keras_h5, full_model=run.full_model if run.cache else None)
@@ -79,7 +79,9 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
         eval_metrics.get("global_step")
     collected = metrics.collected(config.checkpoint_dir, served_step) if served_step is not None else None
 
-    def predict():
+    def predict():  # The calibrated model's own when it was calibrated (the evaluation's are as trained).
+        if calibrated_predictions is not None:
+            return calibrated_predictions
         return collected if collected is not None else engine.predictions(run, checkpoint)
 
     return _finish(config, run_info, run.info_path, eval_metrics, export_path,
