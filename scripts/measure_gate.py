@@ -8,9 +8,10 @@ half and a pool of 899 held-out examples, the population the draws sample. A sma
 recipes (60, 120 and 400 steps), --models seeds each; every model's accuracy on the whole pool is its true accuracy
 here. Pairs of models (champion, challenger):
 
-- null pairs: true accuracies within 0.5 point of each other (seeds of one recipe differ by several points when
-  undertrained, so "another seed" alone is not "equally good"): any promotion is a false one;
-- power pairs: the challenger truly better by 2 to 5 points.
+- null pairs, per metric: true values within 0.005 of each other (seeds of one recipe differ by several points when
+  undertrained, so "another seed" alone is not "equally good"; and equal accuracy is not equal loss): any
+  promotion is a false one;
+- power pairs: the challenger truly better by 2 to 5 points (accuracy, macro F1) or 0.03 to 0.08 (loss).
 
 Each draw picks a pair and --n examples of the pool (without replacement), and runs trainer.retrain.gate.decide on
 the two models' predictions of them, as a retraining's gate does, at --promote_confidence=0.95 and
@@ -36,6 +37,9 @@ from trainer import config as _config  # noqa: E402,F401 - sets TF_USE_LEGACY_KE
 from trainer.retrain import gate  # noqa: E402
 
 RECIPES = {"short": 60, "medium": 120, "long": 400}  # Training steps (batch 32) of each recipe.
+METRICS = ("accuracy", "macro_f1", "loss")
+NULL_TOLERANCE = {"accuracy": 0.005, "macro_f1": 0.005, "loss": 0.005}  # "Equally good" on the whole pool.
+POWER_RANGE = {"accuracy": (0.02, 0.05), "macro_f1": (0.02, 0.05), "loss": (0.03, 0.08)}  # "Truly a few points better".
 
 
 def digits():
@@ -69,45 +73,50 @@ def main() -> int:
     args = parser.parse_args()
     started = time.time()
     (x, y), (pool_x, pool_y) = digits()
-    models = []  # (recipe, seed, pool predictions, pool accuracy)
+    models = []  # (recipe, seed, pool predictions, {metric: its value on the whole pool})
     for name, steps in RECIPES.items():
         found = [train(x, y, steps, seed).predict(pool_x, verbose=0) for seed in range(args.models)]
-        accuracy = [float(np.mean(p.argmax(-1) == pool_y)) for p in found]
-        models += [(name, seed, p, a) for seed, (p, a) in enumerate(zip(found, accuracy))]
+        for seed, p in enumerate(found):
+            models.append((name, seed, p, {m: gate.score(p, pool_y, m) for m in METRICS}))
+        accuracy = [m[3]["accuracy"] for m in models if m[0] == name]
         print(f"{name}: {steps} steps, pool accuracy {np.mean(accuracy):.4f} (min {min(accuracy):.4f}, max "
               f"{max(accuracy):.4f}) over {args.models} seeds, pool of {len(pool_y)}")
-    pairs = {"null": [(i, j) for i in range(len(models)) for j in range(len(models))
-                      if i != j and abs(models[i][3] - models[j][3]) <= 0.005],
-             "power": [(i, j) for i in range(len(models)) for j in range(len(models))
-                       if 0.02 <= models[j][3] - models[i][3] <= 0.05]}
-    gains = {kind: [models[j][3] - models[i][3] for i, j in found] for kind, found in pairs.items()}
-    for kind, found in pairs.items():
-        print(f"{kind} pairs: {len(found)} (true accuracy gain: mean {np.mean(gains[kind]):+.4f}, "
-              f"{min(gains[kind]):+.4f} to {max(gains[kind]):+.4f})")
     rng = np.random.default_rng(1)
-    cases = [("accuracy", "mcnemar"), ("accuracy", "bootstrap"), ("accuracy", "none"), ("macro_f1", "bootstrap"),
-             ("macro_f1", "none"), ("loss", "bootstrap"), ("loss", "none")]
-    rows = []
     classes = [str(i) for i in range(10)]
-    for kind in ("null", "power"):
-        draws = []
-        for _ in range(args.draws):
-            i, j = pairs[kind][rng.integers(len(pairs[kind]))]  # (champion, challenger)
-            subset = rng.choice(len(pool_y), args.n, replace=False)
-            draws.append((models[j][2][subset], models[i][2][subset], pool_y[subset], int(rng.integers(1 << 30))))
-        for metric, test in cases:
-            promoted = [gate.decide(a, b, ids, classes, metric, test, 0.95, 0.0, None, seed)["promote"]
-                        for a, b, ids, seed in draws]
-            rate = float(np.mean(promoted))
-            rows.append({"draws": kind, "metric": metric, "test": test, "promoted": rate, "n": args.n,
-                         "count": len(draws), "confidence": 0.95})
-            print(f"| {kind} | {metric} | {test} | {rate:.3f} ({sum(promoted)}/{len(draws)}) |")
-            sys.stdout.flush()
+    rows, pair_counts = [], {}
+    for metric in METRICS:
+        def gain(i, j):  # The challenger j's true advantage over the champion i, in the metric's direction.
+            a, b = models[j][3][metric], models[i][3][metric]
+            return b - a if metric == "loss" else a - b
+
+        tolerance, power = NULL_TOLERANCE[metric], POWER_RANGE[metric]
+        pairs = {"null": [(i, j) for i in range(len(models)) for j in range(len(models))
+                          if i != j and abs(gain(i, j)) <= tolerance],
+                 "power": [(i, j) for i in range(len(models)) for j in range(len(models))
+                           if power[0] <= gain(i, j) <= power[1]]}
+        for kind, found in pairs.items():
+            gains = [gain(i, j) for i, j in found]
+            pair_counts[f"{metric}/{kind}"] = {"pairs": len(found), "true_gain_mean": float(np.mean(gains)),
+                                               "true_gain_min": float(min(gains)), "true_gain_max": float(max(gains))}
+            print(f"{metric} {kind} pairs: {len(found)} (true gain {np.mean(gains):+.4f}, {min(gains):+.4f} to "
+                  f"{max(gains):+.4f})")
+            draws = []
+            for _ in range(args.draws):
+                i, j = found[rng.integers(len(found))]  # (champion, challenger)
+                subset = rng.choice(len(pool_y), args.n, replace=False)
+                draws.append((models[j][2][subset], models[i][2][subset], pool_y[subset], int(rng.integers(1 << 30))))
+            for test in (["mcnemar"] if metric == "accuracy" else []) + ["bootstrap", "none"]:
+                promoted = [gate.decide(a, b, ids, classes, metric, test, 0.95, 0.0, None, seed)["promote"]
+                            for a, b, ids, seed in draws]
+                rate = float(np.mean(promoted))
+                rows.append({"draws": kind, "metric": metric, "test": test, "promoted": rate, "n": args.n,
+                             "count": len(draws), "confidence": 0.95})
+                print(f"| {kind} | {metric} | {test} | {rate:.3f} ({sum(promoted)}/{len(draws)}) |")
+                sys.stdout.flush()
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({"rows": rows, "models": args.models, "n": args.n, "recipes": RECIPES,
-                   "pairs": {k: len(v) for k, v in pairs.items()},
-                   "true_gain": {k: [float(np.mean(g)), float(min(g)), float(max(g))] for k, g in gains.items()},
+                   "pairs": pair_counts,
                    "seconds": round(time.time() - started)}, f, indent=1)
     print(f"written to {args.output} ({time.time() - started:.0f} s)")
     return 0
