@@ -18,7 +18,7 @@ INSTALL_REQUIRES = [
     "google-cloud-storage>=2.10,<3",
     "pillow>=9",
     "scikit-learn>=1.2",  # ships the UCI digits used by `--data=digits`.
-    "scipy>=1.9",  # the promotion gate's exact binomial (McNemar) and paired bootstrap.
+    "scipy>=1.11",  # the promotion gate's exact binomial (McNemar) and paired bootstrap.
     "cloudml-hypertune>=0.1.0.dev6",  # reports tuning metrics on Vertex AI.
 ]
 VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py only.

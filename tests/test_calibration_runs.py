@@ -31,6 +31,12 @@ ARGS = ["--data=digits", "--backbone=mlp", "--head_units=256", "--train_steps=15
 X = np.random.default_rng(0).uniform(0, 16, (16, 8, 8, 3)).astype(np.float32)  # Digits as the model takes them.
 
 
+def served_temperature(metrics: dict) -> float:
+    """The temperature folded into the served model (1.0 when none was applied: calibration.method is none)."""
+    record = metrics.get("calibration") or {}
+    return record["temperature"] if record.get("method") == "temperature" else 1.0
+
+
 def summary_of(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,3 +99,22 @@ def test_calibrate_none_serves_the_probabilities_as_trained(tmp_path):
                                                              "--engine=keras"], run))
     assert "/export/best/" in summary["export"] and not (run / "export" / "calibrated").exists()
     assert "calibration" not in json.loads((run / "eval_metrics.json").read_text())
+
+
+def test_a_warm_start_from_a_calibrated_model_starts_from_the_weights_as_trained(tmp_path):
+    """keras_model.h5 holds the output layer divided by T; a run warm-started from it takes T back out (recorded),
+    so the next retraining does not start from tempered logits."""
+    first = tmp_path / "first"
+    summary_of(restart_cases.run_to_end(ARGS + ["--engine=keras", "--train_steps=600"], first))
+    temperature = json.loads((first / "eval_metrics.json").read_text())["calibration"]["temperature"]
+    best = tf.train.load_checkpoint(export.export_weights(export.latest_export(str(first), "best")))
+    second = tmp_path / "second"
+    summary_of(restart_cases.run_to_end(ARGS[:4] + ["--engine=keras", "--train_steps=1", "--learning_rate=1e-9",
+                                                    "--calibrate=none", f"--warm_start_from={first / 'keras_model.h5'}"],
+                                        second))
+    record = json.loads((second / "run_info.json").read_text())["warm_start"]
+    assert record["calibration_temperature_undone"] == pytest.approx(temperature)
+    model = tf.keras.models.load_model(second / "keras_model.h5", compile=False)
+    kernel, bias = model.get_layer("probabilities").get_weights()
+    np.testing.assert_allclose(kernel, best.get_tensor("probabilities/kernel"), atol=1e-5)
+    np.testing.assert_allclose(bias, best.get_tensor("probabilities/bias"), atol=1e-5)

@@ -3,8 +3,10 @@ challenger promoted only when better beyond chance (McNemar for accuracy, the pa
 refused when a class's recall falls past --promote_max_class_drop; every decision on one `promotion:` line, in
 run_info.json and in the champion's history (`python -m trainer.champion show`)."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,31 @@ def test_gate_flags_that_cannot_work_are_refused_before_training(tmp_path, flags
     with pytest.raises(UsageError, match=fragment.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         train(tmp_path, "bad", str(tmp_path / "champion"), train_steps=5, **flags)
     assert not (tmp_path / "bad" / "run_info.json").exists()
+
+
+def test_the_scheduled_retraining_loop_runs_the_gate_and_registers_only_what_it_promotes(tmp_path):
+    """scripts/retrain.sh twice (the weekly loop): the first run promotes and registers (dry run); the second,
+    warm-started from that champion, is judged by McNemar on the same examples, and is registered only if the gate
+    promoted it; the champion's history carries the test."""
+    env = dict(os.environ, PYTHON=sys.executable, PROJECT="proj", REGION="europe-west4", REGISTER_DRY_RUN="1")
+    champions = tmp_path / "champion"
+    common = ["bash", "scripts/retrain.sh", "--data=digits", "--backbone=mlp", "--eval_throttle_secs=0",
+              f"--model_dir={tmp_path / 'retrain'}", f"--champion_dir={champions}"]
+    runs = []
+    for steps in (150, 100):
+        proc = subprocess.run(common + [f"--train_steps={steps}"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.partition("\n")[0])
+        runs.append((proc, json.loads((Path(summary["model_dir"]) / "run_info.json").read_text())["promotion"]))
+    (first, first_record), (second, second_record) = runs
+    assert first_record["promoted"] and "artifactUri" in first.stdout.partition("\n")[2]  # Registered (dry run).
+    gate = second_record["gate"]
+    assert gate["test"] == "mcnemar" and gate["n"] == 385 and "McNemar exact test: p=" in second.stderr
+    assert "warm_start" in json.loads((Path(json.loads(second.stdout.partition("\n")[0])["model_dir"]) /
+                                       "run_info.json").read_text())
+    pointer = json.loads((champions / "CHAMPION.json").read_text())
+    if second_record["promoted"]:
+        assert pointer["metrics"]["gate"]["p_value"] == gate["p_value"] and "artifactUri" in second.stdout
+    else:
+        assert pointer["version"] == first_record["version"] and "nothing registered" in second.stderr

@@ -13,6 +13,7 @@ import restart_cases
 from conftest import REPO  # noqa: F401 - puts the repository on the path.
 from trainer.data import sources as data
 from trainer.outputs import calibration
+from test_calibration_runs import served_temperature
 from trainer.config import Config
 
 # Runs on TensorFlow 2.21 (the Keras engine's runtime); on TF 2.15 with `make test-slow` only.
@@ -64,7 +65,7 @@ def test_a_cached_run_matches_the_uncached_one_and_serves_the_full_model(tmp_pat
     on_images = full.evaluate(images, validation.labels, verbose=0, return_dict=True)
     assert on_images["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     # keras_model.h5 serves calibrated probabilities (--calibrate=temperature): undone, the evaluation's loss.
-    trained = calibration.scale(full.predict(images, verbose=0), 1.0 / metrics["calibration"]["temperature"])
+    trained = calibration.scale(full.predict(images, verbose=0), 1.0 / served_temperature(metrics))
     assert calibration.nll(trained, validation.labels) == pytest.approx(metrics["loss"], rel=1e-4)
     matrix = tf.math.confusion_matrix(validation.labels, full.predict(images, verbose=0).argmax(-1),
                                       num_classes=3).numpy().tolist()

@@ -17,6 +17,7 @@ from trainer.stages import experiment
 from trainer.model import feature_cache
 from trainer.data import inputs
 from trainer.config import Config
+from test_calibration_runs import served_temperature
 from trainer.outputs import calibration, export
 from trainer.errors import UsageError
 
@@ -62,7 +63,7 @@ def test_cached_run_matches_uncached_and_exports_the_full_model(tmp_path, base_m
     # Estimator's loss is the mean of batch means (a smaller last batch weighs more): close, not equal. The
     # served keras_model.h5 is calibrated (--calibrate=temperature): its probabilities as trained are compared.
     trained = calibration.scale(full.predict(np.repeat(validation.x["x"], 3, -1), verbose=0),
-                                1.0 / metrics["calibration"]["temperature"])
+                                1.0 / served_temperature(metrics))
     assert calibration.nll(trained, validation.labels) == pytest.approx(metrics["loss"], rel=0.05)
     # The per-class figures (from the head on cached features, in eval_metrics.json and report.html) are
     # the full model's on the images.

@@ -25,13 +25,6 @@ PROMOTE_METRICS = ("accuracy", "loss")
 PROMOTE_TESTS = ("mcnemar", "bootstrap", "none")  # trainer.retrain.gate
 CALIBRATIONS = ("temperature", "none")  # trainer.outputs.calibration
 
-
-def served_export_kinds(flags: dict) -> list:
-    """The export folders of a finished run (its run_info.json `flags`), the served one first: export/calibrated/
-    when the run calibrated (trainer.stages.calibrate), then --export's, then the others."""
-    preferred = flags.get("export") or "best"
-    return (["calibrated"] if flags.get("calibrate") == "temperature" else []) + [preferred] + [
-        k for k in EXPORTS if k != preferred]
 # Scalar evaluation metrics (what --hypertune_metric, --early_stopping_metric and --promote_metric may name): the
 # metric registry's (trainer/metric_registry.py), read when checked, so a metric registered later counts too.
 SCHEDULES = ("constant", "cosine", "exponential", "step")
@@ -176,6 +169,14 @@ def default_model_dir() -> str:
 
 
 ENGINES = ("estimator", "keras")
+
+
+def served_export_kinds(flags: dict) -> list:
+    """The export folders of a finished run (its run_info.json `flags`), the served one first: export/calibrated/
+    when the run calibrated (trainer.stages.calibrate), then --export's, then the others."""
+    preferred = flags.get("export") or "best"
+    return (["calibrated"] if flags.get("calibrate") == "temperature" else []) + [preferred] + [
+        k for k in EXPORTS if k != preferred]
 
 
 def resolve_engine(name: Optional[str]) -> str:

@@ -153,7 +153,8 @@ flags.DEFINE_enum("promote_test", _DEFAULTS.promote_test, config_lib.PROMOTE_TES
                   "challenger is better beyond chance, both models scored on the same evaluation examples: mcnemar "
                   "(the exact test on the examples one model alone gets right; accuracy only), bootstrap (the "
                   "paired bootstrap of the metric's difference, 2,000 resamples seeded by --seed) or none (the "
-                  "point estimate, as before). Default: mcnemar for --promote_metric=accuracy, else bootstrap.")
+                  "point estimate alone; loss is the predictions' NLL for all three). Default: mcnemar for "
+                  "--promote_metric=accuracy, else bootstrap.")
 flags.DEFINE_float("promote_confidence", _DEFAULTS.promote_confidence, "The gate's confidence: McNemar's p-value "
                    "must be below 1 - this; the bootstrap's one-sided lower bound is taken at this level.")
 flags.DEFINE_float("promote_margin", _DEFAULTS.promote_margin, "The challenger must be better by more than this "

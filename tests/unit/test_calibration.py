@@ -23,7 +23,7 @@ def overconfident(n=3000, k=5, sharpen=3.0, seed=0):
 def test_the_fitted_temperature_undoes_the_overconfidence_and_keeps_every_class():
     p, y = overconfident()
     result = calibration.calibrate(p, y, seed=1)
-    assert result["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert result["applied"] and result["temperature"] == pytest.approx(3.0, rel=0.1)
     before, after = result["before"], result["after"]
     assert after["ece"] < before["ece"] / 3 and after["nll"] < before["nll"] and after["brier"] < before["brier"]
     assert after["ece_equal_mass"] < before["ece_equal_mass"]
@@ -31,6 +31,23 @@ def test_the_fitted_temperature_undoes_the_overconfidence_and_keeps_every_class(
     assert np.array_equal(scaled.argmax(axis=1), p.argmax(axis=1)) and np.allclose(scaled.sum(axis=1), 1.0)
     assert sum(b["count"] for b in result["reliability_before"]) == len(y) == result["n"]
     assert len(result["reliability_after"]) == calibration.BINS == 15
+
+
+def test_no_temperature_is_applied_where_it_would_not_mean_what_it_says():
+    """Separable validation data (every example right): the NLL falls as T goes to 0 and the fit would make the
+    model as sure as it can be (seen in a review: T=0.0235, logits x42). Not applied, and why."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    p = np.where(y[:, None] == np.arange(2), 0.8, 0.2)  # Right on every example, 80% sure.
+    result = calibration.calibrate(p, y)
+    assert not result["applied"] and "0 of the 200 validation examples are misclassified" in result["why"]
+    assert "temperature" not in result and result["before"]["nll"] == pytest.approx(-np.log(0.8))
+    # A well-calibrated model with noise: the cross-fitted NLL must improve, or nothing is applied.
+    p2, y2 = overconfident(sharpen=1.0, seed=4, n=400)
+    checked = calibration.calibrate(p2, y2)
+    assert checked["applied"] == (checked["after"]["nll"] < checked["before"]["nll"])
+    if not checked["applied"]:
+        assert "cross-fitted NLL" in checked["why"]
 
 
 def test_a_calibrated_model_keeps_a_temperature_near_one():

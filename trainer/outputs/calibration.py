@@ -92,21 +92,40 @@ def fit_temperature(probabilities, y) -> float:
 
 def calibrate(probabilities, y, seed: int = 0) -> Optional[dict]:
     """The temperature fitted on all examples, and the figures before and after (after: 2-fold cross-fitted).
-    None when there are fewer than 20 examples (nothing to fit on)."""
+
+    None when there are fewer than 20 examples (nothing to fit on). The record's `applied` is False, with `why`,
+    where a temperature would not mean what it says: a half of the split with no misclassified example (on
+    separable data the NLL keeps falling as T goes to 0, and the fit would make the model as sure as it can be), a
+    temperature at the bounds of the search, or a cross-fitted NLL no lower than before (it does not carry over to
+    examples it was not fitted on)."""
     p, y = as_classes(probabilities), np.asarray(y, int).reshape(-1)
     if len(y) < 20:
         return None
-    temperature = fit_temperature(p, y)
     order = np.random.default_rng(seed).permutation(len(y))
     halves = (order[: len(y) // 2], order[len(y) // 2:])
+    wrong = [int(np.sum(p[h].argmax(axis=1) != y[h])) for h in halves]
+    record = {"method": "temperature", "n": int(len(y)), "bins": BINS, "before": figures(p, y),
+              "reliability_before": reliability(p, y)}
+    if min(wrong) == 0:
+        return dict(record, applied=False, why=f"{sum(wrong)} of the {len(y)} validation examples are misclassified "
+                    "(none in one half): nothing to tell an overconfident model from a right one")
+    temperature = fit_temperature(p, y)
     after = np.zeros_like(p)
     folds = []
     for fit_on, apply_to in (halves, halves[::-1]):
         t = fit_temperature(p[fit_on], y[fit_on])
         after[apply_to] = scale(p[apply_to], t)
         folds.append(t)
-    return {"method": "temperature", "temperature": temperature, "n": int(len(y)), "bins": BINS,
-            "held_out": "the validation split (not trained on); the 'after' figures are 2-fold cross-fitted "
-                        f"(each half scaled with the temperature fitted on the other: {folds[1]:.4f}, {folds[0]:.4f})",
-            "before": figures(p, y), "after": figures(after, y),
-            "reliability_before": reliability(p, y), "reliability_after": reliability(after, y)}
+    record.update(temperature=temperature, after=figures(after, y), reliability_after=reliability(after, y),
+                  held_out="the validation split (not trained on); the 'after' figures are 2-fold cross-fitted "
+                           f"(each half scaled with the temperature fitted on the other: {folds[1]:.4f}, "
+                           f"{folds[0]:.4f})")
+    edge = min(abs(np.log(t) - bound) for t in [temperature, *folds] for bound in LOG_T_BOUNDS)
+    if edge < 0.05:
+        return dict(record, applied=False, why=f"the fitted temperature ({temperature:.4g}, or a half's: "
+                    f"{folds[0]:.4g}, {folds[1]:.4g}) is at the edge of the search ({np.exp(LOG_T_BOUNDS[0]):.3g} "
+                    f"to {np.exp(LOG_T_BOUNDS[1]):.3g})")
+    if record["after"]["nll"] >= record["before"]["nll"]:
+        return dict(record, applied=False, why=f"the cross-fitted NLL ({record['after']['nll']:.4f}) is no lower than "
+                    f"the model's own ({record['before']['nll']:.4f}): the temperature does not carry over")
+    return dict(record, applied=True)

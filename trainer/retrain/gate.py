@@ -91,8 +91,9 @@ def bootstrap(challenger: np.ndarray, champion: np.ndarray, ids: np.ndarray, met
         return np.nan if a is None or b is None else _advantage(a, b, metric)
 
     point = advantage(np.arange(n))
+    # batch: resamples drawn 100 at a time (2,000 x n indices at once would be gigabytes for 100k examples).
     result = stats.bootstrap((np.arange(n),), advantage, vectorized=False, paired=True, n_resamples=resamples,
-                             confidence_level=confidence, alternative="greater", method="percentile",
+                             batch=100, confidence_level=confidence, alternative="greater", method="percentile",
                              random_state=np.random.default_rng(seed))
     low = float(result.confidence_interval.low)
     promote = bool(np.isfinite(low) and low > margin)

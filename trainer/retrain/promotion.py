@@ -197,7 +197,8 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
         report = {}
         won = champion.promote(store, token, version, export_path, keras_h5,
                                {**challenger, "metric": metric, "class_names": list(class_names or []),
-                                **({"gate": record["gate"]} if record.get("gate") else {}), **runtime_versions()},
+                                **({"gate": record["gate"]} if record.get("gate") else {}),
+                                "calibration_temperature": source_temperature(keras_h5), **runtime_versions()},
                                model_dir, pointer["version"] if pointer else None,
                                champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
         record.update(promoted=won, version=version)
@@ -267,6 +268,9 @@ def _compare(config, metric, record, store, version, champion_model, mine_model,
         return True, (f"the champion {version} knows the classes {','.join(theirs)}, of which {len(shared)} are this "
                       f"run's ({','.join(ours)}): it cannot be scored on this data, so the challenger, the only model "
                       "of this class set, is promoted")
+    if metric not in ("accuracy", "loss", "macro_f1"):  # top-k or AUC would credit classes a model never knew.
+        return (f"--promote_metric={metric} cannot be compared across other class sets; use accuracy, loss or "
+                "macro_f1")
     # All of this run's examples, for both models: a class the champion does not know counts as wrong for it, so a
     # challenger that also predicts a new class wins a tie on the shared ones (never stuck on the old champion).
     unknown = [c for c in ours if c not in theirs]
@@ -390,6 +394,7 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
         return None
     source_names = _source_class_names(path)
     local = gcs.localize(path, "warm_start_from") if path.endswith((".h5", ".hdf5")) else path
+    undone = None  # The calibration temperature taken back out of a keras_model.h5 source.
     if tf.io.gfile.isdir(local):
         checkpoint = tf.train.latest_checkpoint(local)
         if checkpoint is None:
@@ -402,6 +407,12 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
         except (OSError, ValueError) as e:
             raise UsageError(f"--warm_start_from={path} is not a loadable Keras model: {str(e)[:200]}") from None
         values = {w.name.split(":")[0]: w.numpy() for w in source.weights}
+        temperature = source_temperature(path)
+        if temperature != 1.0:  # A calibrated model: its output layer's weights as trained, not divided by T.
+            for weight in source.layers[-1].weights:
+                name = weight.name.split(":")[0]
+                values[name] = values[name] * temperature
+            undone = temperature
     else:
         raise UsageError(f"--warm_start_from={path} does not exist")
     output = model.layers[-1]
@@ -410,6 +421,8 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
              and output.weights and output.weights[0].shape[-1] == len(class_names) and len(class_names) > 1
              and config.label_mode != "binary")
     assignments, record = [], {"path": path}
+    if undone:
+        record["calibration_temperature_undone"] = undone
     for weight in model.weights:
         name = weight.name.split(":")[0]
         if name not in values:
@@ -441,6 +454,29 @@ def _remap_columns(fresh, old, old_names, new_names):
         if name in old_names:
             out[..., j] = old[..., list(old_names).index(name)]
     return out
+
+
+def source_temperature(path: str) -> float:
+    """The temperature a keras_model.h5 was calibrated with (trainer.stages.calibrate folds it into the output layer):
+    from eval_metrics.json beside it (a run's), or a champion version's metrics.json; 1.0 when none was applied."""
+    import json
+
+    folder = os.path.dirname(path)
+    for name in ("eval_metrics.json", "metrics.json"):
+        candidate = os.path.join(folder, name)
+        try:
+            if not tf.io.gfile.exists(candidate):
+                continue
+            with tf.io.gfile.GFile(candidate) as f:
+                data = json.load(f)
+        except (ValueError, tf.errors.OpError):
+            continue
+        calibration = data.get("calibration") if isinstance(data.get("calibration"), dict) else {}
+        value = data.get("calibration_temperature") or (
+            calibration.get("temperature") if calibration.get("method") == "temperature" else None)
+        if value:
+            return float(value)
+    return 1.0
 
 
 def _source_class_names(path: str):

@@ -56,10 +56,15 @@ def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict, Optional[
         why = f"{len(ids)} validation examples, fewer than 20 to fit a temperature on"
         console.say("calibration: not done, %s", why)
         return checkpoint, {"method": "none", "skipped": why}, None
+    if not record.pop("applied"):  # Figures kept on record; the model is served as trained.
+        why = record.pop("why")
+        console.say("calibration: not applied, %s; the probabilities are served as trained", why)
+        return checkpoint, dict(record, method="none", skipped=why, fitted_temperature=record.pop(
+            "temperature", None)), None
     temperature = record["temperature"]
     reader = tf.train.load_checkpoint(checkpoint)
     tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-    for weight in (layer.kernel, layer.bias):
+    for weight in (w for w in (layer.kernel, layer.bias) if w is not None):  # Dense(use_bias=False): the kernel.
         name = weight.name.split(":")[0]
         tensors[name] = (tensors[name] / temperature).astype(tensors[name].dtype)
     step = os.path.basename(checkpoint).rsplit("-", 1)[-1]
