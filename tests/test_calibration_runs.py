@@ -118,3 +118,21 @@ def test_a_warm_start_from_a_calibrated_model_starts_from_the_weights_as_trained
     kernel, bias = model.get_layer("probabilities").get_weights()
     np.testing.assert_allclose(kernel, best.get_tensor("probabilities/kernel"), atol=1e-5)
     np.testing.assert_allclose(bias, best.get_tensor("probabilities/bias"), atol=1e-5)
+
+
+def test_a_two_phase_run_stopped_early_in_its_first_phase_exports_the_calibrated_model(tmp_path):
+    """Early stopping decided in phase 1 of 2 (the stages had built phase 2's model, not compiled, when they
+    stopped): the Keras engine's export of the calibrated weights signs that model anew. Found by the restart fuzz's
+    seed 3 on TF 2.15: the signature captured the phase-1 model's variables ("untracked resource")."""
+    run = tmp_path / "run"
+    args = ["--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn", "--freeze=1", "--fine_tune_freeze=all",
+            "--train_steps=40", "--fine_tune_steps=17", "--optimizer=rmsprop", "--learning_rate=0.002",
+            "--label_smoothing=0.1", "--early_stopping_patience=1", "--early_stopping_min_delta=0.02",
+            "--save_checkpoints_steps=5", "--eval_throttle_secs=0", "--batch_size=16", "--seed=97", "--engine=keras"]
+    summary = summary_of(restart_cases.run_to_end(args, run))
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["early_stopped_at_step"] is not None and info["early_stopped_at_step"] <= 40
+    record = json.loads((run / "eval_metrics.json").read_text())["calibration"]
+    assert record["method"] == "temperature" and "/export/calibrated/" in summary["export"]
+    h5 = tf.keras.models.load_model(run / "keras_model.h5", compile=False)
+    np.testing.assert_allclose(served(summary["export"])[0], h5.predict(X, verbose=0), atol=1e-5)

@@ -71,7 +71,7 @@ class Engine(base.Engine):
         _refuse_unsupported(config, plan)
         super().__init__(config, plan)
         self.steps_per_execution = steps_per_execution(config)
-        self._run = self._evaluator = self._signature = None
+        self._run = self._evaluator = self._signature = self._signed = None
         self._after_evaluation: Optional[AfterEvaluation] = None
         self._listeners = []
         self._last_eval: Optional[dict] = None
@@ -121,6 +121,7 @@ class Engine(base.Engine):
             run.model.jit_compile = True
         image_bytes = run.dataset.kind in ("files", "tfrecord") and not config.model_fn
         served = self._served(run)
+        self._signed = served  # The model the signature calls (its variables are the ones it captures).
         self._signature = serving.make_signature(served, run.dataset.class_names, config.label_mode == "binary",
                                                  image_bytes and len(served.outputs) == 1)
         if self._evaluator is not None:
@@ -297,7 +298,12 @@ class Engine(base.Engine):
     def export(self, run, checkpoint: str, root: Optional[str] = None) -> str:
         """A SavedModel of `checkpoint` (no evaluation exported one; or the calibrated weights)."""
         export.restore_from_checkpoint(run.model, checkpoint)
-        if self._signature is None:  # Nothing trained in this process.
+        if self._signature is None or self._signed is not self._served(run):
+            # Nothing trained in this process; or the stages built the model anew since (early stopping decided
+            # before the next phase, whose model was already built, not compiled): a signature of that model.
+            if getattr(run.model, "optimizer", None) is None:
+                with self.scope():
+                    models.compile_model(run.model, self.config)
             self._attach(run)
         root = root or os.path.join(self.config.checkpoint_dir, "export", self.config.export)
         return serving.export(self._served(run), self._signature, root, class_names=run.dataset.class_names)
