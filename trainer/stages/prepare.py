@@ -122,10 +122,12 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
                                   resumes=plan.name in engine.resumes_input_under, autotune=engine.autotunes_input)
     if not plan.is_chief and engine.chief_writes_first:  # Before reading the phase history: the chief starts first.
         checkpoints.wait_for_chief(config.checkpoint_dir, engine.chief_writes_first)
-    if plan.is_chief:
-        files.remove_temporaries(config.model_dir)  # Left by a run killed mid-write (or by a full disk).
+    if plan.is_chief:  # Left by a run killed mid-write (or by a full disk). In a cluster the evaluator task may be
+        # exporting as the chief starts (a rerun: both start together): its fresh temp-* folder is spared.
+        spare = 120 if plan.distributed else 0
+        files.remove_temporaries(config.model_dir, spare)
         if config.checkpoint_dir != config.model_dir:
-            files.remove_temporaries(config.checkpoint_dir)
+            files.remove_temporaries(config.checkpoint_dir, spare)
     run.started = time.time()
     # Reads the phase history; run_info.json is written when each phase starts (phases.start).
     run.steps = phases.prepare(config, plan, planned, run_info, run.info_path, train_examples)

@@ -97,11 +97,21 @@ def copy_tree(source: str, destination: str) -> str:
 _TF_TEMPORARY = re.compile(r"\.tmp[0-9a-f]{16,}$")  # TensorFlow's own atomic writes (graph.pbtxt.tmp<hex>).
 
 
-def remove_temporaries(model_dir: str) -> None:
+def remove_temporaries(model_dir: str, spare_fresh_exports_secs: float = 0) -> None:
     """Deletes files a killed (or disk-full) run left under temporary names: ours (`*.tmp-*`), TensorFlow's
-    (`*.tmp<hex>`), export `temp-*` folders."""
+    (`*.tmp<hex>`), export `temp-*` folders. `spare_fresh_exports_secs`: in a cluster another task (the evaluator)
+    may be writing an export right now, so export folders changed less than that long ago are left alone."""
+    import time
+
     patterns = [os.path.join(model_dir, "*.tmp-*"), os.path.join(model_dir, "export", "*", "temp-*")]
     found = [p for pattern in patterns for p in tf.io.gfile.glob(pattern)]
+    if spare_fresh_exports_secs:
+        def fresh(path):
+            try:
+                return time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9 < spare_fresh_exports_secs
+            except tf.errors.OpError:
+                return True  # Gone meanwhile: nothing to remove.
+        found = [p for p in found if not (os.path.basename(p).startswith("temp-") and fresh(p))]
     found += [p for p in tf.io.gfile.glob(os.path.join(model_dir, "*.tmp*")) if _TF_TEMPORARY.search(p)]
     for path in found:
         if tf.io.gfile.isdir(path):
