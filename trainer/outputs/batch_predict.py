@@ -48,7 +48,7 @@ class Serving:
         self.takes_bytes = spec.dtype == tf.string
         self.image_shape = None if self.takes_bytes else tuple(spec.shape[1:])
         self.num_classes = int(outputs["probabilities"].shape[-1])
-        self.class_names = _class_names(self.fn, saved_model_dir, self.num_classes)
+        self.class_names = class_names_of(self.fn, saved_model_dir, self.num_classes)
 
     def __call__(self, batch) -> np.ndarray:
         """Probabilities [batch, classes] for a list of encoded images or a float array."""
@@ -56,7 +56,7 @@ class Serving:
         return self.fn(**{self.input_name: values})["probabilities"].numpy()
 
 
-def _class_names(fn, saved_model_dir: str, num_classes: int) -> List[str]:
+def class_names_of(fn, saved_model_dir: str, num_classes: int) -> List[str]:
     """The names the model's `classes` output is gathered from (export.with_class_names).
 
     They are a constant in the Estimator engine's serving graph, and in assets.extra/class_names.json of the
