@@ -2,11 +2,13 @@
 
     python scripts/register_model.py --project=P --region=R --artifact_uri=gs://B/.../<version>/model \
         --display_name=NAME [--parent_model=ID] [--version_aliases=champion,...] [--labels=k=v,...] \
-        [--serving_image_uri=IMAGE] [--description=TEXT] [--dry_run]
+        [--serving_image=IMAGE] [--description=TEXT] [--dry_run]
 
 Uploads the SavedModel under --artifact_uri (an export version folder or a champion
-version's model/ folder) as a Model served by the prebuilt TF 2.15 CPU prediction
-container (or --serving_image_uri), as a new version of --parent_model when given.
+version's model/ folder) as a Model served by --serving_image (the trainer's serving
+container, `docker build --target serve`: TensorFlow 2.21, both engines' exports) or,
+without it, by the prebuilt TF 2.15 CPU prediction container (TF 2.15 SavedModels only;
+Vertex AI retires it on 2027-01-14), as a new version of --parent_model when given.
 The run's metrics, found next to the SavedModel, go into the description.
 --dry_run contacts nothing: it prints the Model as JSON on stdout (the API's own
 form: google.cloud.aiplatform_v1.Model.from_json parses it) and, on stderr, the
@@ -40,8 +42,9 @@ def parse(argv):
     parser.add_argument("--parent_model", default=None, help="upload as a new version of this model (id or name)")
     parser.add_argument("--version_aliases", default="", help="comma list, e.g. champion,production")
     parser.add_argument("--labels", default="", help="comma list of key=value")
-    parser.add_argument("--serving_image_uri", default=None,
-                        help=f"prediction container [{registry.PREBUILT_TF_CPU_SERVING}]")
+    parser.add_argument("--serving_image", "--serving_image_uri", dest="serving_image_uri", default=None,
+                        help="the serving container's URI (docker build --target serve) "
+                             f"[{registry.PREBUILT_TF_CPU_SERVING}]")
     parser.add_argument("--description", default=None, help="[the artifact and its evaluation metrics]")
     parser.add_argument("--dry_run", action="store_true", help="print the Model JSON and the request; contact nothing")
     return parser.parse_args(argv)
@@ -59,10 +62,14 @@ def main(argv=None) -> int:
             metrics = {}  # Contacts nothing: the gs:// folder is checked by the real upload only.
             sys.stderr.write(f"note: --dry_run does not check {request.artifact_uri} for saved_model.pb\n")
         else:
-            metrics = registry.check_artifact(request.artifact_uri)
+            metrics = registry.check_artifact(request.artifact_uri, request.serving_image_uri)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    if not request.serving_image_uri:
+        sys.stderr.write(f"note: served by the prebuilt TensorFlow 2.15 image, which Vertex AI retires on "
+                         f"{registry.PREBUILT_END}; --serving_image=IMAGE serves on TensorFlow 2.21 (README, "
+                         "\"Serving\")\n")
     model = registry.build_model(request, metrics)
     upload_request = registry.build_request(request, model)
     url = f"https://{registry.endpoint(request.region)}/v1/{request.parent}/models:upload"

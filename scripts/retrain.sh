@@ -5,6 +5,7 @@
 # With PROJECT set, a run that was promoted is then registered in the Vertex AI Model Registry
 # (scripts/register_model.py) as a new version with the alias "champion":
 #   PROJECT=p [REGION=us-central1] [PARENT_MODEL=<model id>] [DISPLAY_NAME=flowers] [REGISTER_ARGS="--labels=..."]
+#   [SERVING_IMAGE=<the serving container's URI, docker build --target serve>: served on TensorFlow 2.21]
 #   [REGISTER_DRY_RUN=1: print the Model and the request, contact nothing]
 # The trainer's summary stays the last stdout line when nothing is registered; the registered model's
 # name@version follows it otherwise. On Vertex AI the same flags go into the job's args (README, "Scheduled retraining").
@@ -79,6 +80,7 @@ fi
 args=(--project="$PROJECT" --region="${REGION:-us-central1}" --artifact_uri="$artifact"
       --display_name="${DISPLAY_NAME:-$(basename "$champion_dir")}" --version_aliases=champion)
 [ -n "${PARENT_MODEL:-}" ] && args+=(--parent_model="$PARENT_MODEL")
+[ -n "${SERVING_IMAGE:-}" ] && args+=(--serving_image="$SERVING_IMAGE")
 [ "${REGISTER_DRY_RUN:-0}" = 1 ] && args+=(--dry_run)
 rm -f "$out" "$fifo"  # exec skips the EXIT trap.
 # shellcheck disable=SC2086

@@ -437,7 +437,7 @@ def test_predict_and_report_refuse_unwritable_outputs_first(run, tmp_path, capsy
 
 def test_retrain_registers_a_promoted_run(run, tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, PROJECT="proj", REGION="europe-west4", PARENT_MODEL="77",
-               REGISTER_DRY_RUN="1")
+               REGISTER_DRY_RUN="1", SERVING_IMAGE="europe-west4-docker.pkg.dev/proj/trainer/serve:7")
     proc = subprocess.run(
         ["bash", "scripts/retrain.sh", f"--data={run['images']}", "--backbone=small_cnn", "--train_steps=10",
          "--batch_size=16", "--eval_throttle_secs=0", f"--model_dir={tmp_path / 'retrain'}",
@@ -453,6 +453,7 @@ def test_retrain_registers_a_promoted_run(run, tmp_path):
     model = aiplatform_v1.Model.from_json(model_json)
     assert model.artifact_uri == f"{tmp_path / 'champion'}/{pointer['version']}/model"
     assert list(model.version_aliases) == ["champion"] and model.display_name == "champion"
+    assert model.container_spec.image_uri == env["SERVING_IMAGE"] and model.container_spec.predict_route == "/predict"
     assert "projects/proj/locations/europe-west4/models/77" in proc.stderr
 
 

@@ -15,6 +15,9 @@ from trainer.cloud import gcs
 from trainer.errors import UsageError
 
 PREBUILT_TF_CPU_SERVING = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+PREBUILT_END = "2027-01-14"  # Vertex AI's TF 2.15 prediction images: end of availability.
+# The serving image's routes and port (the Dockerfile's `serve` target, `python -m trainer.serve`).
+SERVE_ROUTES = {"predict_route": "/predict", "health_route": "/health", "port": 8080}
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _ALIAS = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
@@ -82,16 +85,23 @@ def validate(request: Registration) -> Registration:
     return dataclasses.replace(request, parent_model=parent_model, artifact_uri=request.artifact_uri.rstrip("/"))
 
 
-def check_artifact(uri: str) -> Dict[str, float]:
-    """Checks a SavedModel is under `uri`; returns the run's metrics found next to it (or {}).
+def check_artifact(uri: str, serving_image: Optional[str] = None) -> Dict[str, float]:
+    """Checks a SavedModel is under `uri` (and, for the prebuilt TF 2.15 image, that TensorFlow 2.15 or older wrote
+    it); returns the run's metrics found next to it (or {}).
 
     Raises:
-        UsageError: no saved_model.pb directly under `uri`.
+        UsageError: no saved_model.pb directly under `uri`; a SavedModel the prebuilt image cannot serve.
     """
     read = _read_gcs if gcs.is_gcs(uri) else _read_local
     if read(f"{uri}/saved_model.pb", probe=True) is None:
         raise UsageError(f"--artifact_uri={uri} has no saved_model.pb: give an export version folder "
                          "(<model_dir>/export/best/<version>) or a champion version (<champion_dir>/<version>/model)")
+    if not serving_image:
+        written_by = tensorflow_version(read(f"{uri}/saved_model.pb"))
+        if written_by and tuple(int(p) for p in written_by.split(".")[:2]) > (2, 15):
+            raise UsageError(f"--artifact_uri={uri} was written by TensorFlow {written_by}; the prebuilt image "
+                             f"({PREBUILT_TF_CPU_SERVING}) serves TensorFlow 2.15 SavedModels: build the serving "
+                             "container (docker build --target serve) and pass --serving_image=IMAGE_URI")
     parent = uri.rsplit("/", 1)[0]
     for path in (f"{parent}/metrics.json", f"{parent.rsplit('/', 2)[0]}/eval_metrics.json"):
         raw = read(path)
@@ -99,6 +109,17 @@ def check_artifact(uri: str) -> Dict[str, float]:
             metrics = json.loads(raw)
             return {k: metrics[k] for k in _METRIC_KEYS if isinstance(metrics.get(k), (int, float))}
     return {}
+
+
+def tensorflow_version(saved_model_pb: bytes) -> Optional[str]:
+    """The TensorFlow version that wrote a saved_model.pb ("2.21.0"), or None where TensorFlow is not installed."""
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+    except ImportError:
+        return None
+    proto = saved_model_pb2.SavedModel.FromString(saved_model_pb)
+    versions = [g.meta_info_def.tensorflow_version for g in proto.meta_graphs if g.meta_info_def.tensorflow_version]
+    return versions[0] if versions and re.match(r"^\d+\.\d+", versions[0]) else None
 
 
 def _read_local(path: str, probe: bool = False) -> Optional[bytes]:
@@ -138,11 +159,16 @@ def build_model(request: Registration, metrics: Dict[str, float]):
     from google.cloud import aiplatform_v1 as v1
 
     description = describe(request, metrics)
+    if request.serving_image_uri:  # The trainer's serving container: its routes and port (Vertex sets AIP_*).
+        container = v1.ModelContainerSpec(
+            image_uri=request.serving_image_uri, predict_route=SERVE_ROUTES["predict_route"],
+            health_route=SERVE_ROUTES["health_route"], ports=[v1.Port(container_port=SERVE_ROUTES["port"])])
+    else:
+        container = v1.ModelContainerSpec(image_uri=PREBUILT_TF_CPU_SERVING)
     return v1.Model(
         display_name=request.display_name, description=description, version_description=description,
         artifact_uri=request.artifact_uri, version_aliases=list(request.version_aliases),
-        labels=dict(request.labels),
-        container_spec=v1.ModelContainerSpec(image_uri=request.serving_image_uri or PREBUILT_TF_CPU_SERVING))
+        labels=dict(request.labels), container_spec=container)
 
 
 def build_request(request: Registration, model):

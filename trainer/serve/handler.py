@@ -25,6 +25,7 @@ from typing import Optional, Type
 from fastapi import HTTPException, Request, Response
 from google.cloud.aiplatform.prediction.handler import Handler
 
+from trainer.errors import UsageError
 from trainer.serve.model import BadRequest
 
 
@@ -51,8 +52,9 @@ class BatchingHandler(Handler):
         try:
             self.predictor.load(self.artifacts_uri)
         except BaseException as e:  # Any failure: one line, and the container exits (Vertex shows the line).
-            message = getattr(e, "args", [None])[0] if type(e).__name__ == "UsageError" else f"{type(e).__name__}: {e}"
-            sys.stderr.write(f"error: cannot serve {self.artifacts_uri}: {str(message).splitlines()[0][:400]}\n")
+            said = str(e) if isinstance(e, UsageError) else \
+                f"cannot serve {self.artifacts_uri}: {type(e).__name__}: {e}"
+            sys.stderr.write(f"error: {said.strip().splitlines()[0][:500] if said.strip() else type(e).__name__}\n")
             sys.stderr.flush()
             os._exit(1)
         model = self.predictor.model
