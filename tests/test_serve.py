@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -77,7 +78,7 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health_route, self.predict_route = health, predict
-        self.log = Path(cwd) / f"serve-{self.port}.log"
+        self.log = Path(tempfile.mkdtemp(prefix="serve-")) / "serve.log"
         command = command or [sys.executable, "-m", "trainer.serve", *args, f"--port={self.port}"]
         self.proc = subprocess.Popen(command, cwd=cwd, env=env or _env(), stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)

@@ -119,7 +119,7 @@ def _payload(item: Item, serving: Serving):
     return decode_image(value, size).numpy()  # Raises on an unreadable image.
 
 
-def _error_text(e: Exception) -> str:
+def error_text(e: Exception) -> str:
     if isinstance(e, InputFileError):
         return str(e)
     message = e.message if isinstance(e, tf.errors.OpError) else str(e)
@@ -127,14 +127,14 @@ def _error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {message.strip().splitlines()[0][:300] if message.strip() else ''}"
 
 
-def _decode_error(value) -> Optional[str]:
+def decode_error(value) -> Optional[str]:
     """The plain decoder's message for bytes the serving graph refused (its own is a graph trace)."""
     if not isinstance(value, bytes):
         return None
     try:
         tf.io.decode_image(value, channels=3, expand_animations=False)
     except tf.errors.OpError as e:
-        return _error_text(e)
+        return error_text(e)
     return None
 
 
@@ -167,7 +167,7 @@ def _run(serving: Serving, batch: List[Item], futures) -> Iterator[tuple]:
         try:
             loaded.append((i, future.result()))
         except Exception as e:  # Unreadable file: any exception type (I/O, decode, permissions).
-            errors[i] = _error_text(e)
+            errors[i] = error_text(e)
     probabilities = {}
     if loaded:
         try:
@@ -179,7 +179,7 @@ def _run(serving: Serving, batch: List[Item], futures) -> Iterator[tuple]:
                 try:
                     probabilities[i] = serving([value] if serving.takes_bytes else value[None])[0]
                 except tf.errors.InvalidArgumentError as e:
-                    errors[i] = _decode_error(value) or _error_text(e)
+                    errors[i] = decode_error(value) or error_text(e)
     for i, item in enumerate(batch):
         yield item, probabilities.get(i), errors.get(i)
 

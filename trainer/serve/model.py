@@ -132,13 +132,13 @@ class ServedModel:
     def why_refused(self, inputs: Dict[str, object], error: Exception) -> str:
         """Why the signature refused one instance (`inputs` of one): its image does not decode, or the graph's own
         first line."""
-        from trainer.outputs.batch_predict import _decode_error, _error_text
+        from trainer.outputs.batch_predict import decode_error, error_text
 
         for name, values in inputs.items():
-            problem = _decode_error(values[0]) if self._takes_bytes(name) else None
+            problem = decode_error(values[0]) if self._takes_bytes(name) else None
             if problem:
                 return f"the image does not decode ({problem.split(': ', 1)[-1]})"
-        return f"the model refused it ({_error_text(error)})"
+        return f"the model refused it ({error_text(error)})"
 
     def predictions(self, outputs: Dict[str, np.ndarray], top_k: int = 0) -> List[dict]:
         names = self.class_names
