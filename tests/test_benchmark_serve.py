@@ -15,7 +15,7 @@ def test_the_serving_benchmark_runs_and_every_request_is_answered(tmp_path):
     pytest.importorskip("fastapi", reason="the serve extra (.venv-keras)")
     output = tmp_path / "serve.json"
     proc = subprocess.run([sys.executable, "scripts/benchmark_serve.py", "--requests=24", "--seconds=30",
-                           "--clients=1,4", "--max_batch=8,1", "--images=16", f"--output={output}"], cwd=REPO,
+                           "--clients=1,4", "--max_batch=8,1", "--images=40", f"--output={output}"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(output.read_text())
