@@ -1,5 +1,6 @@
-"""`python -m trainer.champion show|history|rollback --champion_dir=DIR [--to=VERSION]`: the champion
-folder by hand (what is served, its history, going back). The store itself: trainer.retrain.champion_store.
+"""`python -m trainer.champion show|history|rollback|promote --champion_dir=DIR [--to=VERSION] [--model_dir=RUN]`:
+the champion folder by hand (what is served, its history, going back, and promoting a run trained with
+--promote=false whose gate passed). The store itself: trainer.retrain.champion_store.
 """
 import json
 import sys
@@ -12,11 +13,21 @@ def main(argv=None) -> int:
     from trainer.errors import ArgumentParser
 
     parser = ArgumentParser(prog="python -m trainer.champion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("show", "history", "rollback"))
+    parser.add_argument("command", choices=("show", "history", "rollback", "promote"))
     parser.add_argument("--champion_dir", required=True)
     parser.add_argument("--to", default=None, help="rollback: the version to make champion [the previous one]")
+    parser.add_argument("--model_dir", default=None, help="promote: the run (trained with --promote=false)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "promote":
+            if not args.model_dir:
+                raise UsageError("promote needs --model_dir: the run trained with --promote=false")
+            from trainer.retrain.deferred import promote_gated
+
+            record = promote_gated(args.champion_dir, args.model_dir)
+            print(json.dumps({k: record.get(k) for k in ("promoted", "decision", "version", "champion_version",
+                                                          "reason")}, sort_keys=True))
+            return 0
         store = open_store(args.champion_dir)
         if args.command == "rollback":
             print(json.dumps(rollback(args.champion_dir, args.to), sort_keys=True))

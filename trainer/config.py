@@ -107,6 +107,7 @@ class Config:
     promote_test: Optional[str] = None  # None: mcnemar for accuracy, bootstrap for the other metrics.
     promote_confidence: float = 0.95
     promote_max_class_drop: Optional[float] = None
+    promote: bool = True  # False: the gate's decision is recorded, CHAMPION.json left (trainer.champion promote).
     warm_start_from: Optional[str] = None  # "champion", a keras_model.h5, or a checkpoint folder.
     unique_run_dir: bool = False
     # Distribution.
@@ -311,6 +312,9 @@ def _validate(config: Config, here: bool) -> Config:
     if config.promote_max_class_drop is not None and not 0 <= config.promote_max_class_drop <= 1:
         raise UsageError(f"--promote_max_class_drop={config.promote_max_class_drop} must be in [0, 1] (a fall in a "
                          "class's recall)")
+    if not config.promote and not config.champion_dir:
+        raise UsageError("--promote=false needs --champion_dir: the gate it records compares against that folder's "
+                         "champion")
     if config.warm_start_from == "champion" and not config.champion_dir:
         raise UsageError("--warm_start_from=champion needs --champion_dir")
     changes = {flag: os.path.expanduser(getattr(config, flag)) for flag in PATH_FLAGS

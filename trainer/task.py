@@ -163,6 +163,9 @@ flags.DEFINE_alias("promote_min_delta", "promote_margin")
 flags.DEFINE_float("promote_max_class_drop", _DEFAULTS.promote_max_class_drop, "Refuse a challenger whose recall "
                    "on any class the champion knows falls by more than this (e.g. 0.05), however much better it is "
                    "overall. Default: no per-class floor.")
+flags.DEFINE_bool("promote", _DEFAULTS.promote, "With --champion_dir: move CHAMPION.json when the gate passes. "
+                  "--promote=false runs the gate and records its decision in run_info.json without moving it; "
+                  "`python -m trainer.champion promote` (the pipeline's promote step) applies the decision later.")
 flags.DEFINE_string("warm_start_from", _DEFAULTS.warm_start_from, "Start from these weights instead of the pretrained trunk alone: "
                     "'champion' (the version CHAMPION.json names), a keras_model.h5, or a checkpoint folder.")
 flags.DEFINE_bool("unique_run_dir", _DEFAULTS.unique_run_dir, "Write into <model_dir>/<run id> ($CLOUD_ML_JOB_ID, else a UTC "

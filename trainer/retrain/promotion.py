@@ -149,6 +149,7 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
               "champion_version": pointer["version"] if pointer else None}
 
     def decided(reason: str) -> dict:
+        record.setdefault("decision", "promote" if record["promoted"] else "keep")
         record["reason"] = reason
         console.say("promotion: %s (%s)", "promoted" if record["promoted"] else "not promoted", reason)
         return record
@@ -191,24 +192,41 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
             promote, reason = outcome
     else:
         promote, reason = champion.decide(metric, record["challenger"], None, config.promote_margin)
+    metrics = {**challenger, "metric": metric, "class_names": list(class_names or []),
+               **({"gate": record["gate"]} if record.get("gate") else {}),
+               "calibration_temperature": source_temperature(keras_h5), **runtime_versions()}
+    if promote and not config.promote:
+        # --promote=false: the decision is put on record; `python -m trainer.champion promote` (the pipeline's
+        # promote step) applies it while CHAMPION.json still names the champion gated against.
+        record.update(decision="promote", pending={"export": export_path, "metrics": metrics})
+        return decided(f"{reason}; the gate passed, CHAMPION.json left as it is (--promote=false): `python -m "
+                       f"trainer.champion promote --champion_dir={config.champion_dir} --model_dir={model_dir}` "
+                       "promotes it")
+    record["decision"] = "promote" if promote else "keep"
     if promote:
-        version = champion.new_version()
-        console.say("promotion: copying the challenger to version %s", version)
-        report = {}
-        won = champion.promote(store, token, version, export_path, keras_h5,
-                               {**challenger, "metric": metric, "class_names": list(class_names or []),
-                                **({"gate": record["gate"]} if record.get("gate") else {}),
-                                "calibration_temperature": source_temperature(keras_h5), **runtime_versions()},
-                               model_dir, pointer["version"] if pointer else None,
-                               champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
-        record.update(promoted=won, version=version)
-        if not won:
-            where = f"{config.champion_dir.rstrip('/')}/{version}"
-            left = (f"its copy {where} was removed" if report.get("removed") else
-                    f"its copy {where} could not be removed ({report.get('error')}): remove it by hand")
-            record.update(version=None, lost_version=version, lost_version_removed=bool(report.get("removed")))
-            reason = f"another run replaced CHAMPION.json first (lost the race); not promoted; {left}"
+        reason = promote_now(store, token, pointer, record, export_path, keras_h5, metrics, model_dir,
+                             config.champion_dir, reason)
     return decided(reason)
+
+
+def promote_now(store, token, pointer, record, export_path, keras_h5, metrics, model_dir, champion_dir,
+                reason) -> str:
+    """Copies the challenger into a new version and moves CHAMPION.json (the pointer read with `token`); updates
+    `record`; returns the reason to print (a lost race says so)."""
+    version = champion.new_version()
+    console.say("promotion: copying the challenger to version %s", version)
+    report = {}
+    won = champion.promote(store, token, version, export_path, keras_h5, metrics, model_dir,
+                           pointer["version"] if pointer else None,
+                           champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
+    record.update(promoted=won, version=version)
+    if not won:
+        where = f"{champion_dir.rstrip('/')}/{version}"
+        left = (f"its copy {where} was removed" if report.get("removed") else
+                f"its copy {where} could not be removed ({report.get('error')}): remove it by hand")
+        record.update(version=None, lost_version=version, lost_version_removed=bool(report.get("removed")))
+        reason = f"another run replaced CHAMPION.json first (lost the race); not promoted; {left}"
+    return reason
 
 
 def _compare(config, metric, record, store, version, champion_model, mine_model, ours, eval_input_fn):
