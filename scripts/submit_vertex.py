@@ -67,26 +67,10 @@ def build_sdist(out_dir: str) -> str:
 
 
 def check_trainer_args(trainer_args) -> None:
-    """Parses and validates the trainer flags as the job would, so mistakes show now, not an hour later.
-
-    Only flag values and their combinations are checked: the data itself is read on Vertex AI.
-    """
-    from absl import flags
-
-    from trainer import config as config_lib
+    """Parses and validates the trainer flags as the job would, so mistakes show now, not an hour later."""
     from trainer import task  # Defines the trainer's flags (absl only; no TensorFlow import).
 
-    task.FLAGS.unparse_flags()
-    try:
-        extra = task.FLAGS(["trainer", *trainer_args])
-    except flags.Error as e:
-        raise UsageError(f"trainer flags: {e}") from None
-    if len(extra) > 1:
-        raise UsageError(f"trainer flags: unexpected arguments {' '.join(extra[1:])} (flags look like --name=value)")
-    config = task.config_from_flags()
-    if not config.data:
-        raise UsageError("trainer flags: --data is required (a gs:// folder, TFRecord glob or .npz)")
-    config_lib.validate(config, here=False)  # This machine may have no TensorFlow, or another one.
+    task.check_flags(trainer_args)
 
 
 def main(argv=None) -> int:

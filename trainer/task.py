@@ -211,6 +211,27 @@ def config_from_flags() -> config_lib.Config:
                              augment=config_lib.parse_augment(FLAGS.augment), **values)
 
 
+def check_flags(args) -> config_lib.Config:
+    """Parses and validates trainer flags as a job would run them, without TensorFlow or the data (for submitting
+    a job or a pipeline from another machine: mistakes show now, not an hour later); returns the Config.
+
+    Raises:
+        UsageError: naming the flag at fault.
+    """
+    FLAGS.unparse_flags()
+    try:
+        extra = FLAGS(["trainer", *args])
+    except flags.Error as e:
+        raise UsageError(f"trainer flags: {e}") from None
+    if len(extra) > 1:
+        raise UsageError(f"trainer flags: unexpected arguments {' '.join(extra[1:])} (flags look like --name=value)")
+    config = config_from_flags()
+    if not config.data:
+        raise UsageError("trainer flags: --data is required (a gs:// folder, TFRecord glob or .npz)")
+    config_lib.validate(config, here=False)  # This machine may have no TensorFlow, or another one.
+    return config
+
+
 def main(argv, own_process: bool = False) -> None:
     """Runs the job. `own_process`: the command line owns this process, so its stderr (fd 2) is taken over."""
     console.install(verbose=FLAGS.verbose, capture_fd2=own_process)

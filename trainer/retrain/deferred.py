@@ -47,8 +47,9 @@ def promote_gated(champion_dir: str, model_dir: str) -> dict:
         return _said(record, f"the gate kept the champion: {record.get('reason', 'no reason on record')}")
     if current != record.get("champion_version"):
         record.update(decision="stale")
-        return _said(record, f"the champion changed since this run's gate (gated against {record.get('champion_version')},"
-                             f" now {current}): gate it again (train it again with the same --model_dir)",
+        gated = record.get("champion_version")
+        return _said(record, f"the champion changed since this run's gate (gated against {gated}, now {current}): "
+                             "gate it again (train it again with the same --model_dir)",
                      write=(model_dir, info))
     pending = record.pop("pending")
     export = _rebased(pending["export"], recorded_dir, model_dir)
