@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 
 from trainer.errors import ArgumentParser, UsageError
 
@@ -103,6 +104,8 @@ def _local(args) -> int:
     parameters.update(absolute, run_id=args.run_id, register_model=args.register, project=args.project,
                       region=args.region, serving_image=args.serving_image, endpoint=args.endpoint,
                       dry_run_cloud=True)
+    # kfp.local's notes that the steps' image is not used here and that display names are ignored: both expected.
+    warnings.filterwarnings("ignore", message=".*(non-Python base image|have no effect in the current local)")
     os.makedirs(args.pipeline_root, exist_ok=True)
     errors = os.path.join(os.path.abspath(args.pipeline_root), f"errors-{os.getpid()}.log")
     os.environ[steps.ERRORS_ENV] = errors

@@ -111,6 +111,7 @@ def register(project: str, region: str, champion_dir: str, version: str, display
             "--version_aliases=champion"]
     args += [f"--parent_model={parent_model}"] * bool(parent_model) + [f"--serving_image={serving_image}"] * bool(
         serving_image) + ["--dry_run"] * bool(dry_run)
+    print("register: " + " ".join(args[1:]), flush=True)
     status, out, errors = _run_streamed(args)
     if status != 0:
         raise StepFailed(step="register", message=_error_line(errors, status) or

@@ -1,0 +1,191 @@
+"""The retraining pipeline (trainer/pipeline): the compiled KFP spec, the Vertex AI requests of `submit` and
+`schedule --dry_run`, and whole runs with kfp.local on digits (train -> gate -> promote -> register -> deploy,
+the cloud steps as dry runs): a first champion, a challenger that wins, one the gate refuses, a failing step, and
+a pipeline SIGKILLed in its train step whose rerun resumes the training.
+
+On TensorFlow 2.21 (.venv-keras has kfp); the kfp.local runs are slow (`make test-slow`)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+kfp = pytest.importorskip("kfp", reason="kfp is installed in .venv-keras (the pipeline extra)")
+pytestmark = pytest.mark.tf221
+TINY = ["--engine=keras", "--backbone=small_cnn", "--image_size=16", "--eval_throttle_secs=0"]
+IMAGE = "us-central1-docker.pkg.dev/proj/trainer/trainer:keras-cpu-v7"
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIP_") and k != "TF_USE_LEGACY_KERAS"}
+    return env | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+
+
+def pipeline(*args, cwd=REPO, timeout=600):
+    return subprocess.run([sys.executable, "-m", "trainer.pipeline", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---- The compiled spec and the Vertex AI requests -------------------------------------------------------------
+
+def test_the_compiled_spec_has_the_steps_parameters_and_image(tmp_path):
+    proc = pipeline("compile", f"--output={tmp_path / 'retrain.yaml'}", f"--image={IMAGE}")
+    assert proc.returncode == 0, proc.stderr
+    spec = yaml.safe_load((tmp_path / "retrain.yaml").read_text())
+    assert spec["pipelineInfo"]["name"] == "trainer-retrain"
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"data", "champion_dir", "model_dir", "trainer_flags", "run_id", "register_model", "serving_image",
+            "endpoint"} <= set(parameters)
+    assert parameters["trainer_flags"]["parameterType"] == "LIST" and "defaultValue" not in parameters["data"]
+    executors = spec["deploymentSpec"]["executors"]
+    assert sorted(executors) == ["exec-deploy", "exec-gate", "exec-promote", "exec-register", "exec-train"]
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == IMAGE, name
+        assert "pip install" not in " ".join(container["command"]), name  # kfp is in the trainer's image.
+    tasks = {}
+
+    def walk(dag):
+        for name, task in dag.get("tasks", {}).items():
+            tasks[name] = task
+            inner = spec["components"].get(task["componentRef"]["name"], {})
+            walk(inner.get("dag", {}))
+
+    walk(spec["root"]["dag"])
+    assert {"train", "gate", "promote", "register", "deploy"} <= set(tasks)
+    for name in ("train", "gate", "promote", "register", "deploy"):
+        assert tasks[name]["cachingOptions"] == {}, name  # Never cached: a new week is a new training.
+    conditions = [t["triggerPolicy"]["condition"] for t in tasks.values() if "triggerPolicy" in t]
+    assert any("'promote'" in c for c in conditions) and any("register_model" in c for c in conditions)
+
+
+def test_schedule_and_submit_dry_runs_print_valid_requests(tmp_path):
+    from google.cloud import aiplatform_v1
+
+    flags = ["--", "--data=gs://b/flowers/train-*", "--champion_dir=gs://b/champions/flowers",
+             "--backbone=mobilenet_v2", "--train_steps=2000"]
+    proc = pipeline("schedule", "--project=proj", "--region=europe-west4", "--bucket=gs://b/ml", "--cron=0 3 * * 1",
+                    "--time_zone=Europe/Paris", "--register", "--serving_image=img:serve", "--endpoint=42",
+                    f"--image={IMAGE}", "--dry_run", *flags)
+    assert proc.returncode == 0, proc.stderr
+    request = aiplatform_v1.CreateScheduleRequest.from_json(proc.stdout)
+    schedule = request.schedule
+    assert request.parent == "projects/proj/locations/europe-west4"
+    assert schedule.cron == "TZ=Europe/Paris 0 3 * * 1" and schedule.max_concurrent_run_count == 1
+    job = schedule.create_pipeline_job_request.pipeline_job
+    values = {k: v for k, v in job.runtime_config.parameter_values.items()}
+    assert job.runtime_config.gcs_output_directory == "gs://b/ml/pipeline_root"
+    assert values["data"] == "gs://b/flowers/train-*" and values["champion_dir"] == "gs://b/champions/flowers"
+    assert values["model_dir"] == "gs://b/ml/retrain" and list(values["trainer_flags"]) == flags[3:]
+    assert values["register_model"] is True and values["serving_image"] == "img:serve" and values["endpoint"] == "42"
+    assert job.pipeline_spec["pipelineInfo"]["name"] == "trainer-retrain"
+    assert proc.stdout.count(IMAGE) == 5  # Every step runs in the trainer image.
+    # submit, from a compiled spec:
+    assert pipeline("compile", f"--output={tmp_path / 'r.yaml'}").returncode == 0
+    proc = pipeline("submit", "--project=proj", "--region=us-central1", "--bucket=gs://b",
+                    f"--pipeline={tmp_path / 'r.yaml'}", "--dry_run", *flags)
+    assert proc.returncode == 0, proc.stderr
+    run = aiplatform_v1.CreatePipelineJobRequest.from_json(proc.stdout)
+    assert run.pipeline_job_id.startswith("trainer-retrain-") and run.pipeline_job.runtime_config.parameter_values
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["schedule", "--cron=0 3 * *"], "--cron='0 3 * *' must be a cron line of 5 fields"),
+    (["schedule", "--cron=0 3 * * 1", "--time_zone=Mars/Olympus"], "--time_zone=Mars/Olympus is not an IANA"),
+    (["submit", "--bucket=b"], "--bucket=b must be gs://"),
+    (["submit", "--", "--data=gs://b/x"], "need --champion_dir"),
+    (["submit", "--", "--data=gs://b/x", "--champion_dir=champions"], "--champion_dir=champions must be gs://"),
+    (["submit", "--", "--data=gs://b/x", "--champion_dir=gs://b/c", "--learning_rate=-1"], "--learning_rate"),
+    (["submit", "--", "--data=gs://b/x", "--champion_dir=gs://b/c", "--promote=true"], "the pipeline gates"),
+    (["submit", "--endpoint=1", "--", "--data=gs://b/x", "--champion_dir=gs://b/c"], "give --register too"),
+    (["submit", "--pipeline=nope.yaml", "--", "--data=gs://b/x", "--champion_dir=gs://b/c"], "does not exist"),
+    (["schedule"], "the following arguments are required: --cron"),
+])
+def test_submission_mistakes_are_one_error_line(args, fragment):
+    command, rest = args[0], args[1:]
+    base = [] if "--bucket=b" in rest else ["--bucket=gs://b"]
+    trainer = [] if "--" in rest else ["--", "--data=gs://b/x", "--champion_dir=gs://b/c"]
+    proc = pipeline(command, "--project=p", "--region=us-central1", *base, "--dry_run", *rest, *trainer)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and fragment in errors[0], proc.stderr[-1500:]
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
+# ---- Whole runs with kfp.local ---------------------------------------------------------------------------------
+
+def local(tmp_path, run_id, *flags, extra=(), timeout=600):
+    return pipeline("local", f"--pipeline_root={tmp_path / 'root'}", f"--run_id={run_id}", *extra, "--",
+                    "--data=digits", "--champion_dir=champions", "--model_dir=runs", *TINY, *flags, cwd=tmp_path,
+                    timeout=timeout)
+
+
+def pointer(tmp_path) -> dict:
+    return json.loads((tmp_path / "champions" / "CHAMPION.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_pipeline_promotes_a_first_champion_then_a_better_one_and_refuses_a_worse_one(tmp_path):
+    first = local(tmp_path, "r1", "--train_steps=5", extra=["--register", "--serving_image=img:serve",
+                                                            "--endpoint=42"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert pointer(tmp_path)["source_run"] == str(tmp_path / "runs" / "r1")
+    log = first.stdout + first.stderr
+    assert "promote: promoted (the gate passed)" in log
+    assert "--serving_image=img:serve" in log and '"imageUri": "img:serve"' in log  # register's dry run
+    assert 'deploy: {"endpoint": "42"' in log and "@DRY_RUN" in log
+    # A better challenger, warm-started from the champion: gated, promoted.
+    second = local(tmp_path, "r2", "--train_steps=60")
+    assert second.returncode == 0, second.stderr[-3000:]
+    now = pointer(tmp_path)
+    assert now["source_run"] == str(tmp_path / "runs" / "r2") and now["previous"] is not None
+    info = json.loads((tmp_path / "runs" / "r2" / "run_info.json").read_text())
+    assert info["warm_start"]["path"] == str(tmp_path / "champions" / now["previous"] / "keras_model.h5")
+    assert info["promotion"]["promoted"] is True and info["promotion"]["gate"]["test"] == "mcnemar"
+    assert "pending" not in info["promotion"]
+    # One the gate must refuse (a margin no model clears): the run succeeds, nothing is promoted.
+    third = local(tmp_path, "r3", "--train_steps=60", "--promote_margin=0.9")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert pointer(tmp_path) == now
+    assert "gate: keep" in third.stdout + third.stderr and "Executing task 'promote'" not in third.stderr
+    assert json.loads((tmp_path / "runs" / "r3" / "run_info.json").read_text())["promotion"]["decision"] == "keep"
+    # The store as retrain.sh leaves it: two versions, the pointer on the second, the first in its chain.
+    versions = sorted(p.name for p in (tmp_path / "champions").iterdir() if p.is_dir())
+    assert len(versions) == 2 and now["version"] == versions[-1] and now["chain"] == versions[:1]
+    # A step that fails fails the pipeline with the trainer's error line, last.
+    failed = pipeline("local", f"--pipeline_root={tmp_path / 'root'}", "--run_id=r4", "--", "--data=no/such/folder",
+                      "--champion_dir=champions", "--model_dir=runs", *TINY, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1] == \
+        "error: step train: --data=no/such/folder does not exist (exit status 1)", failed.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_in_its_train_step_resumes_the_training_when_run_again(tmp_path):
+    flags = ["--train_steps=400", "--save_checkpoints_steps=40"]
+    command = [sys.executable, "-m", "trainer.pipeline", "local", f"--pipeline_root={tmp_path / 'root'}",
+               "--run_id=k1", "--", "--data=digits", "--champion_dir=champions", "--model_dir=runs", *TINY, *flags]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    run = tmp_path / "runs" / "k1"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(run.glob("model.ckpt-*.index")):
+        assert proc.poll() is None, "the pipeline ended before its first checkpoint"
+        time.sleep(0.2)
+    assert list(run.glob("model.ckpt-*.index")), "no checkpoint in 300 s"
+    os.killpg(proc.pid, signal.SIGKILL)  # The pipeline, its step and the trainer.
+    proc.wait()
+    killed_at = max(int(p.name.split("-")[1].split(".")[0]) for p in run.glob("model.ckpt-*.index"))
+    assert killed_at < 400 and not (tmp_path / "champions" / "CHAMPION.json").exists()
+    again = local(tmp_path, "k1", *flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert f"resuming from step {killed_at}" in log, log[-2000:]
+    assert json.loads((run / "run_info.json").read_text())["promotion"]["promoted"] is True
+    assert pointer(tmp_path)["source_run"] == str(run)
