@@ -44,5 +44,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1 TF_USE_L
 WORKDIR /opt/trainer
 COPY setup.py README.md ./
 COPY trainer ./trainer
-RUN pip install --no-cache-dir ".[keras-${DEVICE}]" && python -c "import trainer.task"
+# kfp too: the retraining pipeline's steps run in this image (python -m trainer.pipeline --image=...).
+RUN pip install --no-cache-dir ".[keras-${DEVICE},pipeline]" && python -c "import trainer.task, kfp"
 ENTRYPOINT ["python", "-m", "trainer.task", "--engine=keras"]

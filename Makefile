@@ -48,7 +48,7 @@ $(KERAS_STAMP): setup.py
 	@test -x $(KPY) || $(MAKE) --no-print-directory check-keras-python
 	test -x $(KPY) || $(KERAS_PYTHON) -m venv $(KERAS_VENV)
 	$(KPY) -m pip install --quiet --upgrade pip
-	$(KPY) -m pip install --quiet -e ".[keras-cpu,serve,test]"
+	$(KPY) -m pip install --quiet -e ".[keras-cpu,serve,pipeline,test]"
 	touch $(KERAS_STAMP)
 
 install: $(STAMP)

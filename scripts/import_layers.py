@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "trainer"
 # Parts, bottom first: trainer/run/ is the state below the engines (phases, preemption, distribution, checkpoints),
 # trainer/stages/ the stages above them (prepare, experiment, finish, preflight).
 ORDER = ["errors", "util", "config", "cloud", "data", "model", "outputs", "run", "retrain", "policy", "engines",
-         "stages", "serve", "entry points"]
+         "stages", "serve", "entry points", "pipeline"]
 
 
 def part_of(path: Path) -> str:
