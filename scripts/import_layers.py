@@ -1,6 +1,6 @@
 """Prints the layers of trainer/ as its imports draw them: for each part (a subpackage, split where a package holds
-two layers), the parts it imports, bottom first. The README's "How the code is laid out" shows this output, and
-tests/test_layout.py fails when the two differ or when an import runs back up (a part importing one listed
+two layers), the parts it imports, bottom first. docs/layout.md shows this output, and
+tests/unit/test_layout.py fails when the two differ or when an import runs back up (a part importing one listed
 above it).
 
     python scripts/import_layers.py

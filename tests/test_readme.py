@@ -1,20 +1,21 @@
-"""The README is executable: every `sh` block of its user-facing sections runs as written, from the project's folder,
-with relative paths, on the runtime the block names (new-user trial 2026-12-04 #1: every README command failed on the
-Keras engine while the suite, which used absolute temporary paths only, stayed green).
+"""The README and docs/ are executable: every `sh` block of README.md and of the docs/ pages runs as written, from the
+project's folder, with relative paths, on the runtime the block names (new-user trial 2026-12-04 #1: every README
+command failed on the Keras engine while the suite, which used absolute temporary paths only, stayed green).
 
 A block names its runtime in the HTML comment before it: `<!-- runtime: keras -->` (TensorFlow 2.21, .venv-keras) or
-`<!-- runtime: tf215 -->` (TensorFlow 2.15, .venv); unnamed blocks run on both.
+`<!-- runtime: tf215 -->` (TensorFlow 2.15, .venv); unnamed blocks run on both. A block that cannot run here says
+why instead: `<!-- not run: needs the ImageNet weights ... -->` (downloads, your photos, a cloud project).
 This process's interpreter is the runtime: `make test` runs this file in both venvs, each running its own blocks.
 The only change made to a command: `--train_steps` and `--fine_tune_steps` capped at $README_TEST_MAX_STEPS [40]. A
 command whose comment says `exits N` must exit N. Not run: `make test` (it is this suite). The commands run in a copy
 of the project (its tracked files, the venvs linked in), so earlier runs in the checkout cannot make them resume.
+Pages run in the order below (later pages use the runs of earlier ones: runs/digits of docs/running.md).
 """
 import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -23,25 +24,19 @@ from conftest import REPO
 
 pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
 
-SECTIONS = ("Two commands", "Running it", "Which engine", "Distribution", "Scheduled retraining", "Using the model")
+PAGES = ["README.md", "docs/running.md", "docs/data.md", "docs/using.md", "docs/distribution.md", "docs/engines.md",
+         "docs/retraining.md", "docs/recipe.md", "docs/watching.md", "docs/restarts.md", "docs/vertex.md",
+         "docs/examples.md", "docs/performance.md", "docs/layout.md", "docs/tests.md", "docs/adding.md"]
 RUNTIME = "tf215" if tuple(int(p) for p in tf.__version__.split(".")[:2]) <= (2, 15) else "keras"
 MAX_STEPS = int(os.environ.get("README_TEST_MAX_STEPS", "40"))
 SKIPPED = {"make test"}  # The suite itself.
+_BLOCK = re.compile(r"(?:<!-- (?:runtime: (\w+)|not run: ([^>]+?)) -->\n)?```sh\n(.*?)```", re.S)
 
 
-def blocks(text: str):
-    """(section, runtime or None, [commands]) for each `sh` block of SECTIONS, in README order."""
-    found, section = [], None
-    for part in re.split(r"(?m)^(## [^\n]*)$", text):
-        if part.startswith("## "):
-            name = part[3:].strip()
-            section = name if name.startswith(SECTIONS) else None
-            continue
-        if section is None:
-            continue
-        for match in re.finditer(r"(?:<!-- runtime: (\w+) -->\n)?```sh\n(.*?)```", part, re.S):
-            found.append((section, match.group(1), commands(match.group(2))))
-    return found
+def blocks(page: str):
+    """(page, runtime or None, reason not run or None, [commands]) for each `sh` block of a page, in order."""
+    text = (REPO / page).read_text()
+    return [(page, m.group(1), m.group(2), commands(m.group(3))) for m in _BLOCK.finditer(text)]
 
 
 def commands(body: str):
@@ -60,15 +55,17 @@ def expected_status(command: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-ALL = blocks((REPO / "README.md").read_text())
-MINE = [(section, cmds) for section, runtime, cmds in ALL if runtime in (None, RUNTIME)]
+ALL = [block for page in PAGES for block in blocks(page)]
+MINE = [(page, cmds) for page, runtime, not_run, cmds in ALL if runtime in (None, RUNTIME) and not not_run]
 
 
-def test_the_readme_has_runnable_blocks_for_both_runtimes():
-    runtimes = {runtime for _, runtime, _ in ALL}
+def test_every_page_is_run_and_its_blocks_run_on_both_runtimes():
+    pages = {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")} | {"README.md"}
+    assert pages - {"docs/flags.md"} <= set(PAGES), sorted(pages - set(PAGES))
+    runtimes = {runtime for _, runtime, not_run, _ in ALL if not not_run}
     assert {"keras", "tf215"} <= runtimes, runtimes
-    assert {section for section, _, _ in ALL} >= {"Two commands", "Running it", "Which engine", "Distribution",
-                                                  "Scheduled retraining", "Using the model"}
+    assert {page for page, _, not_run, _ in ALL if not not_run} >= {"README.md", "docs/running.md", "docs/using.md",
+                                                                    "docs/engines.md", "docs/retraining.md"}
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +89,8 @@ def project(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("section,cmds", MINE, ids=[f"{i}-{s.replace(' ', '_')}" for i, (s, _) in enumerate(MINE)])
-def test_a_readme_block_runs_as_written(project, section, cmds):
+@pytest.mark.parametrize("page,cmds", MINE, ids=[f"{i}-{p.replace('/', '_')}" for i, (p, _) in enumerate(MINE)])
+def test_a_readme_block_runs_as_written(project, page, cmds):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                TF_CPP_MIN_LOG_LEVEL="2")
     for name in ("PYTHONPATH", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR", "TRAINER_FAULTPOINT",

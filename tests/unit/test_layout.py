@@ -1,5 +1,5 @@
-"""The code's layers as its imports draw them (scripts/import_layers.py): no import runs back up, the README shows
-the current picture, and no module reaches into another's private names."""
+"""The code's layers as its imports draw them (scripts/import_layers.py): no import runs back up, docs/layout.md
+shows the current picture, and no module reaches into another's private names."""
 import ast
 import importlib.util
 from pathlib import Path
@@ -17,9 +17,9 @@ def test_imports_flow_down_only():
     assert "engines" not in found["policy"] and "engines" not in found["run"]
 
 
-def test_the_readme_shows_the_current_layers():
-    assert import_layers.render(import_layers.imports()) in (REPO / "README.md").read_text(), \
-        "README's layer diagram is stale: paste `python scripts/import_layers.py`'s output"
+def test_the_layout_page_shows_the_current_layers():
+    assert import_layers.render(import_layers.imports()) in (REPO / "docs" / "layout.md").read_text(), \
+        "docs/layout.md's layer diagram is stale: paste `python scripts/import_layers.py`'s output"
 
 
 def test_no_private_name_is_used_across_modules():
