@@ -27,7 +27,7 @@ VERTEX_REQUIRE = ["google-cloud-aiplatform>=1.38"]  # scripts/submit_vertex.py o
 SERVE_REQUIRE = ["google-cloud-aiplatform[prediction]>=1.38"]
 # `python -m trainer.pipeline` and the steps it runs in the trainer's image: Kubeflow Pipelines v2 (Python 3.12 here;
 # it moves protobuf to 6.x, which TensorFlow 2.21 accepts).
-PIPELINE_REQUIRE = ["kfp>=2.17,<3", "pyyaml"]
+PIPELINE_REQUIRE = ["kfp>=2.17,<3", "pyyaml", *VERTEX_REQUIRE]  # The steps register, deploy, submit.
 
 setup(
     name="trainer",

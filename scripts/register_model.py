@@ -22,7 +22,6 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from trainer.cloud import gcs  # noqa: E402
 from trainer.retrain import registry
 from trainer.errors import UsageError  # noqa: E402
 
@@ -53,40 +52,15 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        request = registry.validate(registry.Registration(
+        request = registry.Registration(
             project=args.project, region=args.region, artifact_uri=args.artifact_uri,
             display_name=args.display_name, parent_model=args.parent_model,
             version_aliases=registry.split_list(args.version_aliases), labels=registry.parse_labels(args.labels),
-            serving_image_uri=args.serving_image_uri, description=args.description, dry_run=args.dry_run))
-        if args.dry_run and gcs.is_gcs(request.artifact_uri):
-            metrics = {}  # Contacts nothing: the gs:// folder is checked by the real upload only.
-            sys.stderr.write(f"note: --dry_run does not check {request.artifact_uri} for saved_model.pb\n")
-        else:
-            metrics = registry.check_artifact(request.artifact_uri, request.serving_image_uri)
+            serving_image_uri=args.serving_image_uri, description=args.description, dry_run=args.dry_run)
+        print(registry.register(request))
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
-    if not request.serving_image_uri:
-        sys.stderr.write(f"note: served by the prebuilt TensorFlow 2.15 image, which Vertex AI retires on "
-                         f"{registry.PREBUILT_END}; --serving_image=IMAGE serves on TensorFlow 2.21 (README, "
-                         "\"Serving\")\n")
-    model = registry.build_model(request, metrics)
-    upload_request = registry.build_request(request, model)
-    url = f"https://{registry.endpoint(request.region)}/v1/{request.parent}/models:upload"
-    if args.dry_run:
-        print(type(model).to_json(model))
-        sys.stderr.write(f"request: POST {url}\n{type(upload_request).to_json(upload_request)}\n")
-        return 0
-    from google.api_core import exceptions
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        response = registry.upload(request, upload_request)
-    except (exceptions.GoogleAPIError, DefaultCredentialsError) as e:
-        sys.stderr.write(f"error: the upload to {url} failed: {type(e).__name__}: {str(e)[:300]}\n")
-        return 1
-    sys.stderr.write(f"registered {response.model} version {response.model_version_id}\n")
-    print(f"{response.model}@{response.model_version_id}")
     return 0
 
 

@@ -321,7 +321,7 @@ def test_a_full_disk_during_rollback_is_one_error_line(tmp_path, monkeypatch, ca
     assert (tmp_path / "c" / champion.POINTER).read_bytes() == before
 
 
-@pytest.mark.parametrize("argv, fragment", [(["promote", "--champion_dir=x"], "invalid choice: 'promote'"),
+@pytest.mark.parametrize("argv, fragment", [(["crown", "--champion_dir=x"], "invalid choice: 'crown'"),
                                             (["--champion_dir=x"], "the following arguments are required: command")])
 def test_a_bad_or_missing_subcommand_is_one_error_line(capsys, argv, fragment):
     """Trial c214/c215: argparse's usage block and exit 2, unlike every other tool's `error:` line and exit 1."""
@@ -329,3 +329,9 @@ def test_a_bad_or_missing_subcommand_is_one_error_line(capsys, argv, fragment):
         champion_cli.main(argv)
     err = capsys.readouterr().err
     assert raised.value.code == 1 and err.startswith("error:") and fragment in err and len(err.splitlines()) == 1
+
+
+def test_promote_without_a_run_is_one_error_line(capsys):
+    assert champion_cli.main(["promote", "--champion_dir=x"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: promote needs --model_dir: the run trained with --promote=false\n"

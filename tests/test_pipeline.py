@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -88,7 +87,7 @@ def test_schedule_and_submit_dry_runs_print_valid_requests(tmp_path):
     assert job.pipeline_spec["pipelineInfo"]["name"] == "trainer-retrain"
     assert proc.stdout.count(IMAGE) == 5  # Every step runs in the trainer image.
     # submit, from a compiled spec:
-    assert pipeline("compile", f"--output={tmp_path / 'r.yaml'}").returncode == 0
+    assert pipeline("compile", f"--output={tmp_path / 'r.yaml'}", f"--image={IMAGE}").returncode == 0
     proc = pipeline("submit", "--project=proj", "--region=us-central1", "--bucket=gs://b",
                     f"--pipeline={tmp_path / 'r.yaml'}", "--dry_run", *flags)
     assert proc.returncode == 0, proc.stderr
@@ -107,6 +106,10 @@ def test_schedule_and_submit_dry_runs_print_valid_requests(tmp_path):
     (["submit", "--endpoint=1", "--", "--data=gs://b/x", "--champion_dir=gs://b/c"], "give --register too"),
     (["submit", "--pipeline=nope.yaml", "--", "--data=gs://b/x", "--champion_dir=gs://b/c"], "does not exist"),
     (["schedule"], "the following arguments are required: --cron"),
+    (["schedule", "--cron=0 3 * * 1", "--run_id=r1"], "--run_id names one run's folder"),
+    (["submit", "--register"], "--register needs --serving_image"),
+    (["submit", "--", "--data=gs://b/x", "--champion_dir=gs://b/c", "--checkpoint_dir=gs://b/ck"], "checkpoints"),
+    (["submit"], "--image is required"),
 ])
 def test_submission_mistakes_are_one_error_line(args, fragment):
     command, rest = args[0], args[1:]
@@ -116,6 +119,43 @@ def test_submission_mistakes_are_one_error_line(args, fragment):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 1 and fragment in errors[0], proc.stderr[-1500:]
     assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
+def test_a_recorded_gate_is_applied_only_against_the_champion_it_compared(tmp_path):
+    """--promote=false and `trainer.champion promote`: two runs gated against no champion; the first promoted, the
+    second refused as stale (its decision kept); a promotion killed between CHAMPION.json and run_info.json is
+    brought up to date when run again."""
+    def train(name):
+        proc = subprocess.run([sys.executable, "-m", "trainer.task", "--data=digits", *TINY, "--train_steps=5",
+                               f"--model_dir={name}", "--champion_dir=champ", "--promote=false"], cwd=tmp_path,
+                              env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "CHAMPION.json left as it is (--promote=false)" in proc.stderr
+        return json.loads((tmp_path / name / "run_info.json").read_text())["promotion"]
+
+    def promote(name, **env):
+        proc = subprocess.run([sys.executable, "-m", "trainer.champion", "promote", "--champion_dir=champ",
+                               f"--model_dir={name}"], cwd=tmp_path, env=_env() | env, capture_output=True,
+                              text=True, timeout=300)
+        return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else None), proc.stderr
+
+    assert train("a")["pending"] and train("b")["decision"] == "promote"
+    assert not (tmp_path / "champ" / "CHAMPION.json").exists()
+    status, _, _ = promote("a", TRAINER_FAULTPOINT="deferred_promoted")  # SIGKILL after the pointer moved.
+    assert status == -signal.SIGKILL
+    version = json.loads((tmp_path / "champ" / "CHAMPION.json").read_text())["version"]
+    assert "pending" in json.loads((tmp_path / "a" / "run_info.json").read_text())["promotion"]  # Not yet written.
+    status, said, _ = promote("a")
+    assert status == 0 and said["promoted"] is True and said["version"] == version
+    assert said["reason"] == f"already promoted by this run as version {version}"
+    record = json.loads((tmp_path / "a" / "run_info.json").read_text())["promotion"]
+    assert record["promoted"] is True and "pending" not in record
+    status, said, _ = promote("b")
+    assert status == 0 and said["promoted"] is False and "the champion changed since this run's gate" in said["reason"]
+    assert json.loads((tmp_path / "champ" / "CHAMPION.json").read_text())["version"] == version
+    assert json.loads((tmp_path / "b" / "run_info.json").read_text())["promotion"]["decision"] == "promote"
+    status, _, err = promote("nowhere")
+    assert status == 1 and "error: --model_dir=nowhere holds no finished run" in err.splitlines()[-1]
 
 
 # ---- Whole runs with kfp.local ---------------------------------------------------------------------------------
@@ -137,7 +177,7 @@ def test_the_pipeline_promotes_a_first_champion_then_a_better_one_and_refuses_a_
     assert first.returncode == 0, first.stderr[-3000:]
     assert pointer(tmp_path)["source_run"] == str(tmp_path / "runs" / "r1")
     log = first.stdout + first.stderr
-    assert "promote: promoted (the gate passed)" in log
+    assert "promote: promoted (no champion yet)" in log
     assert "--serving_image=img:serve" in log and '"imageUri": "img:serve"' in log  # register's dry run
     assert 'deploy: {"endpoint": "42"' in log and "@DRY_RUN" in log
     # A better challenger, warm-started from the champion: gated, promoted.

@@ -97,7 +97,7 @@ class Server:
                 assert body == {"status": "loading"}
                 if self.seen.count(503) == 1 and not hasattr(self, "early"):  # Predict while loading: 503 too.
                     self.early = self.post({"instances": [{"b64": "iVBORw0KGgo="}]})
-                    assert self.early in ((503, {"error": "the model is still loading"}),) or self.early[0] == 400
+                    assert self.early == (503, {"error": "the model is still loading"}) or self.early[0] == 400
             time.sleep(0.05)
         raise AssertionError(f"not ready in {timeout} s: {self.log.read_text()[-3000:]}")
 
@@ -220,6 +220,36 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(mode
         assert np.allclose(one["probabilities"], other["probabilities"], atol=1e-5)
 
 
+def test_a_refused_image_fails_only_its_own_request_among_merged_ones(models, serve):
+    """Requests of 3 instances under --max_batch=4 (one carried over to the next call each time), sent together,
+    one of them with an image that does not decode: that one is a 400 naming its instance, every other request gets
+    the answers it gets alone."""
+    files = image_files(models)
+    server = serve(f"--export={models['keras']}", "--max_batch=4").wait_ready()
+    groups = [files[i:i + 3] for i in range(0, 21, 3)]
+    expected = [server.post({"instances": [b64(f) for f in group]})[1]["predictions"] for group in groups]
+    broken = {"b64": base64.b64encode(files[1].read_bytes()[:300] if files[1].suffix == ".jpg" else
+                                      files[1].read_bytes()[:60]).decode()}
+    bodies = [{"instances": [b64(f) for f in group]} for group in groups]
+    bodies[3]["instances"][2] = broken
+    barrier = threading.Barrier(len(bodies))
+
+    def call(body):
+        barrier.wait()
+        return server.post(body)
+
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(call, bodies))
+    for i, (status, body) in enumerate(results):
+        if i == 3:
+            assert status == 400 and body["error"].startswith("instance 2: the image does not decode"), body
+            continue
+        assert status == 200, body
+        for got, want in zip(body["predictions"], expected[i]):
+            assert got["classes"] == want["classes"]
+            assert np.allclose(got["probabilities"], want["probabilities"], atol=1e-5)
+
+
 # ---- Bad requests ------------------------------------------------------------------------------------------
 
 def _bad_requests(files):
@@ -288,17 +318,21 @@ def test_the_container_serves_a_model_from_cloud_storage_on_vertex_routes(models
     port = _free_port()
     env = _env(**env) | {"AIP_STORAGE_URI": "gs://test-bucket/models/pets/1", "AIP_HTTP_PORT": str(port),
                          "AIP_HEALTH_ROUTE": "/v1/health", "AIP_PREDICT_ROUTE": "/v1/models/pets:predict",
-                         "TRAINER_CACHE_DIR": str(tmp_path / "cache")}
+                         "TRAINER_CACHE_DIR": str(tmp_path / "cache"), "TRAINER_FAULT_DELAY": "serve_load:4",
+                         "TRAINER_SERVE_MAX_INSTANCES": "2"}
     server = serve(command=[sys.executable, *entry[1:]], env=env, cwd=tmp_path, health="/v1/health",
                    predict="/v1/models/pets:predict")
     server.port, server.url = port, f"http://127.0.0.1:{port}"
     server.wait_ready()
-    assert 503 in server.seen or None in server.seen, server.seen
-    assert 503 not in server.seen or server.early[0] == 503, server.early  # Predict before ready: 503.
+    assert 503 in server.seen, server.seen  # Loading takes 4 s more here (TRAINER_FAULT_DELAY): health said so.
+    assert server.early == (503, {"error": "the model is still loading"})  # And predict too.
     files = image_files(models)
     status, body = server.post({"instances": [{"image_bytes": b64(files[0])}]})
     assert status == 200 and body["predictions"][0]["classes"] == "cats", body
     assert server.get("/health")[0] == 404 and server.get("/v1/health")[1]["model"].startswith(str(tmp_path / "cache"))
+    # The container's settings come from its environment (here TRAINER_SERVE_MAX_INSTANCES=2).
+    status, body = server.post({"instances": [{"b64": b64(files[0])["b64"]}] * 3})
+    assert status == 400 and body["error"] == "3 instances in one request; at most 2", body
 
 
 def test_the_champion_is_served_and_mistakes_are_one_error_line(models, serve, tmp_path):
@@ -342,6 +376,14 @@ def test_registering_names_the_serving_container_and_refuses_the_prebuilt_one_fo
     spec = aiplatform_v1.Model.from_json(proc.stdout).container_spec
     assert spec.image_uri == image and spec.predict_route == "/predict" and spec.health_route == "/health"
     assert [p.container_port for p in spec.ports] == [8080]
+    # The former name, with another of Vertex AI's prebuilt images: no routes of ours, the TF check kept.
+    prebuilt = "us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"
+    refused = _register(f"--artifact_uri={models['keras']}", f"--serving_image_uri={prebuilt}")
+    assert refused.returncode == 1 and "was written by TensorFlow 2.21" in refused.stderr, refused.stderr
+    if "estimator" in models:
+        proc = _register(f"--artifact_uri={models['estimator']}", f"--serving_image_uri={prebuilt}")
+        spec = aiplatform_v1.Model.from_json(proc.stdout).container_spec
+        assert proc.returncode == 0 and spec.image_uri == prebuilt and not spec.predict_route and not spec.ports
     env, entry = _dockerfile_serve_stage()  # The image's own defaults agree with what the registry declares.
     assert (env["AIP_PREDICT_ROUTE"], env["AIP_HEALTH_ROUTE"], env["AIP_HTTP_PORT"]) == ("/predict", "/health", "8080")
     if "estimator" in models:  # A TF 2.15 SavedModel may still go to the prebuilt image, with the date said.

@@ -1,7 +1,7 @@
 """The retraining pipeline on Vertex AI Pipelines: compile it, run it once, or put it on a schedule.
 
-    python -m trainer.pipeline compile --output=retrain.yaml [--image=IMAGE]
-    python -m trainer.pipeline submit --project=P --region=R --bucket=gs://B [--pipeline=retrain.yaml] [--dry_run] \\
+    python -m trainer.pipeline compile --output=retrain.yaml --image=IMAGE
+    python -m trainer.pipeline submit --project=P --region=R --bucket=gs://B --image=IMAGE|--pipeline=FILE [--dry_run] \\
         -- --data=gs://B/train-* --champion_dir=gs://B/champions/NAME [--model_dir=gs://B/retrain] [trainer flags]
     python -m trainer.pipeline schedule ... --cron='0 3 * * 1' [--time_zone=Europe/Paris] -- <trainer flags>
     python -m trainer.pipeline local --pipeline_root=DIR [--run_id=ID] -- --data=... --champion_dir=DIR --model_dir=DIR
@@ -12,6 +12,7 @@ Steps: train (warm-started from the champion, gated with --promote=false) -> eva
 prints the request as JSON and contacts nothing. `local` runs the same pipeline on this machine with kfp.local
 (each step a subprocess of this Python, no cluster, no Docker); the same --run_id again resumes its training.
 """
+import importlib
 import json
 import os
 import sys
@@ -35,7 +36,8 @@ def parse(argv):
         command.add_argument("--display_name", default="trainer-retrain")
         command.add_argument("--service_account", default=None)
         command.add_argument("--run_id", default="", help="the run's folder under model_dir [the pipeline job name]")
-        command.add_argument("--register", action="store_true", help="register each promoted champion")
+        command.add_argument("--register", action="store_true",
+                             help="register each promoted champion (with --serving_image)")
         command.add_argument("--serving_image", default="", help="the serving container (docker build --target serve)")
         command.add_argument("--parent_model", default="", help="register as versions of this model (id or name)")
         command.add_argument("--endpoint", default="", help="deploy each registered champion to this endpoint id")
@@ -45,6 +47,12 @@ def parse(argv):
             command.add_argument("--cron", required=True, help="minute hour day month weekday, e.g. '0 3 * * 1'")
             command.add_argument("--time_zone", default="UTC")
         command.add_argument("trainer_args", nargs="*", help="the trainer's flags, after --")
+    for name in ("compile", "submit", "schedule"):
+        command = commands.choices[name]
+        command.add_argument("--train_cpu", default="8", help="the train step's CPUs [8]")
+        command.add_argument("--train_memory", default="32G", help="the train step's memory [32G]")
+        command.add_argument("--train_accelerator", default="", help="e.g. NVIDIA_TESLA_T4 (a GPU image) [none]")
+        command.add_argument("--train_accelerator_count", type=int, default=1)
     local = commands.add_parser("local", help="run the pipeline here with kfp.local")
     local.add_argument("--pipeline_root", required=True, help="where kfp.local keeps each step's outputs")
     local.add_argument("--run_id", default="", help="the run's folder under model_dir [the pipeline job name]")
@@ -59,23 +67,33 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def compile_spec(output: str, image=None) -> str:
+def compile_spec(output: str, args) -> str:
     from kfp import compiler
 
     from trainer.pipeline import spec
 
+    if not args.image:
+        raise UsageError("--image is required: the trainer's image every step runs in (docker build --target "
+                         "keras, pushed to Artifact Registry)")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise UsageError(f"--output={output}: the folder {folder} does not exist")
-    compiler.Compiler().compile(spec.build(image or spec.DEFAULT_IMAGE), output)
+    machine = spec.TrainMachine(args.train_cpu, args.train_memory, args.train_accelerator,
+                                args.train_accelerator_count)
+    compiler.Compiler().compile(spec.build(args.image, machine), output)
     return output
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     try:
+        try:
+            importlib.import_module("kfp")
+        except ImportError:
+            raise UsageError("the pipeline needs kfp: pip install 'trainer[pipeline]' (in .venv-keras already)") \
+                from None
         if args.command == "compile":
-            compile_spec(args.output, args.image)
+            compile_spec(args.output, args)
             sys.stderr.write(f"compiled: {args.output}\n")
             return 0
         if args.command == "local":
@@ -111,7 +129,7 @@ def _local(args) -> int:
     os.environ[steps.ERRORS_ENV] = errors
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.abspath(args.pipeline_root),
                raise_on_error=False)
-    outcome = spec.build(args.image or spec.DEFAULT_IMAGE)(**parameters)
+    outcome = spec.build(args.image or spec.DEFAULT_IMAGE)(**parameters)  # The image is not used here.
     failed = open(errors).read().splitlines() if os.path.exists(errors) else []
     if failed:
         sys.stderr.write(f"{failed[-1]}\n")
@@ -134,8 +152,10 @@ def _submit(args) -> int:
     task.check_flags([f"--data={parameters['data']}", f"--champion_dir={parameters['champion_dir']}",
                       *parameters["trainer_flags"]])
     if args.register and not args.serving_image:
-        sys.stderr.write("note: --register without --serving_image: the prebuilt TF 2.15 image, which Vertex AI "
-                         "retires on 2027-01-14, and which cannot serve a TF 2.21 model\n")
+        raise UsageError("--register needs --serving_image (docker build --target serve): the pipeline trains on "
+                         "TensorFlow 2.21, which the prebuilt TF 2.15 images cannot serve")
+    if args.command == "schedule" and args.run_id:
+        raise UsageError("--run_id names one run's folder: a schedule's runs each train in their own (the job name)")
     if args.endpoint and not args.register:
         raise UsageError("--endpoint deploys what --register registers: give --register too")
     parameters.setdefault("model_dir", f"{args.bucket.rstrip('/')}/retrain")
@@ -144,7 +164,7 @@ def _submit(args) -> int:
                       serving_image=args.serving_image, endpoint=args.endpoint, machine_type=args.machine_type)
     path = args.pipeline
     if path is None:
-        path = compile_spec(os.path.join(tempfile.mkdtemp(prefix="pipeline-"), "retrain.yaml"), args.image)
+        path = compile_spec(os.path.join(tempfile.mkdtemp(prefix="pipeline-"), "retrain.yaml"), args)
     elif args.image:
         raise UsageError("--image applies when the pipeline is compiled now; --pipeline names a compiled spec")
     if not os.path.isfile(path):
@@ -155,6 +175,10 @@ def _submit(args) -> int:
         known = set(spec["root"]["inputDefinitions"]["parameters"])
     except (yaml.YAMLError, KeyError, TypeError) as e:
         raise UsageError(f"--pipeline={path} is not a compiled pipeline spec ({type(e).__name__})") from None
+    from trainer.pipeline.spec import DEFAULT_IMAGE
+
+    if DEFAULT_IMAGE in json.dumps(spec):
+        raise UsageError(f"--pipeline={path} names the placeholder image {DEFAULT_IMAGE}: compile it with --image")
     unknown = sorted(set(parameters) - known)
     if unknown:
         raise UsageError(f"--pipeline={path} has no parameter {', '.join(unknown)}: compile it again")

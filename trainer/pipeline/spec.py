@@ -5,6 +5,8 @@ Each step is a lightweight Python component run in the trainer's image (`--image
 target, which has kfp), calling trainer.pipeline.steps. A gate that keeps the champion is a successful run that
 promotes nothing; a step that fails fails the run with its `error:` line as the step's error.
 """
+import dataclasses
+
 from kfp import dsl
 
 DEFAULT_IMAGE = "us-central1-docker.pkg.dev/PROJECT/trainer/trainer:keras-cpu"
@@ -55,7 +57,17 @@ def _deploy(model: str, endpoint: str, region: str, machine_type: str, dry_run: 
     return steps.deploy(model, endpoint, region, machine_type, dry_run)
 
 
-def build(image: str = DEFAULT_IMAGE):
+@dataclasses.dataclass(frozen=True)
+class TrainMachine:
+    """What the train step asks Vertex AI Pipelines for (it picks a machine that fits); the other steps are small."""
+
+    cpu: str = "8"
+    memory: str = "32G"
+    accelerator: str = ""  # e.g. NVIDIA_TESLA_T4 (then the image must be built with DEVICE=gpu).
+    accelerator_count: int = 1
+
+
+def build(image: str = DEFAULT_IMAGE, machine: TrainMachine = TrainMachine()):
     """The pipeline function, its components in `image`."""
     def component(func):
         return dsl.component(func=func, base_image=image, install_kfp_package=False)
@@ -76,6 +88,9 @@ def build(image: str = DEFAULT_IMAGE):
                 machine_type: str = "n1-standard-4", dry_run_cloud: bool = False):
         trained = task(train(data=data, model_dir=model_dir, champion_dir=champion_dir, trainer_flags=trainer_flags,
                              run_id=run_id, job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "train")
+        trained.set_cpu_limit(machine.cpu).set_memory_limit(machine.memory)
+        if machine.accelerator:
+            trained.set_accelerator_type(machine.accelerator).set_accelerator_limit(machine.accelerator_count)
         gated = task(gate(run_dir=trained.outputs["Output"]), "evaluate and gate")
         with dsl.If(gated.outputs["Output"] == "promote", name="gate-passed"):
             promoted = task(promote(champion_dir=champion_dir, run_dir=trained.outputs["Output"]), "promote")

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 from trainer.errors import UsageError
 
 # Flags the pipeline sets itself: the user's would contradict the steps.
-OWNED_FLAGS = ("model_dir", "champion_dir", "promote", "unique_run_dir")
+OWNED_FLAGS = ("model_dir", "champion_dir", "promote", "unique_run_dir", "checkpoint_dir")
 
 
 ERRORS_ENV = "TRAINER_PIPELINE_ERRORS"  # `python -m trainer.pipeline local`: where failed steps put their line.
@@ -53,17 +53,22 @@ def train(data: str, model_dir: str, champion_dir: str, flags: Sequence[str], ru
     folder = run_dir(model_dir, run_id, job_name)
     owned = [f for f in flags if f.lstrip("-").split("=")[0] in OWNED_FLAGS + tuple(f"no{o}" for o in OWNED_FLAGS)]
     if owned:
-        raise StepFailed(step="train", message=f"error: {', '.join(owned)}: the pipeline sets --model_dir, "
-                         "--champion_dir and --promote itself (pass them as the pipeline's parameters)")
+        raise StepFailed(step="train", message=f"error: {', '.join(owned)}: the pipeline sets --model_dir (and "
+                         "with it the checkpoints), --champion_dir and --promote itself (pass them as the pipeline's "
+                         "parameters)")
     args = [f"--data={data}", *flags, f"--model_dir={folder}", f"--champion_dir={champion_dir}", "--promote=false"]
-    if not any(f.startswith("--warm_start_from") for f in flags) and _has_champion(champion_dir):
+    if not any(f.startswith("--warm_start_from") for f in flags):  # No champion yet: the usual weights.
         args.append("--warm_start_from=champion")
     print("train: python -m trainer.task " + " ".join(args), flush=True)
     status, out, errors = _run_streamed([python or sys.executable, "-m", "trainer.task", *args])
     if status != 0:
         raise StepFailed(step="train", message=_error_line(errors, status) or
                          f"error: the trainer exited with status {status} (its console is above)")
-    summary = json.loads(out.strip().splitlines()[-1])
+    try:
+        summary = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise StepFailed(step="train", message="error: the trainer exited 0 without its summary line (its console "
+                         "is above)") from None
 
     metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {"run_dir": folder, "metrics": metrics}
@@ -82,8 +87,9 @@ def gate(run_dir_: str) -> Dict[str, object]:
     for key, value in (record.get("gate") or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             figures[f"gate_{key}"] = float(value)
-    decision = "promote" if record.get("decision") == "promote" and "pending" in record else (
-        "promoted" if record.get("promoted") else "keep")
+    # promote: the gate passed (or this run is already the champion, before a restart: promote says so again and
+    # the steps after it run); keep: not promoted.
+    decision = "promote" if record.get("decision") == "promote" or record.get("promoted") else "keep"
     shown = {k: v for k, v in record.items() if k != "pending"}
     print(f"gate: {decision} ({record.get('reason', '')})", flush=True)
     return {"decision": decision, "reason": record.get("reason", ""), "figures": figures, "record": shown}
@@ -97,34 +103,44 @@ def promote(champion_dir: str, run_dir_: str) -> str:
         record = promote_gated(champion_dir, run_dir_)
     except UsageError as e:
         raise StepFailed(step="promote", message=f"error: {e}") from None
+    except Exception as e:  # Cloud Storage gone, a full disk: one line (the step can be retried).
+        raise StepFailed(step="promote", message=f"error: promoting {run_dir_} failed: {type(e).__name__}: "
+                         f"{str(e).strip()[:300]}; CHAMPION.json is as `python -m trainer.champion show` says; "
+                         "retry the step") from None
     print(f"promote: {'promoted' if record.get('promoted') else 'not promoted'} ({record.get('reason')})", flush=True)
     return record.get("version") or "" if record.get("promoted") else ""
 
 
 def register(project: str, region: str, champion_dir: str, version: str, display_name: str, parent_model: str,
              serving_image: str, dry_run: bool) -> str:
-    """Registers <champion_dir>/<version>/model; returns MODEL@VERSION (the Model JSON under dry_run)."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
-    args = [sys.executable, os.path.join(root, "register_model.py"), f"--project={project}", f"--region={region}",
-            f"--artifact_uri={champion_dir.rstrip('/')}/{version}/model",
-            f"--display_name={display_name or os.path.basename(champion_dir.rstrip('/'))}",
-            "--version_aliases=champion"]
-    args += [f"--parent_model={parent_model}"] * bool(parent_model) + [f"--serving_image={serving_image}"] * bool(
-        serving_image) + ["--dry_run"] * bool(dry_run)
-    print("register: " + " ".join(args[1:]), flush=True)
-    status, out, errors = _run_streamed(args)
-    if status != 0:
-        raise StepFailed(step="register", message=_error_line(errors, status) or
-                         "error: register_model.py failed")
-    if dry_run:  # The Model JSON was printed; the name is what the upload would return.
-        model = parent_model if "/" in parent_model else \
-            f"projects/{project}/locations/{region}/models/{parent_model or 'NEW_MODEL'}"
-        return f"{model}@DRY_RUN"
-    return out.strip()
+    """Registers <champion_dir>/<version>/model as a version aliased `champion`; returns MODEL@VERSION (under
+    dry_run, what the upload would name, the Model's JSON printed)."""
+    from trainer.retrain import registry
+
+    request = registry.Registration(
+        project=project, region=region, artifact_uri=f"{champion_dir.rstrip('/')}/{version}/model",
+        display_name=display_name or os.path.basename(champion_dir.rstrip("/")), parent_model=parent_model or None,
+        version_aliases=("champion",), serving_image_uri=serving_image or None, dry_run=dry_run)
+    print(f"register: {request.artifact_uri} as {request.display_name}, image "
+          f"{serving_image or registry.PREBUILT_TF_CPU_SERVING}", flush=True)
+    try:
+        shown = registry.register(request)
+    except UsageError as e:
+        raise StepFailed(step="register", message=f"error: {e}") from None
+    if not dry_run:
+        return shown
+    print(shown, flush=True)
+    model = parent_model if "/" in (parent_model or "") else \
+        f"projects/{project}/locations/{region}/models/{parent_model or 'NEW_MODEL'}"
+    return f"{model}@DRY_RUN"
 
 
 def deploy(model: str, endpoint: str, region: str, machine_type: str, dry_run: bool) -> str:
-    """Deploys MODEL@VERSION to the endpoint with all traffic; returns what was (or, dry, would be) deployed."""
+    """Deploys MODEL@VERSION to the endpoint (an id, or its full name) with all traffic; returns the deployed model's
+    id (under dry_run, the request)."""
+    if "/" not in endpoint:
+        project = model.split("/")[1] if model.startswith("projects/") else ""
+        endpoint = f"projects/{project}/locations/{region}/endpoints/{endpoint}"
     request = {"endpoint": endpoint, "deployed_model": {"model": model, "dedicated_resources": {
         "machine_spec": {"machine_type": machine_type}, "min_replica_count": 1, "max_replica_count": 1}},
         "traffic_split": {"0": 100}}
@@ -136,13 +152,6 @@ def deploy(model: str, endpoint: str, region: str, machine_type: str, dry_run: b
     client = v1.EndpointServiceClient(client_options={"api_endpoint": f"{region}-aiplatform.googleapis.com"})
     response = client.deploy_model(request=v1.DeployModelRequest(**request)).result(timeout=3600)
     return response.deployed_model.id
-
-
-def _has_champion(champion_dir: str) -> bool:
-    from trainer.retrain import champion_store as champion
-
-    store = champion.open_store(champion_dir)
-    return store.exists() and champion.read_current(store, champion_dir) is not None
 
 
 def _run_streamed(command: List[str]):

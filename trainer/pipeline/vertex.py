@@ -43,8 +43,10 @@ def split_trainer_flags(args: Sequence[str]) -> Dict[str, object]:
         name, sep, value = arg.lstrip("-").partition("=")
         if arg.startswith("--") and name in ("data", "champion_dir", "model_dir") and sep:
             found[name] = value
-        elif arg.startswith("--") and name in ("promote", "nopromote", "unique_run_dir", "nounique_run_dir"):
-            raise UsageError(f"{arg}: the pipeline gates with --promote=false and names each run's folder itself")
+        elif arg.startswith("--") and name in ("promote", "nopromote", "unique_run_dir", "nounique_run_dir",
+                                               "checkpoint_dir"):
+            raise UsageError(f"{arg}: the pipeline gates with --promote=false and names each run's folder (and its "
+                             "checkpoints) itself")
         else:
             rest.append(arg)
     return {**found, "trainer_flags": rest}

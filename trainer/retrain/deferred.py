@@ -11,7 +11,7 @@ import os
 from trainer.errors import UsageError
 from trainer.retrain import champion_store as champion
 from trainer.retrain.promotion import promote_now
-from trainer.util import console, files
+from trainer.util import console, faultpoints, files
 
 RUN_INFO = "run_info.json"
 
@@ -39,24 +39,29 @@ def promote_gated(champion_dir: str, model_dir: str) -> dict:
     pointer, token = champion.read_current(store, champion_dir, token=True)
     current = pointer["version"] if pointer else None
     if pointer and pointer.get("source_run") in (recorded_dir, model_dir):
-        return _said(record, f"already promoted by this run as version {current}")
+        # Promoted before (perhaps killed before run_info.json said so): the record is brought up to date.
+        record.pop("pending", None)
+        record.update(promoted=True, version=current, decision="promote")
+        return _said(record, f"already promoted by this run as version {current}", write=(model_dir, info))
     if record.get("promoted"):
         return _said(record, f"promoted as version {record.get('version')} when it trained; CHAMPION.json now names "
                              f"{current}")
     if record.get("decision") != "promote" or "pending" not in record:
         return _said(record, f"the gate kept the champion: {record.get('reason', 'no reason on record')}")
     if current != record.get("champion_version"):
-        record.update(decision="stale")
+        # The decision stays on record (it applies again should CHAMPION.json name that champion again).
         gated = record.get("champion_version")
         return _said(record, f"the champion changed since this run's gate (gated against {gated}, now {current}): "
                              "gate it again (train it again with the same --model_dir)",
                      write=(model_dir, info))
     pending = record.pop("pending")
     export = _rebased(pending["export"], recorded_dir, model_dir)
+    gate_said = record.get("reason", "the gate passed").split("; the gate passed")[0]
     reason = promote_now(store, token, pointer, record, export, f"{model_dir}/keras_model.h5", pending["metrics"],
-                         recorded_dir, champion_dir, "the gate passed")
+                         recorded_dir, champion_dir, gate_said)
     if not record.get("promoted"):
         record["pending"] = pending  # A lost race: the decision stays on record; run again to retry.
+    faultpoints.reached("deferred_promoted")  # Tests: killed between CHAMPION.json and run_info.json.
     return _said(record, reason, write=(model_dir, info))
 
 

@@ -85,6 +85,11 @@ def validate(request: Registration) -> Registration:
     return dataclasses.replace(request, parent_model=parent_model, artifact_uri=request.artifact_uri.rstrip("/"))
 
 
+def is_prebuilt(image: Optional[str]) -> bool:
+    """No image (the default), or one of Vertex AI's prebuilt prediction images: TF Serving inside, its own routes."""
+    return not image or "/vertex-ai/prediction/" in image
+
+
 def check_artifact(uri: str, serving_image: Optional[str] = None) -> Dict[str, float]:
     """Checks a SavedModel is under `uri` (and, for the prebuilt TF 2.15 image, that TensorFlow 2.15 or older wrote
     it); returns the run's metrics found next to it (or {}).
@@ -96,9 +101,14 @@ def check_artifact(uri: str, serving_image: Optional[str] = None) -> Dict[str, f
     if read(f"{uri}/saved_model.pb", probe=True) is None:
         raise UsageError(f"--artifact_uri={uri} has no saved_model.pb: give an export version folder "
                          "(<model_dir>/export/best/<version>) or a champion version (<champion_dir>/<version>/model)")
-    if not serving_image:
-        written_by = tensorflow_version(read(f"{uri}/saved_model.pb"))
-        if written_by and tuple(int(p) for p in written_by.split(".")[:2]) > (2, 15):
+    if is_prebuilt(serving_image):
+        written_by = tensorflow_version(read(f"{uri}/saved_model.pb"), uri)
+        if written_by is None:
+            import sys
+
+            sys.stderr.write(f"note: TensorFlow is not installed here: whether {uri} was written by a TensorFlow the "
+                             "prebuilt image can serve (2.15 or older) was not checked\n")
+        elif tuple(int(p) for p in written_by.split(".")[:2]) > (2, 15):
             raise UsageError(f"--artifact_uri={uri} was written by TensorFlow {written_by}; the prebuilt image "
                              f"({PREBUILT_TF_CPU_SERVING}) serves TensorFlow 2.15 SavedModels: build the serving "
                              "container (docker build --target serve) and pass --serving_image=IMAGE_URI")
@@ -111,13 +121,21 @@ def check_artifact(uri: str, serving_image: Optional[str] = None) -> Dict[str, f
     return {}
 
 
-def tensorflow_version(saved_model_pb: bytes) -> Optional[str]:
-    """The TensorFlow version that wrote a saved_model.pb ("2.21.0"), or None where TensorFlow is not installed."""
+def tensorflow_version(saved_model_pb: bytes, uri: str = "") -> Optional[str]:
+    """The TensorFlow version that wrote a saved_model.pb ("2.21.0"), or None where TensorFlow is not installed.
+
+    Raises:
+        UsageError: the file is not a SavedModel.
+    """
     try:
+        from google.protobuf.message import DecodeError
         from tensorflow.core.protobuf import saved_model_pb2
     except ImportError:
         return None
-    proto = saved_model_pb2.SavedModel.FromString(saved_model_pb)
+    try:
+        proto = saved_model_pb2.SavedModel.FromString(saved_model_pb)
+    except DecodeError:
+        raise UsageError(f"--artifact_uri={uri}: saved_model.pb is not a SavedModel (it does not parse)") from None
     versions = [g.meta_info_def.tensorflow_version for g in proto.meta_graphs if g.meta_info_def.tensorflow_version]
     return versions[0] if versions and re.match(r"^\d+\.\d+", versions[0]) else None
 
@@ -159,12 +177,12 @@ def build_model(request: Registration, metrics: Dict[str, float]):
     from google.cloud import aiplatform_v1 as v1
 
     description = describe(request, metrics)
-    if request.serving_image_uri:  # The trainer's serving container: its routes and port (Vertex sets AIP_*).
+    if not is_prebuilt(request.serving_image_uri):  # The trainer's serving container: its routes and port.
         container = v1.ModelContainerSpec(
             image_uri=request.serving_image_uri, predict_route=SERVE_ROUTES["predict_route"],
             health_route=SERVE_ROUTES["health_route"], ports=[v1.Port(container_port=SERVE_ROUTES["port"])])
     else:
-        container = v1.ModelContainerSpec(image_uri=PREBUILT_TF_CPU_SERVING)
+        container = v1.ModelContainerSpec(image_uri=request.serving_image_uri or PREBUILT_TF_CPU_SERVING)
     return v1.Model(
         display_name=request.display_name, description=description, version_description=description,
         artifact_uri=request.artifact_uri, version_aliases=list(request.version_aliases),
@@ -188,6 +206,43 @@ def upload(request: Registration, upload_request, timeout: float = 1800):
 
     client = v1.ModelServiceClient(client_options={"api_endpoint": endpoint(request.region)})
     return client.upload_model(request=upload_request).result(timeout=timeout)
+
+
+def register(request: Registration, log=None) -> str:
+    """Checks and registers (or, with dry_run, builds and shows) a version; returns what to print on stdout: the
+    Model's JSON under dry_run (its request on `log`), else MODEL@VERSION. What scripts/register_model.py and the
+    pipeline's register step run.
+
+    Raises:
+        UsageError: a bad argument, no SavedModel, a SavedModel the image cannot serve, a failed upload.
+    """
+    import sys
+
+    log = log or sys.stderr
+    request = validate(request)
+    if request.dry_run and gcs.is_gcs(request.artifact_uri):
+        metrics = {}  # Contacts nothing: the gs:// folder is checked by the real upload only.
+        log.write(f"note: --dry_run does not check {request.artifact_uri} for saved_model.pb\n")
+    else:
+        metrics = check_artifact(request.artifact_uri, request.serving_image_uri)
+    if is_prebuilt(request.serving_image_uri):
+        log.write(f"note: served by a prebuilt TensorFlow image; the newest, 2.15, Vertex AI retires on {PREBUILT_END};"
+                  " --serving_image=IMAGE serves on TensorFlow 2.21 (docs/using.md, \"Serving\")\n")
+    model = build_model(request, metrics)
+    upload_request = build_request(request, model)
+    url = f"https://{endpoint(request.region)}/v1/{request.parent}/models:upload"
+    if request.dry_run:
+        log.write(f"request: POST {url}\n{type(upload_request).to_json(upload_request)}\n")
+        return type(model).to_json(model)
+    from google.api_core import exceptions
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        response = upload(request, upload_request)
+    except (exceptions.GoogleAPIError, DefaultCredentialsError) as e:
+        raise UsageError(f"the upload to {url} failed: {type(e).__name__}: {str(e)[:300]}") from None
+    log.write(f"registered {response.model} version {response.model_version_id}\n")
+    return f"{response.model}@{response.model_version_id}"
 
 
 def split_list(spec: Optional[str]) -> Sequence[str]:

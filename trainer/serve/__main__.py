@@ -27,10 +27,12 @@ def parse(argv):
     parser.add_argument("--champion_dir", default=None, help="serve this folder's champion (with --export=champion)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the container uses 0.0.0.0)")
     parser.add_argument("--port", type=int, default=None, help="[$AIP_HTTP_PORT, else 8080]")
-    parser.add_argument("--max_batch", type=int, default=64,
-                        help="instances per model call, across concurrent requests; 1 turns merging off [64]")
-    parser.add_argument("--max_instances", type=int, default=256, help="instances per request [256]")
-    parser.add_argument("--max_request_mb", type=float, default=16, help="request body size [16]")
+    parser.add_argument("--max_batch", type=int, default=None, help="instances per model call, across concurrent "
+                        "requests; 1 turns merging off [$TRAINER_SERVE_MAX_BATCH, else 64]")
+    parser.add_argument("--max_instances", type=int, default=None,
+                        help="instances per request [$TRAINER_SERVE_MAX_INSTANCES, else 256]")
+    parser.add_argument("--max_request_mb", type=float, default=None,
+                        help="request body size [$TRAINER_SERVE_MAX_REQUEST_MB, else 16]")
     return parser.parse_args(argv)
 
 
@@ -66,9 +68,17 @@ def main(argv=None) -> int:
         port = args.port if args.port is not None else int(os.environ.get("AIP_HTTP_PORT") or 8080)
         if not 0 < port < 65536:
             raise UsageError(f"--port={port} must be from 1 to 65535")
-        for flag in ("max_batch", "max_instances", "max_request_mb"):
-            if getattr(args, flag) <= 0:
-                raise UsageError(f"--{flag}={getattr(args, flag)} must be positive")
+        limits = {}
+        for flag, default in (("max_batch", 64), ("max_instances", 256), ("max_request_mb", 16)):
+            variable = f"TRAINER_SERVE_{flag.upper()}"
+            value = getattr(args, flag)
+            try:
+                value = value if value is not None else float(os.environ.get(variable) or default)
+            except ValueError:
+                raise UsageError(f"${variable}={os.environ[variable]} must be a number") from None
+            if value <= 0:
+                raise UsageError(f"--{flag}={value:g} must be positive")
+            limits[variable] = f"{value:g}"
         try:
             import importlib
 
@@ -79,10 +89,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
-    os.environ.update({"AIP_STORAGE_URI": uri, "AIP_HTTP_PORT": str(port),
-                       "TRAINER_SERVE_MAX_BATCH": str(args.max_batch),
-                       "TRAINER_SERVE_MAX_INSTANCES": str(args.max_instances),
-                       "TRAINER_SERVE_MAX_REQUEST_MB": str(args.max_request_mb)})
+    os.environ.update({"AIP_STORAGE_URI": uri, "AIP_HTTP_PORT": str(port), **limits})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.write(f"serve: loading {uri}; http://{args.host}:{port}{os.environ.get('AIP_PREDICT_ROUTE', '/predict')}"
                      f" (health: {os.environ.get('AIP_HEALTH_ROUTE', '/health')})\n")

@@ -6,9 +6,17 @@ event loop free: requests are read and checked there, queued, and one model thre
 requests that arrive while the model runs share its next call. Set by the environment (the CPR way; `python -m
 trainer.serve` sets it from its flags):
 
-    TRAINER_SERVE_MAX_BATCH      instances per model call across requests [64]; 1 turns merging off
+    TRAINER_SERVE_MAX_BATCH      instances per model call across requests [64]; 1 turns merging off (a request
+                                 with more instances than this runs alone, in one call)
     TRAINER_SERVE_MAX_INSTANCES  instances per request [256]
     TRAINER_SERVE_MAX_REQUEST_MB request body size [16]
+    TRAINER_SERVE_MAX_QUEUED     instances waiting for the model before new requests get a 503 [2048]
+    TRAINER_SERVE_TIMEOUT_S      a request's longest wait for the model before a 503 [120]
+
+Reading, parsing and checking a request (base64, and decoding for float-input models) runs in a small thread pool,
+not on the event loop, so health checks are answered while the model is busy. A fault of the model (anything but an
+input the graph refuses) is a 500 for the requests of that call; the batching task survives it, and if it ever
+ends, the next request starts it again.
 
 The model loads in a thread when the server starts; until it has answered a warm-up request, health is 503 and
 predict 503. A model that cannot be loaded ends the process with one `error:` line and exit status 1.
@@ -24,8 +32,10 @@ from typing import Optional, Type
 
 from fastapi import HTTPException, Request, Response
 from google.cloud.aiplatform.prediction.handler import Handler
+from starlette.requests import ClientDisconnect
 
 from trainer.errors import UsageError
+from trainer.util import faultpoints
 from trainer.serve.model import BadRequest
 
 
@@ -41,15 +51,22 @@ class BatchingHandler(Handler):
         self.max_batch = max(1, int(_env_number("TRAINER_SERVE_MAX_BATCH", 64)))
         self.max_instances = max(1, int(_env_number("TRAINER_SERVE_MAX_INSTANCES", 256)))
         self.max_bytes = int(_env_number("TRAINER_SERVE_MAX_REQUEST_MB", 16) * 2**20)
+        self.max_queued = max(1, int(_env_number("TRAINER_SERVE_MAX_QUEUED", 2048)))
+        self.timeout_s = _env_number("TRAINER_SERVE_TIMEOUT_S", 120)
         self.predictor = predictor()
+        self.predictor.max_instances = self.max_instances
         self.ready = False
         self.calls = self.served = 0  # Model calls and the instances they answered (health shows them).
         self._model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._request_threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="request")
         self._queue: Optional[asyncio.Queue] = None
+        self._task: Optional[asyncio.Task] = None
+        self._queued = 0  # Instances in the queue.
         threading.Thread(target=self._load, name="load", daemon=True).start()
 
     def _load(self) -> None:
         try:
+            faultpoints.delay("serve_load")  # Tests: a slow load, to see the 503s before ready.
             self.predictor.load(self.artifacts_uri)
         except BaseException as e:  # Any failure: one line, and the container exits (Vertex shows the line).
             said = str(e) if isinstance(e, UsageError) else \
@@ -68,18 +85,22 @@ class BatchingHandler(Handler):
         if not self.ready:
             raise HTTPException(503, "the model is still loading")
         body = await self._body(request)
+        loop = asyncio.get_running_loop()
         try:
-            prepared = self.predictor.preprocess(_json(body))
-            if prepared.count > self.max_instances:
-                raise BadRequest(f"{prepared.count} instances in one request; at most {self.max_instances}")
+            prepared = await loop.run_in_executor(self._request_threads, self.predictor.preprocess, body)
         except BadRequest as e:
             raise _bad(e) from None
-        future = asyncio.get_running_loop().create_future()
+        if self._queued + prepared.count > self.max_queued:
+            raise HTTPException(503, f"overloaded: {self._queued} instances are waiting for the model; try again")
+        future = loop.create_future()
+        self._queued += prepared.count
         await self._batches().put((prepared, future))
         try:
-            outputs = await future
+            outputs = await asyncio.wait_for(future, self.timeout_s)  # Cancelled on timeout: then skipped.
         except BadRequest as e:
             raise _bad(e) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"the model did not answer within {self.timeout_s:g} s") from None
         result = self.predictor.postprocess((outputs, prepared.top_k))
         return Response(json.dumps(result), media_type="application/json")
 
@@ -88,18 +109,29 @@ class BatchingHandler(Handler):
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise _bad(BadRequest(f"the body is {int(declared)} bytes; at most {self.max_bytes}"))
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise _bad(BadRequest(f"the body is over {self.max_bytes} bytes"))
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _bad(BadRequest(f"the body is over {self.max_bytes} bytes"))
+                chunks.append(chunk)
+        except ClientDisconnect:  # Nobody to answer: not a server error.
+            raise HTTPException(400, "the client disconnected before sending the whole body") from None
         return b"".join(chunks)
 
     def _batches(self) -> asyncio.Queue:
         if self._queue is None:  # Made on the server's event loop, at its first request.
             self._queue = asyncio.Queue()
-            asyncio.get_running_loop().create_task(self._serve_batches())
+        if self._task is None or self._task.done():  # Started, or started again should it ever have ended.
+            if self._task is not None and not self._task.cancelled() and self._task.exception():
+                logging.error("serve: the batching task ended (%r); started again", self._task.exception())
+            self._task = asyncio.get_running_loop().create_task(self._serve_batches())
         return self._queue
+
+    @property
+    def serving(self) -> bool:
+        """Loaded, and the batching task (once started) alive: what health reports."""
+        return self.ready and (self._task is None or not self._task.done())
 
     async def _serve_batches(self) -> None:
         from trainer.serve.predictor import merge, split
@@ -116,14 +148,22 @@ class BatchingHandler(Handler):
                     break
                 waiting.append(item)
                 count += item[0].count
+            self._queued -= count
+            waiting = [(p, f) for p, f in waiting if not f.done()]  # Timed out meanwhile: nobody waits.
+            if not waiting:
+                continue
             batch = [prepared for prepared, _ in waiting]
             self.calls += 1
-            self.served += count
+            self.served += sum(p.count for p in batch)
             try:
-                outputs = await loop.run_in_executor(self._model_thread, self._run, merge(batch))
-                results = split(outputs, batch)
-            except Exception:  # One request's instance the graph refused: each request alone finds it.
-                results = [await loop.run_in_executor(self._model_thread, self._run_alone, p) for p in batch]
+                try:
+                    outputs = await loop.run_in_executor(self._model_thread, self._run, merge(batch))
+                    results = split(outputs, batch)
+                except self._refusal():  # An input the graph refused: each request alone finds whose it is.
+                    results = [await loop.run_in_executor(self._model_thread, self._run_alone, p) for p in batch]
+            except Exception as e:  # A fault of the model: a 500 for this call's requests; the loop goes on.
+                logging.exception("serve: a model call failed")
+                results = [e] * len(batch)
             for (_, future), result in zip(waiting, results):
                 if future.done():
                     continue
@@ -132,30 +172,43 @@ class BatchingHandler(Handler):
                 else:
                     future.set_result(result)
 
+    def _refusal(self):
+        import tensorflow as tf
+
+        return tf.errors.InvalidArgumentError
+
     def _run(self, prepared):
         outputs, _ = self.predictor.predict(prepared)
         return outputs
 
     def _run_alone(self, prepared):
-        """A request's outputs, or the BadRequest naming the instance the model refused (or the error itself)."""
+        """A request's outputs, or the BadRequest naming the instance the graph refused; any other fault is
+        returned as it is (a 500)."""
         from trainer.serve.predictor import one
 
+        refused = self._refusal()
         try:
             return self._run(prepared)
-        except Exception as whole:
+        except refused as whole:
             for i in range(prepared.count):
                 try:
                     self._run(one(prepared, i))
-                except Exception as e:
+                except refused as e:
                     return BadRequest(f"instance {i}: {self.predictor.model.why_refused(one(prepared, i).inputs, e)}")
+                except Exception as e:
+                    return e
             return whole
+        except Exception as e:
+            return e
 
 
-def _json(body: bytes):
+def parse_json(body: bytes):
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply") from None
 
 
 def _bad(error: BadRequest) -> HTTPException:

@@ -60,7 +60,10 @@ class ServedModel:
         for i, instance in enumerate(instances):
             for name, value in self._split(i, instance).items():
                 columns[name].append(self._value(i, name, value))
-        return {name: values if self._takes_bytes(name) else np.stack(values) for name, values in columns.items()}
+        try:
+            return {name: values if self._takes_bytes(name) else np.stack(values) for name, values in columns.items()}
+        except ValueError:
+            raise BadRequest("the instances have different shapes; give them one shape") from None
 
     def _split(self, i: int, instance) -> Dict[str, object]:
         names = list(self.specs)
@@ -109,7 +112,7 @@ class ServedModel:
         spec = self.specs[name]
         try:
             array = np.asarray(value, dtype=np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, RecursionError):
             raise BadRequest(f"{where}: input {name!r} takes numbers of shape {_shape(spec.shape)}; got "
                              f"{_kind(value)}") from None
         want = spec.shape[1:]
@@ -179,7 +182,7 @@ class ServedModel:
             raise BadRequest(f"unknown parameter {', '.join(map(repr, unknown))} (known: {', '.join(PARAMETERS)})")
         top_k = parameters.get("top_k", 0)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= self.num_classes:
-            raise BadRequest(f"parameters.top_k={top_k!r} must be an integer from 1 to {self.num_classes} "
+            raise BadRequest(f"parameters.top_k={top_k!r} must be an integer from 0 (none) to {self.num_classes} "
                              "(the model's classes)")
         return (top_k,)
 

@@ -26,6 +26,7 @@ class TrainerPredictor(Predictor):
     def __init__(self):
         super().__init__()
         self.model = None
+        self.max_instances = None  # Set by the handler: checked before any instance is converted.
 
     def load(self, artifacts_uri: str, **kwargs) -> None:
         """Resolves the export (a version folder, an export kind folder, a model_dir or a champion folder, local or
@@ -37,6 +38,11 @@ class TrainerPredictor(Predictor):
             raise ValueError(f"the warm-up request's probabilities sum to {total}, not 1")
 
     def preprocess(self, prediction_input) -> Prepared:
+        """A request's body (bytes, as read) or its parsed JSON -> its checked inputs; BadRequest naming the fault."""
+        if isinstance(prediction_input, (bytes, bytearray)):
+            from trainer.serve.handler import parse_json
+
+            prediction_input = parse_json(prediction_input)
         if not isinstance(prediction_input, dict) or "instances" not in prediction_input:
             raise BadRequest('the body must be a JSON object {"instances": [...], "parameters": {...}}')
         unknown = sorted(set(prediction_input) - {"instances", "parameters"})
@@ -45,6 +51,8 @@ class TrainerPredictor(Predictor):
         instances = prediction_input["instances"]
         if not isinstance(instances, list) or not instances:
             raise BadRequest("`instances` must be a non-empty list")
+        if self.max_instances and len(instances) > self.max_instances:
+            raise BadRequest(f"{len(instances)} instances in one request; at most {self.max_instances}")
         (top_k,) = self.model.parameters(prediction_input.get("parameters"))
         return Prepared(self.model.inputs(instances), len(instances), top_k)
 
