@@ -178,8 +178,8 @@ def test_the_pipeline_promotes_a_first_champion_then_a_better_one_and_refuses_a_
     assert pointer(tmp_path)["source_run"] == str(tmp_path / "runs" / "r1")
     log = first.stdout + first.stderr
     assert "promote: promoted (no champion yet)" in log
-    assert "--serving_image=img:serve" in log and '"imageUri": "img:serve"' in log  # register's dry run
-    assert 'deploy: {"endpoint": "42"' in log and "@DRY_RUN" in log
+    assert "image img:serve" in log and '"imageUri": "img:serve"' in log  # register's dry run
+    assert 'deploy: {"endpoint": "projects/local/locations/us-central1/endpoints/42"' in log and "@DRY_RUN" in log
     # A better challenger, warm-started from the champion: gated, promoted.
     second = local(tmp_path, "r2", "--train_steps=60")
     assert second.returncode == 0, second.stderr[-3000:]
