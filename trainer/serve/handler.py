@@ -128,10 +128,6 @@ class BatchingHandler(Handler):
             self._task = asyncio.get_running_loop().create_task(self._serve_batches())
         return self._queue
 
-    @property
-    def serving(self) -> bool:
-        """Loaded, and the batching task (once started) alive: what health reports."""
-        return self.ready and (self._task is None or not self._task.done())
 
     async def _serve_batches(self) -> None:
         from trainer.serve.predictor import merge, split

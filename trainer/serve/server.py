@@ -24,11 +24,11 @@ class Server(CprModelServer):
         self.app.add_exception_handler(StarletteHTTPException, _error)
 
     def health(self):
-        if self.handler.serving:
+        if self.handler.ready:  # A batching task that ended is started again by the next request.
             handler = self.handler
             return JSONResponse({"status": "ready", "model": handler.predictor.model.path,
                                  "model_calls": handler.calls, "instances": handler.served})
-        return JSONResponse({"status": "loading" if not self.handler.ready else "not serving"}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
 
 
 async def _error(request, exc: StarletteHTTPException) -> JSONResponse:
