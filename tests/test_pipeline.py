@@ -207,25 +207,44 @@ def test_the_pipeline_promotes_a_first_champion_then_a_better_one_and_refuses_a_
 
 
 @pytest.mark.slow
-def test_a_pipeline_killed_in_its_train_step_resumes_the_training_when_run_again(tmp_path):
+def test_a_pipeline_stopped_or_killed_in_its_train_step_resumes_the_training_when_run_again(tmp_path):
+    """SIGTERM to the `local` command alone: the trainer saves its checkpoint, nothing is left running, exit 143 and
+    the command to resume. Then SIGKILL to the whole pipeline. The same command each time resumes the training."""
     flags = ["--train_steps=400", "--save_checkpoints_steps=40"]
     command = [sys.executable, "-m", "trainer.pipeline", "local", f"--pipeline_root={tmp_path / 'root'}",
                "--run_id=k1", "--", "--data=digits", "--champion_dir=champions", "--model_dir=runs", *TINY, *flags]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     run = tmp_path / "runs" / "k1"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(run.glob("model.ckpt-*.index")):
-        assert proc.poll() is None, "the pipeline ended before its first checkpoint"
-        time.sleep(0.2)
-    assert list(run.glob("model.ckpt-*.index")), "no checkpoint in 300 s"
+
+    def steps_saved():
+        return sorted(int(p.name.split("-")[1].split(".")[0]) for p in run.glob("model.ckpt-*.index"))
+
+    def start_and_wait_past(step):
+        proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and not [s for s in steps_saved() if s > step]:
+            assert proc.poll() is None, "the pipeline ended before the checkpoint awaited"
+            time.sleep(0.2)
+        assert [s for s in steps_saved() if s > step], "no new checkpoint in 300 s"
+        return proc
+
+    proc = start_and_wait_past(0)
+    proc.send_signal(signal.SIGTERM)  # The command alone, as `kill PID` does.
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "pipeline: stopped by SIGTERM; run the same command to resume run k1"
+    assert "preempted at step" in (run / "train.log").read_text()
+    leftovers = subprocess.run(["pgrep", "-f", f"--model_dir={run}"], capture_output=True, text=True).stdout
+    assert leftovers == "", leftovers  # Nothing left training without its pipeline.
+    stopped_at = steps_saved()[-1]
+    proc = start_and_wait_past(stopped_at)
     os.killpg(proc.pid, signal.SIGKILL)  # The pipeline, its step and the trainer.
     proc.wait()
-    killed_at = max(int(p.name.split("-")[1].split(".")[0]) for p in run.glob("model.ckpt-*.index"))
-    assert killed_at < 400 and not (tmp_path / "champions" / "CHAMPION.json").exists()
+    killed_at = steps_saved()[-1]
+    assert stopped_at < killed_at < 400 and not (tmp_path / "champions" / "CHAMPION.json").exists()
     again = local(tmp_path, "k1", *flags)
     assert again.returncode == 0, again.stderr[-3000:]
     log = (run / "train.log").read_text()
-    assert f"resuming from step {killed_at}" in log, log[-2000:]
+    assert f"resuming from step {stopped_at}" in log and f"resuming from step {killed_at}" in log, log[-2000:]
     assert json.loads((run / "run_info.json").read_text())["promotion"]["promoted"] is True
     assert pointer(tmp_path)["source_run"] == str(run)

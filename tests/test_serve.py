@@ -342,13 +342,18 @@ def test_the_champion_is_served_and_mistakes_are_one_error_line(models, serve, t
     status, body = server.post({"instances": [b64(image_files(models)[0])]})
     assert status == 200 and body["predictions"][0]["classes"] == "cats"
     (tmp_path / "empty").mkdir()
+    busy = socket.socket()  # A port another server holds: refused before the model loads.
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
     for args, fragment in ((["--export=champion"], "--export=champion needs --champion_dir"),
                            ([], "nothing to serve"),
                            (["--export=no/such/run"], "--export=no/such/run does not exist"),
                            ([f"--export={tmp_path}", "--champion_dir=x"], "not both"),
                            ([f"--export={tmp_path}", "--port=70000"], "--port=70000 must be from 1 to 65535"),
                            ([f"--export={tmp_path}", "--max_batch=0"], "--max_batch=0 must be positive"),
-                           ([f"--export={tmp_path / 'empty'}"], "holds no SavedModel")):
+                           ([f"--export={tmp_path / 'empty'}"], "holds no SavedModel"),
+                           ([f"--export={models['keras']}", f"--port={busy.getsockname()[1]}"],
+                            "cannot listen there")):
         proc = subprocess.run([sys.executable, "-m", "trainer.serve", f"--port={_free_port()}", *args], cwd=tmp_path,
                               env=_env(), capture_output=True, text=True, timeout=120)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -23,7 +23,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
-from trainer.outputs.batch_predict import run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,6 +39,8 @@ def main(argv=None) -> int:
     try:
         if bool(args.model) == bool(args.champion_dir):
             raise UsageError("give one of --model and --champion_dir")
+        from trainer.outputs.batch_predict import run  # TensorFlow: after the arguments are checked.
+
         summary = run(args.model or args.champion_dir, args.data, args.output, args.top_k, args.batch_size,
                       max_image_mb=args.max_image_mb)
     except UsageError as e:

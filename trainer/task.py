@@ -1,4 +1,5 @@
-"""trainer: train a Keras transfer-learning image classifier as a restartable Estimator job.
+"""trainer: train a Keras transfer-learning image classifier as a restartable job (--engine=keras: Model.fit;
+--engine=estimator: tf.estimator, TensorFlow 2.15).
 
   python -m trainer.task --data=FOLDER|FILE.npz|'SHARDS-*'|digits [--backbone=mobilenet_v2] [flags]
 

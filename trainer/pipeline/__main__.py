@@ -15,8 +15,10 @@ prints the request as JSON and contacts nothing. `local` runs the same pipeline 
 import importlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import time
 import warnings
 
 from trainer.errors import ArgumentParser, UsageError
@@ -105,7 +107,9 @@ def main(argv=None) -> int:
 
 
 def _local(args) -> int:
-    """kfp.local's SubprocessRunner in this interpreter; one `error:` line naming the step that failed."""
+    """kfp.local's SubprocessRunner in this interpreter; one `error:` line naming the step that failed. SIGTERM or
+    SIGINT (Ctrl-C) stops the step that runs (a training saves its checkpoint) and ends with 143 or 130 and the
+    command that resumes."""
     from kfp import local
 
     from trainer import task
@@ -119,17 +123,36 @@ def _local(args) -> int:
                       *parameters["trainer_flags"]])
     absolute = {k: v if "://" in v or k == "data" and not os.path.exists(v) else os.path.abspath(v)
                 for k, v in parameters.items() if k in ("data", "champion_dir", "model_dir")}
-    parameters.update(absolute, run_id=args.run_id, register_model=args.register, project=args.project,
+    run_id = args.run_id or time.strftime("local-%Y%m%d-%H%M%S", time.gmtime())
+    parameters.update(absolute, run_id=run_id, register_model=args.register, project=args.project,
                       region=args.region, serving_image=args.serving_image, endpoint=args.endpoint,
                       dry_run_cloud=True)
+    resume = f"--run_id={run_id}" if not args.run_id else "the same command"
+    sys.stderr.write(f"pipeline: run {run_id}: {absolute['model_dir']}/{run_id}\n")
     # kfp.local's notes that the steps' image is not used here and that display names are ignored: both expected.
     warnings.filterwarnings("ignore", message=".*(non-Python base image|have no effect in the current local)")
     os.makedirs(args.pipeline_root, exist_ok=True)
     errors = os.path.join(os.path.abspath(args.pipeline_root), f"errors-{os.getpid()}.log")
     os.environ[steps.ERRORS_ENV] = errors
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.abspath(args.pipeline_root),
-               raise_on_error=False)
-    outcome = spec.build(args.image or spec.DEFAULT_IMAGE)(**parameters)  # The image is not used here.
+    stopped = []
+
+    def stop(number, _frame):  # To the step's processes (the trainer saves a checkpoint), then the pipeline ends.
+        stopped.append(number)
+        _signal_descendants(number)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.abspath(args.pipeline_root),
+                   raise_on_error=False)
+        outcome = spec.build(args.image or spec.DEFAULT_IMAGE)(**parameters)  # The image is not used here.
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        again = f"run the same command with {resume}" if not args.run_id else "run the same command"
+        sys.stderr.write(f"pipeline: stopped by {name}; {again} to resume run {run_id}\n")
+        return 128 + stopped[0]
     failed = open(errors).read().splitlines() if os.path.exists(errors) else []
     if failed:
         sys.stderr.write(f"{failed[-1]}\n")
@@ -138,6 +161,39 @@ def _local(args) -> int:
         sys.stderr.write("error: the pipeline failed (its steps' console is above)\n")
         return 1
     return 0
+
+
+def _signal_descendants(number: int) -> None:
+    """Sends the signal to this process's descendants: the trainer alone when one runs (its own handler saves a
+    checkpoint and exits), else every step process."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    found, todo = [], [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+
+    def command(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    trainers = [pid for pid in found if "trainer.task" in command(pid) and "executor_main" not in command(pid)]
+    for pid in trainers or found:
+        try:
+            os.kill(pid, number)
+        except OSError:
+            pass
 
 
 def _submit(args) -> int:

@@ -17,7 +17,8 @@ def _train(data: str, model_dir: str, champion_dir: str, trainer_flags: list, ru
            metrics: dsl.Output[dsl.Metrics]) -> str:
     from trainer.pipeline import steps
 
-    result = steps.train(data, model_dir, champion_dir, trainer_flags, run_id, job_name)
+    with steps.failing_cleanly():
+        result = steps.train(data, model_dir, champion_dir, trainer_flags, run_id, job_name)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     return result["run_dir"]
@@ -28,7 +29,8 @@ def _gate(run_dir: str, metrics: dsl.Output[dsl.Metrics], record: dsl.Output[dsl
 
     from trainer.pipeline import steps
 
-    verdict = steps.gate(run_dir)
+    with steps.failing_cleanly():
+        verdict = steps.gate(run_dir)
     for name, value in verdict["figures"].items():
         metrics.log_metric(name, value)
     metrics.metadata.update(decision=verdict["decision"], reason=verdict["reason"])
@@ -41,20 +43,24 @@ def _gate(run_dir: str, metrics: dsl.Output[dsl.Metrics], record: dsl.Output[dsl
 def _promote(champion_dir: str, run_dir: str) -> str:
     from trainer.pipeline import steps
 
-    return steps.promote(champion_dir, run_dir)
+    with steps.failing_cleanly():
+        return steps.promote(champion_dir, run_dir)
 
 
 def _register(project: str, region: str, champion_dir: str, version: str, display_name: str, parent_model: str,
               serving_image: str, dry_run: bool) -> str:
     from trainer.pipeline import steps
 
-    return steps.register(project, region, champion_dir, version, display_name, parent_model, serving_image, dry_run)
+    with steps.failing_cleanly():
+        return steps.register(project, region, champion_dir, version, display_name, parent_model, serving_image,
+                              dry_run)
 
 
 def _deploy(model: str, endpoint: str, region: str, machine_type: str, dry_run: bool) -> str:
     from trainer.pipeline import steps
 
-    return steps.deploy(model, endpoint, region, machine_type, dry_run)
+    with steps.failing_cleanly():
+        return steps.deploy(model, endpoint, region, machine_type, dry_run)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@
 - register: a Model Registry version of the promoted champion with the serving container.
 - deploy: the registered version onto an endpoint.
 """
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,19 @@ class StepFailed(RuntimeError):
             with open(where, "a") as f:
                 f.write(message.replace("error: ", f"error: step {step or '?'}: ", 1) + "\n")
 
+
+
+@contextlib.contextmanager
+def failing_cleanly():
+    """Around a step: its failure is its one `error:` line and exit status 1, not a traceback (KFP shows the step's
+    log; the run fails at this step)."""
+    try:
+        yield
+    except StepFailed as e:
+        sys.stdout.flush()
+        sys.stderr.write(f"{e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
 
 
 def run_dir(model_dir: str, run_id: str, job_name: str) -> str:

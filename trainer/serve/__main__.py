@@ -61,6 +61,19 @@ def model_uri(args) -> str:
     return os.path.abspath(uri)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Before the model loads: the address must be free (uvicorn says so only after, in its own words)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise UsageError(f"--host={host} --port={port}: cannot listen there ({e.strerror}); another server may "
+                         "be using it: pick another --port") from None
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     try:
@@ -68,6 +81,7 @@ def main(argv=None) -> int:
         port = args.port if args.port is not None else int(os.environ.get("AIP_HTTP_PORT") or 8080)
         if not 0 < port < 65536:
             raise UsageError(f"--port={port} must be from 1 to 65535")
+        _check_port(args.host, port)
         limits = {}
         for flag, default in (("max_batch", 64), ("max_instances", 256), ("max_request_mb", 16)):
             variable = f"TRAINER_SERVE_{flag.upper()}"

@@ -85,6 +85,8 @@ class ServedModel:
 
     def _value(self, i: int, name: str, value):
         where = f"instance {i}" + (f", input {name!r}" if len(self.specs) > 1 else "")
+        if value is None:
+            raise BadRequest(f"{where} is null")
         if isinstance(value, dict):
             if set(value) != {"b64"}:
                 raise BadRequest(f"{where}: an object must be {{\"b64\": \"...\"}}; got keys {sorted(value)}")
@@ -105,8 +107,10 @@ class ServedModel:
             raise BadRequest(f"{where}: input {name!r} takes floats of shape {_shape(shape)}, not an image")
         try:
             return decode_image(data, int(shape[1])).numpy()
-        except self._tf.errors.InvalidArgumentError:
-            raise BadRequest(f"{where}: the b64 bytes are not a JPEG, PNG, GIF or BMP image") from None
+        except self._tf.errors.InvalidArgumentError as e:
+            from trainer.outputs.batch_predict import error_text
+
+            raise BadRequest(f"{where}: the image does not decode ({error_text(e).split(': ', 1)[-1]})") from None
 
     def _floats(self, where: str, name: str, value) -> np.ndarray:
         spec = self.specs[name]

@@ -21,6 +21,7 @@ import faulthandler
 import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
 import threading
@@ -415,6 +416,6 @@ def summary_block(summary: dict, seconds: float, best, report_path: Optional[str
         tflite = None
     for label, value in (("export", summary.get("export")), ("tflite", tflite), ("report", report_path),
                          ("log", log_path()),
-                         ("tensorboard", f"tensorboard --logdir={model_dir}")):
+                         ("tensorboard", f"tensorboard --logdir={shlex.quote(model_dir)}")):
         if value:
             say("  %-12s %s", label + ":", value)
