@@ -108,7 +108,9 @@ def test_the_scheduled_retraining_loop_runs_the_gate_and_registers_only_what_it_
     """scripts/retrain.sh twice (the weekly loop): the first run promotes and registers (dry run); the second,
     warm-started from that champion, is judged by McNemar on the same examples, and is registered only if the gate
     promoted it; the champion's history carries the test."""
-    env = dict(os.environ, PYTHON=sys.executable, PROJECT="proj", REGION="europe-west4", REGISTER_DRY_RUN="1")
+    # The serving container's image: on TensorFlow 2.21 the prebuilt TF 2.15 image is refused for the champion.
+    env = dict(os.environ, PYTHON=sys.executable, PROJECT="proj", REGION="europe-west4", REGISTER_DRY_RUN="1",
+               SERVING_IMAGE="europe-west4-docker.pkg.dev/proj/trainer/serve:1")
     champions = tmp_path / "champion"
     common = ["bash", "scripts/retrain.sh", "--data=digits", "--backbone=mlp", "--eval_throttle_secs=0",
               f"--model_dir={tmp_path / 'retrain'}", f"--champion_dir={champions}"]
@@ -121,6 +123,7 @@ def test_the_scheduled_retraining_loop_runs_the_gate_and_registers_only_what_it_
         runs.append((proc, json.loads((Path(summary["model_dir"]) / "run_info.json").read_text())["promotion"]))
     (first, first_record), (second, second_record) = runs
     assert first_record["promoted"] and "artifactUri" in first.stdout.partition("\n")[2]  # Registered (dry run).
+    assert env["SERVING_IMAGE"] in first.stdout
     gate = second_record["gate"]
     assert gate["test"] == "mcnemar" and gate["n"] == 385 and "McNemar exact test: p=" in second.stderr
     assert "warm_start" in json.loads((Path(json.loads(second.stdout.partition("\n")[0])["model_dir"]) /

@@ -121,6 +121,7 @@ def test_submission_mistakes_are_one_error_line(args, fragment):
     assert proc.stdout == "" and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # Four processes and a SIGKILL (26 s): `make test-slow`.
 def test_a_recorded_gate_is_applied_only_against_the_champion_it_compared(tmp_path):
     """--promote=false and `trainer.champion promote`: two runs gated against no champion; the first promoted, the
     second refused as stale (its decision kept); a promotion killed between CHAMPION.json and run_info.json is

@@ -130,7 +130,7 @@ def retrain_command(runs: Path, champion: Path):
 def retrain_env(**extra):
     # A fixed run id, as Vertex AI gives a restarted job: the same command resumes the same run folder.
     return dict(os.environ, PYTHON=sys.executable, CLOUD_ML_JOB_ID="job1", PROJECT="proj", REGISTER_DRY_RUN="1",
-                **extra)
+                SERVING_IMAGE="us-central1-docker.pkg.dev/proj/trainer/serve:1", **extra)
 
 
 def test_retrain_sh_passes_sigterm_to_the_trainer_and_neither_promotes_nor_registers(tmp_path):
