@@ -129,6 +129,8 @@ def load(port: int, bodies, clients: int, requests: int, seconds: float) -> dict
                 latencies.append(latency)
                 statuses[status] = statuses.get(status, 0) + 1
     elapsed = time.perf_counter() - started
+    if not latencies:
+        sys.exit(f"error: no request was answered within {seconds:g} s at {clients} clients")
     latencies.sort()
     return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 2),
             "requests_per_s": round(len(latencies) / elapsed, 1),
