@@ -369,6 +369,7 @@ def _register(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # Six register_model.py processes (25 s): `make test-slow`.
 def test_registering_names_the_serving_container_and_refuses_the_prebuilt_one_for_tf221(models):
     from google.cloud import aiplatform_v1
 
