@@ -63,6 +63,19 @@ def test_the_compiled_spec_has_the_steps_parameters_and_image(tmp_path):
         assert tasks[name]["cachingOptions"] == {}, name  # Never cached: a new week is a new training.
     conditions = [t["triggerPolicy"]["condition"] for t in tasks.values() if "triggerPolicy" in t]
     assert any("'promote'" in c for c in conditions) and any("register_model" in c for c in conditions)
+    assert executors["exec-train"]["container"]["resources"]["resourceCpuLimit"] == "8"  # The defaults.
+    assert executors["exec-train"]["container"]["resources"]["resourceMemoryLimit"] == "32G"
+
+
+def test_the_train_step_asks_for_the_machine_given(tmp_path):
+    proc = pipeline("compile", f"--output={tmp_path / 'gpu.yaml'}", f"--image={IMAGE}", "--train_cpu=4",
+                    "--train_memory=16G", "--train_accelerator=NVIDIA_TESLA_T4", "--train_accelerator_count=2")
+    assert proc.returncode == 0, proc.stderr
+    executors = yaml.safe_load((tmp_path / "gpu.yaml").read_text())["deploymentSpec"]["executors"]
+    resources = executors["exec-train"]["container"]["resources"]
+    assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == ("4", "16G")
+    assert resources["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4" and resources["accelerator"]["count"] == "2"
+    assert "resources" not in executors["exec-gate"]["container"]  # The other steps are small.
 
 
 def test_schedule_and_submit_dry_runs_print_valid_requests(tmp_path):
@@ -89,10 +102,16 @@ def test_schedule_and_submit_dry_runs_print_valid_requests(tmp_path):
     # submit, from a compiled spec:
     assert pipeline("compile", f"--output={tmp_path / 'r.yaml'}", f"--image={IMAGE}").returncode == 0
     proc = pipeline("submit", "--project=proj", "--region=us-central1", "--bucket=gs://b",
-                    f"--pipeline={tmp_path / 'r.yaml'}", "--dry_run", *flags)
+                    f"--pipeline={tmp_path / 'r.yaml'}", "--display_name=flowers-weekly", "--run_id=w49",
+                    "--service_account=sa@proj.iam.gserviceaccount.com", "--register", "--serving_image=img:serve",
+                    "--parent_model=123", "--endpoint=42", "--machine_type=n1-standard-8", "--dry_run", *flags)
     assert proc.returncode == 0, proc.stderr
     run = aiplatform_v1.CreatePipelineJobRequest.from_json(proc.stdout)
-    assert run.pipeline_job_id.startswith("trainer-retrain-") and run.pipeline_job.runtime_config.parameter_values
+    assert run.pipeline_job_id.startswith("trainer-retrain-") and run.pipeline_job.display_name == "flowers-weekly"
+    assert run.pipeline_job.service_account == "sa@proj.iam.gserviceaccount.com"
+    values = dict(run.pipeline_job.runtime_config.parameter_values)
+    assert (values["run_id"], values["parent_model"], values["machine_type"], values["display_name"]) == (
+        "w49", "123", "n1-standard-8", "flowers-weekly")
 
 
 @pytest.mark.parametrize("args, fragment", [
