@@ -192,31 +192,32 @@ def _run(config: Config, model_dir: str, export_path: str, eval_input_fn: Callab
             promote, reason = outcome
     else:
         promote, reason = champion.decide(metric, record["challenger"], None, config.promote_margin)
-    metrics = {**challenger, "metric": metric, "class_names": list(class_names or []),
-               **({"gate": record["gate"]} if record.get("gate") else {}),
-               "calibration_temperature": source_temperature(keras_h5), **runtime_versions()}
-    if promote and not config.promote:
+    record["decision"] = "promote" if promote else "keep"
+    if not promote:
+        return decided(reason)
+    version_metrics = {**challenger, "metric": metric, "class_names": list(class_names or []),
+                       **({"gate": record["gate"]} if record.get("gate") else {}),
+                       "calibration_temperature": source_temperature(keras_h5), **runtime_versions()}
+    if not config.promote:
         # --promote=false: the decision is put on record; `python -m trainer.champion promote` (the pipeline's
         # promote step) applies it while CHAMPION.json still names the champion gated against.
-        record.update(decision="promote", pending={"export": export_path, "metrics": metrics})
+        record["pending"] = {"export": export_path, "metrics": version_metrics}
         return decided(f"{reason}; the gate passed, CHAMPION.json left as it is (--promote=false): `python -m "
                        f"trainer.champion promote --champion_dir={config.champion_dir} --model_dir={model_dir}` "
                        "promotes it")
-    record["decision"] = "promote" if promote else "keep"
-    if promote:
-        reason = promote_now(store, token, pointer, record, export_path, keras_h5, metrics, model_dir,
-                             config.champion_dir, reason)
+    reason = promote_now(store, token, pointer, record, export_path, keras_h5, version_metrics, model_dir,
+                         config.champion_dir, reason)
     return decided(reason)
 
 
-def promote_now(store, token, pointer, record, export_path, keras_h5, metrics, model_dir, champion_dir,
+def promote_now(store, token, pointer, record, export_path, keras_h5, version_metrics, model_dir, champion_dir,
                 reason) -> str:
     """Copies the challenger into a new version and moves CHAMPION.json (the pointer read with `token`); updates
     `record`; returns the reason to print (a lost race says so)."""
     version = champion.new_version()
     console.say("promotion: copying the challenger to version %s", version)
     report = {}
-    won = champion.promote(store, token, version, export_path, keras_h5, metrics, model_dir,
+    won = champion.promote(store, token, version, export_path, keras_h5, version_metrics, model_dir,
                            pointer["version"] if pointer else None,
                            champion.lineage(pointer) + [pointer["version"]] if pointer else [], report=report)
     record.update(promoted=won, version=version)

@@ -198,13 +198,6 @@ class BatchingHandler(Handler):
             return e
 
 
-def parse_json(body: bytes):
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the body is not JSON ({e})") from None
-    except RecursionError:
-        raise BadRequest("the body's JSON is nested too deeply") from None
 
 
 def _bad(error: BadRequest) -> HTTPException:

@@ -191,6 +191,18 @@ class ServedModel:
         return (top_k,)
 
 
+def parse_json(body: bytes):
+    """A request's body as JSON; BadRequest when it is not."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply") from None
+
+
 def _b64(where: str, text) -> bytes:
     if not isinstance(text, str):
         raise BadRequest(f"{where}: \"b64\" must be a string, not {_kind(text)}")

@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from google.cloud.aiplatform.prediction.predictor import Predictor
 
-from trainer.serve.model import BadRequest, ServedModel, local_model
+from trainer.serve.model import BadRequest, ServedModel, local_model, parse_json
 
 
 @dataclasses.dataclass
@@ -40,8 +40,6 @@ class TrainerPredictor(Predictor):
     def preprocess(self, prediction_input) -> Prepared:
         """A request's body (bytes, as read) or its parsed JSON -> its checked inputs; BadRequest naming the fault."""
         if isinstance(prediction_input, (bytes, bytearray)):
-            from trainer.serve.handler import parse_json
-
             prediction_input = parse_json(prediction_input)
         if not isinstance(prediction_input, dict) or "instances" not in prediction_input:
             raise BadRequest('the body must be a JSON object {"instances": [...], "parameters": {...}}')
