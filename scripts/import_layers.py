@@ -19,7 +19,8 @@ ORDER = ["errors", "util", "config", "cloud", "data", "model", "outputs", "run",
 def part_of(path: Path) -> str:
     rel = path.relative_to(ROOT).as_posix()
     if "/" not in rel:
-        return {"config.py": "config", "metric_registry.py": "config", "augmentations.py": "config", "errors.py": "errors",
+        return {"config.py": "config", "metric_registry.py": "config", "augmentations.py": "config", "augment_policies.py": "config",
+                "augment_mixing.py": "config", "errors.py": "errors",
                 "__init__.py": "config"}.get(rel, "entry points")
     return rel.split("/")[0]
 

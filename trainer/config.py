@@ -59,7 +59,7 @@ class Config:
     classes: Tuple[str, ...] = ()
     eval_data: Optional[str] = None
     labels_file: Optional[str] = None
-    augment: Tuple[Tuple[str, float], ...] = ()  # ((op, amount), ...) from --augment.
+    augment: Tuple[tuple, ...] = ()  # ((op, amount, ...), ...) from --augment.
     max_bad_fraction: float = 0.1
     max_image_mb: int = 64  # Larger image files are skipped (counted and named like unreadable ones).
     # Model.
@@ -381,6 +381,9 @@ def _validate_recipe(config: Config) -> None:
     if config.early_stopping_patience and config.export != "best":
         raise UsageError(f"--early_stopping_patience keeps the best model: it needs --export=best, not "
                          f"--export={config.export}")
+    if config.augment and config.model_fn:  # Its inputs are fed as they are: --augment was ignored, silently.
+        raise UsageError("--augment applies to the built-in image models, not --model_fn (whose inputs are fed as "
+                         "they are): augment in your model, or drop --augment")
     if (config.fine_tune_steps or config.fine_tune_epochs) and config.cache_features:
         raise UsageError("--fine_tune_steps/--fine_tune_epochs train the trunk, which --cache_features cannot "
                          "(it computes the frozen trunk's outputs once): run the cached head training first, then "
@@ -398,28 +401,38 @@ def to_gcs_uri(path: Optional[str]) -> Optional[str]:
     return path
 
 
-def parse_augment(spec: str) -> Tuple[Tuple[str, float], ...]:
-    """Parses --augment=flip,rotate:0.1,zoom:0.2 into ((op, amount), ...)."""
+def parse_augment(spec: str) -> Tuple[Tuple, ...]:
+    """Parses --augment=flip,rotate:0.1,randaugment:2:9 into ((op, amount, ...), ...): an op that takes no amount
+    is (op, 0.0), one with several (op, a, b)."""
     ops = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, amount = item.partition(":")
+        name, *written = item.split(":")
         op = augmentations.get(name)  # The registry: trainer/augmentations.py.
         if op is None:
             raise UsageError(f"--augment: unknown operation '{name}'; choose from: {', '.join(augmentations.names())}")
-        if op.default is None and amount:
+        amounts = op.spec()
+        if not amounts and written:
             raise UsageError(f"--augment: '{item}': {name} takes no amount ({op.help}); write {name}")
-        if name in (op for op, _ in ops):  # Wrappers trial U1: only the last of two applied, silently.
+        if name in (o[0] for o in ops):  # Wrappers trial U1: only the last of two applied, silently.
             raise UsageError(f"--augment: '{name}' is given twice; give each operation once")
-        if item.endswith(":"):  # Wrappers trial U1: `rotate:` trained with the default amount, silently.
+        if len(written) > len(amounts):
+            raise UsageError(f"--augment: '{item}': {name} takes {len(amounts)} number(s) after its name ({op.help})")
+        if any(not w for w in written):  # Wrappers trial U1: `rotate:` trained with the default amount, silently.
+            defaults = ":".join(f"{a.default:g}" for a in amounts)
             raise UsageError(f"--augment: '{item}' needs a number after the colon (or write {name} alone for "
-                             f"{op.default:g})")
-        try:
-            value = float(amount) if amount else (op.default or 0.0)
-        except ValueError:
-            raise UsageError(f"--augment: '{item}' needs a number after the colon") from None
-        if op.default is not None and not 0.0 < value < 1.0:
-            raise UsageError(f"--augment: '{item}' needs an amount between 0 and 1 (a fraction)")
-        ops.append((name, value))
+                             f"{defaults})")
+        values = []
+        for amount, text in zip(amounts, written + [None] * (len(amounts) - len(written))):
+            try:
+                value = float(text) if text is not None else float(amount.default)
+            except ValueError:
+                raise UsageError(f"--augment: '{item}' needs a number after the colon") from None
+            wrong = amount.check(value) if math.isfinite(value) else f"a finite {amount.name}"
+            if wrong:
+                raise UsageError(f"--augment: '{item}' needs {wrong}" if op.amounts else
+                                 f"--augment: '{item}' needs an amount between 0 and 1 (a fraction)")
+            values.append(value)
+        ops.append((name, *values) if values else (name, 0.0))
     return tuple(ops)
 
 

@@ -40,7 +40,7 @@ def test_a_registered_op_is_a_flag_value_and_is_applied(toy_ops):
     inverted = 255.0 - IMAGES.numpy()
     per_image = [np.allclose(o, i) or np.allclose(o, i[:, ::-1]) for o, i in zip(out, inverted)]
     assert sum(per_image) >= 6  # About 99% inverted, each maybe flipped.
-    with pytest.raises(UsageError, match="unknown operation 'blur'; choose from: flip, rotate, zoom, invert"):
+    with pytest.raises(UsageError, match="unknown operation 'blur'; choose from: flip, rotate, zoom, randaugment, trivialaugment, mixup, cutmix, invert"):
         parse_augment("blur")
 
 

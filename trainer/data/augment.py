@@ -5,27 +5,29 @@ Every random draw is stateless and seeded by (--seed, batch index, the op's posi
 under `--seed` and a restart replays the same draws. Only training input pipelines call this; evaluation and
 serving never do.
 """
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import tensorflow as tf
 
 from trainer import augmentations
 
 
-def augment_batch(images, ops: Sequence[Tuple[str, float]], seed, labels=None):
+def augment_batch(images, ops: Sequence[tuple], seed, labels=None):
     """Augments a float batch [B, H, W, C] (pixels in [0, 255]).
 
     Args:
-        ops: ((name, amount), ...), names from trainer.augmentations.
+        ops: ((name, amount, ...), ...), names from trainer.augmentations (as trainer.config.parse_augment gives them).
         seed: int tensor of shape [2] for the stateless random ops.
-        labels: [B, k] one-hot or soft labels, for ops that mix examples; then (images, labels) is returned.
+        labels: [B, k] one-hot or soft labels (binary: [B, 1]), for ops that mix examples; then (images, labels) is
+            returned.
     """
     batch = tf.shape(images)[0]
     height, width = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
     geometry = {"angles": tf.zeros([batch]), "scales": tf.ones([batch])}
-    geometric = False
-    for i, (name, amount) in enumerate(ops):
+    geometric, mixing = False, []
+    for i, (name, *amounts) in enumerate(ops):
         op = augmentations.get(name)
+        amount = amounts[0] if len(amounts) == 1 else tuple(amounts)
         op_seed = seed + tf.constant([0, 7919 * (i + 1)], seed.dtype)
         if op.pixels is not None:
             images = op.pixels(images, amount, op_seed)
@@ -33,12 +35,28 @@ def augment_batch(images, ops: Sequence[Tuple[str, float]], seed, labels=None):
             geometry.update(op.geometry(batch, amount, op_seed))
             geometric = True
         elif labels is not None:
-            images, labels = op.mixing(images, labels, amount, op_seed)
+            mixing.append((op, amount, op_seed))
         else:
             raise ValueError(f"--augment={name} mixes labels: the input pipeline must pass them")
     if geometric:
         images = _transform(images, geometry["angles"], geometry["scales"], height, width)
+    if mixing:  # Last: a box CutMix pastes is not rotated away; each example takes one of the mixing ops.
+        images, labels = _mix(images, labels, mixing, seed + tf.constant([0, 104729], seed.dtype))
     return images if labels is None else (images, labels)
+
+
+def _mix(images, labels, mixing, seed):
+    labels = tf.cast(labels, tf.float32)
+    results = [op.mixing(images, labels, amount, op_seed) for op, amount, op_seed in mixing]
+    if len(results) == 1:
+        return results[0]
+    which = tf.random.stateless_uniform([tf.shape(images)[0]], seed, 0, len(results), dtype=tf.int32)
+    mixed_images, mixed_labels = results[0]
+    for k, (more_images, more_labels) in enumerate(results[1:], start=1):
+        chosen = tf.equal(which, k)
+        mixed_images = tf.where(chosen[:, None, None, None], more_images, mixed_images)
+        mixed_labels = tf.where(chosen[:, None], more_labels, mixed_labels)
+    return mixed_images, mixed_labels
 
 
 def _transform(images, angles, scales, height, width):

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from trainer import augmentations
 from trainer.data import tfrecords
 from trainer.data.augment import augment_batch
 from trainer.data.sources import Split
@@ -178,12 +179,21 @@ def _examples(split: Split, input_names, output_names, training, class_names, in
 
 
 def _finish_batch(features, labels, label_mode, num_classes, image_size, output_names, augment, seed):
+    if len(output_names) == 1:
+        labels = {k: encode_labels(v, label_mode, num_classes) for k, v in labels.items()}
     if image_size:
         features = {k: to_model_images(v, image_size) for k, v in features.items()}
-        if augment:
+        if augmentations.mixes_labels(augment):
+            # Mixup/CutMix: one image input, one output (trainer/config.py checks); the labels become soft targets
+            # (sparse ones one-hot first), which the recipe's loss takes (trainer/model/models.py make_loss).
+            (key, images), = features.items()
+            (name, target), = labels.items()
+            if label_mode == "sparse":
+                target = tf.one_hot(target, num_classes)
+            images, target = augment_batch(images, augment, seed, labels=target)
+            features, labels = {key: images}, {name: target}
+        elif augment:
             features = {k: augment_batch(v, augment, seed) for k, v in features.items()}
     else:
         features = {k: tf.cast(v, tf.float32) for k, v in features.items()}
-    if len(output_names) == 1:
-        labels = {k: encode_labels(v, label_mode, num_classes) for k, v in labels.items()}
     return features, labels

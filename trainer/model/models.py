@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from trainer import augmentations
 from trainer.config import Config, parse_freeze
 from trainer.errors import UsageError
 from trainer.model.backbones import preprocessing_of, build_trunk, get_backbone, image_size
@@ -189,47 +190,84 @@ def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
         add_weight_decay(model, config.weight_decay)
     num_classes = model.outputs[0].shape[-1] if config.label_mode != "binary" else 2
     loss = make_loss(config, num_classes, class_weights) if len(model.outputs) == 1 else config.resolved_loss
-    # The accuracy of the label mode, named: Keras would guess it from the loss, wrongly for our own losses.
-    accuracy = {"sparse": tf.keras.metrics.SparseCategoricalAccuracy, "categorical": tf.keras.metrics.CategoricalAccuracy,
-                "binary": tf.keras.metrics.BinaryAccuracy}[config.label_mode]
     model.compile(optimizer=opt(learning_rate=learning_rate or config.learning_rate, **kwargs), loss=loss,
-                  metrics=[accuracy(name="accuracy")] if len(model.outputs) == 1 else ["accuracy"],
+                  metrics=[_accuracy(config, num_classes)] if len(model.outputs) == 1 else ["accuracy"],
                   steps_per_execution=steps_per_execution)
 
 
-def make_loss(config: Config, num_classes: int, class_weights: Optional[Sequence[float]] = None):
-    """The loss of --label_mode/--loss, with --label_smoothing and per-class weights when asked for.
+def _accuracy(config: Config, num_classes: int):
+    """The accuracy of the label mode, named: Keras would guess it from the loss, wrongly for our own losses. With
+    Mixup/CutMix the training labels are soft: an example counts as right when the prediction's class is the one
+    with the largest share of its target (evaluation labels are never mixed)."""
+    if not augmentations.mixes_labels(config.augment):
+        return {"sparse": tf.keras.metrics.SparseCategoricalAccuracy,
+                "categorical": tf.keras.metrics.CategoricalAccuracy,
+                "binary": tf.keras.metrics.BinaryAccuracy}[config.label_mode](name="accuracy")
+    binary = config.label_mode == "binary"
 
-    Smoothing works for sparse labels too (they become one-hot first); class weights scale each
-    example's loss by the weight of its true class.
+    def accuracy(y_true, y_pred):
+        if binary:
+            right = tf.equal(tf.reshape(y_true, [-1]) > 0.5, tf.reshape(y_pred, [-1]) > 0.5)
+        else:
+            right = tf.equal(_class_ids(y_true, num_classes), tf.argmax(y_pred, axis=-1, output_type=tf.int32))
+        return tf.cast(right, tf.float32)
+
+    return tf.keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+
+
+def _soft(y_true, num_classes: int) -> bool:
+    """Whether labels are [B, k] targets (one-hot or mixed) rather than class ids (decided on the static shape)."""
+    return y_true.shape.rank == 2 and y_true.shape[-1] == num_classes and num_classes > 1
+
+
+def _class_ids(y_true, num_classes: int):
+    if _soft(y_true, num_classes):
+        return tf.argmax(y_true, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+
+
+def make_loss(config: Config, num_classes: int, class_weights: Optional[Sequence[float]] = None):
+    """The loss of --label_mode/--loss, with --label_smoothing, per-class weights and soft (Mixup/CutMix) targets
+    when asked for.
+
+    Smoothing works for sparse labels too (they become one-hot first); class weights scale each example's loss by
+    the weight of its true class. With mixed labels both compose as they would for the mix of the two examples'
+    own losses: cross-entropy is linear in its target, so sum_c lam_c w_c CE(smooth(y_c), p) is one cross-entropy
+    against the target T_k = (1 - s) w_k t_k + s W / k, where t is the mixed target and W = sum_k w_k t_k (the
+    mixed weight); binary cross-entropy likewise. A one-hot target gives w_y CE(smooth(y), p), as before. Under
+    --loss=mse (not linear in its target) a mixed example is W x mse(smooth(t), p).
     """
     name = config.resolved_loss
     smoothing = config.label_smoothing
-    if not smoothing and class_weights is None:
+    soft = augmentations.mixes_labels(config.augment)
+    if not smoothing and class_weights is None and not soft:
         return name
     weights = [float(w) for w in class_weights] if class_weights is not None else None  # A constant per graph.
     mode = config.label_mode
 
     def recipe_loss(y_true, y_pred):
         if mode == "binary":
-            ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-            target = tf.reshape(tf.cast(y_true, tf.float32), tf.shape(y_pred))
-            target = target * (1.0 - smoothing) + 0.5 * smoothing
+            share = tf.reshape(tf.cast(y_true, tf.float32), tf.shape(y_pred))  # Of class 1: 0 or 1, or mixed.
+            per_class = tf.concat([1.0 - share, share], axis=-1)
+        elif mode == "sparse" and not _soft(y_true, num_classes):
+            per_class = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), num_classes)
+        else:
+            per_class = tf.cast(y_true, tf.float32)
+        if weights is not None:
+            per_class = per_class * tf.constant(weights, tf.float32)
+        mixed_weight = tf.reduce_sum(per_class, axis=-1, keepdims=True)  # [B, 1]: 1 without class weights.
+        if mode == "binary":  # The weighted share of class 1, smoothed towards 1/2, over the mixed weight.
+            share = tf.math.divide_no_nan(per_class[:, 1:] * (1.0 - smoothing) + mixed_weight * 0.5 * smoothing,
+                                        mixed_weight)
+            target = tf.reshape(share, tf.shape(y_pred))
             per_example = (tf.keras.losses.mse(target, y_pred) if name == "mse"
                            else tf.keras.losses.binary_crossentropy(target, y_pred))
         else:
-            if mode == "sparse":
-                ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-                target = tf.one_hot(ids, num_classes)
-            else:
-                target = tf.cast(y_true, tf.float32)
-                ids = tf.cast(tf.argmax(target, axis=-1), tf.int32)
-            target = target * (1.0 - smoothing) + smoothing / num_classes
+            target = tf.math.divide_no_nan(per_class * (1.0 - smoothing) + mixed_weight * smoothing / num_classes,
+                                         mixed_weight)
             per_example = (tf.keras.losses.mse(target, y_pred) if name == "mse"
                            else tf.keras.losses.categorical_crossentropy(target, y_pred))
-        if weights is not None:
-            per_example = per_example * tf.gather(tf.constant(weights, tf.float32), ids)
-        return per_example
+        return per_example * tf.reshape(mixed_weight, [-1])
 
     return recipe_loss
 

@@ -34,6 +34,7 @@ from trainer.util import console
 from trainer.util import faultpoints
 from trainer.util import files
 from trainer.model import models
+from trainer import augmentations
 from trainer.config import Config
 from trainer.errors import UsageError
 
@@ -173,12 +174,20 @@ def _flag_of(key: str, phase_name: str) -> str:
 
 def _show(value) -> str:
     value = _canonical(value)
-    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) == 2 for v in value):
-        # --augment as typed (wrappers trial U2 showed `flip,0.0`): flip,rotate:0.1.
-        return ",".join(str(op) if op == "flip" else f"{op}:{amount:g}" for op, amount in value)
+    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) >= 2 and isinstance(v[0], str)
+                                                 for v in value):
+        # --augment as typed (wrappers trial U2 showed `flip,0.0`): flip,rotate:0.1,randaugment:2:9.
+        return ",".join(_show_op(op) for op in value)
     if isinstance(value, list):
         return ",".join(_show(v) for v in value) or "none"
     return "none" if value is None else str(value)
+
+
+def _show_op(op) -> str:
+    known = augmentations.get(op[0])
+    if known is not None and not known.spec():
+        return op[0]
+    return ":".join([op[0]] + [f"{a:g}" for a in op[1:]])
 
 
 @dataclasses.dataclass
