@@ -153,6 +153,11 @@ def draw(seed: int, root: Path, engine: Optional[str] = None) -> dict:
         window = random.Random(seed + 2_000_003).choice(["auto", "auto", 1] + [k for k in (2, 4, 5) if every % k == 0])
         if window != "auto" and (engine == "keras" or _default_engine() == "keras"):
             args.append(f"--steps_per_execution={window}")
+    # --augment, drawn apart likewise (recipe round two: the policies and label-mixing ops replay their draws).
+    augment = random.Random(seed + 3_000_017).choice(
+        ["", "", "", "flip,zoom:0.1", "randaugment:2:9", "trivialaugment,mixup:0.4", "cutmix", "mixup:0.2,cutmix:1"])
+    if augment and kind not in ("model_fn", "cached"):
+        args.append(f"--augment={augment}")
     # How the interrupted run names its --model_dir, drawn apart so that the draws above stay those of earlier seeds.
     form = random.Random(seed + 1_000_003).choice(PATH_FORMS)
     return {"seed": seed, "kind": kind, "args": args, "interruptions": interruptions, "early_stopping": early,

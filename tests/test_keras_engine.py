@@ -369,7 +369,8 @@ FLAG_CASES = {
                             save_checkpoints_steps=10),
                        lambda run, s, m: read(run / "run_info.json")["early_stopped_at_step"] == 20 and
                        s["global_step"] < 100),
-    "binary_augment": (dict(classes=("0", "1"), label_mode="binary", augment=(("flip", 0.0), ("zoom", 0.1))),
+    "binary_augment": (dict(classes=("0", "1"), label_mode="binary",  # Mixup on binary labels: soft shares of 1.
+                            augment=(("flip", 0.0), ("zoom", 0.1), ("mixup", 0.4))),
                        lambda run, s, m: "auc" in m and signature(s["export"])[1]["probabilities"][1] == [None, 2]),
     "tfrecords": (dict(data=_tfrecords, validation_split=0.25, image_size=16, batch_size=6),
                   lambda run, s, m: signature(s["export"])[0] == {"image_bytes": ("string", [None])}),
@@ -377,6 +378,11 @@ FLAG_CASES = {
                      lambda run, s, m: read(run / "run_info.json")["strategy"] == "tpu" and s["global_step"] == 60),
     "npz_categorical": (dict(data=_npz, label_mode="categorical", train_steps=60),
                             lambda run, s, m: s["accuracy"] > 0.5),
+    "mixing_categorical": (dict(label_mode="categorical", augment=(("trivialaugment", 0.0), ("mixup", 0.2),
+                                                                   ("cutmix", 1.0)),
+                                class_weight="balanced", label_smoothing=0.1, train_steps=60),
+                           lambda run, s, m: s["accuracy"] > 0.3 and
+                           read(run / "run_info.json")["phases"][0]["augment"][2] == ["cutmix", 1.0]),
 }
 
 
@@ -459,12 +465,14 @@ def test_a_nan_loss_stops_with_one_error_line_and_exports_nothing(tmp_path):
     assert not (run / "export").exists()
 
 
-@pytest.mark.parametrize("replicas", [[], pytest.param(["--strategy=mirrored", "--num_cpu_replicas=2"],
-                                                       marks=pytest.mark.slow)], ids=["one_device", "mirrored"])
+@pytest.mark.parametrize("replicas", [["--augment=randaugment:2:9,mixup:0.4,cutmix"],
+                                      pytest.param(["--strategy=mirrored", "--num_cpu_replicas=2"],
+                                                   marks=pytest.mark.slow)], ids=["one_device_mixed", "mirrored"])
 def test_a_keras_restart_trains_on_the_batches_the_uninterrupted_run_did(tmp_path, replicas):
     """After a SIGKILL the Keras engine restores the weights and the optimizer's slots of the last checkpoint and
     the data stream goes on where it was: on one device and on 2 CPU replicas, the interrupted run's weights are
-    the uninterrupted run's at every later checkpoint."""
+    the uninterrupted run's at every later checkpoint. On one device with RandAugment, Mixup and CutMix: their
+    draws are replayed too (seeded per batch)."""
     args = ["--engine=keras", "--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn", "--train_steps=26",
             "--fine_tune_steps=12", "--fine_tune_freeze=all", "--optimizer=sgd", "--learning_rate=0.05",
             "--warmup_steps=2", "--save_checkpoints_steps=8", "--eval_throttle_secs=0", "--keep_checkpoint_max=1000",

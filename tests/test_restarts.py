@@ -81,8 +81,10 @@ def test_extending_a_finished_fine_tune_keeps_its_freezing(tmp_path):
 def test_a_restart_trains_on_the_batches_the_uninterrupted_run_did(tmp_path):
     """Fuzz seed 39: after a kill the shuffled data started its order again, so the steps after the restart saw
     other batches; on this unstable recipe (SGD at 0.05 from random weights) accuracy then ended 0.28 away.
-    Now the stream goes on where it was: the interrupted run's weights are the uninterrupted run's."""
+    Now the stream goes on where it was: the interrupted run's weights are the uninterrupted run's. With
+    RandAugment, Mixup and CutMix, whose draws (seeded per batch) are replayed too."""
     args = ["--data=digits", "--classes=0,1,2,3,4,5", "--backbone=small_cnn", "--freeze=none", "--train_steps=26",
+            "--augment=randaugment:2:9,mixup:0.4,cutmix",
             "--fine_tune_steps=12", "--fine_tune_freeze=all", "--optimizer=sgd", "--learning_rate=0.05",
             "--warmup_steps=2", "--save_checkpoints_steps=8", "--eval_throttle_secs=0", "--keep_checkpoint_max=1000",
             "--batch_size=16", "--seed=34"]

@@ -48,7 +48,9 @@ flags.DEFINE_string("eval_data", _DEFAULTS.eval_data, "A separate evaluation sou
 flags.DEFINE_string("labels_file", _DEFAULTS.labels_file, "Class names, one per line: fixes the label order (folder names and "
                     "image/class/text are matched against it).")
 flags.DEFINE_string("augment", "", "Training-only augmentation, e.g. flip,rotate:0.1,zoom:0.2 (rotation as a "
-                    "fraction of a full turn, zoom as a fraction). Reproducible under --seed.")
+                    "fraction of a full turn, zoom as a fraction), randaugment:N:M (default 2:9), trivialaugment, "
+                    "mixup:ALPHA (0.2), cutmix:ALPHA (1.0; with mixup, each example takes one of the two). "
+                    "Reproducible under --seed.")
 flags.DEFINE_float("max_bad_fraction", _DEFAULTS.max_bad_fraction, "Stop when more than this fraction of "
                    "the image files is unreadable (fewer are skipped and reported).")
 flags.DEFINE_integer("max_image_mb", _DEFAULTS.max_image_mb, "Image files larger than this (in MiB) are skipped "
