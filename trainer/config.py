@@ -130,6 +130,7 @@ class Config:
     fine_tune_epochs: float = 0.0
     fine_tune_freeze: str = "none"
     fine_tune_learning_rate: Optional[float] = None  # None: learning_rate / 10.
+    layer_lr_decay: float = 1.0  # The fine-tune phase's rate shrinks by this factor per trunk layer down; 1: off.
     label_smoothing: float = 0.0
     class_weight: str = "none"  # none, balanced, or a JSON file {class name: weight}.
     early_stopping_patience: int = 0
@@ -381,6 +382,12 @@ def _validate_recipe(config: Config) -> None:
     if config.early_stopping_patience and config.export != "best":
         raise UsageError(f"--early_stopping_patience keeps the best model: it needs --export=best, not "
                          f"--export={config.export}")
+    if not 0.0 < config.layer_lr_decay <= 1.0:
+        raise UsageError(f"--layer_lr_decay={config.layer_lr_decay} must be in (0, 1]: each trunk layer down from "
+                         "the head trains at that factor of the rate above it (1: off)")
+    if config.layer_lr_decay != 1.0 and config.model_fn:
+        raise UsageError("--layer_lr_decay rates the layers of a built-in trunk; a --model_fn model has none "
+                         "(drop --layer_lr_decay)")
     if config.augment and config.model_fn:  # Its inputs are fed as they are: --augment was ignored, silently.
         raise UsageError("--augment applies to the built-in image models, not --model_fn (whose inputs are fed as "
                          "they are): augment in your model, or drop --augment")

@@ -126,6 +126,9 @@ flags.DEFINE_string("fine_tune_freeze", _DEFAULTS.fine_tune_freeze, "The trunk's
                     "(same syntax as --freeze). BatchNorm layers stay in inference mode.")
 flags.DEFINE_float("fine_tune_learning_rate", _DEFAULTS.fine_tune_learning_rate, "The second phase's learning rate. Default: "
                    "--learning_rate / 10.")
+flags.DEFINE_float("layer_lr_decay", _DEFAULTS.layer_lr_decay, "Fine-tune phase: each trunk layer with weights, "
+                   "from the top down, trains at this factor of the rate above it (the head at the phase's rate; "
+                   "0.9: the 10th layer down at 0.35 of it). 1: off.")
 flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing, "Label smoothing, for every --label_mode.")
 flags.DEFINE_string("class_weight", _DEFAULTS.class_weight, "Per-example loss weights: none, balanced "
                     "(n / (k x n_class) from the training counts; a class with no training example weighs 1 and is "

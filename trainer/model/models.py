@@ -16,6 +16,7 @@ import tensorflow as tf
 from trainer import augmentations
 from trainer.config import Config, parse_freeze
 from trainer.errors import UsageError
+from trainer.model import layer_rates
 from trainer.model.backbones import preprocessing_of, build_trunk, get_backbone, image_size
 
 INPUT_NAME = "image"
@@ -173,7 +174,8 @@ def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
 
 
 def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
-                  class_weights: Optional[Sequence[float]] = None, steps_per_execution: int = 1) -> None:
+                  class_weights: Optional[Sequence[float]] = None, steps_per_execution: int = 1,
+                  layer_factors: Optional[dict] = None) -> None:
     """Compiles with a legacy optimizer, which the Estimator engine's Keras conversion requires.
 
     Args:
@@ -182,10 +184,13 @@ def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
         learning_rate: a float or a `schedules.PhaseSchedule`; default --learning_rate.
         class_weights: one loss weight per class (--class_weight), or None.
         steps_per_execution: training steps per call of Model.fit's train function (the engine's).
+        layer_factors: {variable: share of the learning rate} (--layer_lr_decay: trainer/model/layer_rates.py).
     """
     optimizers = tf.keras.optimizers.legacy
     opt = {"adam": optimizers.Adam, "sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}[config.optimizer]
     kwargs = {"global_clipnorm": config.clip_norm} if config.clip_norm else {}
+    if layer_factors:
+        opt, kwargs["layer_factors"] = layer_rates.with_rates(opt, layer_factors), layer_factors
     if config.weight_decay:
         add_weight_decay(model, config.weight_decay)
     num_classes = model.outputs[0].shape[-1] if config.label_mode != "binary" else 2

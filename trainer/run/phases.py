@@ -41,7 +41,7 @@ from trainer.errors import UsageError
 # What a phase's record says besides its name and steps (run_info.json `phases`), in this order.
 RECIPE_KEYS = ("optimizer", "learning_rate", "freeze", "trunk_inference", "lr_schedule", "warmup_steps",
                "min_learning_rate", "lr_decay_rate", "lr_decay_steps", "label_smoothing", "class_weights",
-               "weight_decay", "clip_norm", "batch_size", "augment", "dropout")
+               "weight_decay", "clip_norm", "batch_size", "augment", "dropout", "layer_lr_decay")
 
 
 def _canonical(value):
@@ -117,7 +117,7 @@ def plan(config: Config, train_examples: Optional[int], weights: Optional[list] 
     if tune:
         phases.append(Phase("fine_tune", train_steps, train_steps + tune, _recipe(
             config, weights, learning_rate=fine_tune_rate(config), freeze=config.fine_tune_freeze,
-            trunk_inference=True)))
+            trunk_inference=True, layer_lr_decay=config.layer_lr_decay)))
     return phases
 
 
@@ -376,7 +376,8 @@ def start(config: Config, dist, rewrite: Callable[[int], str], model: tf.keras.M
 def warn_unused(config: Config, planned: List[Phase]) -> None:
     """Console lines for recipe flags that this plan leaves without effect (they are not errors)."""
     if len(planned) == 1:
-        unused = [f"--{f}" for f, default in (("fine_tune_learning_rate", None), ("fine_tune_freeze", "none"))
+        unused = [f"--{f}" for f, default in (("fine_tune_learning_rate", None), ("fine_tune_freeze", "none"),
+                                              ("layer_lr_decay", 1.0))
                   if getattr(config, f) != default]
         if unused:
             logging.warning("%s ignored: there is no fine-tuning phase (give --fine_tune_steps or "

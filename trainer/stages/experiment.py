@@ -11,7 +11,7 @@ from typing import Optional
 from trainer.config import Config, validate
 from trainer.data import record_faults
 from trainer import engines
-from trainer.model import models
+from trainer.model import layer_rates, models
 from trainer.run import distribution, early_stopping, phases, preemption, run_lock
 from trainer.stages import finish, preflight, prepare
 from trainer.util import console, files
@@ -78,7 +78,8 @@ def _each_phase(run: prepare.Run, engine) -> Optional[dict]:
         schedule = phases.schedule(config, step.phase.learning_rate, step.first_step, step.phase.last_step)
         with engine.scope():
             models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"),
-                                 steps_per_execution=engine.steps_per_execution)
+                                 steps_per_execution=engine.steps_per_execution,
+                                 layer_factors=layer_rates.factors(run.model, step.phase.get("layer_lr_decay") or 1.0))
         caught_up = engine.start_phase(run, step, schedule)
         if caught_up and _stopped_early(config, run.steps[index:]):  # By an evaluation an interruption cut short.
             break
