@@ -1,13 +1,16 @@
 """The recipe's second round on real runs, on each engine the runtime has: layer-wise rates in the fine-tune phase
 (recorded in its phase, a trunk that barely moves under a tiny factor while the head trains, a resume with another
-factor starting a recorded phase)."""
+factor starting a recorded phase); test-time augmentation in the final evaluation and in batch prediction."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from test_bad_inputs import assert_error
 
 pytestmark = [pytest.mark.tf221]
@@ -52,3 +55,54 @@ def test_a_resume_with_another_factor_starts_a_recorded_phase(tmp_path):
     phases = json.loads((run / "run_info.json").read_text())["phases"]
     assert [(p["name"], p["first_step"], p["last_step"], p.get("layer_lr_decay")) for p in phases] == [
         ("train", 0, 10, None), ("fine_tune", 10, 20, 0.5), ("fine_tune (flags changed at step 20)", 20, 30, 0.25)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tta_reports_plain_and_averaged_figures_of_the_served_model(tmp_path, engine):
+    run = tmp_path / "run"
+    proc = run_cli("--data=digits", "--classes=0,1,2,3", "--backbone=small_cnn", "--train_steps=30",
+                   "--save_checkpoints_steps=30", "--tta=flip_crop", f"--engine={engine}", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "eval_metrics.json").read_text())
+    tta = metrics["tta"]
+    assert (tta["views"], tta["n_views"], tta["n"]) == ("flip_crop", 4, 167)
+    # Plain: the served model on the validation split, as the evaluation counted it.
+    assert tta["plain"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert 0 <= tta["accuracy"] <= 1 and tta["nll"] > 0 and tta["nll"] != tta["plain"]["nll"]
+    line = f"test-time augmentation (flip_crop, 4 views): accuracy {tta['plain']['accuracy']:.4f} -> " \
+        f"{tta['accuracy']:.4f}"
+    assert line in proc.stderr
+
+
+def test_predict_with_tta_averages_the_image_and_its_mirror(tmp_path):
+    from PIL import Image
+
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=6)
+    run = tmp_path / "run"
+    proc = run_cli(f"--data={folder}", "--backbone=small_cnn", "--image_size=16", "--train_steps=20", "--batch_size=4",
+                   "--engine=keras", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mirrored = tmp_path / "mirrored"
+    (mirrored / "cats").mkdir(parents=True)
+    for path in sorted((folder / "cats").glob("*.png")):  # Lossless: the mirror is exactly the flipped pixels.
+        Image.open(path).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored / "cats" / path.name)
+    outputs = {}
+    for name, data, tta in (("plain", folder / "cats", "none"), ("mirror", mirrored / "cats", "none"),
+                            ("tta", folder / "cats", "flip")):
+        out = tmp_path / f"{name}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={data}",
+                               f"--output={out}", f"--tta={tta}", "--top_k=2"], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        outputs[name] = {os.path.basename(r["path"]): dict(r["top_k"]) for r in rows if r["path"].endswith(".png")}
+    assert len(outputs["tta"]) == 2
+    for file, probabilities in outputs["tta"].items():
+        for cls, p in probabilities.items():
+            expected = (outputs["plain"][file][cls] + outputs["mirror"][file][cls]) / 2
+            assert p == pytest.approx(expected, abs=1e-5), (file, cls)
+    bad = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={folder}",
+                          f"--output={tmp_path / 'x.csv'}", "--tta=rotate"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--tta" in bad.stderr and "Traceback" not in bad.stderr

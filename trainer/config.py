@@ -130,6 +130,7 @@ class Config:
     fine_tune_epochs: float = 0.0
     fine_tune_freeze: str = "none"
     fine_tune_learning_rate: Optional[float] = None  # None: learning_rate / 10.
+    tta: str = "none"  # Test-time augmentation of the final evaluation: none, flip or flip_crop.
     layer_lr_decay: float = 1.0  # The fine-tune phase's rate shrinks by this factor per trunk layer down; 1: off.
     label_smoothing: float = 0.0
     class_weight: str = "none"  # none, balanced, or a JSON file {class name: weight}.
@@ -388,6 +389,9 @@ def _validate_recipe(config: Config) -> None:
     if config.layer_lr_decay != 1.0 and config.model_fn:
         raise UsageError("--layer_lr_decay rates the layers of a built-in trunk; a --model_fn model has none "
                          "(drop --layer_lr_decay)")
+    _choice("tta", config.tta, ("none", "flip", "flip_crop"))
+    if config.tta != "none" and config.model_fn:
+        raise UsageError("--tta flips and crops images of the built-in image models, not --model_fn inputs (drop --tta)")
     if config.augment and config.model_fn:  # Its inputs are fed as they are: --augment was ignored, silently.
         raise UsageError("--augment applies to the built-in image models, not --model_fn (whose inputs are fed as "
                          "they are): augment in your model, or drop --augment")

@@ -1,6 +1,7 @@
 """Batch prediction with a trained model's serving SavedModel.
 
     python -m trainer.predict --model=MODEL --data=DATA --output=out.csv|out.jsonl [--top_k=3] [--batch_size=64]
+        [--tta=none|flip|flip_crop]
 
 MODEL: a model_dir, an export folder, a champion folder (or `--champion_dir=`), local or gs://.
 DATA: a folder (searched recursively), a glob of image files, a TFRecord glob, or an .npz file.
@@ -14,7 +15,8 @@ the others empty, for an input that could not be read or decoded). When every in
 sits in a class folder named like one of the model's classes (or the .npz/TFRecords
 carry labels), accuracy is printed and the confusion matrix is written next to the
 output as `<output name>.confusion.csv`. The output is written under a temporary
-name and renamed (uploaded, for gs://) only when complete.
+name and renamed (uploaded, for gs://) only when complete. `--tta=flip|flip_crop` averages
+each input's probabilities over its mirror (and central crops): 2 or 4 model calls per input.
 """
 import json
 import os
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_image_mb", type=int, default=64,
                         help="larger image files (and FIFOs, devices) are error rows, never read [64]")
+    parser.add_argument("--tta", default="none", choices=["none", "flip", "flip_crop"], help="test-time augmentation: none, flip (2 views) or flip_crop "
+                        "(4 views), probabilities averaged [none]")
     args = parser.parse_args(argv)
     try:
         if bool(args.model) == bool(args.champion_dir):
@@ -42,7 +46,7 @@ def main(argv=None) -> int:
         from trainer.outputs.batch_predict import run  # TensorFlow: after the arguments are checked.
 
         summary = run(args.model or args.champion_dir, args.data, args.output, args.top_k, args.batch_size,
-                      max_image_mb=args.max_image_mb)
+                      max_image_mb=args.max_image_mb, tta_kind=args.tta)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1

@@ -126,6 +126,9 @@ flags.DEFINE_string("fine_tune_freeze", _DEFAULTS.fine_tune_freeze, "The trunk's
                     "(same syntax as --freeze). BatchNorm layers stay in inference mode.")
 flags.DEFINE_float("fine_tune_learning_rate", _DEFAULTS.fine_tune_learning_rate, "The second phase's learning rate. Default: "
                    "--learning_rate / 10.")
+flags.DEFINE_enum("tta", _DEFAULTS.tta, ["none", "flip", "flip_crop"], "Test-time augmentation of the final "
+                  "evaluation: the served model's probabilities averaged over the image and its mirror (flip), and "
+                  "their central crops (flip_crop); eval_metrics.json `tta` gives both figures.")
 flags.DEFINE_float("layer_lr_decay", _DEFAULTS.layer_lr_decay, "Fine-tune phase: each trunk layer with weights, "
                    "from the top down, trains at this factor of the rate above it (the head at the phase's rate; "
                    "0.9: the 10th layer down at 0.35 of it). 1: off.")

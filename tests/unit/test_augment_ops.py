@@ -173,3 +173,14 @@ def test_defaults_and_what_is_recorded():
         ("randaugment", 2.0, 9.0), ("trivialaugment", 0.0), ("mixup", 0.2), ("cutmix", 0.5), ("flip", 0.0),
         ("zoom", 0.1))
     assert parse_augment("randaugment:3") == (("randaugment", 3.0, 9.0),)
+
+
+def test_tta_views_are_the_image_its_mirror_and_their_central_crops():
+    from trainer.data import tta
+
+    image = tf.constant(_image(size=16)[None], tf.uint8)
+    plain, mirror, crop, crop_mirror = [v.numpy()[0] for v in tta.views(image, "flip_crop")]
+    assert np.array_equal(plain, image.numpy()[0]) and np.array_equal(mirror, plain[:, ::-1])
+    expected = tf.image.resize(tf.image.central_crop(tf.cast(image, tf.float32), 0.875), [16, 16]).numpy()[0]
+    assert np.allclose(crop, expected) and np.allclose(crop_mirror, crop[:, ::-1])
+    assert [len(tta.views(image, k)) for k in tta.KINDS] == [tta.count(k) for k in tta.KINDS] == [1, 2, 4]

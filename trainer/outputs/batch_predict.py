@@ -23,6 +23,7 @@ from trainer.cloud import gcs
 from trainer.model import model_source
 from trainer.outputs.predict_inputs import Item, InputFileError, list_inputs  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
+from trainer.data import tta  # noqa: E402
 from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
@@ -32,7 +33,8 @@ PROGRESS_EVERY_SECS = 5.0
 class Serving:
     """The `serving_default` signature of a SavedModel, with its class names."""
 
-    def __init__(self, saved_model_dir: str):
+    def __init__(self, saved_model_dir: str, tta: str = "none"):
+        self.tta = tta  # --tta: each input is a list of views (trainer/data/tta.py), their probabilities averaged.
         try:
             self._loaded = tf.saved_model.load(saved_model_dir)  # Keep a reference: the signature needs it.
             self.fn = self._loaded.signatures["serving_default"]
@@ -51,8 +53,15 @@ class Serving:
         self.class_names = class_names_of(self.fn, saved_model_dir, self.num_classes)
 
     def __call__(self, batch) -> np.ndarray:
-        """Probabilities [batch, classes] for a list of encoded images or a float array."""
-        values = tf.constant(batch, tf.string) if self.takes_bytes else tf.constant(batch, tf.float32)
+        """Probabilities [batch, classes] for a list of encoded images or a float array (under --tta: of inputs
+        that are each a list of views, the views' probabilities averaged)."""
+        if self.tta != "none":
+            return np.mean([self._call([item[v] for item in batch]) for v in range(tta.count(self.tta))], axis=0)
+        return self._call(batch)
+
+    def _call(self, batch) -> np.ndarray:
+        values = tf.constant(batch, tf.string) if self.takes_bytes else tf.constant(np.stack(batch) if isinstance(
+            batch, list) else batch, tf.float32)
         return self.fn(**{self.input_name: values})["probabilities"].numpy()
 
 
@@ -106,8 +115,19 @@ def _batches(items, size: int) -> Iterator[List[Item]]:
 
 
 def _payload(item: Item, serving: Serving):
-    """Reads (and, for float-input models, decodes) one input; runs in a worker thread."""
-    value = item.load()
+    """Reads (and, for float-input models, decodes) one input; runs in a worker thread. Under --tta: its views,
+    as the model takes them (lossless PNG bytes of each for an image-bytes model)."""
+    value = _one_payload(item.load(), serving)
+    if serving.tta == "none":
+        return value
+    if not serving.takes_bytes:
+        return [view[0].numpy() for view in tta.views(value[None], serving.tta)]
+    pixels = tf.io.decode_image(value, channels=3, expand_animations=False)  # Raises on an unreadable image.
+    return [tf.io.encode_png(tf.cast(tf.round(tf.clip_by_value(view[0], 0.0, 255.0)), tf.uint8)).numpy()
+            for view in tta.views(pixels[None], serving.tta)]
+
+
+def _one_payload(value, serving: Serving):
     if serving.takes_bytes:
         if isinstance(value, np.ndarray):  # Arrays for an image-bytes model: lossless PNG.
             pixels = np.clip(value, 0, 255).astype(np.uint8)
@@ -172,12 +192,13 @@ def _run(serving: Serving, batch: List[Item], futures) -> Iterator[tuple]:
     if loaded:
         try:
             values = [v for _, v in loaded]
-            out = serving(values if serving.takes_bytes else np.stack(values))
+            out = serving(values if serving.takes_bytes or serving.tta != "none" else np.stack(values))
             probabilities = {i: p for (i, _), p in zip(loaded, out)}
         except tf.errors.InvalidArgumentError:
             for i, value in loaded:  # Find the input(s) the model cannot decode.
                 try:
-                    probabilities[i] = serving([value] if serving.takes_bytes else value[None])[0]
+                    probabilities[i] = serving([value] if serving.takes_bytes or serving.tta != "none"
+                                               else value[None])[0]
                 except tf.errors.InvalidArgumentError as e:
                     errors[i] = decode_error(value) or error_text(e)
     for i, item in enumerate(batch):
@@ -247,7 +268,7 @@ def write_confusion(path: str, class_names: Sequence[str], matrix: np.ndarray) -
 # ---- The command --------------------------------------------------------------------------------------------
 
 def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64, workers: int = 8,
-        log=None, max_image_mb: int = 64) -> dict:
+        log=None, max_image_mb: int = 64, tta_kind: str = "none") -> dict:
     """Predicts every input of `data` into `output`; returns the summary.
 
     Raises:
@@ -263,7 +284,9 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
         raise UsageError(f"--batch_size={batch_size} must be a positive integer")
     if not data:
         raise UsageError("--data is required: a folder, a file glob, a TFRecord glob or an .npz file")
-    serving = Serving(model_source.resolve(model))
+    if tta_kind not in tta.KINDS:
+        raise UsageError(f"--tta={tta_kind} is not one of {', '.join(tta.KINDS)}")
+    serving = Serving(model_source.resolve(model), tta=tta_kind)
     if max_image_mb < 1:
         raise UsageError(f"--max_image_mb={max_image_mb} must be at least 1")
     key, items, total = list_inputs(data, max_image_mb * 2**20)

@@ -11,11 +11,11 @@ import tensorflow as tf
 
 from trainer.config import Config
 from trainer.errors import NumericError
-from trainer.outputs import export, metrics, report
+from trainer.outputs import export, metrics, report, test_time
 from trainer.retrain import promotion
 from trainer.run import early_stopping, phases
 from trainer.stages import calibrate
-from trainer.util import events, faultpoints, files
+from trainer.util import console, events, faultpoints, files
 
 
 def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
@@ -59,6 +59,13 @@ def finish(run, engine, eval_metrics: Optional[dict]) -> dict:
         if served["calibration"]["method"] == "temperature":
             calibrated = checkpoint
             export.save_keras_model(run.model, checkpoint, keras_h5, full_model=run.full_model if run.cache else None)
+    if config.tta != "none":  # The served model (calibrated when it is), plain and averaged over the views.
+        served["tta"] = test_time.evaluate(keras_h5, run.make_input(run.dataset.validation, False), config.label_mode,
+                                           config.tta)
+        tta = served["tta"]
+        console.say("test-time augmentation (%s, %d views): accuracy %.4f -> %.4f, NLL %.4f -> %.4f (n=%d)",
+                    tta["views"], tta["n_views"], tta["plain"]["accuracy"], tta["accuracy"], tta["plain"]["nll"],
+                    tta["nll"], tta["n"])
     if matrix is not None:
         served.update(metrics.from_confusion(matrix, run.dataset.class_names))
     files.write_json(os.path.join(config.model_dir, "eval_metrics.json"), served)
