@@ -158,6 +158,13 @@ def draw(seed: int, root: Path, engine: Optional[str] = None) -> dict:
         ["", "", "", "flip,zoom:0.1", "randaugment:2:9", "trivialaugment,mixup:0.4", "cutmix", "mixup:0.2,cutmix:1"])
     if augment and kind not in ("model_fn", "cached"):
         args.append(f"--augment={augment}")
+    extra = random.Random(seed + 4_000_037)  # --ema_decay (with or without its ramp), --layer_lr_decay, --tta.
+    if extra.random() < 0.3:
+        args += [f"--ema_decay={extra.choice([0.5, 0.9])}"] + (["--noema_warmup"] if extra.random() < 0.3 else [])
+    if extra.random() < 0.25 and two_phases and kind in ("small_cnn", "base_model"):
+        args.append(f"--layer_lr_decay={extra.choice([0.5, 0.8])}")
+    if extra.random() < 0.2 and kind != "model_fn":
+        args.append(f"--tta={extra.choice(['flip', 'flip_crop'])}")
     # How the interrupted run names its --model_dir, drawn apart so that the draws above stay those of earlier seeds.
     form = random.Random(seed + 1_000_003).choice(PATH_FORMS)
     return {"seed": seed, "kind": kind, "args": args, "interruptions": interruptions, "early_stopping": early,

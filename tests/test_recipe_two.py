@@ -1,6 +1,7 @@
 """The recipe's second round on real runs, on each engine the runtime has: layer-wise rates in the fine-tune phase
 (recorded in its phase, a trunk that barely moves under a tiny factor while the head trains, a resume with another
-factor starting a recorded phase); test-time augmentation in the final evaluation and in batch prediction."""
+factor starting a recorded phase); test-time augmentation in the final evaluation and in batch prediction; the
+moving average of the weights (--ema_decay) as what is evaluated, exported and written."""
 import json
 import os
 import subprocess
@@ -41,6 +42,12 @@ def test_bad_values_are_one_line_each(capsys, tmp_path):
                  f"--model_dir={tmp_path / 'bad'}")
     assert_error(capsys, "--layer_lr_decay rates the layers of a built-in trunk", "--data=digits",
                  "--model_fn=multi_io_model:build", "--layer_lr_decay=0.9", f"--model_dir={tmp_path / 'bad2'}")
+    assert_error(capsys, "--ema_decay=1.0 must be in [0, 1)", "--data=digits", "--ema_decay=1",
+                 f"--model_dir={tmp_path / 'bad3'}")
+    assert_error(capsys, "--tta flips and crops images of the built-in image models", "--data=digits",
+                 "--model_fn=multi_io_model:build", "--tta=flip", f"--model_dir={tmp_path / 'bad4'}")
+    assert_error(capsys, "--augment applies to the built-in image models, not --model_fn", "--data=digits",
+                 "--model_fn=multi_io_model:build", "--augment=flip", f"--model_dir={tmp_path / 'bad5'}")
 
 
 @pytest.mark.slow
@@ -106,3 +113,33 @@ def test_predict_with_tta_averages_the_image_and_its_mirror(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={folder}",
                           f"--output={tmp_path / 'x.csv'}", "--tta=rotate"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "--tta" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ema_weights_are_what_is_evaluated_exported_and_written(tmp_path, engine):
+    from trainer.model import ema
+    from trainer.model.keras_files import load_keras
+    from trainer.outputs import export
+
+    run = tmp_path / "run"
+    proc = run_cli(*TWO_PHASES, "--ema_decay=0.9", "--export=final", "--calibrate=none", "--tta=flip",
+                   f"--engine={engine}", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phases = json.loads((run / "run_info.json").read_text())["phases"]
+    assert [(p["ema_decay"], p["ema_warmup"]) for p in phases] == [(0.9, True)] * 2
+    final = tf.train.load_checkpoint(str(run / "model.ckpt-20"))
+    averages = ema.average_names(final.get_variable_to_shape_map(), ["conv1/kernel", "probabilities/kernel"])
+    assert set(averages) == {"conv1/kernel", "probabilities/kernel"}  # Phase 2 trains the trunk too.
+    h5 = {w.name.split(":")[0]: w.numpy() for w in load_keras(str(run / "keras_model.h5")).weights}
+    version = sorted(p for p in (run / "export" / "final").iterdir() if p.name.isdigit())[-1]
+    exported = tf.train.load_checkpoint(export.export_weights(str(version)))
+    for name, slot in averages.items():
+        average, raw = final.get_tensor(slot), final.get_tensor(name)
+        assert not np.allclose(average, raw), name
+        np.testing.assert_allclose(h5[name], average, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(exported.get_tensor(name), average, rtol=1e-6, err_msg=name)
+    metrics = json.loads((run / "eval_metrics.json").read_text())
+    # The evaluation saw the averages: its accuracy is keras_model.h5's on the same split (--tta's plain figure).
+    assert metrics["global_step"] == 20
+    assert metrics["tta"]["plain"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert metrics["tta"]["plain"]["nll"] == pytest.approx(metrics["loss"], rel=1e-3)  # Plain cross-entropy here.

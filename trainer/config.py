@@ -130,6 +130,8 @@ class Config:
     fine_tune_epochs: float = 0.0
     fine_tune_freeze: str = "none"
     fine_tune_learning_rate: Optional[float] = None  # None: learning_rate / 10.
+    ema_decay: float = 0.0  # An exponential moving average of the weights is evaluated and served; 0: off.
+    ema_warmup: bool = True  # The average's decay ramps up as min(D, (1 + t) / (10 + t)).
     tta: str = "none"  # Test-time augmentation of the final evaluation: none, flip or flip_crop.
     layer_lr_decay: float = 1.0  # The fine-tune phase's rate shrinks by this factor per trunk layer down; 1: off.
     label_smoothing: float = 0.0
@@ -390,6 +392,11 @@ def _validate_recipe(config: Config) -> None:
         raise UsageError("--layer_lr_decay rates the layers of a built-in trunk; a --model_fn model has none "
                          "(drop --layer_lr_decay)")
     _choice("tta", config.tta, ("none", "flip", "flip_crop"))
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise UsageError(f"--ema_decay={config.ema_decay} must be in [0, 1) (0: off; timm uses 0.9998, Model Garden "
+                         "0.99)")
+    if config.ema_decay and config.strategy == "tpu":
+        raise UsageError("--ema_decay is not supported with --strategy=tpu (TPUEstimator's own training loop)")
     if config.tta != "none" and config.model_fn:
         raise UsageError("--tta flips and crops images of the built-in image models, not --model_fn inputs (drop --tta)")
     if config.augment and config.model_fn:  # Its inputs are fed as they are: --augment was ignored, silently.

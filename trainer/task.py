@@ -126,6 +126,11 @@ flags.DEFINE_string("fine_tune_freeze", _DEFAULTS.fine_tune_freeze, "The trunk's
                     "(same syntax as --freeze). BatchNorm layers stay in inference mode.")
 flags.DEFINE_float("fine_tune_learning_rate", _DEFAULTS.fine_tune_learning_rate, "The second phase's learning rate. Default: "
                    "--learning_rate / 10.")
+flags.DEFINE_float("ema_decay", _DEFAULTS.ema_decay, "Keep an exponential moving average of the weights with this "
+                   "decay (e.g. 0.999); evaluation, exports, keras_model.h5, TFLite and promotion use it. Each phase "
+                   "starts its own average. 0: off.")
+flags.DEFINE_bool("ema_warmup", _DEFAULTS.ema_warmup, "Ramp the average's decay up as min(D, (1 + t) / (10 + t)) over "
+                  "the phase's steps t, so that early weights fade out (Model Garden's ramp).")
 flags.DEFINE_enum("tta", _DEFAULTS.tta, ["none", "flip", "flip_crop"], "Test-time augmentation of the final "
                   "evaluation: the served model's probabilities averaged over the image and its mirror (flip), and "
                   "their central crops (flip_crop); eval_metrics.json `tta` gives both figures.")

@@ -16,7 +16,7 @@ import tensorflow as tf
 from trainer import augmentations
 from trainer.config import Config, parse_freeze
 from trainer.errors import UsageError
-from trainer.model import layer_rates
+from trainer.model import ema, layer_rates
 from trainer.model.backbones import preprocessing_of, build_trunk, get_backbone, image_size
 
 INPUT_NAME = "image"
@@ -175,7 +175,7 @@ def load_model_fn(spec: str, num_classes: int) -> tf.keras.Model:
 
 def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
                   class_weights: Optional[Sequence[float]] = None, steps_per_execution: int = 1,
-                  layer_factors: Optional[dict] = None) -> None:
+                  layer_factors: Optional[dict] = None, ema_first_step: Optional[int] = None) -> None:
     """Compiles with a legacy optimizer, which the Estimator engine's Keras conversion requires.
 
     Args:
@@ -185,10 +185,15 @@ def compile_model(model: tf.keras.Model, config: Config, learning_rate=None,
         class_weights: one loss weight per class (--class_weight), or None.
         steps_per_execution: training steps per call of Model.fit's train function (the engine's).
         layer_factors: {variable: share of the learning rate} (--layer_lr_decay: trainer/model/layer_rates.py).
+        ema_first_step: the phase's first step, when it trains with --ema_decay (trainer/model/ema.py); None: the
+            optimizer keeps no average (evaluating, exporting).
     """
     optimizers = tf.keras.optimizers.legacy
     opt = {"adam": optimizers.Adam, "sgd": optimizers.SGD, "rmsprop": optimizers.RMSprop}[config.optimizer]
     kwargs = {"global_clipnorm": config.clip_norm} if config.clip_norm else {}
+    if config.ema_decay and ema_first_step is not None:
+        opt = ema.with_average(opt, config.ema_decay)
+        kwargs.update(ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, ema_first_step=int(ema_first_step))
     if layer_factors:
         opt, kwargs["layer_factors"] = layer_rates.with_rates(opt, layer_factors), layer_factors
     if config.weight_decay:

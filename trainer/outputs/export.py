@@ -18,6 +18,7 @@ from absl import logging
 
 from trainer import metric_registry
 from trainer.util import files
+from trainer.model import ema
 
 EXPORTER_NAMES = {"best": "best", "latest": "latest", "final": "final"}
 
@@ -170,16 +171,20 @@ def save_weights_checkpoint(model: tf.keras.Model, path: str) -> str:
 
 
 def restore_from_checkpoint(model: tf.keras.Model, checkpoint: str) -> None:
-    """Assigns the weights of `model` from an Estimator checkpoint (saver format).
+    """Assigns the weights of `model` from a checkpoint of either engine (saver format); under --ema_decay their
+    moving averages, which the checkpoint keeps as optimizer slots.
 
     Raises:
         ValueError: a weight of the model has no tensor of the same name and shape.
     """
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
+    # --ema_decay: each weight's moving average where the checkpoint has one (trainer/model/ema.py).
+    averages = ema.average_names(shapes, [w.name.split(":")[0] for w in model.weights])
     values = []
     for weight in model.weights:
         name = weight.name.split(":")[0]
+        name = averages.get(name, name)
         if name not in shapes or tuple(shapes[name]) != tuple(weight.shape):
             raise ValueError(f"checkpoint {checkpoint} has no tensor {name} of shape {tuple(weight.shape)}")
         values.append((weight, reader.get_tensor(name)))

@@ -14,7 +14,7 @@ from trainer.outputs import metrics
 from trainer.retrain import champion_store as champion
 from trainer.retrain import gate
 from trainer.util import console
-from trainer.model import models
+from trainer.model import ema, models
 from trainer.model.keras_files import load_keras
 from trainer.config import Config
 from trainer.errors import UsageError
@@ -419,7 +419,9 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
         if checkpoint is None:
             raise UsageError(f"--warm_start_from={path} holds no checkpoint")
         reader = tf.train.load_checkpoint(checkpoint)
-        values = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+        names = reader.get_variable_to_shape_map()
+        averages = ema.average_names(names, names)  # --ema_decay there: start from the averages it served.
+        values = {name: reader.get_tensor(averages.get(name, name)) for name in names}
     elif tf.io.gfile.exists(local):
         try:
             source = load_keras(local)

@@ -41,7 +41,8 @@ from trainer.errors import UsageError
 # What a phase's record says besides its name and steps (run_info.json `phases`), in this order.
 RECIPE_KEYS = ("optimizer", "learning_rate", "freeze", "trunk_inference", "lr_schedule", "warmup_steps",
                "min_learning_rate", "lr_decay_rate", "lr_decay_steps", "label_smoothing", "class_weights",
-               "weight_decay", "clip_norm", "batch_size", "augment", "dropout", "layer_lr_decay")
+               "weight_decay", "clip_norm", "batch_size", "augment", "dropout", "layer_lr_decay", "ema_decay",
+               "ema_warmup")
 
 
 def _canonical(value):
@@ -85,7 +86,10 @@ def _recipe(config: Config, weights: Optional[list], **phase) -> Tuple[Tuple[str
     shared = {"optimizer": config.optimizer, "lr_schedule": config.lr_schedule,
               "warmup_steps": config.warmup_steps, "label_smoothing": config.label_smoothing,
               "class_weights": weights, "weight_decay": config.weight_decay, "clip_norm": config.clip_norm,
-              "batch_size": config.batch_size, "augment": config.augment, "dropout": config.dropout}
+              "batch_size": config.batch_size, "augment": config.augment, "dropout": config.dropout,
+              "ema_decay": config.ema_decay}
+    if config.ema_decay:
+        shared["ema_warmup"] = config.ema_warmup
     # Only the schedule's own parameters: a changed --lr_decay_rate under a constant rate changes nothing.
     if config.lr_schedule == "cosine":
         shared["min_learning_rate"] = config.min_learning_rate

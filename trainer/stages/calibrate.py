@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from trainer.model import ema
 from trainer.model.keras_files import load_keras
 from trainer.outputs import calibration, metrics
 from trainer.outputs.predictions import Predictions
@@ -63,7 +64,11 @@ def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict, Optional[
             "temperature", None)), None
     temperature = record["temperature"]
     reader = tf.train.load_checkpoint(checkpoint)
-    tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    names = reader.get_variable_to_shape_map()
+    # --ema_decay: the served weights are the averages; the calibrated bundle holds them under the weights' names.
+    averages = ema.average_names(names, [n for n in names if not n.startswith(ema.PREFIX)])
+    tensors = {name: reader.get_tensor(averages.get(name, name)) for name in names
+               if not (averages and name.startswith(ema.PREFIX))}
     for weight in (w for w in (layer.kernel, layer.bias) if w is not None):  # Dense(use_bias=False): the kernel.
         name = weight.name.split(":")[0]
         tensors[name] = (tensors[name] / temperature).astype(tensors[name].dtype)

@@ -79,7 +79,8 @@ def _each_phase(run: prepare.Run, engine) -> Optional[dict]:
         with engine.scope():
             models.compile_model(run.model, config, schedule, run.run_info.get("class_weights"),
                                  steps_per_execution=engine.steps_per_execution,
-                                 layer_factors=layer_rates.factors(run.model, step.phase.get("layer_lr_decay") or 1.0))
+                                 layer_factors=layer_rates.factors(run.model, step.phase.get("layer_lr_decay") or 1.0),
+                                 ema_first_step=step.first_step)
         caught_up = engine.start_phase(run, step, schedule)
         if caught_up and _stopped_early(config, run.steps[index:]):  # By an evaluation an interruption cut short.
             break

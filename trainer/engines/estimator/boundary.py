@@ -5,6 +5,8 @@ from typing import Callable
 import tensorflow as tf
 from absl import logging
 
+from trainer.model import ema
+
 
 def restart_optimizer_state(model_fn: Callable, run_config, model: tf.keras.Model, input_fn: Callable,
                             checkpoint_dir: str, step: int) -> str:
@@ -47,6 +49,10 @@ def restart_optimizer_state(model_fn: Callable, run_config, model: tf.keras.Mode
                     variable.load(reader.get_tensor(name), session)
                 elif name in keras_values:
                     variable.load(keras_values[name], session)
+            # --ema_decay: each average starts as the phase's starting weights (trainer/model/ema.py).
+            for weight, slot in ema.average_names(variables, keras_values).items():
+                for name in [slot] + [f"{slot}/replica_{k}" for k in range(1, replicas)]:
+                    variables[name].load(variables[weight].eval(session), session)
             if "global_step" in variables:
                 variables["global_step"].load(step, session)
             path = saver.save(session, os.path.join(checkpoint_dir, "phase.ckpt"), global_step=step,

@@ -10,11 +10,11 @@ from typing import Optional
 import tensorflow as tf
 
 from trainer.config import Config
-from trainer.engines.estimator import exporters, hooks, tpu
+from trainer.engines.estimator import averaged, exporters, hooks, tpu
 from trainer.engines.estimator.metrics import with_eval_metrics
 from trainer.engines.estimator.serving import with_class_names
 from trainer.errors import NumericError
-from trainer.model import models
+from trainer.model import ema, models
 from trainer.outputs import export
 from trainer.run import checkpoints, distribution
 
@@ -67,6 +67,8 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
         model_fn = with_class_names(model_fn, class_names, binary)
         if label_mode:  # Evaluations also report top-k accuracy, macro F1, AUC (trainer.outputs.metrics).
             model_fn = with_eval_metrics(model_fn, len(class_names), label_mode, top_k)
+    if ema.keeps_average(model.optimizer):  # --ema_decay: evaluations and exports read the averages.
+        model_fn = averaged.with_averaged_weights(model_fn, run_config.model_dir)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 
 

@@ -20,7 +20,7 @@ from trainer.engines import base
 from trainer.engines.keras import callbacks, saving, serving
 from trainer.errors import NumericError, UsageError
 from trainer.engines.keras.evaluation import Evaluator
-from trainer.model import feature_cache, models
+from trainer.model import ema, feature_cache, models
 from trainer.policy import catch_up
 from trainer.policy.after_evaluation import AfterEvaluation
 from trainer.outputs import evaluations, export, metrics
@@ -248,7 +248,6 @@ class Engine(base.Engine):
         """Evaluates the model as it is (the weights of `step`), then what follows every evaluation
         (trainer.policy.after_evaluation), exporting the served model with the phase's signature."""
         config, run = self.config, self._run
-        result = record_faults.train_skipping_bad_records(lambda: self._evaluator.evaluate(step), run.dataset, config)
         final = final or step == run.planned[-1].last_step
 
         def export_fn(root: str, keep: Optional[int]) -> str:
@@ -256,8 +255,11 @@ class Engine(base.Engine):
 
         if self._after_evaluation is None:
             self._after_evaluation = AfterEvaluation(config, run.dataset.class_names)
-        self._after_evaluation(result, final, export_fn,
-                               lambda: all(np.all(np.isfinite(w.numpy())) for w in run.model.weights))
+        with ema.swapped(run.model):  # --ema_decay: the averaged weights are evaluated and exported.
+            result = record_faults.train_skipping_bad_records(lambda: self._evaluator.evaluate(step), run.dataset,
+                                                              config)
+            self._after_evaluation(result, final, export_fn,
+                                   lambda: all(np.all(np.isfinite(w.numpy())) for w in run.model.weights))
         self._last_eval = result
         if final:
             faultpoints.reached("final_step_evaluated")  # Inside the last step's callback: a signal only sets a flag.
@@ -278,6 +280,7 @@ class Engine(base.Engine):
             models.compile_model(run.model, config)
         self._attach(run)
         at = saving.restore(run.model, latest, with_optimizer=False)
+        export.restore_from_checkpoint(run.model, latest)  # Under --ema_decay: the averages (a no-op otherwise).
         done = evaluations.processed_step(config.checkpoint_dir)
         if self._single and (done is None or done < at):  # Killed during the final evaluation or export.
             return self.evaluate(at, final=True)
