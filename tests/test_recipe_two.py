@@ -143,3 +143,62 @@ def test_ema_weights_are_what_is_evaluated_exported_and_written(tmp_path, engine
     assert metrics["global_step"] == 20
     assert metrics["tta"]["plain"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     assert metrics["tta"]["plain"]["nll"] == pytest.approx(metrics["loss"], rel=1e-3)  # Plain cross-entropy here.
+
+
+def test_dry_run_resolves_the_second_round_flags(tmp_path):
+    run = tmp_path / "dry"
+    proc = run_cli("--data=digits", "--backbone=small_cnn", "--train_steps=10", "--fine_tune_steps=10",
+                   "--learning_rate=0.01", "--ema_decay=0.99", "--layer_lr_decay=0.5", "--tta=flip_crop",
+                   "--augment=randaugment,mixup,cutmix:0.5", "--dry_run", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((run / "run_info.json").read_text())
+    train, tune = info["plan"]
+    assert train["augment"] == [["randaugment", 2.0, 9.0], ["mixup", 0.2], ["cutmix", 0.5]]
+    assert (train["ema_decay"], train["ema_warmup"], info["flags"]["tta"]) == (0.99, True, "flip_crop")
+    assert "layer_learning_rates" not in train and tune["layer_lr_decay"] == 0.5
+    # The head at the phase's rate (0.001, a tenth), each trunk layer with weights down from it at half the last.
+    assert tune["layer_learning_rates"] == pytest.approx({"bn2": 5e-4, "conv2": 2.5e-4, "bn1": 1.25e-4,
+                                                          "conv1": 6.25e-5})
+    assert not list(run.glob("*.ckpt*"))
+
+
+ROUND_TWO = ["--augment=randaugment:1:5,mixup:0.2,cutmix", "--ema_decay=0.9", "--layer_lr_decay=0.7", "--tta=flip",
+             "--export=final", "--calibrate=none"]
+
+
+def _served_is_the_average(run, step):
+    from trainer.model import ema
+    from trainer.model.keras_files import load_keras
+
+    final = tf.train.load_checkpoint(str(run / f"model.ckpt-{step}"))
+    averages = ema.average_names(final.get_variable_to_shape_map(), ["conv1/kernel", "probabilities/kernel"])
+    h5 = {w.name.split(":")[0]: w.numpy() for w in load_keras(str(run / "keras_model.h5")).weights}
+    assert set(averages) == {"conv1/kernel", "probabilities/kernel"}
+    for name, slot in averages.items():
+        np.testing.assert_allclose(h5[name], final.get_tensor(slot), rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_second_round_under_two_mirrored_cpu_replicas(tmp_path, engine):
+    run = tmp_path / "run"
+    proc = run_cli(*TWO_PHASES, *ROUND_TWO, "--strategy=mirrored", "--num_cpu_replicas=2", f"--engine={engine}",
+                   f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["num_replicas"] == 2 and info["phases"][1]["layer_lr_decay"] == 0.7
+    assert "tta" in json.loads((run / "eval_metrics.json").read_text())
+    _served_is_the_average(run, 20)
+
+
+@pytest.mark.slow
+def test_the_second_round_on_a_keras_cluster_with_an_evaluator(tmp_path):
+    run = tmp_path / "mw"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=400", "--",
+         "--engine=keras", *TWO_PHASES, *ROUND_TWO, f"--model_dir={run}"],
+        cwd=REPO, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["strategy"] == "multi_worker" and [p["ema_decay"] for p in info["phases"]] == [0.9, 0.9]
+    _served_is_the_average(run, 20)

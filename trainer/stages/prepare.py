@@ -16,7 +16,7 @@ from trainer.config import DEFAULT_LOSS, Config, resolve_engine
 from trainer.data import inputs, record_faults
 from trainer.data import sources as data_lib
 from trainer.errors import UsageError
-from trainer.model import class_weights, feature_cache, keras_files, models
+from trainer.model import class_weights, feature_cache, keras_files, layer_rates, models
 from trainer.outputs import metrics
 from trainer.retrain import promotion
 from trainer.run import checkpoints, distribution, phases
@@ -106,8 +106,7 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
     console.header(config.model_dir, run_info, summary, int(latest.rsplit("-", 1)[1]) if latest else None,
                    planned[-1].last_step)
     if config.dry_run:  # What the flags plan, resolved (--epochs included).
-        run_info.update(train_steps=planned[-1].last_step, plan=[
-            {"name": p.name, "first_step": p.first_step, "last_step": p.last_step} for p in planned])
+        run_info.update(train_steps=planned[-1].last_step, plan=[_resolved(run, p) for p in planned])
         path = run.info_path
         if _holds_a_run(path):  # SRE trial W2: a dry run replaced a finished (or live) run's record.
             path = os.path.join(config.model_dir, "dry_run.json")
@@ -160,6 +159,21 @@ def _warn_empty_classes(dataset) -> None:
         if empty:
             logging.warning("class(es) %s have no training example (all went to validation): the model cannot "
                             "learn them; add images or lower --validation_split", ", ".join(empty[:10]))
+
+
+def _resolved(run: "Run", phase) -> dict:
+    """A planned phase for --dry_run: its steps and recipe as resolved (--augment's amounts, --ema_decay, ...), and
+    under --layer_lr_decay each trained trunk layer's share of the phase's learning rate (the phase's model is
+    built for it)."""
+    record = {k: v for k, v in phase.record().items() if k != "trainable_params"}
+    decay = phase.get("layer_lr_decay") or 1.0
+    if decay != 1.0 and not run.config.cache_features:
+        model, _ = phases.model_for(run.config, run.num_classes, run.image_shape, phase, run.model, run.built)
+        shares = {}
+        for variable, share in layer_rates.factors(model, decay).items():
+            shares[variable.rsplit("/", 1)[0]] = share
+        record["layer_learning_rates"] = {layer: phase.learning_rate * share for layer, share in shares.items()}
+    return record
 
 
 def _input_maker(config: Config, plan, dataset, model: tf.keras.Model, num_classes: int, train_batch: int,

@@ -208,6 +208,7 @@ class Engine(base.Engine):
                                  "was evaluating are not evaluated", at, evaluated)
                 faultpoints.delay("evaluator_before_evaluation")
                 saving.restore(run.model, latest, with_optimizer=False)
+                export.restore_from_checkpoint(run.model, latest)  # Under --ema_decay: the averages.
                 self.evaluate(at, final=at == run.planned[-1].last_step)
                 evaluated = at
             if at >= step.phase.last_step or (config.early_stopping_patience and
