@@ -202,3 +202,23 @@ def test_the_second_round_on_a_keras_cluster_with_an_evaluator(tmp_path):
     info = json.loads((run / "run_info.json").read_text())
     assert info["strategy"] == "multi_worker" and [p["ema_decay"] for p in info["phases"]] == [0.9, 0.9]
     _served_is_the_average(run, 20)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ema_and_tta_with_the_feature_cache(tmp_path, engine):
+    """--cache_features trains the head on cached features: its average is what the full model is written with."""
+    from trainer.model.keras_files import load_keras
+
+    run = tmp_path / "run"
+    proc = run_cli("--data=digits", "--classes=0,1,2,3", "--backbone=small_cnn", "--train_steps=30", "--cache_features",
+                   "--freeze=all", "--ema_decay=0.9", "--tta=flip", "--export=final", "--calibrate=none",
+                   "--save_checkpoints_steps=30", f"--engine={engine}", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = tf.train.load_checkpoint(str(run / "model.ckpt-30"))
+    from trainer.model import ema
+
+    (slot,) = ema.average_names(final.get_variable_to_shape_map(), ["probabilities/kernel"]).values()
+    h5 = [w for w in load_keras(str(run / "keras_model.h5")).weights if w.name.startswith("probabilities/kernel")]
+    np.testing.assert_allclose(h5[0].numpy(), final.get_tensor(slot), rtol=1e-6)
+    metrics = json.loads((run / "eval_metrics.json").read_text())
+    assert metrics["tta"]["plain"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
