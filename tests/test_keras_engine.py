@@ -357,7 +357,7 @@ def _npz(tmp_path):
 
 # Each flag of a run under the Keras engine, end to end: (flags, a check of what it must change).
 FLAG_CASES = {
-    "mixed_precision_jit": (dict(mixed_precision=True, jit=True),
+    "mixed_precision_jit": (dict(mixed_precision=True, jit=True, ema_decay=0.9, augment=(("mixup", 0.2),)),
                             lambda run, s, m: signature(s["export"])[1]["probabilities"][0] == "float32"),
     "export_latest": (dict(export="latest", keep_checkpoint_max=2, train_steps=60),
                       lambda run, s, m: len(list((run / "export" / "latest").glob("1*"))) == 2),

@@ -17,6 +17,9 @@ from test_bad_inputs import assert_error
 pytestmark = [pytest.mark.tf221]
 HAS_ESTIMATOR = hasattr(tf, "estimator")
 ENGINES = [pytest.param("estimator", marks=pytest.mark.skipif(not HAS_ESTIMATOR, reason="needs TF 2.15")), "keras"]
+# Where the engines share the code under test (the finish stage): the Estimator's case in the slow suite.
+ENGINES_SLOW_ESTIMATOR = [pytest.param("estimator", marks=[
+    pytest.mark.skipif(not HAS_ESTIMATOR, reason="needs TF 2.15"), pytest.mark.slow]), "keras"]
 TWO_PHASES = ["--data=digits", "--classes=0,1,2,3", "--backbone=small_cnn", "--freeze=all", "--fine_tune_freeze=none",
               "--train_steps=10", "--fine_tune_steps=10", "--optimizer=sgd", "--learning_rate=0.05",
               "--save_checkpoints_steps=10", "--eval_throttle_secs=0", "--keep_checkpoint_max=100", "--batch_size=16"]
@@ -64,7 +67,7 @@ def test_a_resume_with_another_factor_starts_a_recorded_phase(tmp_path):
         ("train", 0, 10, None), ("fine_tune", 10, 20, 0.5), ("fine_tune (flags changed at step 20)", 20, 30, 0.25)]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_SLOW_ESTIMATOR)
 def test_tta_reports_plain_and_averaged_figures_of_the_served_model(tmp_path, engine):
     run = tmp_path / "run"
     proc = run_cli("--data=digits", "--classes=0,1,2,3", "--backbone=small_cnn", "--train_steps=30",
@@ -204,7 +207,7 @@ def test_the_second_round_on_a_keras_cluster_with_an_evaluator(tmp_path):
     _served_is_the_average(run, 20)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_SLOW_ESTIMATOR)
 def test_ema_and_tta_with_the_feature_cache(tmp_path, engine):
     """--cache_features trains the head on cached features: its average is what the full model is written with."""
     from trainer.model.keras_files import load_keras
