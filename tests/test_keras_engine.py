@@ -226,20 +226,14 @@ def test_sigterm_saves_and_exits_143(tmp_path):
 
 def test_a_mixed_precision_run_killed_resumes_with_its_loss_scale(tmp_path):
     """Wrappers trial B7 (silent): the checkpoint lacked the dynamic loss scale, so a resumed --mixed_precision run
-    started again at 32768 and drifted from the uninterrupted one. Now both end on the same weights."""
+    started again at 32768 and drifted from the uninterrupted one. That a killed run ends on the uninterrupted run's
+    weights is tests/test_keras_precision.py's case; here, that the scale resumed is the checkpoint's."""
     args = ["--engine=keras", "--data=digits", "--classes=0,1,2", "--backbone=small_cnn", "--mixed_precision",
             "--train_steps=60", "--save_checkpoints_steps=20", "--eval_throttle_secs=0", "--batch_size=16"]
-    plain = restart_cases.run_to_end(args, tmp_path / "plain")
-    assert plain.returncode == 0, plain.stderr[-2000:]
     code, stderr, what = restart_cases.interrupted_run(args, tmp_path / "cut", {"how": "kill", "step": 20})
     assert what == "signal sent", stderr[-2000:]
-    saved = tf.train.load_checkpoint(str(tmp_path / "plain" / "model.ckpt-20"))
+    saved = tf.train.load_checkpoint(str(tmp_path / "cut" / "model.ckpt-20"))
     assert "training/loss_scale/current_loss_scale" in saved.get_variable_to_shape_map()
-    again = restart_cases.run_to_end(args, tmp_path / "cut")
-    assert again.returncode == 0, again.stderr[-2000:]
-    a, b = (tf.train.load_checkpoint(str(tmp_path / d / "model.ckpt-60")) for d in ("plain", "cut"))
-    for name in a.get_variable_to_shape_map():
-        assert np.array_equal(a.get_tensor(name), b.get_tensor(name)), name
     # On this CPU the scale never leaves 32768 in 60 steps (no overflow), so the weights alone cannot tell a restored
     # scale from a fresh one: give the checkpoint a scale of 1024 after 7 good steps, and resume from it.
     from trainer.engines.keras import saving
@@ -248,6 +242,7 @@ def test_a_mixed_precision_run_killed_resumes_with_its_loss_scale(tmp_path):
     for path in run.glob("model.ckpt-[46]0.*"):
         path.unlink()
     (run / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-20"\n')
+    (run / "eval").mkdir(exist_ok=True)  # Killed at step 20, maybe before its evaluation.
     (run / "eval" / "processed.json").write_text('{"step": 20}')
     reader = tf.train.load_checkpoint(str(run / "model.ckpt-20"))
     tensors = {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
@@ -364,8 +359,10 @@ FLAG_CASES = {
     "export_final": (dict(export="final"),
                      lambda run, s, m: len(list((run / "export" / "final").glob("1*"))) == 1),
     "recipe": (dict(label_smoothing=0.1, class_weight="balanced", weight_decay=1e-4, clip_norm=1.0, top_k=3,
-                    optimizer="rmsprop", lr_schedule="exponential", lr_decay_steps=10, lr_decay_rate=0.5),
-               lambda run, s, m: "top_k_accuracy" in m and "per_class" in m),
+                    optimizer="rmsprop", lr_schedule="exponential", lr_decay_steps=10, lr_decay_rate=0.5,
+                    augment=(("trivialaugment", 0.0), ("mixup", 0.2), ("cutmix", 1.0))),
+               lambda run, s, m: "top_k_accuracy" in m and "per_class" in m and
+               read(run / "run_info.json")["phases"][0]["augment"][2] == ["cutmix", 1.0]),
     "early_stopping": (dict(early_stopping_patience=1, early_stopping_min_delta=0.9, train_steps=100,
                             save_checkpoints_steps=10),
                        lambda run, s, m: read(run / "run_info.json")["early_stopped_at_step"] == 20 and
@@ -377,13 +374,8 @@ FLAG_CASES = {
                   lambda run, s, m: signature(s["export"])[0] == {"image_bytes": ("string", [None])}),
     "tpu_path_off": (dict(strategy="tpu", use_tpu=False, fine_tune_steps=20),  # No TPU here: the path without it.
                      lambda run, s, m: read(run / "run_info.json")["strategy"] == "tpu" and s["global_step"] == 60),
-    "npz_categorical": (dict(data=_npz, label_mode="categorical", train_steps=60),
-                            lambda run, s, m: s["accuracy"] > 0.5),
-    "mixing_categorical": (dict(label_mode="categorical", augment=(("trivialaugment", 0.0), ("mixup", 0.2),
-                                                                   ("cutmix", 1.0)),
-                                class_weight="balanced", label_smoothing=0.1, train_steps=60),
-                           lambda run, s, m: s["accuracy"] > 0.3 and
-                           read(run / "run_info.json")["phases"][0]["augment"][2] == ["cutmix", 1.0]),
+    "npz_categorical": (dict(data=_npz, label_mode="categorical", train_steps=60, augment=(("mixup", 0.2),)),
+                        lambda run, s, m: s["accuracy"] > 0.5),  # Soft one-hot targets under Mixup.
 }
 
 

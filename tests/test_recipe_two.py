@@ -84,6 +84,7 @@ def test_tta_reports_plain_and_averaged_figures_of_the_served_model(tmp_path, en
     assert line in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_with_tta_averages_the_image_and_its_mirror(tmp_path):
     from PIL import Image
 
@@ -118,18 +119,39 @@ def test_predict_with_tta_averages_the_image_and_its_mirror(tmp_path):
     assert bad.returncode != 0 and "--tta" in bad.stderr and "Traceback" not in bad.stderr
 
 
+EMA_RUN = [*TWO_PHASES, "--ema_decay=0.9", "--export=final", "--calibrate=none", "--tta=flip"]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_ema_weights_are_what_is_evaluated_exported_and_written(tmp_path, engine):
+    run = tmp_path / "run"
+    proc = run_cli(*EMA_RUN, f"--engine={engine}", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phases = json.loads((run / "run_info.json").read_text())["phases"]
+    assert [(p["ema_decay"], p["ema_warmup"]) for p in phases] == [(0.9, True)] * 2
+    _averages_served(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_killed_in_the_final_evaluation_the_rerun_still_serves_and_evaluates_the_averages(tmp_path, engine):
+    """A restart that trains nothing (killed at the final evaluation): the averages are evaluated and exported."""
+    import restart_cases
+
+    run = tmp_path / "run"
+    args = [*EMA_RUN, f"--engine={engine}"]
+    code, stderr, _ = restart_cases.interrupted_run(args, run, {"how": "kill", "point": "finish_evaluation"})
+    assert code == -9, stderr[-2000:]  # Killed at the fault point, before eval_metrics.json.
+    proc = run_cli(*args, f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _averages_served(run)
+
+
+def _averages_served(run):
     from trainer.model import ema
     from trainer.model.keras_files import load_keras
     from trainer.outputs import export
 
-    run = tmp_path / "run"
-    proc = run_cli(*TWO_PHASES, "--ema_decay=0.9", "--export=final", "--calibrate=none", "--tta=flip",
-                   f"--engine={engine}", f"--model_dir={run}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    phases = json.loads((run / "run_info.json").read_text())["phases"]
-    assert [(p["ema_decay"], p["ema_warmup"]) for p in phases] == [(0.9, True)] * 2
     final = tf.train.load_checkpoint(str(run / "model.ckpt-20"))
     averages = ema.average_names(final.get_variable_to_shape_map(), ["conv1/kernel", "probabilities/kernel"])
     assert set(averages) == {"conv1/kernel", "probabilities/kernel"}  # Phase 2 trains the trunk too.
@@ -148,6 +170,7 @@ def test_ema_weights_are_what_is_evaluated_exported_and_written(tmp_path, engine
     assert metrics["tta"]["plain"]["nll"] == pytest.approx(metrics["loss"], rel=1e-3)  # Plain cross-entropy here.
 
 
+@pytest.mark.skipif(not HAS_ESTIMATOR, reason="runtime-neutral: the TF 2.15 leg runs it")
 def test_dry_run_resolves_the_second_round_flags(tmp_path):
     run = tmp_path / "dry"
     proc = run_cli("--data=digits", "--backbone=small_cnn", "--train_steps=10", "--fine_tune_steps=10",
@@ -199,12 +222,21 @@ def test_the_second_round_on_a_keras_cluster_with_an_evaluator(tmp_path):
     run = tmp_path / "mw"
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=400", "--",
-         "--engine=keras", *TWO_PHASES, *ROUND_TWO, f"--model_dir={run}"],
+         "--engine=keras", *TWO_PHASES, *ROUND_TWO, "--export=latest", f"--model_dir={run}"],
         cwd=REPO, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads((run / "run_info.json").read_text())
     assert info["strategy"] == "multi_worker" and [p["ema_decay"] for p in info["phases"]] == [0.9, 0.9]
     _served_is_the_average(run, 20)
+    # The evaluator task evaluated and exported each checkpoint's averages (not its own optimizer's stale ones).
+    from trainer.model import ema
+    from trainer.outputs import export
+
+    final = tf.train.load_checkpoint(str(run / "model.ckpt-20"))
+    version = sorted(p for p in (run / "export" / "latest").iterdir() if p.name.isdigit())[-1]
+    exported = tf.train.load_checkpoint(export.export_weights(str(version)))
+    for name, slot in ema.average_names(final.get_variable_to_shape_map(), ["conv1/kernel"]).items():
+        np.testing.assert_allclose(exported.get_tensor(name), final.get_tensor(slot), rtol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("engine", ENGINES_SLOW_ESTIMATOR)
@@ -214,7 +246,8 @@ def test_ema_and_tta_with_the_feature_cache(tmp_path, engine):
 
     run = tmp_path / "run"
     proc = run_cli("--data=digits", "--classes=0,1,2,3", "--backbone=small_cnn", "--train_steps=30", "--cache_features",
-                   "--freeze=all", "--ema_decay=0.9", "--tta=flip", "--export=final", "--calibrate=none",
+                   "--freeze=all", "--ema_decay=0.9", "--noema_warmup", "--tta=flip", "--export=final",
+                   "--calibrate=none",
                    "--save_checkpoints_steps=30", f"--engine={engine}", f"--model_dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = tf.train.load_checkpoint(str(run / "model.ckpt-30"))
@@ -225,3 +258,46 @@ def test_ema_and_tta_with_the_feature_cache(tmp_path, engine):
     np.testing.assert_allclose(h5[0].numpy(), final.get_tensor(slot), rtol=1e-6)
     metrics = json.loads((run / "eval_metrics.json").read_text())
     assert metrics["tta"]["plain"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert json.loads((run / "run_info.json").read_text())["phases"][0]["ema_warmup"] is False
+
+
+@pytest.mark.slow
+def test_predict_with_tta_on_a_model_that_takes_arrays(tmp_path):
+    """A model trained on an .npz takes float pixels: its views are arrays, averaged as for image files."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (60, 8, 8)).astype(np.float32)
+    y = np.arange(60) % 3
+    x[y == 1, :, :4] += 120  # A class the mirror moves to the other side.
+    np.savez(tmp_path / "data.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    np.savez(tmp_path / "mirrored.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:, :, ::-1], y_test=y[48:])
+    run = tmp_path / "run"
+    proc = run_cli(f"--data={tmp_path / 'data.npz'}", "--backbone=small_cnn", "--train_steps=20", "--batch_size=8",
+                   "--engine=keras", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = {}
+    for name, data, tta in (("plain", "data.npz", "none"), ("mirror", "mirrored.npz", "none"), ("tta", "data.npz", "flip")):
+        out = tmp_path / f"{name}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={tmp_path / data}",
+                               f"--output={out}", f"--tta={tta}", "--top_k=3"], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(r["error"] is None for r in rows), rows[:2]
+        outputs[name] = {r["index"]: dict(r["top_k"]) for r in rows}
+    assert len(outputs["tta"]) == 12
+    for index, probabilities in outputs["tta"].items():
+        for cls, p in probabilities.items():
+            assert p == pytest.approx((outputs["plain"][index][cls] + outputs["mirror"][index][cls]) / 2, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_average_and_layer_rates_under_mixed_precision(tmp_path, engine):
+    """Mixed precision wraps the optimizer in a LossScaleOptimizer, which model_to_estimator rebuilds from its config:
+    the inner optimizer keeps the average and the rates (their classes are registered under names of their own)."""
+    run = tmp_path / "run"
+    proc = run_cli(*TWO_PHASES, "--mixed_precision", "--ema_decay=0.9", "--layer_lr_decay=0.8", "--export=final",
+                   "--calibrate=none", "--tta=flip", f"--engine={engine}", f"--model_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    _averages_served(run)

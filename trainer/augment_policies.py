@@ -139,10 +139,15 @@ def _posterize(images, bits):
 
 
 def _smooth(images):
-    """PIL's SMOOTH filter ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13) per channel."""
+    """PIL's SMOOTH filter ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13) per channel; as in PIL, the border pixels are
+    kept as they are (on an 8x8 image they are 28 of the 64)."""
     kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    return tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "SAME")
+    smoothed = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "SAME")
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+    inner = (rows > 0) & (rows < height - 1) & (cols > 0) & (cols < width - 1)
+    return tf.where(inner[None, :, :, None], smoothed, images)
 
 
 def _equalize(images):

@@ -122,8 +122,7 @@ def test_each_colour_op_does_what_pillow_does(op, level):
     image = _image()
     expected = np.asarray(PIL_OPS[op, level](Image.fromarray(image)), np.float32)
     ours = _ours(image, op, level)
-    inner = (slice(1, -1), slice(1, -1))  # Pillow's SMOOTH leaves the border as it was.
-    assert np.abs(ours[inner] - expected[inner]).max() <= 1.5, op  # Pillow rounds to uint8 on the way.
+    assert np.abs(ours - expected).max() <= 1.5, op  # Pillow rounds to uint8 on the way.
     assert np.abs(expected - image).max() > 10  # Each op changes this image: the comparison is not vacuous.
 
 

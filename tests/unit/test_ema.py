@@ -62,6 +62,8 @@ def test_average_names_in_both_engines_checkpoints():
     assert ema.average_names(estimator, weights) == {k: v.replace("training/", "training/Adam/")
                                                      for k, v in expected.items()}
     assert ema.average_names(["conv1/kernel", "training/conv1/kernel/m"], weights) == {}
+    mixed_precision = ["SGD/conv1/kernel/ema", "SGD/decay", "current_loss_scale"]  # The Estimator under it.
+    assert ema.average_names(mixed_precision, weights) == {"conv1/kernel": "SGD/conv1/kernel/ema"}
 
 
 def test_swapped_puts_the_averages_in_for_the_block_only():
@@ -75,3 +77,34 @@ def test_swapped_puts_the_averages_in_for_the_block_only():
     with ema.swapped(model):
         assert all(np.allclose(w.numpy(), a) for w, a in zip(model.trainable_variables, averages))
     assert all(np.array_equal(w.numpy(), t) for w, t in zip(model.trainable_variables, trained))
+
+
+def test_names_match_exactly_in_one_form_per_checkpoint():
+    # A Keras-form slot of a deeper weight is not an Estimator-form slot of a shallower one.
+    names = ["training/a/b/c/kernel/ema", "training/b/c/kernel/ema"]
+    assert ema.average_names(names, ["b/c/kernel", "a/b/c/kernel"]) == {
+        "b/c/kernel": "training/b/c/kernel/ema", "a/b/c/kernel": "training/a/b/c/kernel/ema"}
+    estimator = ["training/Adam/b/c/kernel/ema"]
+    assert ema.average_names(estimator, ["b/c/kernel", "c/kernel"]) == {"b/c/kernel": "training/Adam/b/c/kernel/ema"}
+
+
+class _Reader:
+    def __init__(self, tensors):
+        self._tensors = tensors
+
+    def get_variable_to_shape_map(self):
+        return {k: list(np.shape(v)) for k, v in self._tensors.items()}
+
+    def get_tensor(self, name):
+        return self._tensors[name]
+
+
+def test_served_values_take_the_average_but_not_an_empty_slot():
+    reader = _Reader({"d/kernel": np.ones(2), "training/d/kernel/ema": np.full(2, 0.5), "d/bias": np.ones(1),
+                      "training/d/bias/ema": np.zeros(1), "z/bias": np.zeros(1), "training/z/bias/ema": np.zeros(1),
+                      "bn/moving_mean": np.full(3, 2.0)})
+    served = ema.served_values(reader, ["d/kernel", "d/bias", "z/bias", "bn/moving_mean", "missing"])
+    assert np.array_equal(served["d/kernel"], [0.5, 0.5])  # The average.
+    assert np.array_equal(served["d/bias"], [1.0])  # Zeros beside a non-zero weight: no update yet (ckpt-0).
+    assert np.array_equal(served["z/bias"], [0.0]) and np.array_equal(served["bn/moving_mean"], [2.0, 2.0, 2.0])
+    assert "missing" not in served

@@ -14,7 +14,8 @@ d = D, or with --ema_warmup d = min(D, (1 + t) / (10 + t)) (Model Garden's ramp,
 BatchNormalization's moving statistics are averages already and are used as they are.
 
 Reading the average: `average_names(checkpoint)` maps each weight to its slot in a checkpoint of either engine
-(`training/conv1/kernel/ema` on the Keras engine, `training/Adam/conv1/kernel/ema` in the Estimator's graph);
+(`training/conv1/kernel/ema` on the Keras engine, `training/Adam/conv1/kernel/ema` in the Estimator's graph,
+`SGD/conv1/kernel/ema` there under mixed precision);
 `swapped(model)` puts the averages into the model's variables for the time of an evaluation (the Keras engine).
 """
 import contextlib
@@ -23,21 +24,32 @@ from typing import Dict, Iterable
 import tensorflow as tf
 
 SLOT = "ema"
-PREFIX = "training/"
 
 
 def with_average(optimizer_class, decay: float):
     """`optimizer_class`, or (D > 0) a subclass of it that keeps the average."""
     if not decay:
         return optimizer_class
-    return _SUBCLASSES.setdefault(optimizer_class, type(optimizer_class.__name__, (_Average, optimizer_class), {}))
+    if optimizer_class not in _SUBCLASSES:
+        _SUBCLASSES[optimizer_class] = registered(type(optimizer_class.__name__, (_Average, optimizer_class), {}),
+                                                  "average")
+    return _SUBCLASSES[optimizer_class]
 
 
 _SUBCLASSES: dict = {}
 
 
+def registered(cls, part: str):
+    """`cls` registered with Keras under a name of its own (`trainer>Adam+average`): mixed precision's
+    LossScaleOptimizer rebuilds its inner optimizer from the registered name (model_to_estimator clones it), which
+    the plain class's name would turn into the plain optimizer, refusing the mixin's arguments."""
+    base = getattr(cls.__mro__[2], "_trainer_name", cls.__name__)  # [1] is the mixin, [2] the optimizer.
+    cls._trainer_name = f"{base}+{part}"
+    return tf.keras.utils.register_keras_serializable(package="trainer", name=cls._trainer_name)(cls)
+
+
 class _Average:
-    """Mixed in before a legacy Keras optimizer (the class keeps its name: Keras names its scopes after it)."""
+    """Mixed in before a legacy Keras optimizer (the class keeps the optimizer's name, which the console shows)."""
 
     def __init__(self, *args, ema_decay=0.0, ema_warmup=True, ema_first_step=0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,6 +86,8 @@ class _Average:
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         return self._averaged(var, super()._resource_apply_sparse(grad, var, indices, apply_state))
+    # Plain SGD's sparse path (embedding layers, which the built-in models do not have) bypasses this: such a
+    # variable would keep no average.
 
 
 def keeps_average(optimizer) -> bool:
@@ -84,15 +98,46 @@ def keeps_average(optimizer) -> bool:
 def average_names(names: Iterable[str], weights: Iterable[str]) -> Dict[str, str]:
     """{weight name: the checkpoint tensor holding its average} among checkpoint tensor `names` (weights whose
     average is not there, such as BatchNorm statistics or a checkpoint from before any step of its phase, are left
-    out). Replica copies (`.../ema/replica_1`) are not averages of their own."""
-    slots = [n for n in names if n.startswith(PREFIX) and n.endswith("/" + SLOT)]
-    found = {}
+    out). Replica copies (`.../ema/replica_1`) are not averages of their own.
+
+    A slot is `<scope><weight>/ema`, with one scope per checkpoint: `training/` on the Keras engine,
+    `training/Adam/` in the Estimator's graph, `SGD/` there under mixed precision. The scope that names the most
+    weights exactly is the checkpoint's, so a deeper weight's slot is never taken for a shallower one's."""
+    names, weights = set(names), set(weights)
+    counts: Dict[str, int] = {}
+    for name in names:
+        if not name.endswith("/" + SLOT):
+            continue
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts)):
+            if "/".join(parts[i:]) in weights:
+                scope = "/".join(parts[:i]) + "/"
+                counts[scope] = counts.get(scope, 0) + 1
+    if not counts:
+        return {}
+    scope = max(sorted(counts), key=lambda s: counts[s])
+    return {w: f"{scope}{w}/{SLOT}" for w in weights if f"{scope}{w}/{SLOT}" in names}
+
+
+def served_values(reader, weights: Iterable[str]) -> Dict[str, object]:
+    """{weight: its value as served} from a checkpoint reader: the average where the checkpoint has one, else the
+    weight. A slot of zeros beside weights that are not (the Estimator's checkpoint at a run's first step, saved
+    before any update) is no average yet: the weights are used."""
+    import numpy as np
+
+    shapes = reader.get_variable_to_shape_map()
+    averages = average_names(shapes, [w for w in weights if w in shapes])
+    values = {}
     for weight in weights:
-        matches = [n for n in slots if n[:-len(SLOT) - 1] == PREFIX + weight or
-                   n[:-len(SLOT) - 1].endswith("/" + weight) and n[len(PREFIX):].count("/") == weight.count("/") + 2]
-        if len(matches) == 1:
-            found[weight] = matches[0]
-    return found
+        if weight not in shapes:
+            continue
+        value = reader.get_tensor(weight)
+        if weight in averages:
+            average = reader.get_tensor(averages[weight])
+            if np.any(average) or not np.any(value):
+                value = average
+        values[weight] = value
+    return values
 
 
 def _components(variable):

@@ -14,6 +14,8 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
+from trainer.model import ema
+
 SCALED = ("lr_t", "lr", "neg_lr_t")
 
 
@@ -44,14 +46,17 @@ def with_rates(optimizer_class, layer_factors: Optional[Dict[str, float]]):
     share of the learning rate."""
     if not layer_factors:
         return optimizer_class
-    return _SUBCLASSES.setdefault(optimizer_class, type(optimizer_class.__name__, (_LayerRates, optimizer_class), {}))
+    if optimizer_class not in _SUBCLASSES:
+        _SUBCLASSES[optimizer_class] = ema.registered(
+            type(optimizer_class.__name__, (_LayerRates, optimizer_class), {}), "layer_rates")
+    return _SUBCLASSES[optimizer_class]
 
 
 _SUBCLASSES: dict = {}
 
 
 class _LayerRates:
-    """Mixed in before a legacy Keras optimizer (the class keeps its name: Keras names its slots after it)."""
+    """Mixed in before a legacy Keras optimizer (the class keeps the optimizer's name, which the console shows)."""
 
     def __init__(self, *args, layer_factors=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -77,7 +82,5 @@ class _LayerRates:
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         return super()._resource_apply_sparse(grad, var, indices, self._scaled(var, apply_state))
 
-    def _resource_apply_sparse_duplicate_indices(self, grad, var, indices, **kwargs):
-        if "apply_state" in kwargs:
-            kwargs["apply_state"] = self._scaled(var, kwargs["apply_state"])
-        return super()._resource_apply_sparse_duplicate_indices(grad, var, indices, **kwargs)
+    # Sparse gradients (embedding layers, which the built-in models do not have) reach `_resource_apply_sparse`
+    # through the base class's de-duplication; plain SGD's own sparse path bypasses it and is not rated.

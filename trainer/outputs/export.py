@@ -180,14 +180,13 @@ def restore_from_checkpoint(model: tf.keras.Model, checkpoint: str) -> None:
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
     # --ema_decay: each weight's moving average where the checkpoint has one (trainer/model/ema.py).
-    averages = ema.average_names(shapes, [w.name.split(":")[0] for w in model.weights])
+    served = ema.served_values(reader, [w.name.split(":")[0] for w in model.weights])
     values = []
     for weight in model.weights:
         name = weight.name.split(":")[0]
-        name = averages.get(name, name)
         if name not in shapes or tuple(shapes[name]) != tuple(weight.shape):
             raise ValueError(f"checkpoint {checkpoint} has no tensor {name} of shape {tuple(weight.shape)}")
-        values.append((weight, reader.get_tensor(name)))
+        values.append((weight, served[name]))
     tf.keras.backend.batch_set_value(values)  # Works in eager and graph mode alike.
 
 

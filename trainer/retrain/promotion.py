@@ -419,9 +419,8 @@ def apply_warm_start(model: tf.keras.Model, config: Config, class_names=None) ->
         if checkpoint is None:
             raise UsageError(f"--warm_start_from={path} holds no checkpoint")
         reader = tf.train.load_checkpoint(checkpoint)
-        names = reader.get_variable_to_shape_map()
-        averages = ema.average_names(names, names)  # --ema_decay there: start from the averages it served.
-        values = {name: reader.get_tensor(averages.get(name, name)) for name in names}
+        # --ema_decay there: start from the averages it served.
+        values = ema.served_values(reader, list(reader.get_variable_to_shape_map()))
     elif tf.io.gfile.exists(local):
         try:
             source = load_keras(local)

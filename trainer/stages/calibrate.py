@@ -66,9 +66,8 @@ def calibrate(run, checkpoint: str, keras_h5: str) -> Tuple[str, dict, Optional[
     reader = tf.train.load_checkpoint(checkpoint)
     names = reader.get_variable_to_shape_map()
     # --ema_decay: the served weights are the averages; the calibrated bundle holds them under the weights' names.
-    averages = ema.average_names(names, [n for n in names if not n.startswith(ema.PREFIX)])
-    tensors = {name: reader.get_tensor(averages.get(name, name)) for name in names
-               if not (averages and name.startswith(ema.PREFIX))}
+    slots = set(ema.average_names(names, names).values())
+    tensors = ema.served_values(reader, [n for n in names if n not in slots])
     for weight in (w for w in (layer.kernel, layer.bias) if w is not None):  # Dense(use_bias=False): the kernel.
         name = weight.name.split(":")[0]
         tensors[name] = (tensors[name] / temperature).astype(tensors[name].dtype)

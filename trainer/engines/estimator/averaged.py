@@ -33,8 +33,10 @@ class _RestoresAverages(tf.compat.v1.train.Saver):
 
     def restore(self, sess, save_path):
         reader = tf.train.load_checkpoint(save_path)
-        averages = ema.average_names(reader.get_variable_to_shape_map(), self._variables)
-        if not averages:
+        if not ema.average_names(reader.get_variable_to_shape_map(), self._variables):
             return super().restore(sess, save_path)
+        values = ema.served_values(reader, self._variables)
         for name, variable in self._variables.items():
-            variable.load(reader.get_tensor(averages.get(name, name)), sess)
+            if name not in values:
+                raise ValueError(f"checkpoint {save_path} has no tensor {name}")
+            variable.load(values[name], sess)

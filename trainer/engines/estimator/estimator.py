@@ -40,14 +40,16 @@ def make_run_config(config: Config, plan: Optional[distribution.Plan] = None) ->
 
 def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
                    class_names=None, binary: bool = False, label_mode: Optional[str] = None,
-                   top_k: int = 5) -> tf.estimator.Estimator:
+                   top_k: int = 5, averages: bool = False) -> tf.estimator.Estimator:
     """model_to_estimator, with a warm start that carries *every* Keras weight.
 
     model_to_estimator warm-starts from the Keras weights with the default settings,
     which only restore trainable variables: BatchNorm moving statistics (and so a frozen
     pretrained trunk's inference behaviour) would silently restart at 0 and 1. We keep
     its model_fn and warm-start each weight by exact name instead. For single-output
-    classifiers, predictions also carry the class names (`export.with_class_names`).
+    classifiers, predictions also carry the class names (`export.with_class_names`). `averages` (--ema_decay):
+    evaluations and exports restore the weights' averages (also when this process trains nothing and its model's
+    optimizer keeps none: a restart at the final evaluation).
     """
     keras_dir = os.path.join(run_config.model_dir, "keras")
     if run_config.is_chief:
@@ -67,7 +69,7 @@ def make_estimator(model: tf.keras.Model, run_config: tf.estimator.RunConfig,
         model_fn = with_class_names(model_fn, class_names, binary)
         if label_mode:  # Evaluations also report top-k accuracy, macro F1, AUC (trainer.outputs.metrics).
             model_fn = with_eval_metrics(model_fn, len(class_names), label_mode, top_k)
-    if ema.keeps_average(model.optimizer):  # --ema_decay: evaluations and exports read the averages.
+    if averages or ema.keeps_average(model.optimizer):  # --ema_decay: evaluations and exports read the averages.
         model_fn = averaged.with_averaged_weights(model_fn, run_config.model_dir)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, warm_start_from=warm_start)
 
@@ -96,7 +98,8 @@ def make_any(config, plan, model, num_classes, image_shape, class_names, schedul
         return tpu.make_estimator(config, model, lambda: models.build_model(build_config, num_classes, image_shape),
                                   class_names, plan.tpu_resolver)
     estimator = make_estimator(model, make_run_config(config, plan), class_names,
-                               binary=config.label_mode == "binary", label_mode=config.label_mode, top_k=config.top_k)
+                               binary=config.label_mode == "binary", label_mode=config.label_mode, top_k=config.top_k,
+                               averages=bool(config.ema_decay))
     if schedule is None:
         return estimator
     model_fn = hooks.with_learning_rate_summary(estimator.model_fn, schedule)

@@ -209,7 +209,7 @@ class Engine(base.Engine):
                 faultpoints.delay("evaluator_before_evaluation")
                 saving.restore(run.model, latest, with_optimizer=False)
                 export.restore_from_checkpoint(run.model, latest)  # Under --ema_decay: the averages.
-                self.evaluate(at, final=at == run.planned[-1].last_step)
+                self.evaluate(at, final=at == run.planned[-1].last_step, averaged=True)
                 evaluated = at
             if at >= step.phase.last_step or (config.early_stopping_patience and
                                               early_stopping.stopped_at(config.model_dir) is not None):
@@ -245,9 +245,11 @@ class Engine(base.Engine):
         for listener in self._listeners:
             listener.after_save(None, step)
 
-    def evaluate(self, step: int, final: bool = False) -> dict:
+    def evaluate(self, step: int, final: bool = False, averaged: bool = False) -> dict:
         """Evaluates the model as it is (the weights of `step`), then what follows every evaluation
-        (trainer.policy.after_evaluation), exporting the served model with the phase's signature."""
+        (trainer.policy.after_evaluation), exporting the served model with the phase's signature. Under
+        --ema_decay the optimizer's averages are swapped in for it, unless the weights are `averaged` already (restored
+        from a checkpoint's averages: the evaluator task's optimizer slots are not this checkpoint's)."""
         config, run = self.config, self._run
         final = final or step == run.planned[-1].last_step
 
@@ -256,7 +258,7 @@ class Engine(base.Engine):
 
         if self._after_evaluation is None:
             self._after_evaluation = AfterEvaluation(config, run.dataset.class_names)
-        with ema.swapped(run.model):  # --ema_decay: the averaged weights are evaluated and exported.
+        with contextlib.nullcontext() if averaged else ema.swapped(run.model):  # --ema_decay: the averages.
             result = record_faults.train_skipping_bad_records(lambda: self._evaluator.evaluate(step), run.dataset,
                                                               config)
             self._after_evaluation(result, final, export_fn,
@@ -284,7 +286,7 @@ class Engine(base.Engine):
         export.restore_from_checkpoint(run.model, latest)  # Under --ema_decay: the averages (a no-op otherwise).
         done = evaluations.processed_step(config.checkpoint_dir)
         if self._single and (done is None or done < at):  # Killed during the final evaluation or export.
-            return self.evaluate(at, final=True)
+            return self.evaluate(at, final=True, averaged=True)
         if self.plan.distributed and (done is None or done < at) and \
                 evaluations.evaluator_alive(config.checkpoint_dir):
             # The evaluator task decides the best export: its verdict on the final checkpoint first, so that
@@ -293,7 +295,7 @@ class Engine(base.Engine):
             if not evaluations.wait_for_verdict(config.checkpoint_dir, at, wait):
                 console.say("the evaluator task has not evaluated step %d (gone, or more than %g s): the chief "
                             "evaluates it and decides the served model", at, wait)
-                return self.evaluate(at, final=True)
+                return self.evaluate(at, final=True, averaged=True)
             done = evaluations.processed_step(config.checkpoint_dir)
         if done is not None and done >= at:  # On record already (eval/): no eval_chief_final/ (wrappers trial U11).
             return self._evaluator.evaluate(at, write=False)
