@@ -126,6 +126,7 @@ def test_a_failing_task_fails_the_launch(tmp_path):
     assert "[chief] error: --data=/no/such/data does not exist" in proc.stderr
 
 
+@pytest.mark.slow  # A third cluster (chief, worker and evaluator run in make test): make test's 20 minutes.
 def test_parameter_server_cluster_trains(tmp_path):
     model_dir = tmp_path / "ps"
     proc, summary = launch(model_dir, "--workers=1", "--ps=1")

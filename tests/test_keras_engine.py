@@ -413,6 +413,7 @@ def test_vertex_dirs_hypertune_tensorboard_and_checkpoint_sync(tmp_path, monkeyp
     assert mirrored == (tmp_path / "checkpoints" / "model.ckpt-40.index").read_bytes()
 
 
+@pytest.mark.slow  # Multi-process kill: make test-slow (the cluster itself trains in make test, above).
 def test_a_keras_cluster_preempted_by_sigterm_resumes(tmp_path):
     """Vertex AI sends SIGTERM to every task: chief and worker agree on the step (one all-reduce), the chief saves
     there, the tasks exit 143; the same command then resumes from that step and finishes."""

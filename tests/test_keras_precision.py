@@ -29,7 +29,7 @@ def summary_of(proc):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("flag", ["--mixed_precision", "--jit"])
+@pytest.mark.parametrize("flag", ["--mixed_precision", pytest.param("--jit", marks=pytest.mark.slow)])
 def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_serves_float32(tmp_path, flag):
     args = ARGS + [flag]
     whole = summary_of(restart_cases.run_to_end(args, tmp_path / "whole"))

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine'
 KERAS = ["--engine=keras", "--data=digits", "--backbone=small_cnn", "--image_size=16", "--eval_throttle_secs=0",
          "--batch_size=32", "--save_checkpoints_steps=20"]
 # SIGINT goes the same way as SIGTERM: its case is in `make test-slow` only.
-SIGNALS = [pytest.param(signal.SIGTERM, 143, "preempted", id="SIGTERM"),
+# Multi-process kills: make test-slow (make test's 20 minutes on 2 cores; clusters still train in make test:
+# tests/test_keras_engine.py's launch_local case, tests/test_distribution.py's chief, worker and evaluator).
+SIGNALS = [pytest.param(signal.SIGTERM, 143, "preempted", id="SIGTERM", marks=pytest.mark.slow),
            pytest.param(signal.SIGINT, 130, "interrupted", id="SIGINT", marks=pytest.mark.slow)]
 
 
@@ -94,6 +96,7 @@ def test_a_signal_to_launch_local_stops_every_task_with_a_checkpoint_and_the_sam
     assert_nothing_left(str(model_dir))
 
 
+@pytest.mark.slow  # Multi-process kill: make test-slow.
 def test_a_killed_chief_leaves_no_traceback_on_the_launchers_console(tmp_path):
     """Trial B4/W3: the worker's traceback (its collective op aborted by the lost chief) went to the console before
     the launcher noticed the chief's death; now it stays in the worker's log, counted in its summary line."""
