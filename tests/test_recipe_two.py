@@ -99,16 +99,11 @@ def test_predict_with_tta_averages_the_image_and_its_mirror(tmp_path):
     (mirrored / "cats").mkdir(parents=True)
     for path in sorted((folder / "cats").glob("*.png")):  # Lossless: the mirror is exactly the flipped pixels.
         Image.open(path).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored / "cats" / path.name)
-    outputs = {}
-    for name, data, tta in (("plain", folder / "cats", "none"), ("mirror", mirrored / "cats", "none"),
-                            ("tta", folder / "cats", "flip")):
-        out = tmp_path / f"{name}.jsonl"
-        proc = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={data}",
-                               f"--output={out}", f"--tta={tta}", "--top_k=2"], cwd=REPO, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-        outputs[name] = {os.path.basename(r["path"]): dict(r["top_k"]) for r in rows if r["path"].endswith(".png")}
+    outputs = {name: _predicted(run, data, tmp_path / f"{name}.jsonl", tta, "path")
+               for name, data, tta in (("plain", folder / "cats", "none"), ("mirror", mirrored / "cats", "none"),
+                                       ("tta", folder / "cats", "flip"))}
+    outputs = {name: {os.path.basename(k): v for k, v in rows.items() if k.endswith(".png")}
+               for name, rows in outputs.items()}
     assert len(outputs["tta"]) == 2
     for file, probabilities in outputs["tta"].items():
         for cls, p in probabilities.items():
@@ -274,16 +269,9 @@ def test_predict_with_tta_on_a_model_that_takes_arrays(tmp_path):
     proc = run_cli(f"--data={tmp_path / 'data.npz'}", "--backbone=small_cnn", "--train_steps=20", "--batch_size=8",
                    "--engine=keras", f"--model_dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outputs = {}
-    for name, data, tta in (("plain", "data.npz", "none"), ("mirror", "mirrored.npz", "none"), ("tta", "data.npz", "flip")):
-        out = tmp_path / f"{name}.jsonl"
-        proc = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={tmp_path / data}",
-                               f"--output={out}", f"--tta={tta}", "--top_k=3"], cwd=REPO, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-        assert all(r["error"] is None for r in rows), rows[:2]
-        outputs[name] = {r["index"]: dict(r["top_k"]) for r in rows}
+    outputs = {name: _predicted(run, tmp_path / data, tmp_path / f"{name}.jsonl", tta, "index")
+               for name, data, tta in (("plain", "data.npz", "none"), ("mirror", "mirrored.npz", "none"),
+                                       ("tta", "data.npz", "flip"))}
     assert len(outputs["tta"]) == 12
     for index, probabilities in outputs["tta"].items():
         for cls, p in probabilities.items():
@@ -301,3 +289,14 @@ def test_the_average_and_layer_rates_under_mixed_precision(tmp_path, engine):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     _averages_served(run)
+
+
+def _predicted(run, data, out, tta: str, key: str) -> dict:
+    """{row key: {class: probability}} of `trainer.predict --tta=...` over `data`; every row without an error."""
+    proc = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model={run}", f"--data={data}",
+                           f"--output={out}", f"--tta={tta}", "--top_k=3"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["error"] is None for r in rows), rows[:2]
+    return {r[key]: dict(r["top_k"]) for r in rows}

@@ -10,7 +10,6 @@ model, side by side) and to `python -m trainer.predict --tta`. Each view costs o
 """
 from typing import List
 
-import numpy as np
 import tensorflow as tf
 
 KINDS = ("none", "flip", "flip_crop")
@@ -32,8 +31,3 @@ def views(images, kind: str) -> List[tf.Tensor]:
         cropped = tf.image.resize(tf.image.central_crop(images, CROP), size)
         out += [cropped, tf.reverse(cropped, axis=[2])]
     return out
-
-
-def average(predict, images, kind: str) -> np.ndarray:
-    """The mean of `predict(view)` (probabilities, as arrays) over the views of a batch."""
-    return np.mean([np.asarray(predict(view)) for view in views(images, kind)], axis=0)

@@ -6,6 +6,7 @@ import numpy as np
 from trainer.data import tta
 from trainer.model.keras_files import load_keras
 from trainer.outputs import calibration
+from trainer.outputs.predictions import class_ids_of
 
 
 def evaluate(keras_h5: str, input_fn, label_mode: str, kind: str) -> dict:
@@ -18,9 +19,8 @@ def evaluate(keras_h5: str, input_fn, label_mode: str, kind: str) -> dict:
         outputs = [model(view, training=False).numpy() for view in tta.views(images, kind)]
         plain.append(outputs[0])
         averaged.append(np.mean(outputs, axis=0))
-        label = (next(iter(labels.values())) if isinstance(labels, dict) else labels).numpy()
-        ids.append(label.argmax(-1) if label_mode == "categorical" else label.reshape(-1))
-    y = np.concatenate(ids).astype(int)
+        ids.append(class_ids_of(labels, label_mode))
+    y = np.concatenate(ids)
 
     def figures(probabilities):
         p = calibration.as_classes(np.concatenate(probabilities))

@@ -208,7 +208,8 @@ class Engine(base.Engine):
                                  "was evaluating are not evaluated", at, evaluated)
                 faultpoints.delay("evaluator_before_evaluation")
                 saving.restore(run.model, latest, with_optimizer=False)
-                export.restore_from_checkpoint(run.model, latest)  # Under --ema_decay: the averages.
+                if config.ema_decay:  # The averages in place of the weights just restored.
+                    export.restore_from_checkpoint(run.model, latest)
                 self.evaluate(at, final=at == run.planned[-1].last_step, averaged=True)
                 evaluated = at
             if at >= step.phase.last_step or (config.early_stopping_patience and
@@ -283,7 +284,8 @@ class Engine(base.Engine):
             models.compile_model(run.model, config)
         self._attach(run)
         at = saving.restore(run.model, latest, with_optimizer=False)
-        export.restore_from_checkpoint(run.model, latest)  # Under --ema_decay: the averages (a no-op otherwise).
+        if config.ema_decay:  # The averages in place of the weights just restored.
+            export.restore_from_checkpoint(run.model, latest)
         done = evaluations.processed_step(config.checkpoint_dir)
         if self._single and (done is None or done < at):  # Killed during the final evaluation or export.
             return self.evaluate(at, final=True, averaged=True)
