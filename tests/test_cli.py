@@ -1,5 +1,7 @@
 """The command-line contract, through real subprocesses."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +12,7 @@ pytestmark = pytest.mark.quick  # Seconds to a few minutes in all: `make test-fa
 
 def assert_one_error_line(proc, *fragments):
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR::" not in proc.stderr  # absl's own prefix, not ours.
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, proc.stderr[-2000:]
     for fragment in fragments:
@@ -31,6 +33,35 @@ def assert_one_error_line(proc, *fragments):
 def test_user_mistakes_give_one_error_line(tmp_path, args, fragments):
     proc = run_cli(*args, f"--model_dir={tmp_path / 'run'}")
     assert_one_error_line(proc, *fragments)
+
+
+# The package's tools, each with a mistake a user makes: one `error:` line and exit status 1 (launch_local's was
+# argparse's usage block and exit status 2), answered before TensorFlow is imported (3 s: export_tflite and predict
+# imported it first).
+TOOL_MISTAKES = [
+    (["trainer.export_tflite", "no/such/run"], ["no/such/run holds no finished run"]),
+    (["trainer.export_tflite", "no/such/run", "--quantize=int4"], ["--quantize=int4", "float16"]),
+    (["trainer.export_tflite", "no/such/run", "--check_examples=-1"], ["--check_examples >= 0"]),
+    (["trainer.predict", "--model=no/such/run", "--data=.", "--output=out.csv"], ["--model=no/such/run does not exist"]),
+    (["trainer.predict", "--champion_dir=no champion", "--data=.", "--output=o.csv"], ["--champion_dir=no champion"]),
+    (["trainer.predict", "--model=.", "--data=.", "--output=out.txt"], ["--output=out.txt", ".csv or .jsonl"]),
+    (["trainer.predict", "--model=.", "--output=out.csv"], ["--data is required"]),
+    (["trainer.predict", "--model=.", "--data=.", "--output=o.csv", "--top_k=0"], ["--top_k=0"]),
+    (["trainer.predict", "--model=.", "--data=.", "--output=o.csv", "--tta=hflip"], ["--tta", "'hflip'"]),
+    (["trainer.launch_local", "--workers=-1"], ["--workers must be >= 0"]),
+    (["trainer.launch_local", "--wokers=1"], ["unrecognized arguments: --wokers=1"]),
+    (["trainer.task", "--flagfile=no such flags.txt"], ["Unable to open flagfile", "no such flags.txt"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", TOOL_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_each_tools_mistake_is_one_error_line_before_tensorflow_is_imported(tmp_path, args, fragments):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert_one_error_line(proc, *fragments)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "trainer" in imported, proc.stderr[-2000:]  # -X importtime did report the imports.
+    assert "tensorflow" not in imported, f"{args[0]} imported TensorFlow before answering"
 
 
 def test_helpfull_lists_the_trainer_flags():

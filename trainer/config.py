@@ -33,6 +33,7 @@ MAX_SEED = 2**32 - 1
 PATH_FLAGS = ("data", "model_dir", "eval_data", "labels_file", "base_model", "weights", "checkpoint_dir",
               "tensorboard_dir", "champion_dir", "warm_start_from")
 TFLITE_MODES = ("none", "float32", "float16", "int8")
+TTA_KINDS = ("none", "flip", "flip_crop")  # --tta of training and of trainer.predict
 
 # The loss each label mode implies when --loss is not given.
 DEFAULT_LOSS = {
@@ -391,7 +392,7 @@ def _validate_recipe(config: Config) -> None:
     if config.layer_lr_decay != 1.0 and config.model_fn:
         raise UsageError("--layer_lr_decay rates the layers of a built-in trunk; a --model_fn model has none "
                          "(drop --layer_lr_decay)")
-    _choice("tta", config.tta, ("none", "flip", "flip_crop"))
+    _choice("tta", config.tta, TTA_KINDS)
     if not 0.0 <= config.ema_decay < 1.0:
         raise UsageError(f"--ema_decay={config.ema_decay} must be in [0, 1) (0: off; timm uses 0.9998, Model Garden "
                          "0.99)")

@@ -29,8 +29,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import logging  # noqa: E402
 
+from trainer.config import TFLITE_MODES  # noqa: E402
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
-from trainer.outputs.tflite import CALIBRATION_EXAMPLES, CHECK_EXAMPLES, MODES, export, tflite_dir  # noqa: E402
+
+# TensorFlow (3 s to import) comes after the arguments are checked: a mistake is one line at once.
+MODES = TFLITE_MODES[1:]
+CALIBRATION_EXAMPLES = 300
+CHECK_EXAMPLES = 500
 
 
 def main(argv=None) -> int:
@@ -44,8 +49,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)
     try:
-        if args.calibration_examples < 1 or args.check_examples < 0:
-            raise UsageError("--calibration_examples must be >= 1 and --check_examples >= 0")
+        _check(args)
+        from trainer.outputs.tflite import export, tflite_dir
+
         info = export(args.model_dir, args.quantize, args.data, args.calibration_examples, args.check_examples)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
@@ -58,6 +64,18 @@ def main(argv=None) -> int:
                       "quantize": info["quantize"],
                       "agreement": info.get("agreement_with_keras_model", {}).get("top1")}, sort_keys=True))
     return 0
+
+
+def _check(args) -> None:
+    """The mistakes found without TensorFlow: bad values, a local model_dir that holds no finished run."""
+    if args.quantize not in MODES:
+        raise UsageError(f"--quantize={args.quantize} is not valid; choose one of: {', '.join(MODES)}")
+    if args.calibration_examples < 1 or args.check_examples < 0:
+        raise UsageError("--calibration_examples must be >= 1 and --check_examples >= 0")
+    local = "://" not in args.model_dir
+    if local and not all(os.path.exists(os.path.join(args.model_dir, name))
+                         for name in ("keras_model.h5", "run_info.json")):
+        raise UsageError(f"{args.model_dir} holds no finished run (keras_model.h5 and run_info.json); train it first")
 
 
 if __name__ == "__main__":

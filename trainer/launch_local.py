@@ -28,7 +28,6 @@ signal N (137 for SIGKILL), as a shell reports it; 124 after `--timeout`; 143 (1
 after a SIGTERM (SIGINT) to the launcher. Running the same command again resumes
 from the latest checkpoint.
 """
-import argparse
 import json
 import os
 import signal
@@ -39,6 +38,8 @@ import tempfile
 import threading
 import time
 from typing import Dict, List, Optional
+
+from trainer.errors import ArgumentParser
 
 # How long stopped tasks get to exit on SIGTERM before they are killed.
 STOP_GRACE_SECS = 15.0
@@ -288,7 +289,7 @@ def _launch(workers, evaluator, trainer_args, timeout, ps, log_dir, grace_secs, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.launch_local", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m trainer.launch_local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=1, help="worker tasks besides the chief [1]")
     parser.add_argument("--evaluator", action="store_true", help="also start an evaluator task")
     parser.add_argument("--ps", type=int, default=0, help="parameter-server tasks (implies "

@@ -14,6 +14,7 @@ Flags: --helpfull lists them all; --flagfile=FILE reads them from a file.
 import gc
 import json
 import os
+import re
 import sys
 
 # Quieten TensorFlow's C++ start-up chatter before it is imported; users can override. `run` lowers it to 0:
@@ -131,7 +132,7 @@ flags.DEFINE_float("ema_decay", _DEFAULTS.ema_decay, "Keep an exponential moving
                    "starts its own average. 0: off.")
 flags.DEFINE_bool("ema_warmup", _DEFAULTS.ema_warmup, "Ramp the average's decay up as min(D, (1 + t) / (10 + t)) over "
                   "the phase's steps t, so that early weights fade out (Model Garden's ramp).")
-flags.DEFINE_enum("tta", _DEFAULTS.tta, ["none", "flip", "flip_crop"], "Test-time augmentation of the final "
+flags.DEFINE_enum("tta", _DEFAULTS.tta, config_lib.TTA_KINDS, "Test-time augmentation of the final "
                   "evaluation: the served model's probabilities averaged over the image and its mirror (flip), and "
                   "their central crops (flip_crop); eval_metrics.json `tta` gives both figures.")
 flags.DEFINE_float("layer_lr_decay", _DEFAULTS.layer_lr_decay, "Fine-tune phase: each trunk layer with weights, "
@@ -323,7 +324,8 @@ def _parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        _fail(str(e))
+        # absl's own prefix on a missing --flagfile ("ERROR:: Unable to open flagfile: ...") is not ours.
+        _fail(re.sub(r"^ERROR::\s*", "", str(e)))
     except SystemExit:
         # absl exits 1 after printing --help/--helpfull/--helpshort; asking for help is no error.
         if any(a.split("=")[0].lstrip("-") in ("help", "helpfull", "helpshort", "helpxml", "h", "?")

@@ -9,7 +9,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from scipy import stats
 
 from trainer import augment_mixing, augment_policies
-from trainer.config import parse_augment
+from trainer.config import TTA_KINDS, parse_augment
 from trainer.data.augment import augment_batch
 from trainer.errors import UsageError
 
@@ -182,4 +182,4 @@ def test_tta_views_are_the_image_its_mirror_and_their_central_crops():
     assert np.array_equal(plain, image.numpy()[0]) and np.array_equal(mirror, plain[:, ::-1])
     expected = tf.image.resize(tf.image.central_crop(tf.cast(image, tf.float32), 0.875), [16, 16]).numpy()[0]
     assert np.allclose(crop, expected) and np.allclose(crop_mirror, crop[:, ::-1])
-    assert [len(tta.views(image, k)) for k in tta.KINDS] == [tta.count(k) for k in tta.KINDS] == [1, 2, 4]
+    assert [len(tta.views(image, k)) for k in TTA_KINDS] == [tta.count(k) for k in TTA_KINDS] == [1, 2, 4]

@@ -12,7 +12,6 @@ from typing import List
 
 import tensorflow as tf
 
-KINDS = ("none", "flip", "flip_crop")
 CROP = 0.875
 
 

@@ -24,9 +24,9 @@ from trainer.model import model_source
 from trainer.outputs.predict_inputs import Item, InputFileError, list_inputs  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 from trainer.data import tta  # noqa: E402
+from trainer.predict import check_arguments  # noqa: E402
 from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
-OUTPUT_FORMATS = (".csv", ".jsonl")
 PROGRESS_EVERY_SECS = 5.0
 
 
@@ -275,20 +275,9 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
         UsageError: a bad argument, a missing model or data; unreadable inputs are rows, not errors.
     """
     log = log or sys.stderr
-    if not output.endswith(OUTPUT_FORMATS):
-        raise UsageError(f"--output={output} must end in .csv or .jsonl")
+    check_arguments(data, output, top_k, batch_size, tta_kind, max_image_mb)
     files.check_output_file(output)  # Before the whole prediction runs.
-    if top_k < 1:
-        raise UsageError(f"--top_k={top_k} must be at least 1")
-    if batch_size < 1:
-        raise UsageError(f"--batch_size={batch_size} must be a positive integer")
-    if not data:
-        raise UsageError("--data is required: a folder, a file glob, a TFRecord glob or an .npz file")
-    if tta_kind not in tta.KINDS:
-        raise UsageError(f"--tta={tta_kind} is not one of {', '.join(tta.KINDS)}")
     serving = Serving(model_source.resolve(model), tta=tta_kind)
-    if max_image_mb < 1:
-        raise UsageError(f"--max_image_mb={max_image_mb} must be at least 1")
     key, items, total = list_inputs(data, max_image_mb * 2**20)
     names = serving.class_names
     index = {n: i for i, n in enumerate(names)}

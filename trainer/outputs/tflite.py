@@ -17,9 +17,7 @@ from trainer.data import inputs
 from trainer.config import Config  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
-MODES = ("float32", "float16", "int8")
-CALIBRATION_EXAMPLES = 300
-CHECK_EXAMPLES = 500
+from trainer.export_tflite import CALIBRATION_EXAMPLES, CHECK_EXAMPLES, MODES  # noqa: E402
 _SEED = 1234
 
 
