@@ -335,3 +335,32 @@ def test_promote_without_a_run_is_one_error_line(capsys):
     assert champion_cli.main(["promote", "--champion_dir=x"]) == 1
     err = capsys.readouterr().err
     assert err == "error: promote needs --model_dir: the run trained with --promote=false\n"
+
+
+def test_a_gate_recorded_with_relative_paths_is_promoted_from_another_folder(tmp_path):
+    """A run gated with `--champion_dir=champ --promote=false` in one folder, promoted by `trainer.champion promote`
+    typed in another: `champ` there names another store (refused: the gate compared with the first), and the path
+    that names the first store promotes. The run's record says where its relative paths were given from (before,
+    the relative path could not be compared and either one was accepted)."""
+    work, elsewhere = tmp_path / "work dir", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "trainer.task", "--data=digits", "--backbone=mlp",
+                           "--train_steps=20", "--eval_throttle_secs=0", "--model_dir=run", "--champion_dir=champ",
+                           "--promote=false"], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((work / "run" / "run_info.json").read_text())["working_dir"] == str(work)
+
+    def promote(*args):
+        return subprocess.run([sys.executable, "-m", "trainer.champion", "promote", *args], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=300)
+
+    refused = promote("--champion_dir=champ", "--model_dir=../work dir/run")
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert refused.stderr.splitlines()[-1] == (f"error: --model_dir=../work dir/run was gated against "
+                                               f"--champion_dir={work / 'champ'}, not champ")
+    assert not (elsewhere / "champ").exists() and not (work / "champ" / "CHAMPION.json").exists()
+    promoted = promote("--champion_dir=../work dir/champ", "--model_dir=../work dir/run")
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    assert json.loads(promoted.stdout)["promoted"] is True
+    version = json.loads((work / "champ" / "CHAMPION.json").read_text())["version"]
+    assert (work / "champ" / version / "model" / "saved_model.pb").exists()

@@ -213,11 +213,12 @@ def test_the_second_round_under_two_mirrored_cpu_replicas(tmp_path, engine):
 
 
 @pytest.mark.slow
-def test_the_second_round_on_a_keras_cluster_with_an_evaluator(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_second_round_on_a_cluster_with_an_evaluator(tmp_path, engine):
     run = tmp_path / "mw"
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=400", "--",
-         "--engine=keras", *TWO_PHASES, *ROUND_TWO, "--export=latest", f"--model_dir={run}"],
+         f"--engine={engine}", *TWO_PHASES, *ROUND_TWO, "--export=latest", f"--model_dir={run}"],
         cwd=REPO, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads((run / "run_info.json").read_text())

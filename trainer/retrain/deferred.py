@@ -31,7 +31,7 @@ def promote_gated(champion_dir: str, model_dir: str) -> dict:
     if not record:
         raise UsageError(f"--model_dir={model_dir} was not gated: train it with --champion_dir={champion_dir} "
                          "--promote=false")
-    gated_in = (flags.get("champion_dir") or "").rstrip("/")
+    gated_in = _absolute((flags.get("champion_dir") or "").rstrip("/"), info.get("working_dir"))
     if gated_in and _same_place(gated_in, champion_dir) is False:
         raise UsageError(f"--model_dir={model_dir} was gated against --champion_dir={gated_in}, not {champion_dir}")
     recorded_dir = (flags.get("model_dir") or model_dir).rstrip("/")
@@ -82,8 +82,17 @@ def _rebased(path: str, recorded_dir: str, model_dir: str) -> str:
     return path
 
 
+def _absolute(path: str, working_dir) -> str:
+    """A local path the run was given relative to its working folder (run_info.json's `working_dir`), made
+    absolute; URIs, absolute paths, and paths of runs that did not record the folder are left as they are."""
+    if not path or "://" in path or os.path.isabs(path) or not working_dir:
+        return path
+    return os.path.normpath(os.path.join(working_dir, path))
+
+
 def _same_place(one: str, other: str):
-    """Whether two champion folders are the same (None when that cannot be told)."""
+    """Whether two champion folders are the same (None when that cannot be told: a relative path recorded by a run
+    that did not record where it ran)."""
     if "://" in one or "://" in other:
         return one.rstrip("/") == other.rstrip("/")
     if not os.path.isabs(one):

@@ -100,6 +100,8 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
         "ignored_files": dataset.ignored_files if dataset else {},
         "skipped_records": record_faults.restore(dataset, config.model_dir),
         "input_shape": _input_shape(model), "class_weights": weights,
+        # Where relative paths in `flags` were given from: `trainer.champion promote` run elsewhere reads them.
+        "working_dir": os.getcwd(),
     }
     run = Run(config, plan, dataset, num_classes, image_shape, model, class_names, planned, run_info,
               os.path.join(config.model_dir, "run_info.json"), summary, (planned[0].freeze, False), full_model=model)
