@@ -341,7 +341,8 @@ def test_a_gate_recorded_with_relative_paths_is_promoted_from_another_folder(tmp
     """A run gated with `--champion_dir=champ --promote=false` in one folder, promoted by `trainer.champion promote`
     typed in another: `champ` there names another store (refused: the gate compared with the first), and the path
     that names the first store promotes. The run's record says where its relative paths were given from (before,
-    the relative path could not be compared and either one was accepted)."""
+    the relative path could not be compared and either one was accepted). The run's report.html then says it was
+    promoted (it kept saying "not promoted")."""
     work, elsewhere = tmp_path / "work dir", tmp_path / "elsewhere"
     work.mkdir(), elsewhere.mkdir()
     proc = subprocess.run([sys.executable, "-m", "trainer.task", "--data=digits", "--backbone=mlp",
@@ -349,6 +350,8 @@ def test_a_gate_recorded_with_relative_paths_is_promoted_from_another_folder(tmp
                            "--promote=false"], cwd=work, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((work / "run" / "run_info.json").read_text())["working_dir"] == str(work)
+    report = (work / "run" / "report.html").read_text()
+    assert "CHAMPION.json left as it is (--promote=false)" in report and ">not promoted<" in report
 
     def promote(*args):
         return subprocess.run([sys.executable, "-m", "trainer.champion", "promote", *args], cwd=elsewhere,
@@ -364,3 +367,8 @@ def test_a_gate_recorded_with_relative_paths_is_promoted_from_another_folder(tmp
     assert json.loads(promoted.stdout)["promoted"] is True
     version = json.loads((work / "champ" / "CHAMPION.json").read_text())["version"]
     assert (work / "champ" / version / "model" / "saved_model.pb").exists()
+    # report.html's promotion section says what promote did (it kept the run's "not promoted"); the rest is the run's.
+    after = (work / "run" / "report.html").read_text()
+    section = after[after.index('<section id="promotion">'):]
+    assert ">promoted<" in section and version in section and "left as it is" not in section
+    assert after[:after.index('<section id="promotion">')] == report[:report.index('<section id="promotion">')]

@@ -476,4 +476,27 @@ def _promotion_section(promotion) -> str:
         rows.append(("champion", "none yet"))
     if promotion.get("version"):
         rows.append(("new champion version", _esc(promotion["version"])))
-    return "<h2>Promotion</h2>" + _table(rows)
+    return f'{_PROMOTION_START}<h2>Promotion</h2>{_table(rows)}{_PROMOTION_END}'
+
+
+# The promotion section's bounds: `trainer.champion promote` rewrites that section alone (update_promotion).
+_PROMOTION_START, _PROMOTION_END = '<section id="promotion">', "</section>"
+
+
+def update_promotion(model_dir: str, promotion: dict) -> bool:
+    """Rewrites the promotion section of the run's report.html with `promotion` (a decision applied after the run,
+    by `trainer.champion promote`); the rest of the page is the run's. Returns whether a report was rewritten
+    (False: no report.html, or one without a promotion section)."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, REPORT_NAME)
+    if not tf.io.gfile.exists(path):
+        return False
+    with tf.io.gfile.GFile(path) as f:
+        page = f.read()
+    start = page.find(_PROMOTION_START)
+    end = page.find(_PROMOTION_END, start) + len(_PROMOTION_END) if start >= 0 else -1
+    if start < 0 or end < len(_PROMOTION_END):
+        return False
+    _write(path, page[:start] + _promotion_section(promotion) + page[end:])
+    return True

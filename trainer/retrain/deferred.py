@@ -72,6 +72,10 @@ def _said(record: dict, reason: str, write=None) -> dict:
         model_dir, info = write
         info["promotion"] = record
         files.write_json(f"{model_dir}/{RUN_INFO}", info)
+        from trainer.outputs import report
+
+        # After run_info.json: a promotion killed in between is written again by the same command.
+        report.update_promotion(model_dir, record)
     return record
 
 
