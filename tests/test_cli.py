@@ -87,3 +87,19 @@ def test_flagfile_dry_run_prints_summary_json(tmp_path):
 def test_bad_tf_config_is_one_error_line(tmp_path):
     proc = run_cli("--data=digits", "--backbone=mlp", f"--model_dir={tmp_path}", env={"TF_CONFIG": "{not json"})
     assert_one_error_line(proc, "TF_CONFIG is not valid JSON")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(_has("kfp"), reason="kfp is installed here (the TF 2.15 venv has none)")
+@pytest.mark.parametrize("args", [["compile", "--output=p.yaml"],
+                                  ["local", "--pipeline_root=root", "--", "--data=digits"]])
+def test_the_pipeline_without_kfp_is_one_error_line_naming_the_extra(tmp_path, args):
+    proc = subprocess.run([sys.executable, "-m", "trainer.pipeline", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert_one_error_line(proc, "the pipeline needs kfp", "pip install 'trainer[pipeline]'")
+    assert not list(tmp_path.iterdir()), "nothing written"
