@@ -292,6 +292,50 @@ def test_bad_requests_are_400_with_one_json_error_and_the_server_goes_on(models,
     assert server.proc.poll() is None and floats.proc.poll() is None
 
 
+@pytest.mark.slow  # Two servers with a slowed model (about 30 s): `make test-slow`.
+def test_a_model_fault_a_full_queue_and_a_timeout_are_json_errors_and_the_server_goes_on(models, serve):
+    """The batching task's fault paths, with a model made slow (1 s a call) and failing once: the failed call's
+    request is a 500 and the next is answered; requests over TRAINER_SERVE_MAX_QUEUED waiting instances are 503s
+    while the accepted ones are answered; a request waiting past TRAINER_SERVE_TIMEOUT_S is a 503 while health
+    still answers. Every error is one JSON object."""
+    files = image_files(models)
+    one = {"instances": [b64(files[0])]}
+    server = serve(f"--export={models['keras']}", "--max_batch=1", env=_env(
+        TRAINER_FAULT_FAIL="serve_call:1", TRAINER_FAULT_DELAY="serve_call:1", TRAINER_SERVE_MAX_QUEUED="2")
+    ).wait_ready()
+    status, answer = server.post(one)
+    assert status == 500 and list(answer) == ["error"] and "TRAINER_FAULT_FAIL=serve_call" in answer["error"], answer
+    status, answer = server.post(one)
+    assert status == 200 and answer["predictions"][0]["classes"] == "cats", answer
+    barrier = threading.Barrier(6)
+
+    def call(path):
+        barrier.wait()
+        return server.post({"instances": [b64(path)]}), path
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, files[:6]))
+    refused = [answer for (status, answer), _ in results if status == 503]
+    answered = [(answer, path) for (status, answer), path in results if status == 200]
+    # At most 3 in the server at once (one in the model, 2 queued): at least 3 of the 6 are refused.
+    assert len(refused) >= 3 and len(refused) + len(answered) == 6, results
+    assert all(list(r) == ["error"] and r["error"].startswith("overloaded: ") for r in refused), refused
+    for answer, path in answered:  # Answered as when alone.
+        assert answer == server.post({"instances": [b64(path)]})[1], path
+    assert server.post(one)[0] == 200 and server.get("/health")[0] == 200
+    assert server.proc.poll() is None
+
+    slow = serve(f"--export={models['keras']}", env=_env(
+        TRAINER_FAULT_DELAY="serve_call:4", TRAINER_SERVE_TIMEOUT_S="1")).wait_ready()
+    started = time.time()
+    status, answer = slow.post(one)
+    assert status == 503 and answer == {"error": "the model did not answer within 1 s"}, answer
+    assert time.time() - started < 3.5
+    status, health = slow.get("/health")  # The model is still busy with that call.
+    assert status == 200 and health["status"] == "ready"
+    assert slow.post(one)[0] == 503 and slow.proc.poll() is None
+
+
 # ---- The container: Cloud Storage, Vertex AI's environment, the Dockerfile's entry point ------------------------
 
 def _dockerfile_serve_stage():

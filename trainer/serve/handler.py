@@ -174,6 +174,9 @@ class BatchingHandler(Handler):
         return tf.errors.InvalidArgumentError
 
     def _run(self, prepared):
+        faultpoints.delay("serve_call")  # Tests: a slow model, to see the 503s of a full queue and of a timeout.
+        if faultpoints.failing("serve_call"):  # Tests: a model fault, which the batching task must survive.
+            raise RuntimeError("a fault injected by TRAINER_FAULT_FAIL=serve_call")
         outputs, _ = self.predictor.predict(prepared)
         return outputs
 

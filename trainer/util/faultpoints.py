@@ -31,3 +31,16 @@ def delay(name: str) -> None:
         import time
 
         time.sleep(float(seconds or 0))
+
+
+_failed = {}  # Times each instant has failed in this process (for `failing`).
+
+
+def failing(name: str) -> bool:
+    """`TRAINER_FAULT_FAIL=name:N` makes the first N times this instant is reached fail (True: the caller raises; a
+    test's model fault); unset, False."""
+    times = _setting("TRAINER_FAULT_FAIL", name)
+    if times is None or _failed.get(name, 0) >= int(times or 1):
+        return False
+    _failed[name] = _failed.get(name, 0) + 1
+    return True
