@@ -3,6 +3,7 @@
 factor starting a recorded phase); test-time augmentation in the final evaluation and in batch prediction; the
 moving average of the weights (--ema_decay) as what is evaluated, exported and written."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import restart_cases
 from conftest import REPO, run_cli
 from test_bad_inputs import assert_error
 
@@ -215,20 +217,25 @@ def test_the_second_round_under_two_mirrored_cpu_replicas(tmp_path, engine):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_second_round_on_a_cluster_with_an_evaluator(tmp_path, engine):
+    """The Estimator trains one phase per multi-worker job (it refuses two): its cluster trains the whole model in
+    one phase, without --layer_lr_decay (a fine-tune phase's)."""
     run = tmp_path / "mw"
+    flags = [*TWO_PHASES, *ROUND_TWO] if engine == "keras" else ["--freeze=none"] + [
+        f for f in TWO_PHASES + ROUND_TWO if not f.startswith(("--fine_tune", "--layer_lr_decay", "--freeze"))]
+    steps = 20 if engine == "keras" else 10
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.launch_local", "--workers=1", "--evaluator", "--timeout=400", "--",
-         f"--engine={engine}", *TWO_PHASES, *ROUND_TWO, "--export=latest", f"--model_dir={run}"],
+         f"--engine={engine}", *flags, "--export=latest", f"--model_dir={run}"],
         cwd=REPO, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads((run / "run_info.json").read_text())
-    assert info["strategy"] == "multi_worker" and [p["ema_decay"] for p in info["phases"]] == [0.9, 0.9]
-    _served_is_the_average(run, 20)
+    assert info["strategy"] == "multi_worker" and [p["ema_decay"] for p in info["phases"]] == [0.9] * (steps // 10)
+    _served_is_the_average(run, steps)
     # The evaluator task evaluated and exported each checkpoint's averages (not its own optimizer's stale ones).
     from trainer.model import ema
     from trainer.outputs import export
 
-    final = tf.train.load_checkpoint(str(run / "model.ckpt-20"))
+    final = tf.train.load_checkpoint(str(run / f"model.ckpt-{steps}"))
     version = sorted(p for p in (run / "export" / "latest").iterdir() if p.name.isdigit())[-1]
     exported = tf.train.load_checkpoint(export.export_weights(str(version)))
     for name, slot in ema.average_names(final.get_variable_to_shape_map(), ["conv1/kernel"]).items():
@@ -301,3 +308,31 @@ def _predicted(run, data, out, tta: str, key: str) -> dict:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["error"] is None for r in rows), rows[:2]
     return {r[key]: dict(r["top_k"]) for r in rows}
+
+
+def _eval_line(stderr: str, step: int) -> str:
+    """`accuracy A, loss L` of the console's `eval @ step N:` line (one only)."""
+    lines = [line for line in stderr.splitlines() if line.startswith(f"eval @ step {step}:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return re.search(r"accuracy [0-9.]+, loss [0-9.]+", lines[0])[0]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_boundary_checkpoint_killed_before_its_evaluation_is_caught_up_with_its_averages(tmp_path, engine):
+    """Newcomer pass 2026-12-05: killed between the save of a phase's last checkpoint and its evaluation, the rerun
+    caught it up after the next phase's start had rewritten it (a fresh optimizer state: without the averages), so
+    it evaluated (and could export as best) the trained weights, not the averages; so did every resume with a changed
+    recipe. The catch-up comes before the rewrite now: the same command, and one with another --ema_decay (a new
+    phase at that step), evaluate the step as the uninterrupted run did."""
+    args = [*TWO_PHASES, "--ema_decay=0.9", "--noema_warmup", "--calibrate=none", f"--engine={engine}"]
+    whole = restart_cases.run_to_end(args, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = _eval_line(whole.stderr, 10)
+    for name, rerun in (("same", args), ("changed", [*args, "--ema_decay=0.8"])):
+        run = tmp_path / name
+        code, err, _ = restart_cases.interrupted_run(args, run, {"point": "evaluation_batch", "how": "kill"})
+        assert code == -9 and "eval @ step 10" not in err, err[-3000:]
+        again = restart_cases.run_to_end(rerun, run)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "catching up: step 10 was saved before the interruption" in again.stderr, again.stderr[-3000:]
+        assert _eval_line(again.stderr, 10) == expected, name

@@ -104,6 +104,17 @@ class Engine(base.Engine):
             return boundary.restart_optimizer_state(est.model_fn, est.config, run.model, run.train_input,
                                                     config.checkpoint_dir, first_step)
 
+        eval_spec = tf.estimator.EvalSpec(
+            run.eval_input, steps=config.eval_steps, name=None, hooks=[hooks.EvaluationStopHook()],
+            exporters=estimator.make_exporters(config, self._serving_fn, run.dataset.class_names, run.cache),
+            start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
+        if self._single:
+            # Before the phase starts: at a boundary, or on a resume with another recipe, the start rewrites the
+            # checkpoint an interruption left unevaluated (a fresh optimizer state: under --ema_decay, without the
+            # averages the evaluation serves).
+            record_faults.train_skipping_bad_records(lambda: exporters.catch_up(  # As if never interrupted.
+                est, eval_spec, config.checkpoint_dir, step.first_step, config.save_checkpoints_steps),
+                run.dataset, config)
         phases.start(config, plan, rewrite, run.model, step, run.run_info, run.info_path)
         progress_hook = progress.ProgressHook(step.phase.last_step, config.batch_size, summarize=plan.name != "tpu",
                                               learning_rate=schedule)
@@ -112,20 +123,11 @@ class Engine(base.Engine):
             train_hooks.append(hooks.StopHook(config.model_dir))
         train_spec = tf.estimator.TrainSpec(run.train_input, max_steps=step.phase.last_step, hooks=train_hooks,
                                             saving_listeners=listeners.make_listeners(config, plan))
-        eval_spec = tf.estimator.EvalSpec(
-            run.eval_input, steps=config.eval_steps, name=None, hooks=[hooks.EvaluationStopHook()],
-            exporters=estimator.make_exporters(config, self._serving_fn, run.dataset.class_names, run.cache),
-            start_delay_secs=0, throttle_secs=config.eval_throttle_secs)
         self._specs = (train_spec, eval_spec, progress_hook)
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                     step.first_step, step.phase.last_step, models.summarize(run.model)["trainable_params"],
                     step.phase.learning_rate, config.lr_schedule)
-        if not self._single:
-            return False
-        record_faults.train_skipping_bad_records(lambda: exporters.catch_up(  # As if never interrupted.
-            est, eval_spec, config.checkpoint_dir, step.first_step, config.save_checkpoints_steps),
-            run.dataset, config)
-        return True
+        return self._single
 
     def train_phase(self, run, step: phases.Step, schedule) -> Optional[dict]:
         """train_and_evaluate to the phase's last step; the final evaluation (None when another task evaluates)."""

@@ -136,6 +136,8 @@ class Engine(base.Engine):
         def rewrite(first_step: int) -> str:
             return saving.fresh_phase(config.checkpoint_dir, run.model, first_step, config.keep_checkpoint_max)
 
+        if self._single:
+            self._catch_up(run, step)
         phases.start(config, plan, rewrite, run.model, step, run.run_info, run.info_path)
         latest = tf.train.latest_checkpoint(config.checkpoint_dir)
         with self.scope():
@@ -147,14 +149,24 @@ class Engine(base.Engine):
         console.say("phase %s: steps %d..%d, %d trainable params, learning rate %g (%s)", step.phase.name,
                     step.first_step, step.phase.last_step, models.summarize(run.model)["trainable_params"],
                     step.phase.learning_rate, config.lr_schedule)
-        if not self._single or not latest:
-            return False
-        at = saving.checkpoint_step(latest)
-        if catch_up.due(at, evaluations.processed_step(config.checkpoint_dir), step.first_step,
-                        config.save_checkpoints_steps):
-            catch_up.announce(at)
-            self.evaluate(at, final=at == run.planned[-1].last_step)
-        return True
+        return bool(self._single and latest)
+
+    def _catch_up(self, run, step: phases.Step) -> None:
+        """Evaluates the checkpoint an interruption left unevaluated, as the uninterrupted run did. Before the
+        phase starts: at a boundary, or on a resume with another recipe, the start rewrites that checkpoint with a
+        fresh optimizer state, and under --ema_decay its averages (what the evaluation serves) would be gone."""
+        config = self.config
+        latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+        at = saving.checkpoint_step(latest) if latest else 0
+        if not catch_up.due(at, evaluations.processed_step(config.checkpoint_dir), step.first_step,
+                            config.save_checkpoints_steps):
+            return
+        catch_up.announce(at)
+        with self.scope():
+            saving.restore(run.model, latest, with_optimizer=False)
+            if config.ema_decay:  # The averages in place of the weights just restored.
+                export.restore_from_checkpoint(run.model, latest)
+        self.evaluate(at, final=at == run.planned[-1].last_step, averaged=True)
 
     def train_phase(self, run, step: phases.Step, schedule) -> Optional[dict]:
         config, plan = self.config, self.plan
