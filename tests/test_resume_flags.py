@@ -78,6 +78,24 @@ def test_a_smaller_plan_than_the_checkpoint_says_so(tmp_path):
     assert "nothing to train: the checkpoint" in again.stderr and "is at step 40 and the flags plan 20 steps" in again.stderr
 
 
+def test_a_finished_run_rerun_with_changed_training_flags_says_they_change_nothing_and_keeps_its_record(tmp_path):
+    """Newcomer pass 2026-12-05: a finished run rerun with another --ema_decay said only `nothing to train`, and
+    run_info.json's flags (so report.html's "flags that differ from the defaults") took the new value."""
+    run = tmp_path / "run"
+    common = BASE + ["--train_steps=20", "--ema_decay=0.99"]
+    assert restart_cases.run_to_end(common, run).returncode == 0
+    before = json.loads((run / "run_info.json").read_text())
+    again = restart_cases.run_to_end(common + ["--ema_decay=0.9", "--augment=flip"], run)
+    err = again.stderr
+    assert again.returncode == 0, err[-2000:]
+    assert ("--augment=flip (was none), --ema_decay=0.9 (was 0.99): no effect, every step is trained; the run's "
+            "record keeps what it trained with") in err, err[-2000:]
+    after = json.loads((run / "run_info.json").read_text())
+    assert after["flags"]["ema_decay"] == 0.99 and after["flags"]["augment"] == before["flags"]["augment"]
+    assert after["phases"] == before["phases"]
+    assert "<td>--ema_decay</td><td>0.99</td>" in (run / "report.html").read_text()
+
+
 @pytest.mark.parametrize("flags, fragment", [
     (["--epochs=nan"], "--epochs=nan is not a finite number"),
     (["--weight_decay=nan"], "--weight_decay=nan is not a finite number"),

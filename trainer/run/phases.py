@@ -325,7 +325,27 @@ def prepare(config: Config, dist, planned: List[Phase], run_info: dict, info_pat
     if not steps and latest:
         console.say("nothing to train: the checkpoint in %s is at step %d and the flags plan %d steps",
                     config.checkpoint_dir, step, planned[-1].last_step)
+        _say_unused_changes(config, history, planned[-1], previous, run_info)
     return steps
+
+
+def _say_unused_changes(config: Config, history: List[dict], last: Phase, previous: Optional[dict],
+                        run_info: dict) -> None:
+    """A rerun that trains nothing with changed recipe flags: they change nothing, and the record keeps what the
+    run trained with (newcomer pass 2026-12-05: run_info.json's flags, and report.html, took the new values)."""
+    current = history[-1] if history else None
+    if current is None or base_name(current.get("name")) != last.name:
+        return
+    changed = differences(current, last)
+    if not changed:
+        return
+    console.say("%s: no effect, every step is trained; the run's record keeps what it trained with (to train with "
+                "them, use a new --model_dir with --warm_start_from=%s)", ", ".join(changed), config.model_dir)
+    recorded = (previous or {}).get("flags") or {}
+    for change in changed:
+        flag = change[2:].split("=", 1)[0]
+        if flag in recorded and flag in run_info.get("flags", {}):
+            run_info["flags"][flag] = recorded[flag]
 
 
 def model_for(config: Config, num_classes: int, image_shape, phase: Phase, model: tf.keras.Model,
