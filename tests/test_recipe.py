@@ -279,6 +279,7 @@ def test_a_class_without_training_examples_is_named_and_keeps_its_evaluation_wei
 @pytest.mark.parametrize("extra, line", [
     (["--fine_tune_learning_rate=0.01"], "--fine_tune_learning_rate ignored: there is no fine-tuning phase"),
     (["--early_stopping_min_delta=0.1"], "--early_stopping_min_delta ignored: early stopping is off"),
+    (["--noema_warmup"], "--noema_warmup ignored: there is no average (give --ema_decay)"),
     (["--warmup_steps=1000"], "--warmup_steps=1000 covers the whole train phase (30 steps)"),
     (["--fine_tune_steps=10", "--fine_tune_freeze=all"], "--fine_tune_freeze=all keeps the whole trunk frozen"),
 ])

@@ -73,10 +73,15 @@ def test_a_resume_with_another_factor_starts_a_recorded_phase(tmp_path):
 def test_tta_reports_plain_and_averaged_figures_of_the_served_model(tmp_path, engine):
     run = tmp_path / "run"
     proc = run_cli("--data=digits", "--classes=0,1,2,3", "--backbone=small_cnn", "--train_steps=30",
-                   "--save_checkpoints_steps=30", "--tta=flip_crop", f"--engine={engine}", f"--model_dir={run}")
+                   "--save_checkpoints_steps=30", "--tta=flip_crop", "--augment=randaugment:2:5,mixup",
+                   f"--engine={engine}", f"--model_dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "eval_metrics.json").read_text())
     tta = metrics["tta"]
+    # report.html (newcomer pass 2026-12-05: no TTA figures, --augment as a Python list).
+    page = (run / "report.html").read_text()
+    assert "<td>--augment</td><td>randaugment:2:5,mixup:0.2</td>" in page
+    assert "<h2>Test-time augmentation</h2>" in page and f'<td class="n">{tta["accuracy"]:.4f}</td>' in page
     assert (tta["views"], tta["n_views"], tta["n"]) == ("flip_crop", 4, 167)
     # Plain: the served model on the validation split, as the evaluation counted it.
     assert tta["plain"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
@@ -305,6 +310,8 @@ def _predicted(run, data, out, tta: str, key: str) -> dict:
                            f"--output={out}", f"--tta={tta}", "--top_k=3"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["tta"] == tta  # The summary says how it predicted.
+    assert (f"views (--tta={tta})" in proc.stderr) == (tta != "none"), proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["error"] is None for r in rows), rows[:2]
     return {r[key]: dict(r["top_k"]) for r in rows}

@@ -320,9 +320,10 @@ def run(model: str, data: str, output: str, top_k: int = 3, batch_size: int = 64
         raise
     seconds = time.time() - started
     summary = {"output": output, "inputs": count, "errors": errors, "seconds": round(seconds, 2),
-               "inputs_per_second": round(count / max(seconds, 1e-9), 1), "model": model}
+               "inputs_per_second": round(count / max(seconds, 1e-9), 1), "model": model, "tta": tta_kind}
+    views = f", each averaged over {tta.count(tta_kind)} views (--tta={tta_kind})" if tta_kind != "none" else ""
     log.write(f"predict: {count} inputs ({errors} unreadable) in {seconds:.1f} s, "
-              f"{summary['inputs_per_second']} inputs/s\n")
+              f"{summary['inputs_per_second']} inputs/s{views}\n")
     if labelled and not unlabelled:
         summary["accuracy"] = correct / labelled
         summary["confusion_matrix"] = confusion_path(output)

@@ -107,7 +107,8 @@ def calibrate(probabilities, y, seed: int = 0) -> Optional[dict]:
     record = {"method": "temperature", "n": int(len(y)), "bins": BINS, "before": figures(p, y),
               "reliability_before": reliability(p, y)}
     if min(wrong) == 0:
-        return dict(record, applied=False, why=f"{sum(wrong)} of the {len(y)} validation examples are misclassified "
+        return dict(record, applied=False, why=f"{sum(wrong)} of the {len(y)} validation examples "
+                    f"{'is' if sum(wrong) == 1 else 'are'} misclassified "
                     "(none in one half): nothing to tell an overconfident model from a right one")
     temperature = fit_temperature(p, y)
     after = np.zeros_like(p)

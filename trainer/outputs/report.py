@@ -71,6 +71,7 @@ def build(model_dir: str, output: Optional[str] = None, predictions=None, datase
         _confusion_section(predictions, class_names, note),
         _images_section(predictions, dataset, info, class_names),
         _calibration_section((metrics or {}).get("calibration")),
+        _tta_section((metrics or {}).get("tta")),
         _promotion_section(info.get("promotion")),
     ]
     data = {"eval_metrics": metrics, "class_names": class_names}
@@ -252,7 +253,10 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
     changed = _flags_changed(flags)
     if changed:
         out.append("<p>Flags that differ from the defaults:</p>")
-        out.append(_table([(f"--{_esc(k)}", _esc(v)) for k, v in changed.items()], ["flag", "value"]))
+        from trainer.run.phases import show_value
+
+        out.append(_table([(f"--{_esc(k)}", _esc(show_value(v) if k == "augment" else v)) for k, v in changed.items()],
+                          ["flag", "value"]))
     phases = [p for p in info.get("phases") or [] if isinstance(p, dict)]
     if phases:  # A table, not raw JSON objects (new-user trial c024).
         shown = ("first_step", "last_step", "trainable_params", "learning_rate", "freeze", "optimizer")
@@ -438,6 +442,19 @@ def _reliability_svg(before, after, size: int = 260) -> str:
             f'<text x="2" y="{pad - 10}" font-size="11">accuracy</text>'
             f'<text x="{size - pad - 90}" y="{pad + 14}" font-size="11" fill="#d62728">before</text>'
             f'<text x="{size - pad - 90}" y="{pad + 28}" font-size="11" fill="#1f77b4">after</text></svg>')
+
+
+def _tta_section(record) -> str:
+    """--tta: the served model's figures on the evaluation split, plain and averaged over the views."""
+    if not record or "plain" not in record:
+        return ""
+    figures = _table([(name, f"{record['plain'][key]:.4f}", f"{record[key]:.4f}") for name, key in (
+        ("accuracy", "accuracy"), ("NLL", "nll"))], header=("", "plain", f"{record['n_views']} views"),
+        numeric=(1, 2))
+    return (f"<h2>Test-time augmentation</h2><p>{_esc(record['views'])}: each of the {record['n']} evaluation "
+            "examples predicted on its views, the probabilities averaged (<code>trainer.predict "
+            f"--tta={_esc(record['views'])}</code> does the same; the endpoint serves plain predictions).</p>"
+            f"{figures}")
 
 
 def _calibration_section(record) -> str:

@@ -166,7 +166,7 @@ def differences(record: dict, phase: Phase) -> List[str]:
         else:
             same = before == value
         if not same:
-            changes.append(f"--{_flag_of(key, phase.name)}={_show(value)} (was {_show(before)})")
+            changes.append(f"--{_flag_of(key, phase.name)}={show_value(value)} (was {show_value(before)})")
     return changes
 
 
@@ -176,14 +176,15 @@ def _flag_of(key: str, phase_name: str) -> str:
     return {"class_weights": "class_weight"}.get(key, key)
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
+    """A recipe value as a flag takes it (run_info.json keeps --augment as a list of ops)."""
     value = _canonical(value)
     if isinstance(value, list) and value and all(isinstance(v, list) and len(v) >= 2 and isinstance(v[0], str)
                                                  for v in value):
         # --augment as typed (wrappers trial U2 showed `flip,0.0`): flip,rotate:0.1,randaugment:2:9.
         return ",".join(_show_op(op) for op in value)
     if isinstance(value, list):
-        return ",".join(_show(v) for v in value) or "none"
+        return ",".join(show_value(v) for v in value) or "none"
     return "none" if value is None else str(value)
 
 
@@ -409,6 +410,8 @@ def warn_unused(config: Config, planned: List[Phase]) -> None:
     if len(planned) > 1 and planned[-1].freeze == "all" and not config.cache_features:  # Trial c147.
         logging.warning("--fine_tune_freeze=all keeps the whole trunk frozen: the fine-tune phase trains the head "
                         "only, like the first (give none, N or -N to fine-tune the trunk)")
+    if not config.ema_warmup and not config.ema_decay:  # Newcomer pass 2026-12-05.
+        logging.warning("--noema_warmup ignored: there is no average (give --ema_decay)")
     if config.early_stopping_min_delta and not config.early_stopping_patience:
         logging.warning("--early_stopping_min_delta ignored: early stopping is off (give --early_stopping_patience)")
     for phase in planned:
