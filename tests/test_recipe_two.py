@@ -188,6 +188,10 @@ def test_dry_run_resolves_the_second_round_flags(tmp_path):
     assert tune["layer_learning_rates"] == pytest.approx({"bn2": 5e-4, "conv2": 2.5e-4, "bn1": 1.25e-4,
                                                           "conv1": 6.25e-5})
     assert not list(run.glob("*.ckpt*"))
+    # The console says the plan too (newcomer pass 2026-12-05: only the file had it).
+    assert ("plan: fine_tune steps 10..20: adam at 0.001, freeze none, augment randaugment:2:9,mixup:0.2,cutmix:0.5, "
+            "ema_decay 0.99, layer_lr_decay 0.5") in proc.stderr, proc.stderr[-2000:]
+    assert f"dry run: the plan, resolved, is in {run / 'run_info.json'} (`plan`)" in proc.stderr
 
 
 ROUND_TWO = ["--augment=randaugment:1:5,mixup:0.2,cutmix", "--ema_decay=0.9", "--layer_lr_decay=0.7", "--tta=flip",

@@ -114,6 +114,9 @@ def prepare(config: Config, plan: distribution.Plan, engine) -> Run:
             path = os.path.join(config.model_dir, "dry_run.json")
             console.say("dry run: %s belongs to a run; the plan is written to %s", run.info_path, path)
         files.write_json(path, run_info)
+        for record in run_info["plan"]:  # Newcomer pass 2026-12-05: the resolved recipe was in the file only.
+            console.say("plan: %s", _plan_line(record))
+        console.say("dry run: the plan, resolved, is in %s (`plan`)", path)
         run.dry_run_summary = {"dry_run": True, "model_dir": config.model_dir, **{k: summary[k] for k in (
             "total_params", "trainable_params", "non_trainable_params")}}
         return run
@@ -161,6 +164,18 @@ def _warn_empty_classes(dataset) -> None:
         if empty:
             logging.warning("class(es) %s have no training example (all went to validation): the model cannot "
                             "learn them; add images or lower --validation_split", ", ".join(empty[:10]))
+
+
+def _plan_line(record: dict) -> str:
+    """A planned phase in one console line: its steps, and the recipe values a user sets most."""
+    shown = [f"{record['optimizer']} at {record['learning_rate']:g}", f"freeze {record['freeze']}"]
+    if record.get("augment"):
+        shown.append(f"augment {phases.show_value(record['augment'])}")
+    if record.get("ema_decay"):
+        shown.append(f"ema_decay {record['ema_decay']:g}" + ("" if record.get("ema_warmup", True) else " (no warmup)"))
+    if (record.get("layer_lr_decay") or 1.0) != 1.0:
+        shown.append(f"layer_lr_decay {record['layer_lr_decay']:g}")
+    return f"{record['name']} steps {record['first_step']}..{record['last_step']}: {', '.join(shown)}"
 
 
 def _resolved(run: "Run", phase) -> dict:
