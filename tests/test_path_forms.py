@@ -158,6 +158,25 @@ def test_the_default_model_dir_runs_and_its_hint_resumes(tmp_path, reference, en
     assert resumed["step"] == 80 and resumed["phases"] == reference[engine]["phases"], resumed
 
 
+def test_the_same_command_without_model_dir_after_a_kill_names_the_unfinished_run(tmp_path):
+    """Newcomer pass 2026-12-05: without --model_dir, a SIGKILLed run (no line could name its folder) was followed by
+    the same command training anew in another runs/<timestamp>, with no word of the unfinished one."""
+    command = [sys.executable, "-m", "trainer.task", "--data=digits", "--backbone=mlp", "--classes=0,1",
+               "--train_steps=20", "--save_checkpoints_steps=10", "--eval_throttle_secs=0", "--engine=keras"]
+    killed = subprocess.run(command, cwd=tmp_path, env=dict(_env(), TRAINER_FAULTPOINT="checkpoint_saved"),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (unfinished,) = [p.parent for p in (tmp_path / "runs").glob("*/checkpoint")]
+    time.sleep(1.1)  # The next run's timestamp is another second.
+    again = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    new = json.loads(again.stdout.strip().splitlines()[-1])["model_dir"]
+    assert f"note: runs/{unfinished.name} holds an unfinished run; this one starts anew in {new}" in again.stderr
+    assert f"run the same command with --model_dir=runs/{unfinished.name}" in again.stderr
+    third = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "note:" not in third.stderr, third.stderr[-2000:]  # The newest run finished.
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_folder_moved_after_a_kill_resumes_where_it_is(tmp_path, reference, engine):
     """State files hold bare names: a run folder copied elsewhere (another disk, a bucket download) resumes there,

@@ -268,6 +268,8 @@ def _main(argv) -> None:
     try:
         # Validated once here: a default --model_dir is a new timestamped folder, named in the resume hint.
         config = config_lib.validate(config_from_flags())
+        if not FLAGS.model_dir and not os.environ.get("AIP_MODEL_DIR") and not FLAGS.dry_run:
+            _say_unfinished_default_run(config.model_dir)
         summary = experiment.train_and_evaluate(config)
     except UsageError as e:
         _fail(str(e))
@@ -287,6 +289,31 @@ def _main(argv) -> None:
             raise
         _fail(message)
     _say(sys.stdout, json.dumps(summary, sort_keys=True))
+
+
+def _say_unfinished_default_run(model_dir: str) -> None:
+    """Without --model_dir each run takes a new runs/<timestamp> folder, so the same command does not resume one
+    that was killed (newcomer pass 2026-12-05: no word of it). The newest unfinished one is named, with how to
+    resume it."""
+    root = os.path.dirname(model_dir)
+    try:
+        names = sorted((n for n in os.listdir(root) if re.fullmatch(r"\d{8}-\d{6}", n)), reverse=True)
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(root, name)
+        if folder == model_dir or not os.path.exists(os.path.join(folder, "checkpoint")):
+            continue
+        try:
+            with open(os.path.join(folder, "run_info.json")) as f:
+                finished = "export" in json.load(f)
+        except (OSError, ValueError):
+            finished = False
+        if not finished:
+            _say(sys.stderr, f"note: {folder} holds an unfinished run; this one starts anew in {model_dir} (without "
+                             f"--model_dir each run takes a new folder): to resume that one instead, stop this and "
+                             f"run the same command with --model_dir={folder}")
+        return
 
 
 def _resume_hint(config) -> str:
