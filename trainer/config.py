@@ -6,6 +6,7 @@ model; checks that need them live next to the code that loads them, and all of
 them run before any TensorFlow graph is built.
 """
 import dataclasses
+import json
 import math
 import os
 import time
@@ -33,6 +34,7 @@ MAX_SEED = 2**32 - 1
 PATH_FLAGS = ("data", "model_dir", "eval_data", "labels_file", "base_model", "weights", "checkpoint_dir",
               "tensorboard_dir", "champion_dir", "warm_start_from")
 TFLITE_MODES = ("none", "float32", "float16", "int8")
+TFLITE_CALIBRATION_EXAMPLES, TFLITE_CHECK_EXAMPLES = 300, 500  # trainer.export_tflite's defaults
 TTA_KINDS = ("none", "flip", "flip_crop")  # --tta of training and of trainer.predict
 
 # The loss each label mode implies when --loss is not given.
@@ -464,3 +466,22 @@ def parse_freeze(value: str, flag: str = "freeze"):
     except ValueError:
         raise UsageError(f"--{flag}={value} is not valid; use all, none, N (freeze the first N trunk "
                          "layers) or -N (train only the last N)") from None
+
+
+def show_value(value) -> str:
+    """A recipe value as a flag takes it (run_info.json keeps --augment as a list of ops)."""
+    value = json.loads(json.dumps(value))
+    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) >= 2 and isinstance(v[0], str)
+                                                 for v in value):
+        # --augment as typed (wrappers trial U2 showed `flip,0.0`): flip,rotate:0.1,randaugment:2:9.
+        return ",".join(_show_op(op) for op in value)
+    if isinstance(value, list):
+        return ",".join(show_value(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
+def _show_op(op) -> str:
+    known = augmentations.get(op[0])
+    if known is not None and not known.spec():
+        return op[0]
+    return ":".join([op[0]] + [f"{a:g}" for a in op[1:]])

@@ -29,13 +29,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import logging  # noqa: E402
 
+from trainer.config import TFLITE_CALIBRATION_EXAMPLES as CALIBRATION_EXAMPLES  # noqa: E402
+from trainer.config import TFLITE_CHECK_EXAMPLES as CHECK_EXAMPLES  # noqa: E402
 from trainer.config import TFLITE_MODES  # noqa: E402
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
 
 # TensorFlow (3 s to import) comes after the arguments are checked: a mistake is one line at once.
 MODES = TFLITE_MODES[1:]
-CALIBRATION_EXAMPLES = 300
-CHECK_EXAMPLES = 500
 
 
 def main(argv=None) -> int:

@@ -26,8 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from trainer.config import TTA_KINDS  # noqa: E402
 from trainer.errors import ArgumentParser, UsageError  # noqa: E402
-
-OUTPUT_FORMATS = (".csv", ".jsonl")
+from trainer.outputs.predict_args import check_arguments  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -63,22 +62,6 @@ def main(argv=None) -> int:
         return exit_on_disk_failure(e, "it predicts every input again")
     print(json.dumps(summary, sort_keys=True))
     return 0
-
-
-def check_arguments(data, output: str, top_k: int, batch_size: int, tta_kind: str, max_image_mb: int) -> None:
-    """The mistakes found without TensorFlow (3 s to import), each one line."""
-    if not output.endswith(OUTPUT_FORMATS):
-        raise UsageError(f"--output={output} must end in .csv or .jsonl")
-    if top_k < 1:
-        raise UsageError(f"--top_k={top_k} must be at least 1")
-    if batch_size < 1:
-        raise UsageError(f"--batch_size={batch_size} must be a positive integer")
-    if not data:
-        raise UsageError("--data is required: a folder, a file glob, a TFRecord glob or an .npz file")
-    if tta_kind not in TTA_KINDS:
-        raise UsageError(f"--tta={tta_kind} is not one of {', '.join(TTA_KINDS)}")
-    if max_image_mb < 1:
-        raise UsageError(f"--max_image_mb={max_image_mb} must be at least 1")
 
 
 if __name__ == "__main__":

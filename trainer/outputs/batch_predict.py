@@ -24,7 +24,7 @@ from trainer.model import model_source
 from trainer.outputs.predict_inputs import Item, InputFileError, list_inputs  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 from trainer.data import tta  # noqa: E402
-from trainer.predict import check_arguments  # noqa: E402
+from trainer.outputs.predict_args import check_arguments  # noqa: E402
 from trainer.data.inputs import decode_image, to_model_images  # noqa: E402
 
 PROGRESS_EVERY_SECS = 5.0

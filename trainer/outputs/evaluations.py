@@ -165,6 +165,26 @@ def evaluator_alive(checkpoint_dir: str) -> bool:
         time.time() - record["time"] < _STALE_SECS
 
 
+def await_verdict(checkpoint_dir: str, step: int) -> Optional[bool]:
+    """The chief of a cluster, at the end of training, both engines: None when no evaluator task is alive to judge
+    the final checkpoint at `step` (or its verdict is on record already); True once it has judged it (evaluated,
+    exported, counted); False when the chief gave up waiting (said on the console): the chief then evaluates the
+    step itself and decides the served model. Waiting keeps the files naming one model (wrappers trial B5) and the
+    chief's export out of the evaluator's export root while it writes there (two exports started in one second
+    shared TensorFlow's temp-<seconds> folder: one failed, the other could have kept the first's weights)."""
+    done = processed_step(checkpoint_dir)
+    if (done is not None and done >= step) or not evaluator_alive(checkpoint_dir):
+        return None
+    wait = float(os.environ.get("TRAINER_EVALUATOR_WAIT_SECS", "600"))
+    if wait_for_verdict(checkpoint_dir, step, wait):
+        return True
+    from trainer.util import console
+
+    console.say("the evaluator task has not evaluated step %d (gone, or more than %g s): the chief evaluates it and "
+                "decides the served model", step, wait)
+    return False
+
+
 def wait_for_verdict(checkpoint_dir: str, step: int, timeout: float) -> bool:
     """The chief, at the end of a run with an evaluator task: waits until the evaluator has evaluated (and exported
     after) `step`, so every output file names one served model (wrappers trial B5). False: it gave up (the

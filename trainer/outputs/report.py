@@ -253,7 +253,7 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
     changed = _flags_changed(flags)
     if changed:
         out.append("<p>Flags that differ from the defaults:</p>")
-        from trainer.run.phases import show_value
+        from trainer.config import show_value
 
         out.append(_table([(f"--{_esc(k)}", _esc(show_value(v) if k == "augment" else v)) for k, v in changed.items()],
                           ["flag", "value"]))

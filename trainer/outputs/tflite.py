@@ -17,7 +17,11 @@ from trainer.data import inputs
 from trainer.config import Config  # noqa: E402
 from trainer.errors import UsageError  # noqa: E402
 
-from trainer.export_tflite import CALIBRATION_EXAMPLES, CHECK_EXAMPLES, MODES  # noqa: E402
+from trainer.config import TFLITE_CALIBRATION_EXAMPLES as CALIBRATION_EXAMPLES  # noqa: E402
+from trainer.config import TFLITE_CHECK_EXAMPLES as CHECK_EXAMPLES  # noqa: E402
+from trainer.config import TFLITE_MODES  # noqa: E402
+
+MODES = TFLITE_MODES[1:]
 _SEED = 1234
 
 

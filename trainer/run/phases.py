@@ -34,8 +34,7 @@ from trainer.util import console
 from trainer.util import faultpoints
 from trainer.util import files
 from trainer.model import models
-from trainer import augmentations
-from trainer.config import Config
+from trainer.config import Config, show_value
 from trainer.errors import UsageError
 
 # What a phase's record says besides its name and steps (run_info.json `phases`), in this order.
@@ -174,25 +173,6 @@ def _flag_of(key: str, phase_name: str) -> str:
     if base_name(phase_name) == "fine_tune" and key in ("learning_rate", "freeze"):
         return f"fine_tune_{key}"
     return {"class_weights": "class_weight"}.get(key, key)
-
-
-def show_value(value) -> str:
-    """A recipe value as a flag takes it (run_info.json keeps --augment as a list of ops)."""
-    value = _canonical(value)
-    if isinstance(value, list) and value and all(isinstance(v, list) and len(v) >= 2 and isinstance(v[0], str)
-                                                 for v in value):
-        # --augment as typed (wrappers trial U2 showed `flip,0.0`): flip,rotate:0.1,randaugment:2:9.
-        return ",".join(_show_op(op) for op in value)
-    if isinstance(value, list):
-        return ",".join(show_value(v) for v in value) or "none"
-    return "none" if value is None else str(value)
-
-
-def _show_op(op) -> str:
-    known = augmentations.get(op[0])
-    if known is not None and not known.spec():
-        return op[0]
-    return ":".join([op[0]] + [f"{a:g}" for a in op[1:]])
 
 
 @dataclasses.dataclass

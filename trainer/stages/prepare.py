@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import DEFAULT_LOSS, Config, resolve_engine
+from trainer.config import DEFAULT_LOSS, Config, resolve_engine, show_value
 from trainer.data import inputs, record_faults
 from trainer.data import sources as data_lib
 from trainer.errors import UsageError
@@ -170,7 +170,7 @@ def _plan_line(record: dict) -> str:
     """A planned phase in one console line: its steps, and the recipe values a user sets most."""
     shown = [f"{record['optimizer']} at {record['learning_rate']:g}", f"freeze {record['freeze']}"]
     if record.get("augment"):
-        shown.append(f"augment {phases.show_value(record['augment'])}")
+        shown.append(f"augment {show_value(record['augment'])}")
     if record.get("ema_decay"):
         shown.append(f"ema_decay {record['ema_decay']:g}" + ("" if record.get("ema_warmup", True) else " (no warmup)"))
     if (record.get("layer_lr_decay") or 1.0) != 1.0:

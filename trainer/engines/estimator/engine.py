@@ -16,6 +16,7 @@ from trainer.engines.estimator import predict as estimator_predict
 from trainer.engines.estimator import serving
 from trainer.errors import UsageError
 from trainer.model import models
+from trainer.outputs import evaluations
 from trainer.run import distribution, phases
 from trainer.util import console
 
@@ -99,6 +100,9 @@ class Engine(base.Engine):
         evaluating its own checkpoints), so early stopping may have decided."""
         config, plan = self.config, self.plan
         self.estimator = est = self._build(run, schedule)
+        if plan.is_evaluator and not getattr(self, "_heartbeat", False):  # The chief waits for a live evaluator.
+            evaluations.start_evaluator_heartbeat(config.checkpoint_dir)
+            self._heartbeat = True
 
         def rewrite(first_step: int) -> str:
             return boundary.restart_optimizer_state(est.model_fn, est.config, run.model, run.train_input,
@@ -143,15 +147,27 @@ class Engine(base.Engine):
             self.estimator = self._build(run)
         if not eval_metrics and self._single:
             # Killed during the final evaluation or export: do them now, as the run that was never interrupted did.
-            final_spec = tf.estimator.EvalSpec(run.eval_input, steps=config.eval_steps, name=None,
-                                               exporters=estimator.make_exporters(
-                                                   config, self._serving_fn, run.dataset.class_names, run.cache))
-            eval_metrics = record_faults.train_skipping_bad_records(lambda: exporters.catch_up(
-                self.estimator, final_spec, config.checkpoint_dir, run.planned[-1].last_step,
-                config.save_checkpoints_steps, final=True), run.dataset, config)
+            eval_metrics = self._evaluate_and_export(run)
+        if not eval_metrics and self.plan.distributed:
+            # The evaluator task decides the served model: its verdict first (or, gone, the chief's as its own).
+            latest = tf.train.latest_checkpoint(config.checkpoint_dir)
+            if latest and evaluations.await_verdict(config.checkpoint_dir, int(latest.rsplit("-", 1)[1])) is False:
+                eval_metrics = self._evaluate_and_export(run, interrupted=False)
         if not eval_metrics:  # Distributed (evaluation belongs to the evaluator task), or nothing left to train.
             eval_metrics = self.estimator.evaluate(run.eval_input, steps=config.eval_steps, name="chief_final")
         return eval_metrics
+
+    def _evaluate_and_export(self, run, interrupted: bool = True) -> Optional[dict]:
+        """The final checkpoint's evaluation and what follows it (the exports, the best record), unless it is on
+        record (None then). `interrupted`: a rerun catching up, which the console says (not a chief deciding for an
+        evaluator task that is gone: that is said already)."""
+        config = self.config
+        final_spec = tf.estimator.EvalSpec(run.eval_input, steps=config.eval_steps, name=None,
+                                           exporters=estimator.make_exporters(
+                                               config, self._serving_fn, run.dataset.class_names, run.cache))
+        return record_faults.train_skipping_bad_records(lambda: exporters.catch_up(
+            self.estimator, final_spec, config.checkpoint_dir, run.planned[-1].last_step,
+            config.save_checkpoints_steps, final=True, announce=interrupted), run.dataset, config)
 
     def export(self, run, checkpoint: str, root: Optional[str] = None) -> str:
         """A SavedModel of `checkpoint` (no exporter ran here: distributed without an evaluator; or the calibrated

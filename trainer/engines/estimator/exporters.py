@@ -52,7 +52,7 @@ class PolicyExporter(tf.estimator.Exporter):
 
 
 def catch_up(estimator, eval_spec, checkpoint_dir: str, first_step: int, every: int,
-             final: bool = False) -> Optional[dict]:
+             final: bool = False, announce: bool = True) -> Optional[dict]:
     """Evaluates and exports the latest checkpoint when the uninterrupted run would have and no evaluation has.
 
     train_and_evaluate skips the checkpoint it starts from ("not trained yet"), so after a restart the
@@ -68,7 +68,8 @@ def catch_up(estimator, eval_spec, checkpoint_dir: str, first_step: int, every: 
     step = int(latest.rsplit("-", 1)[1])
     if not catch_up_policy.due(step, processed_step(checkpoint_dir), first_step, every, final):
         return None
-    catch_up_policy.announce(step)
+    if announce:
+        catch_up_policy.announce(step)
     result = estimator.evaluate(eval_spec.input_fn, steps=eval_spec.steps, name=eval_spec.name,
                                 hooks=eval_spec.hooks, checkpoint_path=latest)
     export_base = os.path.join(estimator.model_dir, "export")

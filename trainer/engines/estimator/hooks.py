@@ -49,6 +49,7 @@ class EvaluationStopHook(tf.estimator.SessionRunHook):
 
     def begin(self):
         self._global_step, self._step = tf.compat.v1.train.get_global_step(), None
+        faultpoints.delay("evaluator_before_evaluation")  # Tests: a slow evaluator task (tests/test_evaluator_verdict.py).
 
     def after_create_session(self, session, coord):
         # The evaluated checkpoint's step, read once (it is restored by now): no fetch on every batch.

@@ -301,14 +301,9 @@ class Engine(base.Engine):
         done = evaluations.processed_step(config.checkpoint_dir)
         if self._single and (done is None or done < at):  # Killed during the final evaluation or export.
             return self.evaluate(at, final=True, averaged=True)
-        if self.plan.distributed and (done is None or done < at) and \
-                evaluations.evaluator_alive(config.checkpoint_dir):
-            # The evaluator task decides the best export: its verdict on the final checkpoint first, so that
-            # best.json, eval_metrics.json, keras_model.h5 and the summary name one model (wrappers trial B5).
-            wait = float(os.environ.get("TRAINER_EVALUATOR_WAIT_SECS", "600"))
-            if not evaluations.wait_for_verdict(config.checkpoint_dir, at, wait):
-                console.say("the evaluator task has not evaluated step %d (gone, or more than %g s): the chief "
-                            "evaluates it and decides the served model", at, wait)
+        if self.plan.distributed:  # The evaluator task decides the served model: its verdict first.
+            verdict = evaluations.await_verdict(config.checkpoint_dir, at)
+            if verdict is False:
                 return self.evaluate(at, final=True, averaged=True)
             done = evaluations.processed_step(config.checkpoint_dir)
         if done is not None and done >= at:  # On record already (eval/): no eval_chief_final/ (wrappers trial U11).
