@@ -328,7 +328,7 @@ def _eval_line(stderr: str, step: int) -> str:
     return re.search(r"accuracy [0-9.]+, loss [0-9.]+", lines[0])[0]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_SLOW_ESTIMATOR)  # make test's 20 minutes: the Estimator's in test-slow.
 def test_a_boundary_checkpoint_killed_before_its_evaluation_is_caught_up_with_its_averages(tmp_path, engine):
     """Newcomer pass 2026-12-05: killed between the save of a phase's last checkpoint and its evaluation, the rerun
     caught it up after the next phase's start had rewritten it (a fresh optimizer state: without the averages), so
