@@ -78,7 +78,7 @@ def test_an_overconfident_model_is_served_calibrated_everywhere(tmp_path, engine
     assert "Reliability" in (run / "report.html").read_text()
 
 
-@pytest.mark.parametrize("point", ["finish_calibration", "finish_export"])
+@pytest.mark.parametrize("point", ["finish_calibration", pytest.param("finish_export", marks=pytest.mark.slow)])
 def test_a_run_killed_around_the_calibration_redoes_it_on_the_rerun(tmp_path, point):
     args = ARGS + ["--engine=keras", "--train_steps=600"]
     whole = summary_of(restart_cases.run_to_end(args, tmp_path / "whole"))

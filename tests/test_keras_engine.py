@@ -462,7 +462,8 @@ def test_a_nan_loss_stops_with_one_error_line_and_exports_nothing(tmp_path):
 MIXED = ["--augment=randaugment:2:9,mixup:0.4,cutmix", "--ema_decay=0.9"]
 
 
-@pytest.mark.parametrize("replicas", [MIXED,
+# Both in make test-slow (make test's 20 minutes; tests/test_keras_precision.py resumes mixed precision there).
+@pytest.mark.parametrize("replicas", [pytest.param(MIXED, marks=pytest.mark.slow),
                                       pytest.param(["--strategy=mirrored", "--num_cpu_replicas=2"],
                                                    marks=pytest.mark.slow)], ids=["one_device_mixed", "mirrored"])
 def test_a_keras_restart_trains_on_the_batches_the_uninterrupted_run_did(tmp_path, replicas):

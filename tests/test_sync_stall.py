@@ -58,6 +58,7 @@ def test_an_unreachable_mirror_does_not_stall_training(tmp_path):
     assert (tmp_path / "synced" / "model.ckpt-40.index").exists()
 
 
+@pytest.mark.slow  # 20 s: make test's 20 minutes.
 def test_a_phase_boundary_does_not_wait_for_an_unreachable_mirror(tmp_path):
     """SRE trial 2026-12-04 W5 (Keras engine): each phase's end waited 15 s and was called "the final checkpoint"."""
     result, _ = _cli(tmp_path / "run", f"--sync_checkpoints_to={MIRROR}", "--engine=keras", "--fine_tune_steps=20",

@@ -136,6 +136,7 @@ def retrain_env(**extra):
                 SERVING_IMAGE="us-central1-docker.pkg.dev/proj/trainer/serve:1", **extra)
 
 
+@pytest.mark.slow  # A kill through a wrapper (19 s per leg): make test's 20 minutes.
 def test_retrain_sh_passes_sigterm_to_the_trainer_and_neither_promotes_nor_registers(tmp_path):
     """Trial B6: bash exited at once and the trainer trained on and promoted. Now the trainer saves and exits 143,
     the script exits 143 after it; the same command then resumes, promotes and registers (dry run)."""
