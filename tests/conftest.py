@@ -33,6 +33,19 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+class PerEngine(dict):
+    """A module fixture's value per engine, made on first use: a leg that deselects one engine's cases (Keras engine
+    cases are slow on TF 2.15) trains nothing for that engine."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, engine):
+        self[engine] = made = self._make(engine)
+        return made
+
+
 def run_cli(*args, env=None, timeout=300):
     """Runs `python -m trainer.task` as a real subprocess; returns CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import restart_cases
-from conftest import REPO
+from conftest import REPO, PerEngine
 from trainer.config import resolve_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf221]
@@ -67,13 +67,12 @@ def final_weights(model_dir, step):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    found = {}
-    for engine in ENGINES:
+    def make(engine):
         model_dir = tmp_path_factory.mktemp(f"whole-{engine}") / "run"
         proc, summary = run_cluster(engine, model_dir)
-        info = json.loads((model_dir / "run_info.json").read_text())
-        found[engine] = (model_dir, summary, info)
-    return found
+        return model_dir, summary, json.loads((model_dir / "run_info.json").read_text())
+
+    return PerEngine(make)
 
 
 @pytest.mark.parametrize("engine,victim,moment", CASES)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, PerEngine
 from trainer.config import resolve_engine
 
 pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
@@ -87,12 +87,14 @@ def _outcome(model_dir: Path, proc) -> dict:
 def reference(tmp_path_factory):
     """The uninterrupted run of each engine, with an absolute --model_dir."""
     root = tmp_path_factory.mktemp("reference")
-    done = {}
-    for engine in ENGINES:
+
+    def make(engine):
         model_dir = root / engine
-        done[engine] = _outcome(model_dir, _run(engine, [f"--model_dir={model_dir}"], root))
-        assert done[engine]["phases"] == [("train", 0, 40), ("fine_tune", 40, 80)], done[engine]
-    return done
+        done = _outcome(model_dir, _run(engine, [f"--model_dir={model_dir}"], root))
+        assert done["phases"] == [("train", 0, 40), ("fine_tune", 40, 80)], done
+        return done
+
+    return PerEngine(make)
 
 
 def _layout(form: str, tmp: Path):

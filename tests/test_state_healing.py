@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 import restart_cases
+from conftest import PerEngine
 from trainer.config import resolve_engine
 
 pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
@@ -20,13 +21,13 @@ ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=small_cnn", "--freeze=al
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished two-phase run of each engine (train 0..20, fine_tune 20..40), copied per test."""
-    made = {}
-    for engine in ENGINES:
+    def make(engine):
         run = tmp_path_factory.mktemp(engine) / "run"
         proc = restart_cases.run_to_end(ARGS + ["--fine_tune_steps=20", f"--engine={engine}"], run)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        made[engine] = run
-    return made
+        return run
+
+    return PerEngine(make)
 
 
 def _resume(run, engine):
@@ -39,13 +40,13 @@ def _resume(run, engine):
 @pytest.fixture(scope="module")
 def intact(finished, tmp_path_factory):
     """The extended run from intact state, per engine: (phases, accuracy)."""
-    done = {}
-    for engine, run in finished.items():
+    def make(engine):
         copy = tmp_path_factory.mktemp(f"intact-{engine}") / "run"
-        shutil.copytree(run, copy)
+        shutil.copytree(finished[engine], copy)
         summary = json.loads(_resume(copy, engine).stdout.strip().splitlines()[-1])
-        done[engine] = (_phases(copy), summary["accuracy"])
-    return done
+        return _phases(copy), summary["accuracy"]
+
+    return PerEngine(make)
 
 
 def _phases(run):
