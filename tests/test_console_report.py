@@ -154,6 +154,7 @@ def test_tensorboard_gets_confusion_images_and_hparams(digits_run):
     assert events.read_scalars(str(model_dir))["learning_rate"][-1][1] == pytest.approx(0.001)
 
 
+@pytest.mark.slow  # A kill and a resume (16 s): make test's 20 minutes.
 def test_killed_run_gets_a_report_then_resumes_into_the_same_log(tmp_path):
     model_dir = tmp_path / "run"
     args = ["--data=digits", "--backbone=mlp", "--train_steps=300", "--save_checkpoints_steps=100",

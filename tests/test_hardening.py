@@ -284,6 +284,7 @@ def test_mixed_precision_trains_exports_and_serves(tmp_path):
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
+@pytest.mark.slow  # A restart (16 s): make test's 20 minutes.
 def test_best_export_survives_a_restart_with_a_worse_evaluation(tmp_path):
     """Estimator's BestExporter exported the first evaluation after a restart, however bad (tensorflow#47396)."""
     train = make_image_folder(tmp_path / "train", per_class=16)

@@ -91,6 +91,7 @@ def test_a_signal_stops_within_one_window_and_the_rerun_ends_as_the_whole_run(tm
     assert_same_weights(weights(run, 46), weights(reference, 46))
 
 
+@pytest.mark.slow  # 18 s: make test's 20 minutes.
 def test_a_resume_off_the_window_grid_says_so_and_ends_on_the_same_weights(tmp_path, one_step_run):
     """A run killed right after its checkpoint at step 13 (K=1, a checkpoint every 13 steps), resumed with K=4 and
     a checkpoint every 8: one console line; each later checkpoint of the phase falls at the first window end past

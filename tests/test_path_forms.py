@@ -28,6 +28,10 @@ from trainer.config import resolve_engine
 pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine's runtime).
 
 ENGINES = ["keras"] + (["estimator"] if resolve_engine(None) == "estimator" else [])
+# The kill-and-resume cases: the Estimator's in make test-slow (make test's 20 minutes; the Keras engine's run in the
+# TF 2.21 leg, and the path handling they share is runtime-neutral).
+KILL_ENGINES = ["keras"] + ([pytest.param("estimator", marks=pytest.mark.slow)]
+                            if resolve_engine(None) == "estimator" else [])
 RECIPE = ["--data=digits", "--backbone=small_cnn", "--classes=0,1,2,3,4,5", "--train_steps=40",
           "--fine_tune_steps=40", "--freeze=all", "--fine_tune_freeze=none", "--save_checkpoints_steps=20",
           "--eval_throttle_secs=0", "--batch_size=16"]
@@ -125,7 +129,7 @@ FORMS = ["relative"] + [pytest.param(f, marks=pytest.mark.slow) for f in
                         ("dot", "dotdot", "absolute", "symlink", "spaces", "checkpoint_dir")]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", KILL_ENGINES)
 @pytest.mark.parametrize("form", FORMS)
 def test_a_path_form_killed_in_phase_2_resumes_to_the_uninterrupted_run(tmp_path, reference, engine, form):
     work, flags, model_dir, checkpoints = _layout(form, tmp_path)
@@ -180,7 +184,7 @@ def test_the_same_command_without_model_dir_after_a_kill_names_the_unfinished_ru
     assert third.returncode == 0 and "note:" not in third.stderr, third.stderr[-2000:]  # The newest run finished.
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", KILL_ENGINES)
 def test_a_folder_moved_after_a_kill_resumes_where_it_is(tmp_path, reference, engine):
     """State files hold bare names: a run folder copied elsewhere (another disk, a bucket download) resumes there,
     also one an absolute path wrote."""

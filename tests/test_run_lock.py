@@ -15,6 +15,7 @@ pytestmark = pytest.mark.tf221  # Runs on TensorFlow 2.21 too (the Keras engine'
 ARGS = ["--data=digits", "--classes=0,1,2", "--backbone=mlp", "--save_checkpoints_steps=50", "--train_steps=100000"]
 
 
+@pytest.mark.slow  # A kill (16 s): make test's 20 minutes.
 def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_one_releases_it(tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(restart_cases._command(ARGS, run), cwd=restart_cases.REPO, env=restart_cases._env(),
