@@ -133,13 +133,20 @@ _HEARTBEAT_SECS = 5.0
 _STALE_SECS = float(os.environ.get("TRAINER_EVALUATOR_STALE_SECS", "60"))  # A heartbeat older: the evaluator is gone.
 
 
+_beating = set()  # The checkpoint folders this process keeps a heartbeat in.
+
+
 def start_evaluator_heartbeat(checkpoint_dir: str) -> None:
     """The evaluator task's heartbeat, from a thread for the process's whole life: an evaluation with its export
     can take minutes (a large backbone or validation set), and the chief must not take a busy evaluator for a
-    gone one (review of B5's fix)."""
+    gone one (review of B5's fix). Called again (each phase of either engine), it keeps the one thread."""
     import socket
     import threading
     import time
+
+    if checkpoint_dir in _beating:
+        return
+    _beating.add(checkpoint_dir)
 
     def beat():
         while True:

@@ -253,10 +253,9 @@ def _run_section(model_dir, info, summary, metrics, training) -> str:
     changed = _flags_changed(flags)
     if changed:
         out.append("<p>Flags that differ from the defaults:</p>")
-        from trainer.config import show_value
+        from trainer.config import show_value  # As typed: --augment, --classes are lists in run_info.json.
 
-        out.append(_table([(f"--{_esc(k)}", _esc(show_value(v) if k == "augment" else v)) for k, v in changed.items()],
-                          ["flag", "value"]))
+        out.append(_table([(f"--{_esc(k)}", _esc(show_value(v))) for k, v in changed.items()], ["flag", "value"]))
     phases = [p for p in info.get("phases") or [] if isinstance(p, dict)]
     if phases:  # A table, not raw JSON objects (new-user trial c024).
         shown = ("first_step", "last_step", "trainable_params", "learning_rate", "freeze", "optimizer")
@@ -512,8 +511,8 @@ def update_promotion(model_dir: str, promotion: dict) -> bool:
     with tf.io.gfile.GFile(path) as f:
         page = f.read()
     start = page.find(_PROMOTION_START)
-    end = page.find(_PROMOTION_END, start) + len(_PROMOTION_END) if start >= 0 else -1
-    if start < 0 or end < len(_PROMOTION_END):
+    end = page.find(_PROMOTION_END, start) if start >= 0 else -1
+    if end < 0:
         return False
-    _write(path, page[:start] + _promotion_section(promotion) + page[end:])
+    _write(path, page[:start] + _promotion_section(promotion) + page[end + len(_PROMOTION_END):])
     return True

@@ -100,9 +100,8 @@ class Engine(base.Engine):
         evaluating its own checkpoints), so early stopping may have decided."""
         config, plan = self.config, self.plan
         self.estimator = est = self._build(run, schedule)
-        if plan.is_evaluator and not getattr(self, "_heartbeat", False):  # The chief waits for a live evaluator.
+        if plan.is_evaluator:  # The chief waits for a live evaluator's verdict.
             evaluations.start_evaluator_heartbeat(config.checkpoint_dir)
-            self._heartbeat = True
 
         def rewrite(first_step: int) -> str:
             return boundary.restart_optimizer_state(est.model_fn, est.config, run.model, run.train_input,

@@ -75,7 +75,6 @@ class Engine(base.Engine):
         self._after_evaluation: Optional[AfterEvaluation] = None
         self._listeners = []
         self._last_eval: Optional[dict] = None
-        self._heartbeat = False
 
     # ---- prepare ----------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -207,9 +206,7 @@ class Engine(base.Engine):
         by early stopping, ...), until the phase's last step or early stopping's decision."""
         config, evaluated = self.config, None
         self._last_eval = None
-        if not self._heartbeat:
-            evaluations.start_evaluator_heartbeat(config.checkpoint_dir)
-            self._heartbeat = True
+        evaluations.start_evaluator_heartbeat(config.checkpoint_dir)
         while True:
             latest = tf.train.latest_checkpoint(config.checkpoint_dir)
             at = saving.checkpoint_step(latest) if latest else -1
